@@ -1,0 +1,61 @@
+"""Shared fixtures. Tests never download anything: the hub is switched off before any import."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import struct  # noqa: E402
+import zlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height with almost no pixel data (never decoded)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    payload = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    path.write_bytes(payload + chunk(b"IEND", b""))
+    return path
+
+
+def write_png(path: Path, seed: int = 0, size: tuple[int, int] = (48, 64)) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_run(tmp_path_factory: pytest.TempPathFactory):
+    """The embedded benchmark, built once per test session with default settings."""
+    from medattack.data.builder import BuildConfig, build_benchmark
+
+    return build_benchmark(tmp_path_factory.mktemp("runs") / "embedded", BuildConfig())
+
+
+@pytest.fixture
+def bad_inputs(tmp_path: Path) -> Path:
+    """A <Modality>/<BodyPart> folder holding one good image and every kind of bad file."""
+    folder = tmp_path / "images" / "CT" / "Chest"
+    folder.mkdir(parents=True)
+    write_png(folder / "good.png")
+    good = (folder / "good.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.dcm").write_text("this is a text file, not DICOM\n" * 20)
+    (folder / "plan.dcm").write_bytes((PYDICOM_FILES / "rtplan.dcm").read_bytes())
+    png_header_only(folder / "huge.png", 20000, 20000)
+    return tmp_path / "images"

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from medattack.cli import app
+
+runner = CliRunner()
+
+
+def test_list_tasks_shows_all_eighteen():
+    result = runner.invoke(app, ["list", "tasks"], terminal_width=200)
+    assert result.exit_code == 0
+    for task in ("Disease Classification", "Inference Making", "Close-ended", "Error Identification"):
+        assert task in result.output
+
+
+@pytest.mark.parametrize("what", ["modalities", "sources", "mismatch"])
+def test_list_commands(what):
+    result = runner.invoke(app, ["list", what], terminal_width=200)
+    assert result.exit_code == 0 and result.output.strip()
+
+
+@pytest.mark.parametrize("command", [["build"], ["demo"], ["list", "tasks"], ["analyze", "attributes"],
+                                     ["analyze", "prompts"]])
+def test_every_command_has_an_example_in_its_help(command):
+    result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+    assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_build_with_flags_and_overrides(tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["build", str(run), "--task", "Matching", "--task", "Selection",
+                                 "--seed", "4", "--set", "max_images_per_category=1"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    stage = json.loads((run / "run.json").read_text())["stages"]["build"]["config"]
+    assert stage["seed"] == 4 and stage["max_images_per_category"] == 1
+    assert stage["tasks"] == ["Matching", "Selection"]
+    assert "samples" in result.output
+
+
+def test_build_reports_skipped_inputs_and_exit_codes(tmp_path, bad_inputs):
+    result = runner.invoke(app, ["build", str(tmp_path / "ok"), "--source", f"folder:{bad_inputs}",
+                                 "--task", "Matching"], terminal_width=300)
+    assert result.exit_code == 0
+    flat = result.output.replace("\n", "")  # rich wraps long lines
+    assert "5 input(s) skipped" in flat and "huge.png" in flat and "ImageTooLarge" not in flat
+    assert "exceeds" in flat
+    (bad_inputs / "CT" / "Chest" / "good.png").unlink()
+    result = runner.invoke(app, ["build", str(tmp_path / "none"), "--source", f"folder:{bad_inputs}"],
+                           terminal_width=300)
+    assert result.exit_code == 1
+
+
+def test_usage_errors_exit_2_with_the_fix(tmp_path):
+    result = runner.invoke(app, ["build", str(tmp_path / "r"), "--mismatch", "bothh"], terminal_width=300)
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["build", str(tmp_path / "r"), "--set", "sed=1"], terminal_width=300)
+    assert result.exit_code == 2
+
+
+def test_demo_builds_and_analyses(tmp_path):
+    run = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--run", str(run)], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert (run / "benchmark" / "samples.jsonl").exists()
+    for name in ("attribute_relevance.csv", "attribute_relevance.png", "prompt_relevance.csv",
+                 "prompt_relevance.png"):
+        assert (run / "analysis" / name).exists()
+    assert str(run.resolve()) in result.output.replace("\n", "")
