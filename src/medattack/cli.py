@@ -167,6 +167,62 @@ def demo(
         console.print(f"Run directory: [bold]{run.resolve()}[/bold]")
 
 
+@app.command(epilog="Examples:\n\n  medattack attack runs/demo --method mcm --model embedded --limit 4\n\n"
+             "  medattack attack runs/demo --method gcg --model llava-hf/llava-1.5-7b-hf --set steps=100\n\n"
+             "  medattack attack runs/demo --method region --condition both --set region=outside")
+def attack(
+    run: Annotated[Path, typer.Argument(help="A built run directory.")],
+    method: Annotated[str, typer.Option(help="Attack: see `medattack list attacks`.")] = "mcm",
+    model: Annotated[str, typer.Option(help="embedded | tiny | hub id or path of a LLaVA model.")] = "embedded",
+    condition: Annotated[list[str] | None, typer.Option(
+        "--condition", help="Conditions to attack (repeatable; default malicious and both).")] = None,
+    task: Annotated[list[str] | None, typer.Option("--task", help="Only this clinical task (repeatable).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Attack at most this many samples.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda or cpu.")] = None,
+    max_batch: Annotated[int, typer.Option(help="GCG candidates per forward pass at most.")] = 512,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Method setting: key=value, e.g. rounds=3.")] = None,
+    force: Annotated[bool, typer.Option(help="Reuse the output folder even if its config differs.")] = False,
+) -> None:
+    """Attack a white-box model on the run's samples (GCG, PGD, MCM, region, baselines); resumable."""
+    from medattack.attacks.runner import AttackStageConfig, run_attack_stage
+    from medattack.config import parse_overrides
+    from medattack.data.taxonomy import load_taxonomy
+
+    with _errors():
+        stage = AttackStageConfig(
+            method=method, model=model, conditions=tuple(condition) if condition else ("malicious", "both"),
+            tasks=tuple(load_taxonomy().task(t).name for t in task) if task else None, limit=limit, seed=seed,
+            device=device, max_batch=max_batch,
+        )
+        with _progress() as progress:
+            result = run_attack_stage(run, stage, parse_overrides(set_ or []), force=force, progress=progress)
+    table = Table("samples", "teacher-forced success", "keyword success", "failed", "mean seconds",
+                  title=f"{method} -> {result.folder}")
+    rows = result.results
+    if rows:
+        table.add_row(str(len(rows)), f"{sum(r['success'] for r in rows)}/{len(rows)}",
+                      f"{sum(r['keyword_success'] for r in rows)}/{len(rows)}", str(len(result.failures)),
+                      f"{sum(r['seconds'] for r in rows) / len(rows):.1f}")
+    console.print(table)
+    console.print(f"{result.attempted} sample(s) attacked now; results in {result.folder / 'results.jsonl'}")
+
+
+@list_app.command("attacks", epilog="Example:\n\n  medattack list attacks")
+def list_attacks() -> None:
+    """Attack methods and their settings (change with --set key=value)."""
+    import dataclasses
+
+    from medattack.attacks import ATTACKS
+    from medattack.config import config_help
+
+    for name, cls in ATTACKS.items():
+        console.print(f"[bold]{name}[/bold]: {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls.config_class)}
+        for key, text in config_help(cls.config_class).items():
+            console.print(f"    {key} = {defaults[key]!r}  {text}")
+
+
 @list_app.command("tasks", epilog="Example:\n\n  medattack list tasks")
 def list_tasks() -> None:
     """The 18 clinical tasks in their 4 groups."""

@@ -1,0 +1,161 @@
+"""What every attack takes and returns, the registry, and the resumable step loop they share.
+
+An attack is `XConfig` (frozen dataclass, defaults only there) + `X` (registered in `ATTACKS`, with
+`run(model, task, checkpoint) -> AttackResult`). Randomness is drawn per step from a generator seeded
+by (seed, sample id, step), so a run resumed from a checkpoint takes exactly the steps an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from medattack.models.base import AttackState, WhiteBoxTarget
+from medattack.registry import Registry
+
+SUFFIX_INIT = "! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! ! !"
+
+
+@dataclass(frozen=True)
+class AttackTask:
+    """One sample to attack, in the model's input space."""
+
+    sample_id: str
+    question: str
+    target: str
+    pixels: torch.Tensor  # (1, 3, H, W) float32 in [0, 1]: the clean image
+    seed: int = 0
+    mask: torch.Tensor | None = None  # (1, 1, H, W) float32 in {0, 1}: lesion region, when known
+    typographic_pixels: torch.Tensor | None = None  # (1, 3, H, W): key phrase rendered under the image
+
+
+@dataclass
+class StepRecord:
+    step: int
+    loss: float
+    modality: str  # "text", "image" or "none": what this step changed
+    success: bool  # teacher-forced argmax equals the target
+    seconds: float
+
+
+@dataclass
+class AttackResult:
+    suffix: str
+    suffix_ids: list[int]
+    pixels: torch.Tensor  # (1, 3, H, W) in [0, 1]: the adversarial (or clean) image
+    steps: list[StepRecord]
+    success: bool  # teacher-forced success at the end
+    best_loss: float | None
+    response: str = ""
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Checkpoint(Protocol):
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+class Attack(Protocol):
+    config: Any
+
+    def run(self, model: WhiteBoxTarget, task: AttackTask, checkpoint: Checkpoint | None = None) -> AttackResult: ...
+
+
+ATTACKS: Registry[type] = Registry("attack")
+
+
+def step_generator(seed: int, sample_id: str, step: int, device: torch.device) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}\x1f{sample_id}\x1f{step}".encode()).digest()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int.from_bytes(digest[:8], "big") & ((1 << 63) - 1))
+    return generator
+
+
+@dataclass
+class LoopState:
+    """What a resumable attack carries from step to step (and into its checkpoint)."""
+
+    suffix_ids: torch.Tensor  # (n_suffix,) long
+    pixels: torch.Tensor  # (1, 3, H, W) float32
+    loss: float
+    success: bool
+    step: int = 0
+    steps: list[StepRecord] = field(default_factory=list)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"suffix_ids": self.suffix_ids.cpu(), "pixels": self.pixels.cpu(), "loss": self.loss,
+                "success": self.success, "step": self.step, "steps": [vars(s) for s in self.steps]}
+
+    @classmethod
+    def from_checkpoint(cls, data: dict[str, Any], device: torch.device) -> LoopState:
+        return cls(suffix_ids=data["suffix_ids"].to(device), pixels=data["pixels"].to(device),
+                   loss=float(data["loss"]), success=bool(data["success"]), step=int(data["step"]),
+                   steps=[StepRecord(**s) for s in data["steps"]])
+
+
+StepFn = Callable[[LoopState, torch.Generator], tuple[str, float, bool]]
+
+
+def run_loop(
+    model: WhiteBoxTarget,
+    task: AttackTask,
+    initial: LoopState,
+    n_steps: int,
+    step_fn: StepFn,
+    checkpoint: Checkpoint | None,
+    early_stop: bool,
+    max_new_tokens: int,
+    state: AttackState,
+) -> AttackResult:
+    """Run `step_fn` until n_steps or success, checkpointing after every step; then generate once.
+
+    `step_fn(loop, generator)` mutates `loop` (suffix, pixels, loss, success) and returns
+    (modality changed, loss, success) for the log.
+    """
+    started = time.perf_counter()
+    loop = initial
+    saved = checkpoint.load() if checkpoint else None
+    if saved is not None:
+        loop = LoopState.from_checkpoint(saved, model.device)
+        model.set_pixels(state, loop.pixels)
+    while loop.step < n_steps and not (early_stop and loop.success):
+        tick = time.perf_counter()
+        generator = step_generator(task.seed, task.sample_id, loop.step, model.device)
+        modality, loss, success = step_fn(loop, generator)
+        loop.step += 1
+        loop.steps.append(StepRecord(loop.step, float(loss), modality, bool(success), time.perf_counter() - tick))
+        if checkpoint:
+            checkpoint.save(loop.to_checkpoint())
+    response = model.generate(state, loop.suffix_ids, max_new_tokens, pixels=loop.pixels)
+    return AttackResult(
+        suffix=model.decode(loop.suffix_ids), suffix_ids=loop.suffix_ids.tolist(), pixels=loop.pixels.detach().cpu(),
+        steps=loop.steps, success=loop.success, best_loss=loop.loss, response=response,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def initial_suffix(model: WhiteBoxTarget, text: str) -> torch.Tensor:
+    return torch.tensor(model.encode(text), dtype=torch.long, device=model.device)
+
+
+def evaluate_fixed(model: WhiteBoxTarget, task: AttackTask, pixels: torch.Tensor, suffix_text: str,
+                   max_new_tokens: int) -> AttackResult:
+    """An unoptimised input: its target loss, teacher-forced success and response (one step 0 record)."""
+    started = time.perf_counter()
+    state = model.start(task.question, task.target, pixels)
+    suffix = initial_suffix(model, suffix_text)
+    result = model.loss(state, suffix[None])
+    loss, success = float(result.loss[0]), bool(result.matches[0])
+    response = model.generate(state, suffix, max_new_tokens)
+    seconds = time.perf_counter() - started
+    return AttackResult(suffix=suffix_text, suffix_ids=suffix.tolist(), pixels=state.pixels.detach().cpu(),
+                        steps=[StepRecord(0, loss, "none", success, seconds)], success=success, best_loss=loss,
+                        response=response, seconds=seconds)

@@ -1,0 +1,99 @@
+"""MCM: Multimodal Cross-optimisation Method (Huang et al., arXiv 2405.20775, Sec. 4).
+
+Each round starts from the same (suffix, image) state and tries both modalities: one GCG step on the
+suffix and K PGD steps on the image; whichever reaches the lower target loss is kept. The image ball
+stays anchored at the clean image for the whole attack (the original code re-centred it every round,
+so the total perturbation was unbounded), and the prefix cache is rebuilt only when the image wins.
+Faithful defaults: 10 candidates, top-k 64, K = 5, 10 rounds; `schedule="alternate"` spends each
+round on one modality only (text on even rounds, image on odd) for half the cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from medattack.attacks.base import (
+    ATTACKS,
+    SUFFIX_INIT,
+    AttackResult,
+    AttackTask,
+    Checkpoint,
+    LoopState,
+    initial_suffix,
+    run_loop,
+)
+from medattack.attacks.gcg import GCGConfig, gcg_step
+from medattack.attacks.pgd import PGDConfig, pgd_step
+from medattack.config import option
+from medattack.models.base import AttackState, WhiteBoxTarget
+
+MaskFn = Callable[[WhiteBoxTarget, AttackState, AttackTask], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class MCMConfig:
+    rounds: int = option(10, "Cross-optimisation rounds at most.")
+    search_width: int = option(10, "GCG candidates per round.")
+    topk: int = option(64, "GCG tokens considered per suffix position.")
+    n_replace: int = option(1, "Suffix positions changed per GCG candidate.")
+    pgd_steps: int = option(5, "PGD steps per round (K).")
+    epsilon: float = option(8 / 255, "L-inf (or L2) radius around the clean image, pixel units.")
+    step_size: float = option(1 / 255, "PGD step size, pixel units.")
+    norm: Literal["linf", "l2"] = option("linf", "PGD threat model.")
+    schedule: Literal["best", "alternate"] = option(
+        "best", "best: both modalities every round, keep the lower loss; alternate: one modality per round.")
+    suffix_init: str = option(SUFFIX_INIT, "Initial suffix text.")
+    early_stop: bool = option(True, "Stop when the teacher-forced argmax equals the target.")
+    max_new_tokens: int = option(64, "Tokens generated for the final response.")
+
+    def gcg(self) -> GCGConfig:
+        return GCGConfig(search_width=self.search_width, topk=self.topk, n_replace=self.n_replace)
+
+    def pgd(self) -> PGDConfig:
+        return PGDConfig(epsilon=self.epsilon, step_size=self.step_size, norm=self.norm)
+
+
+@ATTACKS.register("mcm")
+class MCM:
+    """Text suffix and image perturbation, cross-optimised."""
+
+    config_class = MCMConfig
+
+    def __init__(self, config: MCMConfig | None = None, mask_fn: MaskFn | None = None) -> None:
+        self.config = config or MCMConfig()
+        self.mask_fn = mask_fn
+
+    def run(self, model: WhiteBoxTarget, task: AttackTask, checkpoint: Checkpoint | None = None) -> AttackResult:
+        config, gcg_config, pgd_config = self.config, self.config.gcg(), self.config.pgd()
+        state = model.start(task.question, task.target, task.pixels)
+        clean = state.pixels.clone()
+        mask = self.mask_fn(model, state, task) if self.mask_fn else None
+        suffix = initial_suffix(model, config.suffix_init)
+        first = model.loss(state, suffix[None])
+        loop = LoopState(suffix, clean, float(first.loss[0]), bool(first.matches[0]))
+
+        def round_(loop: LoopState, generator: torch.Generator) -> tuple[str, float, bool]:
+            try_text = config.schedule == "best" or loop.step % 2 == 0
+            try_image = config.schedule == "best" or loop.step % 2 == 1
+            text = gcg_step(model, state, loop.suffix_ids, gcg_config, generator) if try_text else None
+            image_pixels, image = None, None
+            if try_image:
+                image_pixels = loop.pixels
+                for _ in range(config.pgd_steps):
+                    image_pixels, _ = pgd_step(model, state, loop.suffix_ids, image_pixels, clean, pgd_config, mask)
+                image = model.loss_with_pixels(state, loop.suffix_ids, image_pixels)
+            if text is not None and (image is None or text.loss <= float(image.loss[0])):
+                loop.suffix_ids, loop.loss, loop.success = text.suffix_ids, text.loss, text.success
+                return "text", loop.loss, loop.success
+            loop.pixels, loop.loss, loop.success = image_pixels, float(image.loss[0]), bool(image.matches[0])
+            model.set_pixels(state, loop.pixels)  # the image changed: rebuild the prefix cache
+            return "image", loop.loss, loop.success
+
+        result = run_loop(model, task, loop, config.rounds, round_, checkpoint, config.early_stop,
+                          config.max_new_tokens, state)
+        result.info["linf"] = float((result.pixels - clean.cpu()).abs().max())
+        return result

@@ -1,0 +1,206 @@
+"""The attack stage: run one attack method with one white-box model over a run's samples.
+
+    runs/<name>/attacks/<method>/<model>/
+      config.json              method + stage config (a different config in the same folder is refused)
+      results.jsonl            one row per finished sample: suffix, success, response, paths, seconds
+      steps/<sample>.jsonl     per-step log: step, loss, winning modality, success, seconds
+      images/<sample>.png      adversarial image for people (model input resolution)
+      tensors/<sample>.safetensors   exact adversarial pixels (1, 3, H, W) in [0, 1] and suffix ids
+      checkpoints/<sample>.pt  state of a sample in progress (deleted when it finishes)
+      failures.jsonl           samples that could not be attacked, with the reason
+
+A finished sample is never redone; an interrupted one restarts from its last step's checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medattack.attacks.base import ATTACKS, AttackResult, AttackTask
+from medattack.config import from_mapping, option, to_dict
+from medattack.data.builder import load_samples
+from medattack.data.image_io import encode_png, load_image
+from medattack.data.typography import render_text_band
+from medattack.errors import ConfigError, InputError, MedattackError, RunDirError
+from medattack.models.base import WhiteBoxTarget, load_whitebox
+from medattack.rundir import (
+    RunDir,
+    append_jsonl,
+    content_hash,
+    read_jsonl,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from medattack.scoring.keyword import keyword_success
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class AttackStageConfig:
+    method: str = option("mcm", "Attack method (see `medattack list attacks`).")
+    model: str = option("embedded", "White-box model: embedded, tiny, or a hub id / local path of a LLaVA model.")
+    conditions: tuple[str, ...] = option(("malicious", "both"), "Sample conditions to attack.")
+    tasks: tuple[str, ...] | None = option(None, "Only samples of these clinical tasks.")
+    limit: int | None = option(None, "Attack at most this many samples (in table order).")
+    seed: int = option(0, "Seed of every random choice of the attack.")
+    device: str | None = option(None, "torch device (default: cuda when available, else cpu).")
+    max_batch: int = option(512, "GCG candidates per forward pass at most (halved on out-of-memory).")
+
+
+def model_slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80]
+
+
+class FileCheckpoint:
+    """torch.save'd dict, replaced atomically after every step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged checkpoint only costs the sample a restart
+            log.warning("ignoring unreadable checkpoint %s (%s)", self.path, exc)
+            return None
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def select_samples(samples: list[dict[str, Any]], config: AttackStageConfig) -> list[dict[str, Any]]:
+    chosen = [s for s in samples if s["condition"] in config.conditions
+              and (config.tasks is None or s["task"] in config.tasks)]
+    return chosen[: config.limit] if config.limit is not None else chosen
+
+
+def _mask(model: WhiteBoxTarget, benchmark: Path, sample: dict[str, Any]) -> torch.Tensor | None:
+    if not sample.get("mask_file"):
+        return None
+    mask = load_image(benchmark / sample["mask_file"]).pixels
+    return (model.preprocess(mask)[:, :1] > 0.5).float()  # (1, 1, H, W)
+
+
+def build_task(model: WhiteBoxTarget, benchmark: Path, sample: dict[str, Any], seed: int,
+               typographic: bool) -> AttackTask:
+    image = load_image(benchmark / sample["image_file"]).pixels
+    typo = None
+    if typographic:
+        typo_image = (load_image(benchmark / sample["typographic_image_file"]).pixels
+                      if sample.get("typographic_image_file") else render_text_band(image, sample["key_phrase"]))
+        typo = model.preprocess(typo_image)
+    return AttackTask(sample_id=sample["sample_id"], question=sample["question"], target=sample["target"],
+                      pixels=model.preprocess(image), seed=seed, mask=_mask(model, benchmark, sample),
+                      typographic_pixels=typo)
+
+
+def _to_png(pixels: torch.Tensor) -> bytes:
+    array = (pixels[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return encode_png(array)
+
+
+def _save_tensors(path: Path, result: AttackResult) -> None:
+    from safetensors.torch import save
+
+    payload = save({"pixels": result.pixels.float().contiguous(),
+                    "suffix_ids": torch.tensor(result.suffix_ids, dtype=torch.long)})
+    write_bytes_atomic(path, payload)
+
+
+@dataclass
+class AttackStageResult:
+    folder: Path
+    results: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    attempted: int  # samples run in this call (others were already done)
+
+
+def run_attack_stage(
+    run_dir: str | Path, config: AttackStageConfig, method_options: dict[str, Any] | None = None, *,
+    model: WhiteBoxTarget | None = None, force: bool = False, progress: Progress | None = None,
+) -> AttackStageResult:
+    """Attack the selected samples of a built run; resumable, see the module docstring."""
+    run = RunDir(run_dir)
+    samples = load_samples(run.root)
+    attack_cls = ATTACKS[config.method]
+    method_config = from_mapping(attack_cls.config_class, method_options or {}, f"{config.method} options")
+    unknown = set(config.conditions) - {"normal", "mismatch", "malicious", "both"}
+    if unknown:
+        raise ConfigError(f"unknown condition(s) {sorted(unknown)}; use normal, mismatch, malicious, both.")
+    model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
+                                   max_batch=config.max_batch)
+    folder = run.root / "attacks" / config.method / model_slug(model.name)
+    record = {"stage": to_dict(config), "method": to_dict(method_config), "model_name": model.name}
+    stamp = folder / "config.json"
+    if stamp.exists() and not force:
+        previous = json.loads(stamp.read_text(encoding="utf-8"))
+        if content_hash(previous) != content_hash(record):
+            raise RunDirError(f"{folder} holds results of another configuration; use --force to add to it "
+                              "anyway, or change the method or model.")
+    write_json_atomic(stamp, record)
+    run.record_stage(f"attack/{config.method}/{model_slug(model.name)}", record, config.seed)
+
+    results_path, failures_path = folder / "results.jsonl", folder / "failures.jsonl"
+    done = {r["sample_id"] for r in read_jsonl(results_path)}
+    chosen = select_samples(samples, config)
+    todo = [s for s in chosen if s["sample_id"] not in done]
+    attack = attack_cls(method_config)
+    needs_typo = getattr(attack_cls, "needs_typographic", False)
+    failures = read_jsonl(failures_path)
+    for index, sample in enumerate(todo):
+        if progress:
+            progress(f"{config.method} on {model.name}", index + len(chosen) - len(todo), len(chosen))
+        sample_id = sample["sample_id"]
+        checkpoint = FileCheckpoint(folder / "checkpoints" / f"{sample_id}.pt")
+        try:
+            task = build_task(model, run.benchmark, sample, config.seed, needs_typo)
+            result = attack.run(model, task, checkpoint)
+        except (InputError, MedattackError) as exc:
+            failures.append({"sample_id": sample_id, "error": type(exc).__name__, "problem": str(exc)})
+            write_jsonl_atomic(failures_path, failures)
+            log.warning("sample %s failed: %s", sample_id, exc)
+            continue
+        write_jsonl_atomic(folder / "steps" / f"{sample_id}.jsonl", [vars(s) for s in result.steps])
+        write_bytes_atomic(folder / "images" / f"{sample_id}.png", _to_png(result.pixels))
+        _save_tensors(folder / "tensors" / f"{sample_id}.safetensors", result)
+        append_jsonl(results_path, {
+            "sample_id": sample_id, "pair_id": sample["pair_id"], "condition": sample["condition"],
+            "task": sample["task"], "category": sample["category"], "method": config.method,
+            "model": model.name, "seed": config.seed, "question": sample["question"], "target": sample["target"],
+            "suffix": result.suffix, "suffix_ids": result.suffix_ids, "success": result.success,
+            "keyword_success": keyword_success(result.response, sample["question"]),
+            "response": result.response, "best_loss": result.best_loss, "n_steps": len(result.steps),
+            "seconds": round(result.seconds, 3),
+            "linf": float((result.pixels - task.pixels.cpu()).abs().max()),
+            "image_file": f"images/{sample_id}.png", "tensor_file": f"tensors/{sample_id}.safetensors",
+            "info": result.info,
+        })
+        checkpoint.clear()
+    if progress:
+        progress(f"{config.method} on {model.name}", len(chosen), len(chosen))
+    results = read_jsonl(results_path)
+    return AttackStageResult(folder, results, failures, len(todo))

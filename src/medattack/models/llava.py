@@ -1,0 +1,377 @@
+"""White-box adapter for transformers LLaVA-family models (`LlavaForConditionalGeneration`).
+
+Covers LLaVA-1.5 (`llava-hf/llava-1.5-7b-hf`), LLaVA-Med v1.5 in HF format, and the embedded and
+tiny targets built in `embedded.py`. The adapter assembles input embeddings itself:
+
+    [before image] [image features] [question + " "] | [suffix] | [template tail] [target]
+    \____________________ prefix, cached once per image ______/
+
+so that (a) the prefix is run once per image and its keys/values are shared by every GCG candidate
+without copies (`FrozenPrefixCache`), (b) logits are computed only at target positions, and (c)
+pixels enter as (B, 3, H, W) in [0, 1] with normalisation inside the adapter, so PGD's epsilon is in
+pixel units.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from medattack.models.base import WHITEBOX_MODELS, AttackState, LossResult
+from medattack.models.frozen_cache import FrozenPrefixCache
+
+log = logging.getLogger(__name__)
+
+SUFFIX_MARK = "\u2063MEDATTACK_SUFFIX\u2063"  # invisible separators around a word no template contains
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Token ids of the prompt around the image and the optimised slot."""
+
+    before_image: torch.Tensor  # (n0,) long
+    after_image: torch.Tensor  # (n1,) long: the question up to the slot
+    tail: torch.Tensor  # (n2,) long: end of the user turn and the assistant header
+
+
+class LlavaWhiteBox:
+    """The DESIGN.md white-box contract for a `LlavaForConditionalGeneration` and its tokenizer.
+
+    Args:
+        model: the LLaVA model (eval mode, on its device, in its dtype).
+        tokenizer: its tokenizer.
+        name: how runs and reports call this target.
+        image_size: (H, W) the vision tower takes.
+        image_mean, image_std: per-channel normalisation applied inside the adapter.
+        chat: function question -> prompt text with "<image>" where the image goes, or None to use the
+            processor's / tokenizer's chat template.
+        image_mark: the placeholder text of the image in the rendered prompt.
+        max_batch: candidates per forward pass at most (halved automatically on out-of-memory).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        image_size: tuple[int, int],
+        image_mean: tuple[float, float, float] = CLIP_MEAN,
+        image_std: tuple[float, float, float] = CLIP_STD,
+        processor: Any = None,
+        image_mark: str = "<image>",
+        max_batch: int = 512,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.name = name
+        self.image_size = image_size
+        self.image_mark = image_mark
+        self.max_batch = max_batch
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.mean = torch.tensor(image_mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(image_std, device=self.device).view(1, 3, 1, 1)
+        inner = model.model
+        self.vision_tower = inner.vision_tower
+        self.projector = inner.multi_modal_projector
+        self.decoder = inner.language_model
+        self.lm_head = model.lm_head
+        self.embed = model.get_input_embeddings()
+        self.feature_layer = model.config.vision_feature_layer
+        self.select_strategy = model.config.vision_feature_select_strategy
+        self.image_token_id = getattr(model.config, "image_token_id", None) or model.config.image_token_index
+        # transformers renamed `past_key_values` to `cache` in the 5.2x series; accept both
+        params = inspect.signature(self.decoder.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._allowed: torch.Tensor | None = None
+        self._stop_ids = self._collect_stop_ids()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    # --- text -------------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int] | torch.Tensor) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _collect_stop_ids(self) -> set[int]:
+        ids = set()
+        for value in (getattr(self.model.generation_config, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list | tuple):
+                ids.update(int(v) for v in value)
+        return ids
+
+    def allowed_tokens(self) -> torch.Tensor:
+        """(V,) bool over the embedding rows: printable ASCII tokens that are not special."""
+        if self._allowed is None:
+            vocab = self.embed.weight.shape[0]
+            allowed = torch.zeros(vocab, dtype=torch.bool)
+            special = set(self.tokenizer.all_special_ids) | {self.image_token_id}
+            for token_id in range(min(vocab, len(self.tokenizer))):
+                if token_id in special:
+                    continue
+                text = self.tokenizer.decode([token_id])
+                if text and text.isascii() and text.isprintable() and text.strip():
+                    allowed[token_id] = True
+            self._allowed = allowed.to(self.device)
+        return self._allowed
+
+    def render(self, question: str) -> str:
+        """The full prompt text with the image placeholder and the suffix mark."""
+        user_text = f"{question} {SUFFIX_MARK}"
+        if self.processor is not None and getattr(self.processor, "chat_template", None):
+            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        if getattr(self.tokenizer, "chat_template", None):
+            conversation = [{"role": "user", "content": f"{self.image_mark}\n{user_text}"}]
+            return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        return f"USER: {self.image_mark}\n{user_text} ASSISTANT:"
+
+    def segments(self, question: str) -> Segments:
+        text = self.render(question)
+        before_slot, tail = text.split(SUFFIX_MARK)
+        before_image, after_image = before_slot.split(self.image_mark, 1)
+        before_ids = self.encode(before_image)
+        bos = self.tokenizer.bos_token_id
+        if getattr(self.tokenizer, "add_bos_token", False) and bos is not None and (
+            not before_ids or before_ids[0] != bos
+        ):
+            before_ids = [bos, *before_ids]
+
+        def ids(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=self.device)
+
+        return Segments(ids(before_ids), ids(self.encode(after_image)), ids(self.encode(tail)))
+
+    def retokenizes(self, candidate_ids: torch.Tensor) -> torch.Tensor:
+        """(B, n) -> (B,) bool: decoding then encoding each candidate gives the same ids back."""
+        rows = candidate_ids.tolist()
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        again = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return torch.tensor([a == r for a, r in zip(again, rows, strict=True)], device=candidate_ids.device)
+
+    # --- image ------------------------------------------------------------------------------------
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """(H0, W0, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]: shortest side resized, centre crop."""
+        height, width = self.image_size
+        pil = Image.fromarray(image, mode="RGB")
+        scale = max(height / pil.height, width / pil.width)
+        resized = pil.resize((max(width, round(pil.width * scale)), max(height, round(pil.height * scale))),
+                             Image.Resampling.BICUBIC)
+        left, top = (resized.width - width) // 2, (resized.height - height) // 2
+        crop = np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.float32) / 255.0
+        return torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0).to(self.device)
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, P, D) projected image features."""
+        normalised = ((pixels - self.mean) / self.std).to(self.dtype)
+        hidden = self.vision_tower(normalised, output_hidden_states=True).hidden_states
+        layers = self.feature_layer if isinstance(self.feature_layer, list | tuple) else [self.feature_layer]
+        features = torch.cat([hidden[i] for i in layers], dim=-1)  # (B, 1 + P, Dv)
+        if self.select_strategy == "default":
+            features = features[:, 1:]
+        return self.projector(features)
+
+    # --- state and caches -------------------------------------------------------------------------
+
+    def _prefix_embeds(self, segments: Segments, pixels: torch.Tensor) -> torch.Tensor:
+        """(1, n_prefix, D): before-image tokens, image features, question tokens."""
+        return torch.cat([
+            self.embed(segments.before_image)[None],
+            self.image_features(pixels),
+            self.embed(segments.after_image)[None],
+        ], dim=1)
+
+    @torch.no_grad()
+    def _fill_cache(self, state: AttackState) -> None:
+        prefix = self._prefix_embeds(state.extra["segments"], state.pixels)
+        cache = FrozenPrefixCache()
+        self.decoder(inputs_embeds=prefix, use_cache=True, **{self._cache_kw: cache})
+        state.cache = cache.freeze()
+        state.extra["prefix_len"] = prefix.shape[1]
+
+    def start(self, question: str, target: str, pixels: torch.Tensor) -> AttackState:
+        segments = self.segments(question)
+        target_ids = torch.tensor(self.encode(target), dtype=torch.long, device=self.device)
+        state = AttackState(question=question, target=target, pixels=pixels.detach().to(self.device).float(),
+                            target_ids=target_ids, extra={"segments": segments})
+        self._fill_cache(state)
+        return state
+
+    def set_pixels(self, state: AttackState, pixels: torch.Tensor) -> None:
+        state.pixels = pixels.detach().float()
+        self._fill_cache(state)
+
+    # --- losses and gradients ---------------------------------------------------------------------
+
+    def _target_logits(self, hidden: torch.Tensor, start: int, n_target: int) -> torch.Tensor:
+        """Logits only where the target is predicted: (B, T, V) float32."""
+        return self.lm_head(hidden[:, start:start + n_target]).float()
+
+    def _score(self, logits: torch.Tensor, target_ids: torch.Tensor) -> LossResult:
+        batch = logits.shape[0]
+        labels = target_ids.expand(batch, -1)
+        loss = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1)
+        return LossResult(loss=loss, matches=(logits.argmax(-1) == labels).all(dim=1))
+
+    def _suffix_forward(self, state: AttackState, suffix_embeds: torch.Tensor) -> LossResult:
+        """Suffix (B, n, D) + tail + target on the frozen prefix cache -> per-candidate loss."""
+        batch = suffix_embeds.shape[0]
+        segments: Segments = state.extra["segments"]
+        tail = self.embed(segments.tail)[None].expand(batch, -1, -1)
+        target_in = self.embed(state.target_ids[:-1])[None].expand(batch, -1, -1)
+        inputs = torch.cat([suffix_embeds.to(self.dtype), tail, target_in], dim=1)
+        hidden = self.decoder(inputs_embeds=inputs, use_cache=True, **{self._cache_kw: state.cache}).last_hidden_state
+        start = suffix_embeds.shape[1] + tail.shape[1] - 1
+        return self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
+
+    @torch.no_grad()
+    def loss(self, state: AttackState, candidate_ids: torch.Tensor) -> LossResult:
+        """Target loss of each candidate suffix, (B, n_suffix) -> (B,), in OOM-safe chunks."""
+        results: list[LossResult] = []
+        start = 0
+        while start < candidate_ids.shape[0]:
+            chunk = candidate_ids[start:start + self.max_batch]
+            try:
+                results.append(self._suffix_forward(state, self.embed(chunk)))
+            except torch.OutOfMemoryError:
+                if self.max_batch == 1:
+                    raise
+                self.max_batch = max(1, self.max_batch // 2)
+                log.info("out of memory: candidate batch now %d", self.max_batch)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start += chunk.shape[0]
+        return LossResult(loss=torch.cat([r.loss for r in results]), matches=torch.cat([r.matches for r in results]))
+
+    def token_grad(self, state: AttackState, suffix_ids: torch.Tensor) -> torch.Tensor:
+        """d loss / d one-hot(suffix): (n_suffix, V) float32."""
+        weight = self.embed.weight  # (V, D)
+        one_hot = F.one_hot(suffix_ids, weight.shape[0]).to(weight.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            result = self._suffix_forward(state, (one_hot @ weight)[None])
+            result.loss.sum().backward()
+        return one_hot.grad.float()
+
+    def pixel_grad(
+        self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor
+    ) -> tuple[LossResult, torch.Tensor]:
+        """Loss with these pixels, and d loss / d pixels (1, 3, H, W), through the vision tower."""
+        pixels = pixels.detach().clone().requires_grad_(True)
+        segments: Segments = state.extra["segments"]
+        with torch.enable_grad():
+            inputs = torch.cat([
+                self._prefix_embeds(segments, pixels),
+                self.embed(suffix_ids)[None],
+                self.embed(segments.tail)[None],
+                self.embed(state.target_ids[:-1])[None],
+            ], dim=1)
+            hidden = self.decoder(inputs_embeds=inputs, use_cache=False).last_hidden_state
+            start = inputs.shape[1] - len(state.target_ids)
+            result = self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
+            result.loss.sum().backward()
+        return LossResult(result.loss.detach(), result.matches), pixels.grad.detach()
+
+    @torch.no_grad()
+    def loss_with_pixels(self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor) -> LossResult:
+        """Loss of one suffix with other pixels than the cached ones (full forward, cache untouched)."""
+        segments: Segments = state.extra["segments"]
+        inputs = torch.cat([
+            self._prefix_embeds(segments, pixels),
+            self.embed(suffix_ids)[None],
+            self.embed(segments.tail)[None],
+            self.embed(state.target_ids[:-1])[None],
+        ], dim=1)
+        hidden = self.decoder(inputs_embeds=inputs, use_cache=False).last_hidden_state
+        start = inputs.shape[1] - len(state.target_ids)
+        return self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
+
+    # --- generation -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, state: AttackState, suffix_ids: torch.Tensor, max_new_tokens: int = 64,
+                 pixels: torch.Tensor | None = None) -> str:
+        """Greedy continuation after prefix + suffix + tail (with `pixels`, or the state's)."""
+        from transformers import DynamicCache
+
+        segments: Segments = state.extra["segments"]
+        inputs = torch.cat([
+            self._prefix_embeds(segments, state.pixels if pixels is None else pixels.to(self.device)),
+            self.embed(suffix_ids)[None],
+            self.embed(segments.tail)[None],
+        ], dim=1)
+        cache = DynamicCache()
+        hidden = self.decoder(inputs_embeds=inputs, use_cache=True, **{self._cache_kw: cache}).last_hidden_state
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            token = int(self.lm_head(hidden[:, -1]).argmax(-1))
+            if token in self._stop_ids:
+                break
+            out.append(token)
+            next_embed = self.embed(torch.tensor([[token]], device=self.device))
+            hidden = self.decoder(inputs_embeds=next_embed, use_cache=True,
+                                  **{self._cache_kw: cache}).last_hidden_state
+        return self.decode(out)
+
+    def full_input_ids(self, state: AttackState, suffix_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, L) input ids with the image token repeated, and (1, L) labels (-100 except the target),
+        for checking the adapter against the model's own forward."""
+        segments: Segments = state.extra["segments"]
+        n_image = self.image_features(state.pixels).shape[1]
+        image = torch.full((n_image,), self.image_token_id, dtype=torch.long, device=self.device)
+        ids = torch.cat([segments.before_image, image, segments.after_image, suffix_ids, segments.tail,
+                         state.target_ids])
+        labels = torch.full_like(ids, -100)
+        labels[-len(state.target_ids):] = state.target_ids
+        return ids[None], labels[None]
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        return ((pixels - self.mean) / self.std).to(self.dtype)
+
+
+@WHITEBOX_MODELS.register("hf")
+def load_hf_llava(
+    model_id: str, *, dtype: str = "auto", device: str | None = None, max_batch: int = 512,
+    trust_remote_code: bool = False,
+) -> LlavaWhiteBox:
+    """A LLaVA-family model from the hub or a local path (LLaVA-1.5, LLaVA-Med v1.5 HF format)."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+                   "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    model = LlavaForConditionalGeneration.from_pretrained(
+        model_id, dtype=torch_dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code,
+    ).to(device).eval()
+    image_processor = processor.image_processor
+    crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None) or {}
+    if isinstance(crop, dict):
+        side = crop.get("height") or crop.get("shortest_edge") or model.config.vision_config.image_size
+        size = (int(crop.get("height", side)), int(crop.get("width", side)))
+    else:
+        size = (model.config.vision_config.image_size,) * 2
+    return LlavaWhiteBox(
+        model, processor.tokenizer, name=model_id, image_size=size,
+        image_mean=tuple(image_processor.image_mean), image_std=tuple(image_processor.image_std),
+        processor=processor, image_mark=getattr(processor, "image_token", "<image>"), max_batch=max_batch,
+    )
