@@ -68,3 +68,17 @@ def test_demo_builds_and_analyses(tmp_path):
                  "prompt_relevance.png"):
         assert (run / "analysis" / name).exists()
     assert str(run.resolve()) in result.output.replace("\n", "")
+
+
+def test_attack_command_runs_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["build", str(run), "--task", "Matching", "--max-per-category", "1"]).exit_code == 0
+    args = ["attack", str(run), "--model", "tiny", "--method", "gcg", "--limit", "2", "--set", "steps=2",
+            "--set", "search_width=8", "--set", "topk=8"]
+    first = runner.invoke(app, args, terminal_width=300)
+    assert first.exit_code == 0, first.output
+    assert "2 sample(s) attacked now" in first.output.replace("\n", " ")
+    second = runner.invoke(app, args, terminal_width=300)
+    assert "0 sample(s) attacked now" in second.output.replace("\n", " ")
+    bad = runner.invoke(app, [*args[:-6], "--set", "stepz=2"], terminal_width=300)
+    assert bad.exit_code == 2 and "did you mean 'steps'" in bad.output.replace("\n", " ").lower()
