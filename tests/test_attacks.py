@@ -111,13 +111,18 @@ def test_saliency_patch_is_used_without_a_mask(tiny):
 def test_mcm_anchors_the_ball_and_rebuilds_the_cache_only_when_the_image_wins(tiny, monkeypatch):
     calls = []
     original = tiny.set_pixels
-    monkeypatch.setattr(tiny, "set_pixels", lambda state, pixels: (calls.append(1), original(state, pixels)))
+
+    def counting(state, pixels, cache_from=None):
+        calls.append(cache_from)
+        original(state, pixels, cache_from=cache_from)
+
+    monkeypatch.setattr(tiny, "set_pixels", counting)
     config = MCMConfig(rounds=6, pgd_steps=3, epsilon=2 / 255, step_size=1 / 255, early_stop=False,
                        max_new_tokens=2)
     task = make_task(tiny)
     result = MCM(config).run(tiny, task)
     image_wins = sum(s.modality == "image" for s in result.steps)
-    assert len(calls) == image_wins
+    assert len(calls) == image_wins and all(c is not None for c in calls)  # the branch's cache is reused
     assert (result.pixels - task.pixels).abs().max() <= 2 / 255 + 1e-6
     assert {s.modality for s in result.steps} <= {"text", "image"}
     assert result.steps[-1].loss <= result.steps[0].loss

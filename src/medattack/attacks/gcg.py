@@ -71,9 +71,10 @@ def filter_candidates(model: WhiteBoxTarget, candidates: torch.Tensor, current: 
 
 def gcg_step(
     model: WhiteBoxTarget, state: AttackState, suffix_ids: torch.Tensor, config: GCGConfig,
-    generator: torch.Generator,
+    generator: torch.Generator, grad: torch.Tensor | None = None,
 ) -> GCGStep:
-    grad = model.token_grad(state, suffix_ids)  # (n, V)
+    """One GCG step; `grad` (n, V) may be given when it was computed already (MCM's joint backward)."""
+    grad = model.token_grad(state, suffix_ids) if grad is None else grad  # (n, V)
     allowed = model.allowed_tokens()
     candidates = torch.empty((0, suffix_ids.shape[0]), dtype=torch.long, device=suffix_ids.device)
     for _ in range(3):  # resample when filtering left nothing

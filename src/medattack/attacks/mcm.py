@@ -5,7 +5,10 @@ suffix and K PGD steps on the image; whichever reaches the lower target loss is 
 stays anchored at the clean image for the whole attack (the original code re-centred it every round,
 so the total perturbation was unbounded), and the prefix cache is rebuilt only when the image wins.
 Faithful defaults: 10 candidates, top-k 64, K = 5, 10 rounds; `schedule="alternate"` spends each
-round on one modality only (text on even rounds, image on odd) for half the cost.
+round on one modality only (text on even rounds, image on odd) for half the cost. The first PGD
+step's backward pass also yields GCG's token gradient, and the image branch's loss is computed on the
+prefix cache it would need anyway, so a round costs K forward-backward passes, one prefix pass and
+the candidate batch.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from medattack.attacks.base import (
     run_loop,
 )
 from medattack.attacks.gcg import GCGConfig, gcg_step
-from medattack.attacks.pgd import PGDConfig, pgd_step
+from medattack.attacks.pgd import PGDConfig, pgd_step, pgd_update
 from medattack.config import option
 from medattack.models.base import AttackState, WhiteBoxTarget
 
@@ -79,18 +82,27 @@ class MCM:
         def round_(loop: LoopState, generator: torch.Generator) -> tuple[str, float, bool]:
             try_text = config.schedule == "best" or loop.step % 2 == 0
             try_image = config.schedule == "best" or loop.step % 2 == 1
-            text = gcg_step(model, state, loop.suffix_ids, gcg_config, generator) if try_text else None
-            image_pixels, image = None, None
+            token_grad = None
+            image_pixels = loop.pixels
             if try_image:
-                image_pixels = loop.pixels
-                for _ in range(config.pgd_steps):
+                # the first PGD step's backward also yields the token gradient GCG needs: one pass for both
+                if try_text:
+                    _, token_grad, pixel_grad = model.joint_grad(state, loop.suffix_ids, loop.pixels)
+                else:
+                    _, pixel_grad = model.pixel_grad(state, loop.suffix_ids, loop.pixels)
+                image_pixels = pgd_update(loop.pixels, pixel_grad, clean, pgd_config, mask)
+                for _ in range(config.pgd_steps - 1):
                     image_pixels, _ = pgd_step(model, state, loop.suffix_ids, image_pixels, clean, pgd_config, mask)
-                image = model.loss_with_pixels(state, loop.suffix_ids, image_pixels)
+            text = gcg_step(model, state, loop.suffix_ids, gcg_config, generator, token_grad) if try_text else None
+            image_state, image = None, None
+            if try_image:
+                image_state = model.fork(state, image_pixels)  # its cache is kept if the image wins
+                image = model.loss(image_state, loop.suffix_ids[None])
             if text is not None and (image is None or text.loss <= float(image.loss[0])):
                 loop.suffix_ids, loop.loss, loop.success = text.suffix_ids, text.loss, text.success
                 return "text", loop.loss, loop.success
             loop.pixels, loop.loss, loop.success = image_pixels, float(image.loss[0]), bool(image.matches[0])
-            model.set_pixels(state, loop.pixels)  # the image changed: rebuild the prefix cache
+            model.set_pixels(state, loop.pixels, cache_from=image_state)  # no second prefix pass
             return "image", loop.loss, loop.success
 
         result = run_loop(model, task, loop, config.rounds, round_, checkpoint, config.early_stop,

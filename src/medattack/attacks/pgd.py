@@ -61,18 +61,23 @@ def random_start(clean: torch.Tensor, config: PGDConfig, mask: torch.Tensor | No
     return project(clean + noise * config.epsilon, clean, config.epsilon, config.norm, mask)
 
 
+def pgd_update(pixels: torch.Tensor, grad: torch.Tensor, clean: torch.Tensor, config: PGDConfig,
+               mask: torch.Tensor | None) -> torch.Tensor:
+    """Descend along the gradient (sign for L-inf, direction for L2) and project back."""
+    if config.norm == "linf":
+        direction = grad.sign()
+    else:
+        direction = grad / grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+    return project(pixels - config.step_size * direction, clean, config.epsilon, config.norm, mask)
+
+
 def pgd_step(
     model: WhiteBoxTarget, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor,
     clean: torch.Tensor, config: PGDConfig, mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor, LossResult]:
     """One descent step; returns the new pixels and the loss at the pixels before the step."""
     result, grad = model.pixel_grad(state, suffix_ids, pixels)
-    if config.norm == "linf":
-        direction = grad.sign()
-    else:
-        direction = grad / grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
-    stepped = pixels - config.step_size * direction
-    return project(stepped, clean, config.epsilon, config.norm, mask), result
+    return pgd_update(pixels, grad, clean, config, mask), result
 
 
 @ATTACKS.register("pgd")

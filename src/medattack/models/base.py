@@ -66,8 +66,12 @@ class WhiteBoxTarget(Protocol):
 
     def start(self, question: str, target: str, pixels: torch.Tensor) -> AttackState: ...
 
-    def set_pixels(self, state: AttackState, pixels: torch.Tensor) -> None:
-        """Change the image of a state (rebuilds the prefix cache)."""
+    def set_pixels(self, state: AttackState, pixels: torch.Tensor, cache_from: AttackState | None = None) -> None:
+        """Change the image of a state (rebuilds the prefix cache, or takes `cache_from`'s)."""
+        ...
+
+    def fork(self, state: AttackState, pixels: torch.Tensor) -> AttackState:
+        """The same prompt and target with other pixels, with its own prefix cache."""
         ...
 
     def loss(self, state: AttackState, candidate_ids: torch.Tensor) -> LossResult: ...
@@ -77,6 +81,12 @@ class WhiteBoxTarget(Protocol):
     def pixel_grad(
         self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor
     ) -> tuple[LossResult, torch.Tensor]: ...
+
+    def joint_grad(
+        self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor
+    ) -> tuple[LossResult, torch.Tensor, torch.Tensor]:
+        """One backward giving the token gradient (n, V) and the pixel gradient (1, 3, H, W)."""
+        ...
 
     def loss_with_pixels(self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor) -> LossResult:
         """Loss of one suffix with other pixels, leaving the cached prefix as it is."""

@@ -216,9 +216,20 @@ class LlavaWhiteBox:
         self._fill_cache(state)
         return state
 
-    def set_pixels(self, state: AttackState, pixels: torch.Tensor) -> None:
+    def set_pixels(self, state: AttackState, pixels: torch.Tensor, cache_from: AttackState | None = None) -> None:
+        """Change the state's image; reuse `cache_from`'s prefix cache when it was built for these pixels."""
         state.pixels = pixels.detach().float()
-        self._fill_cache(state)
+        if cache_from is not None:
+            state.cache, state.extra["prefix_len"] = cache_from.cache, cache_from.extra["prefix_len"]
+        else:
+            self._fill_cache(state)
+
+    def fork(self, state: AttackState, pixels: torch.Tensor) -> AttackState:
+        """A state with the same prompt and target and other pixels (its own prefix cache)."""
+        other = AttackState(question=state.question, target=state.target, pixels=pixels.detach().float(),
+                            target_ids=state.target_ids, extra=dict(state.extra))
+        self._fill_cache(other)
+        return other
 
     # --- losses and gradients ---------------------------------------------------------------------
 
@@ -276,12 +287,33 @@ class LlavaWhiteBox:
         self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor
     ) -> tuple[LossResult, torch.Tensor]:
         """Loss with these pixels, and d loss / d pixels (1, 3, H, W), through the vision tower."""
+        result, _, grad = self._full_backward(state, suffix_ids, pixels, token_grad=False)
+        return result, grad
+
+    def joint_grad(
+        self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor
+    ) -> tuple[LossResult, torch.Tensor, torch.Tensor]:
+        """One forward + backward giving both d loss / d one-hot(suffix) (n, V) and d loss / d pixels."""
+        result, token, pixel = self._full_backward(state, suffix_ids, pixels, token_grad=True)
+        assert token is not None
+        return result, token, pixel
+
+    def _full_backward(
+        self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor, token_grad: bool
+    ) -> tuple[LossResult, torch.Tensor | None, torch.Tensor]:
         pixels = pixels.detach().clone().requires_grad_(True)
         segments: Segments = state.extra["segments"]
+        weight = self.embed.weight  # (V, D)
+        one_hot = None
         with torch.enable_grad():
+            if token_grad:
+                one_hot = F.one_hot(suffix_ids, weight.shape[0]).to(weight.dtype).requires_grad_(True)
+                suffix_embeds = (one_hot @ weight)[None]
+            else:
+                suffix_embeds = self.embed(suffix_ids)[None]
             inputs = torch.cat([
                 self._prefix_embeds(segments, pixels),
-                self.embed(suffix_ids)[None],
+                suffix_embeds,
                 self.embed(segments.tail)[None],
                 self.embed(state.target_ids[:-1])[None],
             ], dim=1)
@@ -289,7 +321,8 @@ class LlavaWhiteBox:
             start = inputs.shape[1] - len(state.target_ids)
             result = self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
             result.loss.sum().backward()
-        return LossResult(result.loss.detach(), result.matches), pixels.grad.detach()
+        token = one_hot.grad.float() if one_hot is not None else None
+        return LossResult(result.loss.detach(), result.matches), token, pixels.grad.detach()
 
     @torch.no_grad()
     def loss_with_pixels(self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor) -> LossResult:
