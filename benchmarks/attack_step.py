@@ -21,9 +21,9 @@ import naive  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from medattack.attacks.base import SUFFIX_INIT, step_generator  # noqa: E402
+from medattack.attacks.base import SUFFIX_INIT, LoopState, step_generator  # noqa: E402
 from medattack.attacks.gcg import GCGConfig, gcg_step  # noqa: E402
-from medattack.attacks.mcm import MCMConfig  # noqa: E402
+from medattack.attacks.mcm import MCMConfig, mcm_round  # noqa: E402
 from medattack.attacks.pgd import pgd_step  # noqa: E402
 from medattack.models import load_whitebox  # noqa: E402
 
@@ -68,13 +68,8 @@ def main() -> None:
         pgd_step(model, state, suffix, clean, clean, pgd, None)
 
     def ours_mcm_round():
-        text = gcg_step(model, state, suffix, gcg, step_generator(0, "bench", 0, model.device))
-        pixels = clean
-        for _ in range(mcm.pgd_steps):
-            pixels, _ = pgd_step(model, state, suffix, pixels, clean, pgd, None)
-        image = model.loss_with_pixels(state, suffix, pixels)
-        if float(image.loss[0]) < text.loss:
-            model.set_pixels(state, pixels)  # the image won: rebuild the prefix cache, as MCM does
+        loop = LoopState(suffix, clean, float("inf"), False)
+        mcm_round(model, state, loop, clean, mcm, step_generator(0, "bench", 0, model.device))
 
     def naive_gcg():
         naive.gcg_step(model, state, suffix, clean, gcg, step_generator(0, "bench", 0, model.device))

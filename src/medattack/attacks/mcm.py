@@ -60,6 +60,39 @@ class MCMConfig:
         return PGDConfig(epsilon=self.epsilon, step_size=self.step_size, norm=self.norm)
 
 
+def mcm_round(
+    model: WhiteBoxTarget, state: AttackState, loop: LoopState, clean: torch.Tensor, config: MCMConfig,
+    generator: torch.Generator, mask: torch.Tensor | None = None,
+) -> tuple[str, float, bool]:
+    """One round from (loop.suffix_ids, loop.pixels); updates `loop` and returns (winner, loss, success)."""
+    gcg_config, pgd_config = config.gcg(), config.pgd()
+    try_text = config.schedule == "best" or loop.step % 2 == 0
+    try_image = config.schedule == "best" or loop.step % 2 == 1
+    token_grad = None
+    image_pixels = loop.pixels
+    if try_image:
+        # the first PGD step's backward also yields the token gradient GCG needs: one pass for both
+        if try_text:
+            _, token_grad, pixel_grad = model.joint_grad(state, loop.suffix_ids, loop.pixels)
+        else:
+            _, pixel_grad = model.pixel_grad(state, loop.suffix_ids, loop.pixels)
+        image_pixels = pgd_update(loop.pixels, pixel_grad, clean, pgd_config, mask)
+        for _ in range(config.pgd_steps - 1):
+            image_pixels, _ = pgd_step(model, state, loop.suffix_ids, image_pixels, clean, pgd_config, mask)
+    text = gcg_step(model, state, loop.suffix_ids, gcg_config, generator, token_grad) if try_text else None
+    image_state, image = None, None
+    if try_image:
+        image_state = model.fork(state, image_pixels)  # its cache is kept if the image wins
+        image = model.loss(image_state, loop.suffix_ids[None])
+    if text is not None and (image is None or text.loss <= float(image.loss[0])):
+        loop.suffix_ids, loop.loss, loop.success = text.suffix_ids, text.loss, text.success
+        return "text", loop.loss, loop.success
+    assert image is not None
+    loop.pixels, loop.loss, loop.success = image_pixels, float(image.loss[0]), bool(image.matches[0])
+    model.set_pixels(state, loop.pixels, cache_from=image_state)  # no second prefix pass
+    return "image", loop.loss, loop.success
+
+
 @ATTACKS.register("mcm")
 class MCM:
     """Text suffix and image perturbation, cross-optimised."""
@@ -71,7 +104,7 @@ class MCM:
         self.mask_fn = mask_fn
 
     def run(self, model: WhiteBoxTarget, task: AttackTask, checkpoint: Checkpoint | None = None) -> AttackResult:
-        config, gcg_config, pgd_config = self.config, self.config.gcg(), self.config.pgd()
+        config = self.config
         state = model.start(task.question, task.target, task.pixels)
         clean = state.pixels.clone()
         mask = self.mask_fn(model, state, task) if self.mask_fn else None
@@ -80,30 +113,7 @@ class MCM:
         loop = LoopState(suffix, clean, float(first.loss[0]), bool(first.matches[0]))
 
         def round_(loop: LoopState, generator: torch.Generator) -> tuple[str, float, bool]:
-            try_text = config.schedule == "best" or loop.step % 2 == 0
-            try_image = config.schedule == "best" or loop.step % 2 == 1
-            token_grad = None
-            image_pixels = loop.pixels
-            if try_image:
-                # the first PGD step's backward also yields the token gradient GCG needs: one pass for both
-                if try_text:
-                    _, token_grad, pixel_grad = model.joint_grad(state, loop.suffix_ids, loop.pixels)
-                else:
-                    _, pixel_grad = model.pixel_grad(state, loop.suffix_ids, loop.pixels)
-                image_pixels = pgd_update(loop.pixels, pixel_grad, clean, pgd_config, mask)
-                for _ in range(config.pgd_steps - 1):
-                    image_pixels, _ = pgd_step(model, state, loop.suffix_ids, image_pixels, clean, pgd_config, mask)
-            text = gcg_step(model, state, loop.suffix_ids, gcg_config, generator, token_grad) if try_text else None
-            image_state, image = None, None
-            if try_image:
-                image_state = model.fork(state, image_pixels)  # its cache is kept if the image wins
-                image = model.loss(image_state, loop.suffix_ids[None])
-            if text is not None and (image is None or text.loss <= float(image.loss[0])):
-                loop.suffix_ids, loop.loss, loop.success = text.suffix_ids, text.loss, text.success
-                return "text", loop.loss, loop.success
-            loop.pixels, loop.loss, loop.success = image_pixels, float(image.loss[0]), bool(image.matches[0])
-            model.set_pixels(state, loop.pixels, cache_from=image_state)  # no second prefix pass
-            return "image", loop.loss, loop.success
+            return mcm_round(model, state, loop, clean, config, generator, mask)
 
         result = run_loop(model, task, loop, config.rounds, round_, checkpoint, config.early_stop,
                           config.max_new_tokens, state)

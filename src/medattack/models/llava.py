@@ -4,10 +4,10 @@ Covers LLaVA-1.5 (`llava-hf/llava-1.5-7b-hf`), LLaVA-Med v1.5 in HF format, and 
 tiny targets built in `embedded.py`. The adapter assembles input embeddings itself:
 
     [before image] [image features] [question + " "] | [suffix] | [template tail] [target]
-    \____________________ prefix, cached once per image ______/
+    ^---------------------- prefix, cached once per image ------^
 
-so that (a) the prefix is run once per image and its keys/values are shared by every GCG candidate
-without copies (`FrozenPrefixCache`), (b) logits are computed only at target positions, and (c)
+so that (a) the prefix is run once per image and its keys/values serve every GCG candidate without
+a stored copy per candidate (`FrozenPrefixCache`), (b) logits are computed only at target positions, and (c)
 pixels enter as (B, 3, H, W) in [0, 1] with normalisation inside the adapter, so PGD's epsilon is in
 pixel units.
 """
