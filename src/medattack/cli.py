@@ -208,6 +208,57 @@ def attack(
     console.print(f"{result.attempted} sample(s) attacked now; results in {result.folder / 'results.jsonl'}")
 
 
+@app.command(epilog="Examples:\n\n  medattack score runs/demo\n\n"
+             "  medattack score --responses answers.csv --images images/ --out scores/\n\n"
+             "  medattack score runs/demo --set text_embedder=bge-m3 --set image_text=biomedclip")
+def score(
+    run: Annotated[Path | None, typer.Argument(help="A run directory: scores every response it holds.")] = None,
+    responses: Annotated[Path | None, typer.Option(help="CSV/JSONL/Parquet of responses (long or wide).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Folder the file's image names are relative to.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder for --responses (default: beside it).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of score settings.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: key=value.")] = None,
+) -> None:
+    """Score responses: keyword ASR, TTO, TIO, TII and the composite; nulls are counted, never dropped."""
+    from medattack.config import load_config, parse_overrides
+    from medattack.scoring.stage import (
+        ScoreConfig,
+        build_scorers,
+        read_responses_file,
+        read_run_responses,
+        score_inputs,
+    )
+
+    with _errors():
+        if (run is None) == (responses is None):
+            raise typer.BadParameter("give a run directory or --responses FILE (one of them).")
+        score_config = load_config(ScoreConfig, config, parse_overrides(set_ or []))
+        if responses is not None:
+            targets = {responses.stem: read_responses_file(responses, images)}
+            base = out or responses.parent / f"{responses.stem}.scores"
+            cache = base / "cache.jsonl"
+        else:
+            targets = read_run_responses(run)
+            base = run / "scores"
+            cache = base / "cache.jsonl"
+            if not targets:
+                console.print(f"no responses in {run} yet (run `medattack attack` first).")
+                return
+        scorers = build_scorers(score_config)
+        for target, inputs in targets.items():
+            folder = base if responses is not None else base / target
+            with _progress() as progress:
+                result = score_inputs(inputs, score_config, folder, cache_path=cache, scorers=scorers,
+                                      progress=progress)
+            table = Table("metric", "condition", "n", "nulls", "mean", title=f"{target} -> {folder}")
+            for row in result.summary["table"]:
+                mean = "-" if row["mean"] is None else f"{row['mean']:.3f}"
+                label = row["metric"] + (" (proxy)" if row["is_proxy"] else "")
+                table.add_row(label, row["condition"], str(row["n"]), str(row["nulls"]), mean)
+            console.print(table)
+            console.print(f"{result.computed} value(s) computed now, {result.cache_hits} from the cache.")
+
+
 @list_app.command("attacks", epilog="Example:\n\n  medattack list attacks")
 def list_attacks() -> None:
     """Attack methods and their settings (change with --set key=value)."""

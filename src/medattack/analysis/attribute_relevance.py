@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from medattack.analysis.image_text import ImageInfo, ImageTextRelevance
+from medattack.scoring.backends.image_text import ImageInfo, ImageTextRelevance
 
 ATTRIBUTE_TEXT = "This image is about {attribute}."
 

@@ -29,6 +29,20 @@ class TextEmbedder(Protocol):
         """(N, D) float32, each row of unit L2 norm."""
         ...
 
+    def pair_scores(self, left: Sequence[str], right: Sequence[str]) -> np.ndarray:
+        """(N,) relevance of left[i] to right[i]; each distinct text is encoded once."""
+        ...
+
+
+def dense_pair_scores(embedder: TextEmbedder, left: Sequence[str], right: Sequence[str]) -> np.ndarray:
+    """Cosine of unit embeddings, each distinct text embedded once for the whole batch."""
+    unique = list(dict.fromkeys([*left, *right]))
+    index = {text: i for i, text in enumerate(unique)}
+    vectors = embedder.embed(unique)  # (U, D)
+    a = vectors[[index[t] for t in left]]
+    b = vectors[[index[t] for t in right]]
+    return np.einsum("nd,nd->n", a, b)
+
 
 TEXT_EMBEDDERS: Registry[type] = Registry("text embedder")
 
@@ -71,6 +85,9 @@ class MeanPoolEmbedder:
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.model = AutoModel.from_pretrained(source).to(self.config.device).eval()
         self._torch = torch
+
+    def pair_scores(self, left: Sequence[str], right: Sequence[str]) -> np.ndarray:
+        return dense_pair_scores(self, left, right)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         torch = self._torch
