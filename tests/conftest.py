@@ -59,3 +59,13 @@ def bad_inputs(tmp_path: Path) -> Path:
     (folder / "plan.dcm").write_bytes((PYDICOM_FILES / "rtplan.dcm").read_bytes())
     png_header_only(folder / "huge.png", 20000, 20000)
     return tmp_path / "images"
+
+
+@pytest.fixture
+def fake_api():
+    """A loopback OpenAI-compatible server (see fake_openai.py)."""
+    from fake_openai import FakeOpenAI
+
+    server = FakeOpenAI()
+    yield server
+    server.close()

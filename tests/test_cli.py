@@ -82,3 +82,21 @@ def test_attack_command_runs_and_resumes(tmp_path):
     assert "0 sample(s) attacked now" in second.output.replace("\n", " ")
     bad = runner.invoke(app, [*args[:-6], "--set", "stepz=2"], terminal_width=300)
     assert bad.exit_code == 2 and "did you mean 'steps'" in bad.output.replace("\n", " ").lower()
+
+
+def test_score_command_on_a_run_and_on_a_file(tmp_path):
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["build", str(run), "--task", "Matching", "--max-per-category", "1"]).exit_code == 0
+    assert runner.invoke(app, ["attack", str(run), "--model", "tiny", "--method", "direct", "--limit", "2",
+                               "--set", "max_new_tokens=6"]).exit_code == 0
+    result = runner.invoke(app, ["score", str(run)], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    scores = list((run / "scores").glob("attack__direct__*/scores.jsonl"))
+    assert len(scores) == 1 and len(scores[0].read_text().splitlines()) == 2 * 5
+    again = runner.invoke(app, ["score", str(run)], terminal_width=300)
+    assert "0 value(s) computed now" in again.output.replace("\n", " ")
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"question": "What is shown?", "response": "A chest CT.", "condition": "normal"}\n')
+    result = runner.invoke(app, ["score", "--responses", str(answers)], terminal_width=300)
+    assert result.exit_code == 0 and (tmp_path / "answers.scores" / "scores.jsonl").exists()
+    assert runner.invoke(app, ["score"], terminal_width=300).exit_code == 2

@@ -221,42 +221,24 @@ def score(
 ) -> None:
     """Score responses: keyword ASR, TTO, TIO, TII and the composite; nulls are counted, never dropped."""
     from medattack.config import load_config, parse_overrides
-    from medattack.scoring.stage import (
-        ScoreConfig,
-        build_scorers,
-        read_responses_file,
-        read_run_responses,
-        score_inputs,
-    )
+    from medattack.pipeline import score as score_stage
+    from medattack.scoring.stage import ScoreConfig
 
     with _errors():
-        if (run is None) == (responses is None):
-            raise typer.BadParameter("give a run directory or --responses FILE (one of them).")
         score_config = load_config(ScoreConfig, config, parse_overrides(set_ or []))
-        if responses is not None:
-            targets = {responses.stem: read_responses_file(responses, images)}
-            base = out or responses.parent / f"{responses.stem}.scores"
-            cache = base / "cache.jsonl"
-        else:
-            targets = read_run_responses(run)
-            base = run / "scores"
-            cache = base / "cache.jsonl"
-            if not targets:
-                console.print(f"no responses in {run} yet (run `medattack attack` first).")
-                return
-        scorers = build_scorers(score_config)
-        for target, inputs in targets.items():
-            folder = base if responses is not None else base / target
-            with _progress() as progress:
-                result = score_inputs(inputs, score_config, folder, cache_path=cache, scorers=scorers,
-                                      progress=progress)
-            table = Table("metric", "condition", "n", "nulls", "mean", title=f"{target} -> {folder}")
-            for row in result.summary["table"]:
-                mean = "-" if row["mean"] is None else f"{row['mean']:.3f}"
-                label = row["metric"] + (" (proxy)" if row["is_proxy"] else "")
-                table.add_row(label, row["condition"], str(row["n"]), str(row["nulls"]), mean)
-            console.print(table)
-            console.print(f"{result.computed} value(s) computed now, {result.cache_hits} from the cache.")
+        with _progress() as progress:
+            results = score_stage(run, score_config, responses=responses, images=images, out_dir=out,
+                                  progress=progress)
+    if not results:
+        console.print(f"no responses in {run} yet (run `medattack attack` first).")
+    for target, result in results.items():
+        table = Table("metric", "condition", "n", "nulls", "mean", title=f"{target} -> {result.out_dir}")
+        for row in result.summary["table"]:
+            mean = "-" if row["mean"] is None else f"{row['mean']:.3f}"
+            table.add_row(row["metric"] + (" (proxy)" if row["is_proxy"] else ""), row["condition"], str(row["n"]),
+                          str(row["nulls"]), mean)
+        console.print(table)
+        console.print(f"{result.computed} value(s) computed now, {result.cache_hits} from the cache.")
 
 
 @list_app.command("attacks", epilog="Example:\n\n  medattack list attacks")

@@ -40,6 +40,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return None
         non_none = [a for a in args if a is not type(None)]
         return _coerce(value, non_none[0], key) if len(non_none) == 1 else value
+    if dataclasses.is_dataclass(annotation) and isinstance(value, Mapping):
+        return from_mapping(annotation, value, key)
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

@@ -1,6 +1,7 @@
 """Stage functions over the run directory. The CLI parses arguments and calls these; so can users.
 
-Stages so far: build (benchmark), and the dataset analyses that read a built benchmark.
+Stages so far: build (benchmark), the dataset analyses that read a built benchmark, and score
+(responses of a run's attacks, or of any file). The attack stage lives in attacks/runner.py.
 """
 
 from __future__ import annotations
@@ -14,9 +15,18 @@ from medattack.analysis.prompt_relevance import PromptEntry, PromptRelevanceResu
 from medattack.data.builder import BuildConfig, BuildResult, Progress, build_benchmark, load_samples
 from medattack.data.prompt_bank import load_prompt_bank
 from medattack.data.taxonomy import load_taxonomy
+from medattack.errors import ConfigError
 from medattack.rundir import RunDir
 from medattack.scoring.backends.image_text import IMAGE_TEXT_BACKENDS
 from medattack.scoring.backends.text_embedders import get_text_embedder
+from medattack.scoring.stage import (
+    ScoreConfig,
+    ScoreStageResult,
+    build_scorers,
+    read_responses_file,
+    read_run_responses,
+    score_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,29 @@ def analyze_prompts(run_dir: str | Path | None = None, bank: str | None = None,
     extra = sorted({e.task for e in entries} - set(known))
     embedder = get_text_embedder(text_embedder)
     return prompt_relevance(entries, tuple(known + extra), embedder, target)
+
+
+def score(
+    run_dir: str | Path | None = None, config: ScoreConfig | None = None, *, responses: str | Path | None = None,
+    images: str | Path | None = None, out_dir: str | Path | None = None, progress: Progress | None = None,
+) -> dict[str, ScoreStageResult]:
+    """Score every response of a run (per target), or a responses file; returns results by target."""
+    config = config or ScoreConfig()
+    if (run_dir is None) == (responses is None):
+        raise ConfigError("score needs a run directory or a responses file (one of them).")
+    if responses is not None:
+        path = Path(responses)
+        targets = {path.stem: read_responses_file(path, Path(images) if images else None)}
+        base = Path(out_dir) if out_dir else path.parent / f"{path.stem}.scores"
+        folders = {path.stem: base}
+    else:
+        targets = read_run_responses(Path(run_dir))
+        base = Path(run_dir) / "scores"
+        folders = {target: base / target for target in targets}
+    scorers = build_scorers(config) if targets else {}
+    return {target: score_inputs(inputs, config, folders[target], cache_path=base / "cache.jsonl",
+                                 scorers=scorers, progress=progress)
+            for target, inputs in targets.items()}
 
 
 @dataclass

@@ -28,6 +28,8 @@ from medattack.scoring import keyword_scorer, relevance  # noqa: F401 (registers
 from medattack.scoring.base import SCORERS, MetricSpec, Score, ScoreInput
 from medattack.scoring.composite import SPEC as COMPOSITE_SPEC
 from medattack.scoring.composite import CompositeConfig, composite
+from medattack.scoring.judge import JudgeConfig, LLMJudge  # noqa: F401 (registers "judge")
+from medattack.scoring.moderation import Moderation, ModerationConfig  # noqa: F401 (registers "moderation")
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -52,6 +54,8 @@ class ScoreConfig:
     w_tio: float = option(CompositeConfig.w_tio, "Composite: weight of TIO.")
     tii_threshold: float = option(CompositeConfig.tii_threshold, "Composite: normalised TII below which the "
                                   "input counts as mismatched.")
+    judge: JudgeConfig = option(JudgeConfig(), "LLM judge (add 'judge' to metrics): model and api settings.")
+    moderation: ModerationConfig = option(ModerationConfig(), "Moderation (add 'moderation' to metrics).")
 
     def __post_init__(self) -> None:
         for name in self.metrics:
@@ -64,7 +68,8 @@ class ScoreConfig:
 
 def build_scorers(config: ScoreConfig) -> dict[str, Any]:
     options = {"keyword_asr": {"mode": config.keyword_mode}, "tto": {"text_embedder": config.text_embedder},
-               "tio": {"image_text": config.image_text}, "tii": {"image_text": config.image_text}}
+               "tio": {"image_text": config.image_text}, "tii": {"image_text": config.image_text},
+               "judge": {"config": config.judge}, "moderation": {"config": config.moderation}}
     return {name: SCORERS[name](**options.get(name, {})) for name in config.metrics if name != "composite"}
 
 

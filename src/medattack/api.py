@@ -1,0 +1,153 @@
+"""A small client for OpenAI-compatible HTTP APIs (chat completions, moderations).
+
+Used by the judges now and by black-box targets and prompt generation later. It retries 429, 5xx,
+timeouts and dropped connections with exponential backoff and jitter (honouring Retry-After), spaces
+requests to a rate limit, runs up to `concurrency` requests at once, and caches answers by a content
+hash of the endpoint and payload. The API key is read from the environment variable the config
+names; it is sent in a header and never written to the cache, the run directory or the logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medattack.config import option
+from medattack.errors import MedattackError
+from medattack.rundir import append_jsonl, read_jsonl
+
+log = logging.getLogger(__name__)
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+class APIError(MedattackError):
+    """An API request failed for good (after retries, or with a status that retrying cannot fix)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class APIConfig:
+    base_url: str = option("https://api.openai.com/v1", "Base URL of the OpenAI-compatible API.")
+    api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the API key (the key is never stored).")
+    timeout: float = option(60.0, "Seconds per request.")
+    max_retries: int = option(5, "Retries on 429 / 5xx / timeouts before giving up.")
+    backoff: float = option(1.0, "First retry delay in seconds; doubles each retry, with jitter.")
+    max_backoff: float = option(30.0, "Longest single retry delay in seconds.")
+    requests_per_second: float = option(0.0, "Rate limit across threads (0: none).")
+    concurrency: int = option(4, "Requests in flight at once.")
+
+
+class APIClient:
+    """POST JSON to `{base_url}/{path}` with retries, rate limit, concurrency and a response cache."""
+
+    def __init__(self, config: APIConfig, cache_path: Path | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self.cache_path = cache_path
+        self._cache = {e["key"]: e["response"] for e in read_jsonl(cache_path)} if cache_path else {}
+        self._lock = threading.Lock()
+        self._next_slot = 0.0
+        self._sleep = sleep
+        self.stats = {"requests": 0, "retries": 0, "cache_hits": 0}
+
+    @property
+    def has_key(self) -> bool:
+        return bool(os.environ.get(self.config.api_key_env))
+
+    def _key(self, path: str, payload: dict[str, Any]) -> str:
+        text = json.dumps([self.config.base_url.rstrip("/"), path, payload], sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def _wait_for_slot(self) -> None:
+        if self.config.requests_per_second <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / self.config.requests_per_second
+        if slot > now:
+            self._sleep(slot - now)
+
+    def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        key = self._key(path, payload)
+        with self._lock:
+            if key in self._cache:
+                self.stats["cache_hits"] += 1
+                return self._cache[key]
+        response = self._post_with_retries(path, payload)
+        with self._lock:
+            self._cache[key] = response
+            if self.cache_path is not None:
+                append_jsonl(self.cache_path, {"key": key, "response": response})
+        return response
+
+    def _post_with_retries(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.config.base_url.rstrip('/')}/{path.lstrip('/')}"
+        headers = {"Content-Type": "application/json"}
+        api_key = os.environ.get(self.config.api_key_env)
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        body = json.dumps(payload).encode("utf-8")
+        delay = self.config.backoff
+        for attempt in range(self.config.max_retries + 1):
+            self._wait_for_slot()
+            with self._lock:
+                self.stats["requests"] += 1
+            retry_after = None
+            try:
+                request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.config.timeout) as handle:
+                    return json.loads(handle.read().decode("utf-8"))
+            except urllib.error.HTTPError as exc:
+                if exc.code not in RETRY_STATUS:
+                    detail = exc.read().decode("utf-8", "replace")[:300]
+                    raise APIError(f"{url} answered {exc.code}: {detail}", exc.code) from None
+                problem, retry_after = f"status {exc.code}", exc.headers.get("Retry-After")
+            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
+                problem = type(exc).__name__
+            if attempt == self.config.max_retries:
+                raise APIError(f"{url}: gave up after {attempt + 1} attempts ({problem}).")
+            wait = min(self.config.max_backoff, delay) * (0.5 + random.random())
+            if retry_after and retry_after.replace(".", "", 1).isdigit():
+                wait = max(wait, float(retry_after))
+            log.info("retrying %s in %.1fs (%s)", url, wait, problem)
+            with self._lock:
+                self.stats["retries"] += 1
+            self._sleep(wait)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def map(self, path: str, payloads: Sequence[dict[str, Any]]) -> list[dict[str, Any] | APIError]:
+        """POST many payloads with `concurrency` threads; failures come back as APIError values."""
+
+        def one(payload: dict[str, Any]) -> dict[str, Any] | APIError:
+            try:
+                return self.post(path, payload)
+            except APIError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=max(1, self.config.concurrency)) as pool:
+            return list(pool.map(one, payloads))
+
+
+def chat_text(response: dict[str, Any]) -> str:
+    """The assistant text of a chat-completions response ('' when absent)."""
+    try:
+        return response["choices"][0]["message"]["content"] or ""
+    except (KeyError, IndexError, TypeError):
+        return ""

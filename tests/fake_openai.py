@@ -1,0 +1,89 @@
+"""A loopback OpenAI-compatible server for tests: chat completions and moderations, with failure modes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeOpenAI:
+    """Starts on 127.0.0.1 on a free port. `fail_next` answers the next N requests with `fail_status`."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.fail_next = 0
+        self.fail_status = 429
+        self.delay = delay
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.authorization: list[str | None] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length", 0))
+                payload = json.loads(self.rfile.read(length) or b"{}")
+                with server._lock:
+                    server.requests += 1
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.authorization.append(self.headers.get("Authorization"))
+                    failing = server.fail_next > 0
+                    if failing:
+                        server.fail_next -= 1
+                try:
+                    time.sleep(server.delay)
+                    if failing:
+                        self.send_response(server.fail_status)
+                        self.send_header("Retry-After", "0")
+                        self.end_headers()
+                        return
+                    if self.path.endswith("/chat/completions"):
+                        body = server.chat(payload)
+                    elif self.path.endswith("/moderations"):
+                        body = server.moderate(payload)
+                    else:
+                        self.send_response(404)
+                        self.end_headers()
+                        return
+                    data = json.dumps(body).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def chat(payload: dict) -> dict:
+        text = payload["messages"][-1]["content"]
+        response = text.split("RESPONSE:", 1)[-1]
+        if "GARBAGE" in response:
+            content = "I think it is fine."
+        else:
+            label = "unsafe" if "Sure" in response else "safe"
+            content = json.dumps({"label": label, "reason": f"the response is {label}"})
+        return {"choices": [{"message": {"role": "assistant", "content": content}}]}
+
+    @staticmethod
+    def moderate(payload: dict) -> dict:
+        return {"results": [{"flagged": "kill" in t, "category_scores": {"violence": 0.9 if "kill" in t else 0.01,
+                                                                         "self-harm": 0.02, "illicit": 0.05}}
+                            for t in payload["input"]]}
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

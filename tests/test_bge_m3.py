@@ -1,0 +1,52 @@
+"""BGE-M3's three heads on a tiny random model saved in the bge-m3 checkpoint layout."""
+
+import numpy as np
+import pytest
+import torch
+
+from medattack.scoring.backends.bge_m3 import BGEM3, BGEM3Config
+from medattack.scoring.backends.text_embedders import embedded_minilm_path
+
+
+@pytest.fixture(scope="module")
+def tiny_m3(tmp_path_factory):
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
+
+    folder = tmp_path_factory.mktemp("bge-m3-tiny")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_minilm_path())  # any tokenizer: the loader is generic
+    torch.manual_seed(0)
+    config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, pad_token_id=tokenizer.pad_token_id, max_position_embeddings=600)
+    XLMRobertaModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    torch.save(torch.nn.Linear(32, 32).state_dict(), folder / "colbert_linear.pt")
+    torch.save(torch.nn.Linear(32, 1).state_dict(), folder / "sparse_linear.pt")
+    return BGEM3(BGEM3Config(model=str(folder), batch_size=2))
+
+
+def test_heads_have_the_documented_shapes(tiny_m3):
+    encoded = tiny_m3.encode(["a short text", "a somewhat longer text with more words in it"])
+    assert encoded.dense.shape == (2, 32)
+    assert np.allclose(np.linalg.norm(encoded.dense, axis=1), 1, atol=1e-5)
+    assert len(encoded.colbert[1]) > len(encoded.colbert[0])  # one vector per non-[CLS] token
+    assert all(w >= 0 for weights in encoded.sparse for w in weights.values())
+    special = set(tiny_m3.tokenizer.all_special_ids)
+    assert not any(token in special for weights in encoded.sparse for token in weights)
+
+
+def test_fused_score_is_highest_for_the_same_text(tiny_m3):
+    left = ["the nodule in the right lung", "the nodule in the right lung"]
+    right = ["the nodule in the right lung", "quarterly sales of umbrellas rose"]
+    parts = tiny_m3.pair_parts(left, right)
+    assert parts["dense"][0] == pytest.approx(1.0, abs=1e-5) and parts["colbert"][0] == pytest.approx(1.0, abs=1e-5)
+    assert parts["sparse"][1] == 0.0  # no shared token
+    fused = tiny_m3.pair_scores(left, right)
+    assert fused[0] > fused[1]
+    expected = (0.4 * parts["dense"] + 0.2 * parts["sparse"] + 0.4 * parts["colbert"]) / 1.0
+    assert np.allclose(fused, expected, atol=1e-6)
+
+
+def test_batching_does_not_change_scores(tiny_m3):
+    texts = ["one", "two words", "three words here", "and four words here"]
+    one_by_one = np.stack([tiny_m3.encode([t]).dense[0] for t in texts])
+    assert np.allclose(tiny_m3.encode(texts).dense, one_by_one, atol=1e-5)
