@@ -27,11 +27,38 @@ def tiny_m3(tmp_path_factory):
 def test_heads_have_the_documented_shapes(tiny_m3):
     encoded = tiny_m3.encode(["a short text", "a somewhat longer text with more words in it"])
     assert encoded.dense.shape == (2, 32)
-    assert np.allclose(np.linalg.norm(encoded.dense, axis=1), 1, atol=1e-5)
-    assert len(encoded.colbert[1]) > len(encoded.colbert[0])  # one vector per non-[CLS] token
-    assert all(w >= 0 for weights in encoded.sparse for w in weights.values())
-    special = set(tiny_m3.tokenizer.all_special_ids)
-    assert not any(token in special for weights in encoded.sparse for token in weights)
+    assert torch.allclose(encoded.dense.norm(dim=1), torch.ones(2), atol=1e-5)
+    lengths = encoded.colbert_mask.sum(dim=1)
+    assert lengths[1] > lengths[0]  # one vector per non-[CLS] token
+    assert (encoded.lexical >= 0).all()
+    special = torch.isin(encoded.token_ids, torch.tensor(tiny_m3.tokenizer.all_special_ids))
+    assert (encoded.lexical[special] == 0).all()
+
+
+def reference_sparse(model, left, right):
+    """The lexical-matching score as FlagEmbedding defines it, one text at a time with dicts."""
+
+    def weights(text):
+        batch = model.tokenizer([text], return_tensors="pt")
+        with torch.no_grad():
+            hidden = model.encoder(**batch).last_hidden_state
+            w = torch.relu(model.sparse_linear(hidden)).squeeze(-1)[0]
+        out = {}
+        for token, value in zip(batch["input_ids"][0].tolist(), w.tolist(), strict=True):
+            if token not in model.tokenizer.all_special_ids and value > out.get(token, 0.0):
+                out[token] = value
+        return out
+
+    a, b = weights(left), weights(right)
+    return sum(v * b.get(t, 0.0) for t, v in a.items())
+
+
+def test_sparse_matches_the_reference_definition(tiny_m3):
+    left = ["the lung the lung nodule nodule", "right upper lobe mass"]
+    right = ["a nodule in the lung", "mass in the right lobe of the lung"]
+    parts = tiny_m3.pair_parts(left, right)
+    expected = [reference_sparse(tiny_m3, a, b) for a, b in zip(left, right, strict=True)]
+    assert np.allclose(parts["sparse"], expected, atol=1e-5)
 
 
 def test_fused_score_is_highest_for_the_same_text(tiny_m3):
@@ -48,5 +75,9 @@ def test_fused_score_is_highest_for_the_same_text(tiny_m3):
 
 def test_batching_does_not_change_scores(tiny_m3):
     texts = ["one", "two words", "three words here", "and four words here"]
-    one_by_one = np.stack([tiny_m3.encode([t]).dense[0] for t in texts])
-    assert np.allclose(tiny_m3.encode(texts).dense, one_by_one, atol=1e-5)
+    one_by_one = np.stack([tiny_m3.embed([t])[0] for t in texts])
+    assert np.allclose(tiny_m3.embed(texts), one_by_one, atol=1e-5)
+    pairs = tiny_m3.pair_parts(texts, texts[::-1], chunk=1)
+    batched = tiny_m3.pair_parts(texts, texts[::-1])
+    for name in ("dense", "sparse", "colbert"):
+        assert np.allclose(pairs[name], batched[name], atol=1e-5)

@@ -38,9 +38,13 @@ class BGEM3Config:
 
 @dataclass
 class Encoded:
-    dense: np.ndarray  # (N, D) unit rows
-    sparse: list[dict[int, float]]  # per text: token id -> weight
-    colbert: list[np.ndarray]  # per text: (T_i, D) unit rows
+    """Padded, on the model's device. T = longest text of the call (after truncation)."""
+
+    dense: torch.Tensor  # (N, D) unit rows
+    token_ids: torch.Tensor  # (N, T) long
+    lexical: torch.Tensor  # (N, T) weight of each distinct non-special token at its first position, else 0
+    colbert: torch.Tensor  # (N, T - 1, D) unit rows for the tokens after [CLS], zero where padded
+    colbert_mask: torch.Tensor  # (N, T - 1) bool
 
 
 def _head_file(source: str, name: str) -> Path:
@@ -72,53 +76,74 @@ class BGEM3:
             head.load_state_dict(torch.load(_head_file(source, file), map_location=self.config.device,
                                             weights_only=True))
             head.eval()
-        self.special_ids = set(self.tokenizer.all_special_ids)
+        self.special_ids = torch.tensor(sorted(self.tokenizer.all_special_ids), device=self.config.device)
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> Encoded:
+        """Encode texts in length-sorted batches; returns padded tensors in input order."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
-        dense = np.zeros((len(texts), self.encoder.config.hidden_size), dtype=np.float32)
-        sparse: list[dict[int, float]] = [{} for _ in texts]
-        colbert: list[np.ndarray] = [np.zeros((0, 0), dtype=np.float32) for _ in texts]
+        parts: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for start in range(0, len(order), self.config.batch_size):
             index = order[start:start + self.config.batch_size]
             batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
                                    max_length=self.config.max_length, return_tensors="pt").to(self.config.device)
             hidden = self.encoder(**batch).last_hidden_state  # (B, T, D)
-            mask = batch["attention_mask"]  # (B, T)
-            cls = torch.nn.functional.normalize(hidden[:, 0], dim=-1)
-            weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1) * mask  # (B, T)
-            vectors = torch.nn.functional.normalize(self.colbert_linear(hidden[:, 1:]), dim=-1)  # (B, T-1, D)
-            for row, i in enumerate(index):
-                dense[i] = cls[row].float().cpu().numpy()
-                lexical: dict[int, float] = {}
-                for token, weight in zip(batch["input_ids"][row].tolist(), weights[row].tolist(), strict=True):
-                    if token not in self.special_ids and weight > lexical.get(token, 0.0):
-                        lexical[token] = weight
-                sparse[i] = lexical
-                length = int(mask[row].sum()) - 1
-                colbert[i] = vectors[row, :length].float().cpu().numpy()
-        return Encoded(dense, sparse, colbert)
+            ids, mask = batch["input_ids"], batch["attention_mask"].bool()  # (B, T)
+            dense = torch.nn.functional.normalize(hidden[:, 0], dim=-1)
+            weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1)  # (B, T)
+            valid = mask & ~torch.isin(ids, self.special_ids)
+            same = (ids[:, :, None] == ids[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (B, T, T)
+            best = (weights[:, None, :] * same).amax(dim=-1)  # max weight over positions of the same id
+            position = torch.arange(ids.shape[1], device=ids.device)
+            first = ~(same & (position[None, :, None] > position[None, None, :])).any(dim=-1)
+            lexical = torch.where(valid & first, best, torch.zeros_like(best))
+            colbert = torch.nn.functional.normalize(self.colbert_linear(hidden[:, 1:]), dim=-1)
+            colbert = colbert * mask[:, 1:, None]
+            parts.append((index, dense, ids, lexical, colbert, mask[:, 1:]))
+        width = max(p[2].shape[1] for p in parts)
+        n, hidden_size = len(texts), self.encoder.config.hidden_size
+        device = self.config.device
+        out = Encoded(
+            dense=torch.zeros((n, hidden_size), device=device),
+            token_ids=torch.full((n, width), -1, dtype=torch.long, device=device),
+            lexical=torch.zeros((n, width), device=device),
+            colbert=torch.zeros((n, width - 1, hidden_size), device=device),
+            colbert_mask=torch.zeros((n, width - 1), dtype=torch.bool, device=device),
+        )
+        for index, dense, ids, lexical, colbert, colbert_mask in parts:
+            rows, t = torch.tensor(index, device=device), ids.shape[1]
+            out.dense[rows] = dense.float()
+            out.token_ids[rows, :t] = ids
+            out.lexical[rows, :t] = lexical.float()
+            out.colbert[rows, : t - 1] = colbert.float()
+            out.colbert_mask[rows, : t - 1] = colbert_mask
+        return out
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode(texts).dense
+        return self.encode(texts).dense.cpu().numpy()
 
-    def pair_parts(self, left: Sequence[str], right: Sequence[str]) -> dict[str, np.ndarray]:
-        """Dense, sparse and colbert scores of each pair, (N,) each; distinct texts encoded once."""
+    @torch.inference_mode()
+    def pair_parts(self, left: Sequence[str], right: Sequence[str], chunk: int = 256) -> dict[str, np.ndarray]:
+        """Dense, sparse and colbert scores of each pair, (N,) each; distinct texts encoded once, and the
+        pair scores computed in batched tensor operations on the model's device."""
         unique = list(dict.fromkeys([*left, *right]))
         position = {text: i for i, text in enumerate(unique)}
         encoded = self.encode(unique)
-        a = [position[t] for t in left]
-        b = [position[t] for t in right]
-        dense = np.einsum("nd,nd->n", encoded.dense[a], encoded.dense[b])
-        sparse = np.array([sum(w * encoded.sparse[j].get(t, 0.0) for t, w in encoded.sparse[i].items())
-                           for i, j in zip(a, b, strict=True)], dtype=np.float32)
-        colbert = np.array([
-            float((encoded.colbert[i] @ encoded.colbert[j].T).max(axis=1).mean())
-            if len(encoded.colbert[i]) and len(encoded.colbert[j]) else 0.0
-            for i, j in zip(a, b, strict=True)
-        ], dtype=np.float32)
-        return {"dense": dense, "sparse": sparse, "colbert": colbert}
+        a_all = torch.tensor([position[t] for t in left], device=self.config.device)
+        b_all = torch.tensor([position[t] for t in right], device=self.config.device)
+        out: dict[str, list[torch.Tensor]] = {"dense": [], "sparse": [], "colbert": []}
+        for start in range(0, len(left), chunk):
+            a, b = a_all[start:start + chunk], b_all[start:start + chunk]
+            out["dense"].append((encoded.dense[a] * encoded.dense[b]).sum(-1))
+            match = encoded.token_ids[a][:, :, None] == encoded.token_ids[b][:, None, :]  # (P, T, T)
+            pair_weights = encoded.lexical[a][:, :, None] * encoded.lexical[b][:, None, :]
+            out["sparse"].append((pair_weights * match).sum(dim=(1, 2)))
+            similarity = torch.einsum("ptd,psd->pts", encoded.colbert[a], encoded.colbert[b])
+            similarity = similarity.masked_fill(~encoded.colbert_mask[b][:, None, :], float("-inf"))
+            best = similarity.amax(dim=-1).masked_fill(~encoded.colbert_mask[a], 0.0)  # (P, T)
+            count = encoded.colbert_mask[a].sum(-1).clamp(min=1)
+            out["colbert"].append(best.sum(-1) / count)
+        return {name: torch.cat(values).float().cpu().numpy() for name, values in out.items()}
 
     def pair_scores(self, left: Sequence[str], right: Sequence[str]) -> np.ndarray:
         parts = self.pair_parts(left, right)
