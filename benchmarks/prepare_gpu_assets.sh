@@ -12,4 +12,11 @@ for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "
     if (source / name).exists():
         shutil.copy(source / name, target / name)
 print(f"copied the tokenizer to {target}")
+from medattack.scoring.backends.text_embedders import embedded_minilm_path
+source, target = Path(embedded_minilm_path()), Path(".bench_assets/minilm-tokenizer")
+target.mkdir(parents=True, exist_ok=True)
+for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+    if (source / name).exists():
+        shutil.copy(source / name, target / name)
+print(f"copied the MiniLM tokenizer to {target}")
 PY

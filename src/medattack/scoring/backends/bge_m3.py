@@ -60,23 +60,27 @@ def _head_file(source: str, name: str) -> Path:
 class BGEM3:
     name = "bge-m3"
 
-    def __init__(self, config: BGEM3Config | None = None) -> None:
+    def __init__(self, config: BGEM3Config | None = None, modules: tuple | None = None) -> None:
+        """Load `config.model`, or take (tokenizer, encoder, colbert_linear, sparse_linear) as given."""
+        self.config = config or BGEM3Config()
+        if modules is None:
+            modules = self._load(self.config.model, self.config.device)
+        self.tokenizer, self.encoder, self.colbert_linear, self.sparse_linear = modules
+        self.special_ids = torch.tensor(sorted(self.tokenizer.all_special_ids), device=self.config.device)
+
+    @staticmethod
+    def _load(source: str, device: str) -> tuple:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        self.config = config or BGEM3Config()
-        source = self.config.model
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.encoder = AutoModel.from_pretrained(source).to(self.config.device).eval()
-        hidden = self.encoder.config.hidden_size
-        self.colbert_linear = torch.nn.Linear(hidden, hidden).to(self.config.device)
-        self.sparse_linear = torch.nn.Linear(hidden, 1).to(self.config.device)
-        for head, file in ((self.colbert_linear, "colbert_linear.pt"), (self.sparse_linear, "sparse_linear.pt")):
-            head.load_state_dict(torch.load(_head_file(source, file), map_location=self.config.device,
-                                            weights_only=True))
-            head.eval()
-        self.special_ids = torch.tensor(sorted(self.tokenizer.all_special_ids), device=self.config.device)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        encoder = AutoModel.from_pretrained(source).to(device).eval()
+        hidden = encoder.config.hidden_size
+        colbert_linear, sparse_linear = torch.nn.Linear(hidden, hidden), torch.nn.Linear(hidden, 1)
+        for head, file in ((colbert_linear, "colbert_linear.pt"), (sparse_linear, "sparse_linear.pt")):
+            head.load_state_dict(torch.load(_head_file(source, file), map_location="cpu", weights_only=True))
+        return tokenizer, encoder, colbert_linear.to(device).eval(), sparse_linear.to(device).eval()
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> Encoded:

@@ -71,17 +71,24 @@ class OpenClipRelevance:
     is_proxy = False
     model_id = ""
 
-    def __init__(self, text_embedder: str = "minilm", device: str = "cpu", batch_size: int = 64) -> None:
-        try:
-            import open_clip
-        except ImportError as exc:
-            raise MissingDependencyError(
-                f"the {self.name} backend needs open_clip: pip install 'medattack[clip]' "
-                "(it brings torchvision; keep it out of an environment with PyPI's CPU torch)."
-            ) from exc
-        self.model, self.preprocess = open_clip.create_model_from_pretrained(self.model_id)
+    def __init__(self, text_embedder: str = "minilm", device: str = "cpu", batch_size: int = 64,
+                 parts: tuple | None = None) -> None:
+        """Load `model_id` with open_clip, or take (model, preprocess, tokenizer) with its API as given."""
+        import torch
+
+        if parts is None:
+            try:
+                import open_clip
+            except ImportError as exc:
+                raise MissingDependencyError(
+                    f"the {self.name} backend needs open_clip: pip install 'medattack[clip]' "
+                    "(it brings torchvision; keep it out of an environment with PyPI's CPU torch)."
+                ) from exc
+            model, preprocess = open_clip.create_model_from_pretrained(self.model_id)
+            parts = (model, preprocess, open_clip.get_tokenizer(self.model_id))
+        self.model, self.preprocess, self.tokenizer = parts
         self.model = self.model.to(device).eval()
-        self.tokenizer = open_clip.get_tokenizer(self.model_id)
+        self.dtype = next((p.dtype for p in self.model.parameters()), torch.float32)
         self.device, self.batch_size = device, batch_size
         self.label = f"{self.name}: logit_scale * cosine ({self.model_id})"
 
@@ -96,6 +103,7 @@ class OpenClipRelevance:
             for start in range(0, len(paths), self.batch_size):
                 batch = torch.stack([self.preprocess(Image.open(p).convert("RGB"))
                                      for p in paths[start:start + self.batch_size]]).to(self.device)
+                batch = batch.to(self.dtype)
                 image_vectors.append(torch.nn.functional.normalize(self.model.encode_image(batch), dim=-1))
             text_vectors = []
             for start in range(0, len(unique_texts), self.batch_size):
