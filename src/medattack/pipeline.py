@@ -12,11 +12,11 @@ from pathlib import Path
 
 from medattack.analysis.attribute_relevance import AttributeRelevanceResult, attribute_relevance
 from medattack.analysis.prompt_relevance import PromptEntry, PromptRelevanceResult, prompt_relevance
-from medattack.data.builder import BuildConfig, BuildResult, Progress, build_benchmark, load_samples
+from medattack.data.builder import BuildConfig, BuildResult, build_benchmark, load_samples
 from medattack.data.prompt_bank import load_prompt_bank
 from medattack.data.taxonomy import load_taxonomy
 from medattack.errors import ConfigError
-from medattack.rundir import RunDir
+from medattack.rundir import Progress, RunDir
 from medattack.scoring.backends.image_text import IMAGE_TEXT_BACKENDS
 from medattack.scoring.backends.text_embedders import get_text_embedder
 from medattack.scoring.stage import (

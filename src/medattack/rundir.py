@@ -13,13 +13,15 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import medattack
+
+Progress = Callable[[str, int, int], None]  # stage progress callback: (phase, done, total)
 
 TRACKED_PACKAGES = ("torch", "transformers", "pydicom", "pillow", "numpy", "datasets", "scikit-image")
 

@@ -48,6 +48,18 @@ def region_mask(model: WhiteBoxTarget, state: AttackState, task: AttackTask, reg
     return 1.0 - mask if region == "outside" else mask
 
 
+def run_in_region(inner: type[PGD] | type[MCM], config: RegionConfig | RegionMCMConfig, model: WhiteBoxTarget,
+                  task: AttackTask, checkpoint: Checkpoint | None) -> AttackResult:
+    """Run PGD or MCM with its image steps confined to the configured region."""
+
+    def mask_fn(model: WhiteBoxTarget, state: AttackState, task: AttackTask) -> torch.Tensor:
+        return region_mask(model, state, task, config.region, config.patch_fraction, config.suffix_init)
+
+    result = inner(config, mask_fn=mask_fn).run(model, task, checkpoint)
+    result.info["region"] = config.region if task.mask is not None else "saliency"
+    return result
+
+
 @dataclass(frozen=True)
 class RegionConfig(PGDConfig):
     region: Region = option("inside", "inside or outside the lesion mask/bbox, or saliency (automatic patch).")
@@ -64,14 +76,7 @@ class RegionPGD:
         self.config = config or RegionConfig()
 
     def run(self, model: WhiteBoxTarget, task: AttackTask, checkpoint: Checkpoint | None = None) -> AttackResult:
-        config = self.config
-
-        def mask_fn(model: WhiteBoxTarget, state: AttackState, task: AttackTask) -> torch.Tensor:
-            return region_mask(model, state, task, config.region, config.patch_fraction, config.suffix_init)
-
-        result = PGD(config, mask_fn=mask_fn).run(model, task, checkpoint)
-        result.info["region"] = config.region if task.mask is not None else "saliency"
-        return result
+        return run_in_region(PGD, self.config, model, task, checkpoint)
 
 
 @dataclass(frozen=True)
@@ -90,11 +95,4 @@ class RegionMCM:
         self.config = config or RegionMCMConfig()
 
     def run(self, model: WhiteBoxTarget, task: AttackTask, checkpoint: Checkpoint | None = None) -> AttackResult:
-        config = self.config
-
-        def mask_fn(model: WhiteBoxTarget, state: AttackState, task: AttackTask) -> torch.Tensor:
-            return region_mask(model, state, task, config.region, config.patch_fraction, config.suffix_init)
-
-        result = MCM(config, mask_fn=mask_fn).run(model, task, checkpoint)
-        result.info["region"] = config.region if task.mask is not None else "saliency"
-        return result
+        return run_in_region(MCM, self.config, model, task, checkpoint)

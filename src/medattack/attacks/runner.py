@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from medattack.data.typography import render_text_band
 from medattack.errors import ConfigError, InputError, MedattackError, RunDirError
 from medattack.models.base import WhiteBoxTarget, load_whitebox
 from medattack.rundir import (
+    Progress,
     RunDir,
     append_jsonl,
     content_hash,
@@ -47,7 +47,6 @@ from medattack.scoring.keyword import keyword_success
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ import logging
 import random
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from medattack.data.taxonomy import Category, Taxonomy, load_taxonomy
 from medattack.data.typography import render_text_band
 from medattack.errors import BuildError, ConfigError, InputError, RunDirError
 from medattack.rundir import (
+    Progress,
     RunDir,
     content_hash,
     read_jsonl,
@@ -62,7 +62,6 @@ CONDITIONS: dict[str, tuple[bool, bool]] = {
     "both": (True, True),
 }
 
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,18 @@ class TTO:
 class _ImageMetric:
     """Shared by TIO and TII: relevance of the input image to some text of each input."""
 
-    text_field = ""
+    name = ""
+    text_field = ""  # which text of the input is compared with the image
+    higher_means = ""
 
     def __init__(self, image_text: str = "proxy", text_embedder: str = "minilm") -> None:
         self.backend = IMAGE_TEXT_BACKENDS[image_text](text_embedder=text_embedder)
         self.taxonomy = load_taxonomy()
+        proxy = self.backend.is_proxy
+        self.spec = MetricSpec(
+            name=self.name, low=-1.0 if proxy else 0.0, high=1.0 if proxy else 100.0, higher_means=self.higher_means,
+            description=f"image-text relevance of image and {self.text_field} ({self.backend.label})", is_proxy=proxy,
+        )
 
     def _info(self, item: ScoreInput) -> ImageInfo | str:
         if not item.image_path or not Path(item.image_path).is_file():
@@ -72,27 +79,13 @@ class _ImageMetric:
 
 @SCORERS.register("tio")
 class TIO(_ImageMetric):
+    name = "tio"
     text_field = "response"
-
-    def __init__(self, image_text: str = "proxy", text_embedder: str = "minilm") -> None:
-        super().__init__(image_text, text_embedder)
-        self.spec = MetricSpec(
-            name="tio", low=-1.0 if self.backend.is_proxy else 0.0, high=1.0 if self.backend.is_proxy else 100.0,
-            higher_means="the response is more relevant to the input image",
-            description=f"image-text relevance of image and response ({self.backend.label})",
-            is_proxy=self.backend.is_proxy,
-        )
+    higher_means = "the response is more relevant to the input image"
 
 
 @SCORERS.register("tii")
 class TII(_ImageMetric):
+    name = "tii"
     text_field = "question"
-
-    def __init__(self, image_text: str = "proxy", text_embedder: str = "minilm") -> None:
-        super().__init__(image_text, text_embedder)
-        self.spec = MetricSpec(
-            name="tii", low=-1.0 if self.backend.is_proxy else 0.0, high=1.0 if self.backend.is_proxy else 100.0,
-            higher_means="the input text matches the input image better (null control)",
-            description=f"image-text relevance of image and question ({self.backend.label})",
-            is_proxy=self.backend.is_proxy,
-        )
+    higher_means = "the input text matches the input image better (null control)"

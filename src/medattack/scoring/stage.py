@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +23,7 @@ from typing import Any, Literal
 from medattack.config import option
 from medattack.data.sources.tables import read_table, require_columns
 from medattack.errors import SourceError
-from medattack.rundir import append_jsonl, read_jsonl, write_json_atomic
+from medattack.rundir import Progress, append_jsonl, read_jsonl, write_json_atomic
 from medattack.scoring import keyword_scorer, relevance  # noqa: F401 (registers the scorers)
 from medattack.scoring.base import SCORERS, MetricSpec, Score, ScoreInput
 from medattack.scoring.composite import SPEC as COMPOSITE_SPEC
@@ -32,7 +32,6 @@ from medattack.scoring.judge import JudgeConfig, LLMJudge  # noqa: F401 (registe
 from medattack.scoring.moderation import Moderation, ModerationConfig  # noqa: F401 (registers "moderation")
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int], None]
 
 QUESTION = "This image is about {attribute}. {prompt}"
 WIDE_CONDITIONS = {  # condition -> (response column(s), attribute column, prompt column)
