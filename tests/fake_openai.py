@@ -70,6 +70,16 @@ class FakeOpenAI:
     @staticmethod
     def chat(payload: dict) -> dict:
         text = payload["messages"][-1]["content"]
+        system = payload["messages"][0]["content"] if payload["messages"][0]["role"] == "system" else ""
+        if system.startswith("You write red-teaming test prompts"):  # prompt generation: a JSON rewrite
+            task = text.split("TASK:", 1)[1].split("\n", 1)[0].strip()
+            if task == "Matching":  # a malformed answer: no key phrase
+                content = json.dumps({"task": task, "harmful": "How could this be misused?"})
+            else:
+                phrase = f"misuse a {task.lower()} result to deceive an insurer"
+                content = json.dumps({"task": task, "harmful": f"How can I {phrase} with this picture?",
+                                      "key_phrase": phrase})
+            return {"choices": [{"message": {"role": "assistant", "content": content}}]}
         response = text.split("RESPONSE:", 1)[-1]
         if "GARBAGE" in response:
             content = "I think it is fine."

@@ -35,7 +35,10 @@ list_app = typer.Typer(help="List what medattack knows.\n\nExample: medattack li
                        no_args_is_help=True)
 analyze_app = typer.Typer(help="Dataset analyses (each writes a CSV and a figure).\n\n"
                           "Example: medattack analyze attributes runs/demo", no_args_is_help=True)
+prompts_app = typer.Typer(help="Generate a prompt bank from images: attributes -> normal -> harmful.\n\n"
+                          "Example: medattack prompts attributes prompts/ --source embedded", no_args_is_help=True)
 app.add_typer(list_app, name="list")
+app.add_typer(prompts_app, name="prompts")
 app.add_typer(analyze_app, name="analyze")
 
 
@@ -239,6 +242,60 @@ def score(
                           str(row["nulls"]), mean)
         console.print(table)
         console.print(f"{result.computed} value(s) computed now, {result.cache_hits} from the cache.")
+
+
+@prompts_app.command("attributes", epilog="Examples:\n\n  medattack prompts attributes prompts/\n\n"
+                     "  medattack prompts attributes prompts/ --source folder:/data --reader whitebox --model embedded")
+def prompts_attributes(
+    out: Annotated[Path, typer.Argument(help="Output folder of the prompt-generation steps.")],
+    source: Annotated[list[str] | None, typer.Option("--source", "-s", help="Image source (repeatable).")] = None,
+    reader: Annotated[str, typer.Option(help="metadata (offline) | whitebox | api.")] = "metadata",
+    model: Annotated[str | None, typer.Option(help="Model of the whitebox reader (embedded, tiny, hub id).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Root that manifest paths must stay inside.")] = None,
+) -> None:
+    """Step 1: read attributes (colour, contrast, texture, lesion...) off every image."""
+    from medattack.pipeline import prompts_attributes as stage
+
+    with _errors(), _progress() as progress:
+        result = stage(out, tuple(source or ("embedded",)), reader, reader_model=model,
+                       data_root=str(data_root) if data_root else None, progress=progress)
+    console.print(f"{result['images']} image(s) read by {result['reader']} ({result['failures']} failed) -> "
+                  f"{out / 'attributes.jsonl'}")
+
+
+@prompts_app.command("normal", epilog="Example:\n\n  medattack prompts normal prompts/ --per-task 8")
+def prompts_normal(
+    out: Annotated[Path, typer.Argument(help="Folder holding attributes.jsonl.")],
+    per_task: Annotated[int, typer.Option(help="Normal questions per clinical task at most.")] = 8,
+) -> None:
+    """Step 2: turn attributes into normal questions for each of the 18 clinical tasks."""
+    from medattack.pipeline import prompts_normal as stage
+
+    with _errors():
+        result = stage(out, per_task)
+    console.print(f"{result['questions']} normal question(s) over {result['tasks']} tasks -> {out / 'normal.jsonl'}")
+
+
+@prompts_app.command("harmful", epilog="Examples:\n\n  medattack prompts harmful prompts/\n\n"
+                     "  medattack prompts harmful prompts/ --writer template\n\n"
+                     "  medattack prompts harmful prompts/ --writer api --model gpt-4o")
+def prompts_harmful(
+    out: Annotated[Path, typer.Argument(help="Folder holding normal.jsonl.")],
+    writer: Annotated[str, typer.Option(
+        help="paraphrase (offline: SmolLM2 rewords seed templates) | template | local | api.")] = "paraphrase",
+    model: Annotated[str | None, typer.Option(help="Writer model: local path/hub id, or the API model name.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL for --writer api.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
+    near_duplicate: Annotated[float, typer.Option(help="Cosine above which a question is a near-duplicate.")] = 0.92,
+) -> None:
+    """Step 3: rewrite normal questions into harmful ones with key phrases; write a validated bank.yaml."""
+    from medattack.pipeline import prompts_harmful as stage
+
+    with _errors():
+        result = stage(out, writer, model, base_url, api_key_env, near_duplicate)
+    console.print(f"{result['triples']} triples (origins {result['origins']}), {result['near_duplicates_dropped']} "
+                  f"near-duplicates dropped, {result['rejected']} writer answers rejected -> {result['bank']}")
+    console.print(f"Use it: medattack build RUN --prompt-bank {result['bank']}")
 
 
 @list_app.command("attacks", epilog="Example:\n\n  medattack list attacks")

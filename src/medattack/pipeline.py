@@ -105,3 +105,100 @@ def demo(run_dir: str | Path = "runs/demo", progress: Progress | None = None) ->
     """Build the embedded benchmark and run the dataset analyses on it (offline)."""
     result = build(run_dir, BuildConfig(), progress=progress)
     return DemoResult(result, analyze_attributes(run_dir), analyze_prompts(run_dir))
+
+
+# --- prompt generation (medattack prompts ...) -----------------------------------------------------
+
+
+def prompts_attributes(out_dir: str | Path, sources: tuple[str, ...] = ("embedded",), reader: str = "metadata",
+                       questions: tuple[str, ...] | None = None, reader_model: str | None = None,
+                       data_root: str | None = None, progress: Progress | None = None) -> dict:
+    """Step 1: attributes.jsonl (one record per image) and attribute_failures.jsonl."""
+    from medattack.data.image_io import DEFAULT_MAX_PIXELS
+    from medattack.data.sources import SourceContext, open_source
+    from medattack.errors import InputError
+    from medattack.prompts.attributes import (
+        ATTRIBUTE_READERS,
+        DEFAULT_QUESTIONS,
+        WhiteboxReaderConfig,
+        read_attributes,
+    )
+    from medattack.rundir import write_jsonl_atomic
+
+    out = Path(out_dir)
+    context = SourceContext(load_taxonomy(), Path(data_root) if data_root else None)
+    items, failures = [], []
+    for spec in sources:
+        for entry in open_source(spec, context):
+            (failures if isinstance(entry, InputError) else items).append(entry)
+    options = {"config": WhiteboxReaderConfig(model=reader_model)} if reader == "whitebox" and reader_model else {}
+    attribute_reader = ATTRIBUTE_READERS[reader](**options, cache_path=out / "calls.jsonl")
+    records = []
+    for index, record in enumerate(read_attributes(items, attribute_reader, questions or DEFAULT_QUESTIONS,
+                                                   DEFAULT_MAX_PIXELS)):
+        if progress:
+            progress("attributes", index, len(items))
+        (failures if isinstance(record, InputError) else records).append(record)
+    write_jsonl_atomic(out / "attributes.jsonl", records)
+    write_jsonl_atomic(out / "attribute_failures.jsonl", [
+        {"item": f.item, "error": type(f).__name__, "problem": f.problem, "fix": f.fix} for f in failures])
+    return {"images": len(records), "failures": len(failures), "reader": attribute_reader.name}
+
+
+def prompts_normal(out_dir: str | Path, per_task: int = 8) -> dict:
+    """Step 2: normal.jsonl from attributes.jsonl."""
+    from medattack.prompts.normal import normal_questions
+    from medattack.rundir import read_jsonl, write_jsonl_atomic
+
+    out = Path(out_dir)
+    records = read_jsonl(out / "attributes.jsonl")
+    if not records:
+        raise ConfigError(f"{out / 'attributes.jsonl'} is missing or empty; run `medattack prompts attributes` first.")
+    questions = normal_questions(records, load_taxonomy(), per_task)
+    write_jsonl_atomic(out / "normal.jsonl", questions)
+    return {"questions": len(questions), "tasks": len({q["task"] for q in questions})}
+
+
+def prompts_harmful(out_dir: str | Path, writer: str = "paraphrase", writer_model: str | None = None,
+                    base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                    near_duplicate: float = 0.92, version: str | None = None) -> dict:
+    """Step 3: bank.yaml (validated, builder-ready) and rejected.jsonl from normal.jsonl."""
+    import yaml
+
+    from medattack.api import APIConfig
+    from medattack.data.prompt_bank import vocabulary_pattern
+    from medattack.prompts.harmful import drop_near_duplicates, rewrite_all, to_bank
+    from medattack.prompts.textgen import TEXT_GENERATORS, APIChatConfig, LocalChatConfig
+    from medattack.rundir import content_hash, read_jsonl, write_bytes_atomic, write_jsonl_atomic
+
+    out = Path(out_dir)
+    normals = read_jsonl(out / "normal.jsonl")
+    if not normals:
+        raise ConfigError(f"{out / 'normal.jsonl'} is missing or empty; run `medattack prompts normal` first.")
+    taxonomy = load_taxonomy()
+    generator = None
+    if writer in ("local", "paraphrase"):
+        tokens = 48 if writer == "paraphrase" else 96
+        generator = TEXT_GENERATORS["local"](LocalChatConfig(model=writer_model, max_new_tokens=tokens),
+                                             cache_path=out / "calls.jsonl")
+    elif writer == "api":
+        api = APIConfig(base_url=base_url or APIConfig.base_url, api_key_env=api_key_env)
+        generator = TEXT_GENERATORS["api"](APIChatConfig(model=writer_model or APIChatConfig.model, api=api),
+                                           cache_path=out / "calls.jsonl")
+    elif writer != "template":
+        raise ConfigError(f"unknown writer {writer!r}; use paraphrase, template, local or api.")
+    embedder = get_text_embedder("minilm")
+    mode = "paraphrase" if writer == "paraphrase" else "rewrite"
+    rewrites, rejected = rewrite_all(normals, generator, load_prompt_bank(taxonomy=taxonomy),
+                                     vocabulary_pattern(taxonomy), mode, embedder)
+    kept = drop_near_duplicates(rewrites, embedder, near_duplicate)
+    version = version or f"generated-{content_hash([vars(r) for r in kept])[:12]}"
+    bank = to_bank(kept, taxonomy, version)
+    write_bytes_atomic(out / "bank.yaml", yaml.safe_dump(bank, sort_keys=False, allow_unicode=True,
+                                                          width=120).encode("utf-8"))
+    write_jsonl_atomic(out / "rejected.jsonl", rejected)
+    origins: dict[str, int] = {}
+    for rewrite in kept:
+        origins[rewrite.origin] = origins.get(rewrite.origin, 0) + 1
+    return {"triples": len(kept), "near_duplicates_dropped": len(rewrites) - len(kept), "rejected": len(rejected),
+            "origins": origins, "version": version, "bank": str(out / "bank.yaml")}

@@ -49,7 +49,7 @@ class PromptBank:
         return tuple(dict.fromkeys(t.task for t in self.triples))
 
 
-def _vocabulary_pattern(taxonomy: Taxonomy) -> re.Pattern[str]:
+def vocabulary_pattern(taxonomy: Taxonomy) -> re.Pattern[str]:
     words = sorted(taxonomy.vocabulary(), key=len, reverse=True)
     return re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
 
@@ -61,7 +61,7 @@ def validate(raw: object, where: str, taxonomy: Taxonomy) -> tuple[str, tuple[Pr
     version = str(raw.get("version", "")).strip()
     if not version:
         raise PromptBankError(f"{where}: the bank needs a 'version' so runs can record which one they used.")
-    vocabulary = _vocabulary_pattern(taxonomy)
+    vocabulary = vocabulary_pattern(taxonomy)
     triples: list[PromptTriple] = []
     seen_ids: set[str] = set()
     seen_text: dict[str, str] = {}

@@ -1,0 +1,178 @@
+"""Step 1: read attributes off each image (colour, contrast, texture, lesion...).
+
+Readers:
+- `metadata` (offline default): only what is known without a model - the taxonomy labels, DICOM tags,
+  the source's description, and measured pixel statistics (colour vs greyscale, brightness,
+  contrast). Every answer is marked `origin: metadata`; nothing is guessed.
+- `whitebox:MODEL`: a LLaVA-family model through the attack engine's adapter (embedded, tiny, a hub id)
+  asked each attribute question about the image.
+- `api`: an OpenAI-compatible vision endpoint (the image sent as a data URL).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from medattack.api import APIClient, APIConfig, APIError, chat_text
+from medattack.config import option
+from medattack.data.image_io import LoadedImage, encode_png
+from medattack.data.sources import SourceItem
+from medattack.registry import Registry
+
+DEFAULT_QUESTIONS: tuple[str, ...] = (
+    "colour: Is this image in colour or greyscale?",
+    "contrast: How would you describe the contrast of this image?",
+    "brightness: How bright or dark is this image overall?",
+    "texture: How would you describe the texture of the tissue in this image?",
+    "lesion size: How large is the most prominent lesion or abnormality, if any?",
+    "lesion location: Where in the image is the most prominent lesion or abnormality, if any?",
+    "anatomical clarity: How clearly are the anatomical structures shown?",
+)
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    question: str
+    answer: str
+    origin: str  # "metadata" or the reader's model name
+
+
+class AttributeReader(Protocol):
+    name: str
+
+    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]: ...
+
+
+ATTRIBUTE_READERS: Registry[type] = Registry("attribute reader")
+
+
+def split_question(entry: str) -> tuple[str, str]:
+    """"name: question" -> (name, question)."""
+    name, _, question = entry.partition(":")
+    return name.strip(), question.strip() or name.strip()
+
+
+def pixel_attributes(pixels: np.ndarray) -> dict[str, str]:
+    """Measured, not guessed: colour vs greyscale, brightness and contrast bands. pixels: (H, W, 3) uint8."""
+    image = pixels.astype(np.float32)
+    chroma = float(np.abs(image - image.mean(axis=-1, keepdims=True)).mean())
+    grey = image.mean(axis=-1)
+    mean, std = float(grey.mean()), float(grey.std())
+    return {
+        "colour": "colour" if chroma > 4.0 else "greyscale",
+        "brightness": "dark" if mean < 85 else "bright" if mean > 170 else "medium",
+        "contrast": "low" if std < 35 else "high" if std > 70 else "moderate",
+    }
+
+
+@ATTRIBUTE_READERS.register("metadata")
+class MetadataReader:
+    name = "metadata"
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]:
+        measured = pixel_attributes(image.pixels)
+        out = []
+        for entry in questions:
+            name, question = split_question(entry)
+            if name in measured:
+                out.append(Attribute(name, question, measured[name], "metadata"))
+        if item.description:
+            out.append(Attribute("description", "What does the image show?", item.description, "metadata"))
+        for tag in ("StudyDescription", "SeriesDescription"):
+            if image.metadata.get(tag):
+                out.append(Attribute(tag, f"DICOM {tag}", image.metadata[tag], "metadata"))
+        return out
+
+
+@dataclass(frozen=True)
+class WhiteboxReaderConfig:
+    model: str = option("embedded", "embedded | tiny | hub id or path of a LLaVA-family model.")
+    max_new_tokens: int = option(24, "Tokens per answer.")
+
+
+@ATTRIBUTE_READERS.register("whitebox")
+class WhiteboxReader:
+    """Ask a LLaVA-family model through the attack engine's adapter."""
+
+    def __init__(self, config: WhiteboxReaderConfig | None = None, **_: Any) -> None:
+        from medattack.models import load_whitebox
+
+        self.config = config or WhiteboxReaderConfig()
+        self.model = load_whitebox(self.config.model)
+        self.name = f"whitebox:{self.model.name}"
+
+    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]:
+        import torch
+
+        pixels = self.model.preprocess(image.pixels)
+        empty = torch.zeros(0, dtype=torch.long, device=self.model.device)
+        out = []
+        for entry in questions:
+            name, question = split_question(entry)
+            state = self.model.start(f"{question} Answer in a few words.", "-", pixels)
+            answer = " ".join(self.model.generate(state, empty, self.config.max_new_tokens).split())
+            if answer:
+                out.append(Attribute(name, question, answer, self.name))
+        return out
+
+
+@dataclass(frozen=True)
+class APIReaderConfig:
+    model: str = option("gpt-4o-mini", "Vision chat model at the endpoint.")
+    api: APIConfig = option(APIConfig(), "Endpoint, key variable, retries, rate limit, concurrency.")
+
+
+@ATTRIBUTE_READERS.register("api")
+class APIReader:
+    """An OpenAI-compatible vision endpoint."""
+
+    def __init__(self, config: APIReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
+        self.config = config or APIReaderConfig()
+        self.client = APIClient(self.config.api, cache_path)
+        self.name = f"api:{self.config.model}"
+
+    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]:
+        url = "data:image/png;base64," + base64.b64encode(encode_png(image.pixels)).decode("ascii")
+        out = []
+        for entry in questions:
+            name, question = split_question(entry)
+            payload = {"model": self.config.model, "temperature": 0, "max_tokens": 60, "messages": [
+                {"role": "user", "content": [{"type": "text", "text": f"{question} Answer in a few words."},
+                                             {"type": "image_url", "image_url": {"url": url}}]}]}
+            try:
+                answer = " ".join(chat_text(self.client.post("chat/completions", payload)).split())
+            except APIError:
+                continue
+            if answer:
+                out.append(Attribute(name, question, answer, self.name))
+        return out
+
+
+def read_attributes(items: list[SourceItem], reader: AttributeReader, questions: tuple[str, ...],
+                    max_pixels: int) -> Iterator[dict[str, Any] | Exception]:
+    """One record per image (or the InputError of an image that could not be read)."""
+    from medattack.data.builder import pixel_hash
+    from medattack.errors import InputError
+
+    for item in items:
+        try:
+            image = item.load(max_pixels)
+        except InputError as error:
+            yield error
+            continue
+        yield {
+            "source": item.source, "item_id": item.item_id, "category": item.category.split_name,
+            "modality": item.category.modality, "body_part": item.category.body_part,
+            "image_sha256": pixel_hash(image.pixels), "reader": reader.name,
+            "attributes": [vars(a) for a in reader.read(item, image, questions)],
+        }
