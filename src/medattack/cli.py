@@ -249,8 +249,8 @@ def score(
 def prompts_attributes(
     out: Annotated[Path, typer.Argument(help="Output folder of the prompt-generation steps.")],
     source: Annotated[list[str] | None, typer.Option("--source", "-s", help="Image source (repeatable).")] = None,
-    reader: Annotated[str, typer.Option(help="metadata (offline) | whitebox | api.")] = "metadata",
-    model: Annotated[str | None, typer.Option(help="Model of the whitebox reader (embedded, tiny, hub id).")] = None,
+    reader: Annotated[str, typer.Option(help="metadata (offline) | whitebox | hf | api.")] = "metadata",
+    model: Annotated[str | None, typer.Option(help="Reader model: embedded, tiny, or a hub id / folder.")] = None,
     data_root: Annotated[Path | None, typer.Option(help="Root that manifest paths must stay inside.")] = None,
 ) -> None:
     """Step 1: read attributes (colour, contrast, texture, lesion...) off every image."""

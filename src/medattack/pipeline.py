@@ -120,6 +120,7 @@ def prompts_attributes(out_dir: str | Path, sources: tuple[str, ...] = ("embedde
     from medattack.prompts.attributes import (
         ATTRIBUTE_READERS,
         DEFAULT_QUESTIONS,
+        HFReaderConfig,
         WhiteboxReaderConfig,
         read_attributes,
     )
@@ -131,7 +132,8 @@ def prompts_attributes(out_dir: str | Path, sources: tuple[str, ...] = ("embedde
     for spec in sources:
         for entry in open_source(spec, context):
             (failures if isinstance(entry, InputError) else items).append(entry)
-    options = {"config": WhiteboxReaderConfig(model=reader_model)} if reader == "whitebox" and reader_model else {}
+    configs = {"whitebox": WhiteboxReaderConfig, "hf": HFReaderConfig}
+    options = {"config": configs[reader](model=reader_model)} if reader in configs and reader_model else {}
     attribute_reader = ATTRIBUTE_READERS[reader](**options, cache_path=out / "calls.jsonl")
     records = []
     for index, record in enumerate(read_attributes(items, attribute_reader, questions or DEFAULT_QUESTIONS,

@@ -4,8 +4,9 @@ Readers:
 - `metadata` (offline default): only what is known without a model - the taxonomy labels, DICOM tags,
   the source's description, and measured pixel statistics (colour vs greyscale, brightness,
   contrast). Every answer is marked `origin: metadata`; nothing is guessed.
-- `whitebox:MODEL`: a LLaVA-family model through the attack engine's adapter (embedded, tiny, a hub id)
+- `whitebox`: a LLaVA-family model through the attack engine's adapter (embedded, tiny, a hub id)
   asked each attribute question about the image.
+- `hf`: any transformers image-text-to-text model by hub id or folder (SmolVLM, Qwen2.5-VL...).
 - `api`: an OpenAI-compatible vision endpoint (the image sent as a data URL).
 """
 
@@ -121,6 +122,50 @@ class WhiteboxReader:
             name, question = split_question(entry)
             state = self.model.start(f"{question} Answer in a few words.", "-", pixels)
             answer = " ".join(self.model.generate(state, empty, self.config.max_new_tokens).split())
+            if answer:
+                out.append(Attribute(name, question, answer, self.name))
+        return out
+
+
+@dataclass(frozen=True)
+class HFReaderConfig:
+    model: str = option("HuggingFaceTB/SmolVLM-256M-Instruct", "Hub id or folder of an image-text-to-text model.")
+    max_new_tokens: int = option(24, "Tokens per answer.")
+    device: str = option("cpu", "torch device.")
+    trust_remote_code: bool = option(False, "Allow the model's own code (only for models you trust).")
+
+
+@ATTRIBUTE_READERS.register("hf")
+class HFReader:
+    """Any transformers image-text-to-text model (SmolVLM, Qwen2.5-VL, LLaVA...) with its processor."""
+
+    def __init__(self, config: HFReaderConfig | None = None, **_: Any) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.config = config or HFReaderConfig()
+        self.processor = AutoProcessor.from_pretrained(self.config.model,
+                                                       trust_remote_code=self.config.trust_remote_code)
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            self.config.model, trust_remote_code=self.config.trust_remote_code).to(self.config.device).eval()
+        self.name = f"hf:{self.config.model}"
+        self._torch = torch
+
+    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]:
+        from PIL import Image
+
+        picture = Image.fromarray(image.pixels)
+        out = []
+        for entry in questions:
+            name, question = split_question(entry)
+            messages = [{"role": "user", "content": [{"type": "image"},
+                                                     {"type": "text", "text": f"{question} Answer in a few words."}]}]
+            prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+            inputs = self.processor(images=picture, text=prompt, return_tensors="pt").to(self.config.device)
+            with self._torch.inference_mode():
+                output = self.model.generate(**inputs, max_new_tokens=self.config.max_new_tokens, do_sample=False)
+            answer = self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            answer = " ".join(answer.split())
             if answer:
                 out.append(Attribute(name, question, answer, self.name))
         return out
