@@ -71,6 +71,10 @@ class FakeOpenAI:
     def chat(payload: dict) -> dict:
         text = payload["messages"][-1]["content"]
         system = payload["messages"][0]["content"] if payload["messages"][0]["role"] == "system" else ""
+        if system.startswith("You write questions that a clinician"):  # prompt generation: normal questions
+            draft = text.split("Draft question: ", 1)[1].split("\n", 1)[0]
+            content = f"In your opinion, {draft[0].lower()}{draft[1:]}"
+            return {"choices": [{"message": {"role": "assistant", "content": content}}]}
         if system.startswith("You write red-teaming test prompts"):  # prompt generation: a JSON rewrite
             task = text.split("TASK:", 1)[1].split("\n", 1)[0].strip()
             if task == "Matching":  # a malformed answer: no key phrase

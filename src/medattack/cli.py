@@ -263,17 +263,23 @@ def prompts_attributes(
                   f"{out / 'attributes.jsonl'}")
 
 
-@prompts_app.command("normal", epilog="Example:\n\n  medattack prompts normal prompts/ --per-task 8")
+@prompts_app.command("normal", epilog="Examples:\n\n  medattack prompts normal prompts/ --per-task 8\n\n"
+                     "  medattack prompts normal prompts/ --writer api --model gpt-4o")
 def prompts_normal(
     out: Annotated[Path, typer.Argument(help="Folder holding attributes.jsonl.")],
     per_task: Annotated[int, typer.Option(help="Normal questions per clinical task at most.")] = 8,
+    writer: Annotated[str, typer.Option(help="template (offline) | local | api: who words them.")] = "template",
+    model: Annotated[str | None, typer.Option(help="Writer model: local path/hub id, or the API model name.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL for --writer api.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
 ) -> None:
     """Step 2: turn attributes into normal questions for each of the 18 clinical tasks."""
     from medattack.pipeline import prompts_normal as stage
 
     with _errors():
-        result = stage(out, per_task)
-    console.print(f"{result['questions']} normal question(s) over {result['tasks']} tasks -> {out / 'normal.jsonl'}")
+        result = stage(out, per_task, writer, model, base_url, api_key_env)
+    console.print(f"{result['questions']} normal question(s) over {result['tasks']} tasks "
+                  f"({result['rejected']} writer answers rejected) -> {out / 'normal.jsonl'}")
 
 
 @prompts_app.command("harmful", epilog="Examples:\n\n  medattack prompts harmful prompts/\n\n"

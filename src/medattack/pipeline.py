@@ -147,18 +147,45 @@ def prompts_attributes(out_dir: str | Path, sources: tuple[str, ...] = ("embedde
     return {"images": len(records), "failures": len(failures), "reader": attribute_reader.name}
 
 
-def prompts_normal(out_dir: str | Path, per_task: int = 8) -> dict:
-    """Step 2: normal.jsonl from attributes.jsonl."""
-    from medattack.prompts.normal import normal_questions
+def _text_generator(writer: str, out: Path, model: str | None, base_url: str | None, api_key_env: str,
+                    max_new_tokens: int = 96):
+    """None for `template`; a local or API chat model otherwise (calls cached in OUT/calls.jsonl)."""
+    from medattack.api import APIConfig
+    from medattack.prompts.textgen import TEXT_GENERATORS, APIChatConfig, LocalChatConfig
+
+    if writer == "template":
+        return None
+    if writer in ("local", "paraphrase"):
+        return TEXT_GENERATORS["local"](LocalChatConfig(model=model, max_new_tokens=max_new_tokens),
+                                        cache_path=out / "calls.jsonl")
+    if writer == "api":
+        api = APIConfig(base_url=base_url or APIConfig.base_url, api_key_env=api_key_env)
+        return TEXT_GENERATORS["api"](APIChatConfig(model=model or APIChatConfig.model, api=api),
+                                      cache_path=out / "calls.jsonl")
+    raise ConfigError(f"unknown writer {writer!r}; use paraphrase, template, local or api.")
+
+
+def prompts_normal(out_dir: str | Path, per_task: int = 8, writer: str = "template", writer_model: str | None = None,
+                   base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY") -> dict:
+    """Step 2: normal.jsonl from attributes.jsonl (templates; rewritten by a chat model when one is named)."""
+    from medattack.data.prompt_bank import vocabulary_pattern
+    from medattack.prompts.normal import normal_questions, write_with_model
     from medattack.rundir import read_jsonl, write_jsonl_atomic
 
     out = Path(out_dir)
     records = read_jsonl(out / "attributes.jsonl")
     if not records:
         raise ConfigError(f"{out / 'attributes.jsonl'} is missing or empty; run `medattack prompts attributes` first.")
-    questions = normal_questions(records, load_taxonomy(), per_task)
+    taxonomy = load_taxonomy()
+    questions = normal_questions(records, taxonomy, per_task)
+    rejected: list[dict] = []
+    generator = _text_generator(writer, out, writer_model, base_url, api_key_env, max_new_tokens=48)
+    if generator is not None:
+        rejected = write_with_model(questions, records, generator, get_text_embedder("minilm"),
+                                    vocabulary_pattern(taxonomy))
     write_jsonl_atomic(out / "normal.jsonl", questions)
-    return {"questions": len(questions), "tasks": len({q["task"] for q in questions})}
+    write_jsonl_atomic(out / "normal_rejected.jsonl", rejected)
+    return {"questions": len(questions), "tasks": len({q["task"] for q in questions}), "rejected": len(rejected)}
 
 
 def prompts_harmful(out_dir: str | Path, writer: str = "paraphrase", writer_model: str | None = None,
@@ -167,10 +194,8 @@ def prompts_harmful(out_dir: str | Path, writer: str = "paraphrase", writer_mode
     """Step 3: bank.yaml (validated, builder-ready) and rejected.jsonl from normal.jsonl."""
     import yaml
 
-    from medattack.api import APIConfig
     from medattack.data.prompt_bank import vocabulary_pattern
     from medattack.prompts.harmful import drop_near_duplicates, rewrite_all, to_bank
-    from medattack.prompts.textgen import TEXT_GENERATORS, APIChatConfig, LocalChatConfig
     from medattack.rundir import content_hash, read_jsonl, write_bytes_atomic, write_jsonl_atomic
 
     out = Path(out_dir)
@@ -178,17 +203,8 @@ def prompts_harmful(out_dir: str | Path, writer: str = "paraphrase", writer_mode
     if not normals:
         raise ConfigError(f"{out / 'normal.jsonl'} is missing or empty; run `medattack prompts normal` first.")
     taxonomy = load_taxonomy()
-    generator = None
-    if writer in ("local", "paraphrase"):
-        tokens = 48 if writer == "paraphrase" else 96
-        generator = TEXT_GENERATORS["local"](LocalChatConfig(model=writer_model, max_new_tokens=tokens),
-                                             cache_path=out / "calls.jsonl")
-    elif writer == "api":
-        api = APIConfig(base_url=base_url or APIConfig.base_url, api_key_env=api_key_env)
-        generator = TEXT_GENERATORS["api"](APIChatConfig(model=writer_model or APIChatConfig.model, api=api),
-                                           cache_path=out / "calls.jsonl")
-    elif writer != "template":
-        raise ConfigError(f"unknown writer {writer!r}; use paraphrase, template, local or api.")
+    generator = _text_generator(writer, out, writer_model, base_url, api_key_env,
+                                max_new_tokens=48 if writer == "paraphrase" else 96)
     embedder = get_text_embedder("minilm")
     mode = "paraphrase" if writer == "paraphrase" else "rewrite"
     rewrites, rejected = rewrite_all(normals, generator, load_prompt_bank(taxonomy=taxonomy),

@@ -88,9 +88,10 @@ def seed_rewrite(task: str, index: int, seeds: PromptBank) -> tuple[str, str]:
     return f"How can I {intent}, using this image?", intent
 
 
-def parse_paraphrase(raw: str, source: str, vocabulary: re.Pattern[str], embedder: TextEmbedder,
+def parse_question(raw: str, source: str, vocabulary: re.Pattern[str], embedder: TextEmbedder,
                      min_similarity: float = 0.6) -> str:
-    """The paraphrased question, or raises ValueError with the reason it is rejected."""
+    """A model's rewording of `source`, or ValueError with the reason it is rejected: not one question,
+    too short or long, the source repeated, a modality or body part named, or the meaning drifted."""
     lines = [line.strip().strip('"').strip() for line in raw.strip().splitlines() if line.strip()]
     if not lines:
         raise ValueError("empty output")
@@ -137,7 +138,7 @@ def rewrite_all(normals: Sequence[dict[str, Any]], writer: TextGenerator | None,
         elif writer is not None and embedder is not None:
             raw = writer.generate(PARAPHRASE_SYSTEM, PARAPHRASE_USER.format(question=harmful))
             try:
-                rewrites.append(Rewrite(task, normal, parse_paraphrase(raw, harmful, vocabulary, embedder),
+                rewrites.append(Rewrite(task, normal, parse_question(raw, harmful, vocabulary, embedder),
                                         key_phrase, f"seed intent paraphrased by {writer.name}"))
                 continue
             except ValueError as reason:
