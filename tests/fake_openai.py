@@ -70,6 +70,11 @@ class FakeOpenAI:
     @staticmethod
     def chat(payload: dict) -> dict:
         text = payload["messages"][-1]["content"]
+        if isinstance(text, list):  # a vision request: text and image parts
+            has_image = any(part.get("type") == "image_url" and part["image_url"]["url"].startswith("data:image/png")
+                            for part in text)
+            content = "mostly greyscale with high contrast" if has_image else ""
+            return {"choices": [{"message": {"role": "assistant", "content": content}}]}
         system = payload["messages"][0]["content"] if payload["messages"][0]["role"] == "system" else ""
         if system.startswith("You write questions that a clinician"):  # prompt generation: normal questions
             draft = text.split("Draft question: ", 1)[1].split("\n", 1)[0]

@@ -203,3 +203,15 @@ def test_api_writer_words_the_normal_questions(attributes_dir, fake_api, tmp_pat
     assert all(q["origin"] == "template" for q in questions if q["task"] == "Findings Generation")
     pipeline.prompts_harmful(out, writer="template")
     assert set(load_prompt_bank(out / "bank.yaml").tasks) == set(load_taxonomy().task_names)
+
+
+def test_api_reader_sends_the_image(fake_api, tmp_path):
+    from medattack.api import APIConfig
+    from medattack.data.sources import SourceContext, open_source
+    from medattack.prompts.attributes import APIReader, APIReaderConfig
+
+    reader = APIReader(APIReaderConfig(api=APIConfig(base_url=fake_api.base_url)))
+    item = next(iter(open_source("embedded", SourceContext(load_taxonomy()))))
+    attributes = reader.read(item, item.load(), ("contrast: How is the contrast?", "colour: Colour or greyscale?"))
+    assert [a.name for a in attributes] == ["contrast", "colour"]
+    assert all(a.answer == "mostly greyscale with high contrast" and a.origin == reader.name for a in attributes)

@@ -95,6 +95,30 @@ class MetadataReader:
         return out
 
 
+class ModelReader:
+    """Shared by the readers that ask a model: one question at a time, blank answers dropped."""
+
+    name = ""
+    suffix = " Answer in a few words."
+
+    def prepare(self, image: LoadedImage) -> Any:
+        """The image in the form `ask` takes (computed once per image)."""
+        return image
+
+    def ask(self, prepared: Any, question: str) -> str:
+        raise NotImplementedError
+
+    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]:
+        prepared = self.prepare(image)
+        out = []
+        for entry in questions:
+            name, question = split_question(entry)
+            answer = " ".join(self.ask(prepared, question + self.suffix).split())
+            if answer:
+                out.append(Attribute(name, question, answer, self.name))
+        return out
+
+
 @dataclass(frozen=True)
 class WhiteboxReaderConfig:
     model: str = option("embedded", "embedded | tiny | hub id or path of a LLaVA-family model.")
@@ -102,7 +126,7 @@ class WhiteboxReaderConfig:
 
 
 @ATTRIBUTE_READERS.register("whitebox")
-class WhiteboxReader:
+class WhiteboxReader(ModelReader):
     """Ask a LLaVA-family model through the attack engine's adapter."""
 
     def __init__(self, config: WhiteboxReaderConfig | None = None, **_: Any) -> None:
@@ -112,19 +136,15 @@ class WhiteboxReader:
         self.model = load_whitebox(self.config.model)
         self.name = f"whitebox:{self.model.name}"
 
-    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]:
+    def prepare(self, image: LoadedImage) -> Any:
+        return self.model.preprocess(image.pixels)
+
+    def ask(self, prepared: Any, question: str) -> str:
         import torch
 
-        pixels = self.model.preprocess(image.pixels)
+        state = self.model.start(question, "-", prepared)
         empty = torch.zeros(0, dtype=torch.long, device=self.model.device)
-        out = []
-        for entry in questions:
-            name, question = split_question(entry)
-            state = self.model.start(f"{question} Answer in a few words.", "-", pixels)
-            answer = " ".join(self.model.generate(state, empty, self.config.max_new_tokens).split())
-            if answer:
-                out.append(Attribute(name, question, answer, self.name))
-        return out
+        return self.model.generate(state, empty, self.config.max_new_tokens)
 
 
 @dataclass(frozen=True)
@@ -136,7 +156,7 @@ class HFReaderConfig:
 
 
 @ATTRIBUTE_READERS.register("hf")
-class HFReader:
+class HFReader(ModelReader):
     """Any transformers image-text-to-text model (SmolVLM, Qwen2.5-VL, LLaVA...) with its processor."""
 
     def __init__(self, config: HFReaderConfig | None = None, **_: Any) -> None:
@@ -151,24 +171,18 @@ class HFReader:
         self.name = f"hf:{self.config.model}"
         self._torch = torch
 
-    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]:
+    def prepare(self, image: LoadedImage) -> Any:
         from PIL import Image
 
-        picture = Image.fromarray(image.pixels)
-        out = []
-        for entry in questions:
-            name, question = split_question(entry)
-            messages = [{"role": "user", "content": [{"type": "image"},
-                                                     {"type": "text", "text": f"{question} Answer in a few words."}]}]
-            prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-            inputs = self.processor(images=picture, text=prompt, return_tensors="pt").to(self.config.device)
-            with self._torch.inference_mode():
-                output = self.model.generate(**inputs, max_new_tokens=self.config.max_new_tokens, do_sample=False)
-            answer = self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            answer = " ".join(answer.split())
-            if answer:
-                out.append(Attribute(name, question, answer, self.name))
-        return out
+        return Image.fromarray(image.pixels)
+
+    def ask(self, prepared: Any, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = self.processor(images=prepared, text=prompt, return_tensors="pt").to(self.config.device)
+        with self._torch.inference_mode():
+            output = self.model.generate(**inputs, max_new_tokens=self.config.max_new_tokens, do_sample=False)
+        return self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 @dataclass(frozen=True)
@@ -178,7 +192,7 @@ class APIReaderConfig:
 
 
 @ATTRIBUTE_READERS.register("api")
-class APIReader:
+class APIReader(ModelReader):
     """An OpenAI-compatible vision endpoint."""
 
     def __init__(self, config: APIReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
@@ -186,21 +200,17 @@ class APIReader:
         self.client = APIClient(self.config.api, cache_path)
         self.name = f"api:{self.config.model}"
 
-    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]:
-        url = "data:image/png;base64," + base64.b64encode(encode_png(image.pixels)).decode("ascii")
-        out = []
-        for entry in questions:
-            name, question = split_question(entry)
-            payload = {"model": self.config.model, "temperature": 0, "max_tokens": 60, "messages": [
-                {"role": "user", "content": [{"type": "text", "text": f"{question} Answer in a few words."},
-                                             {"type": "image_url", "image_url": {"url": url}}]}]}
-            try:
-                answer = " ".join(chat_text(self.client.post("chat/completions", payload)).split())
-            except APIError:
-                continue
-            if answer:
-                out.append(Attribute(name, question, answer, self.name))
-        return out
+    def prepare(self, image: LoadedImage) -> Any:
+        return "data:image/png;base64," + base64.b64encode(encode_png(image.pixels)).decode("ascii")
+
+    def ask(self, prepared: Any, question: str) -> str:
+        payload = {"model": self.config.model, "temperature": 0, "max_tokens": 60, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": question},
+                                         {"type": "image_url", "image_url": {"url": prepared}}]}]}
+        try:
+            return chat_text(self.client.post("chat/completions", payload))
+        except APIError:
+            return ""
 
 
 def read_attributes(items: list[SourceItem], reader: AttributeReader, questions: tuple[str, ...],
