@@ -31,7 +31,7 @@ from medattack.config import from_mapping, option, to_dict
 from medattack.data.builder import load_samples
 from medattack.data.image_io import encode_png, load_image
 from medattack.data.typography import render_text_band
-from medattack.errors import ConfigError, InputError, MedattackError, RunDirError
+from medattack.errors import ConfigError, MedattackError, RunDirError
 from medattack.models.base import WhiteBoxTarget, load_whitebox
 from medattack.rundir import (
     Progress,
@@ -178,7 +178,7 @@ def run_attack_stage(
         try:
             task = build_task(model, run.benchmark, sample, config.seed, needs_typo)
             result = attack.run(model, task, checkpoint)
-        except (InputError, MedattackError) as exc:
+        except MedattackError as exc:
             failures.append({"sample_id": sample_id, "error": type(exc).__name__, "problem": str(exc)})
             write_jsonl_atomic(failures_path, failures)
             log.warning("sample %s failed: %s", sample_id, exc)
