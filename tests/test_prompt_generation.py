@@ -215,3 +215,15 @@ def test_api_reader_sends_the_image(fake_api, tmp_path):
     attributes = reader.read(item, item.load(), ("contrast: How is the contrast?", "colour: Colour or greyscale?"))
     assert [a.name for a in attributes] == ["contrast", "colour"]
     assert all(a.answer == "mostly greyscale with high contrast" and a.origin == reader.name for a in attributes)
+
+
+def test_reader_answers_are_cached_and_reused(fake_api, tmp_path):
+    from medattack.api import APIConfig
+    from medattack.data.sources import SourceContext, open_source
+    from medattack.prompts.attributes import APIReader, APIReaderConfig
+
+    item = next(iter(open_source("embedded", SourceContext(load_taxonomy()))))
+    config = APIReaderConfig(api=APIConfig(base_url=fake_api.base_url))
+    first = APIReader(config, cache_path=tmp_path / "calls.jsonl").read(item, item.load(), ("contrast: Contrast?",))
+    again = APIReader(config, cache_path=tmp_path / "calls.jsonl").read(item, item.load(), ("contrast: Contrast?",))
+    assert first == again and fake_api.requests == 1

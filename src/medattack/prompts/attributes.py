@@ -24,6 +24,7 @@ from medattack.api import APIClient, APIConfig, APIError, chat_text
 from medattack.config import option
 from medattack.data.image_io import LoadedImage, encode_png
 from medattack.data.sources import SourceItem
+from medattack.prompts.textgen import CallCache
 from medattack.registry import Registry
 
 DEFAULT_QUESTIONS: tuple[str, ...] = (
@@ -96,10 +97,12 @@ class MetadataReader:
 
 
 class ModelReader:
-    """Shared by the readers that ask a model: one question at a time, blank answers dropped."""
+    """Shared by the readers that ask a model: one question at a time, answers cached by content hash
+    (reader, image pixels, question) in the step's calls.jsonl, blank answers dropped."""
 
     name = ""
     suffix = " Answer in a few words."
+    cache: CallCache = CallCache(None)
 
     def prepare(self, image: LoadedImage) -> Any:
         """The image in the form `ask` takes (computed once per image)."""
@@ -109,11 +112,18 @@ class ModelReader:
         raise NotImplementedError
 
     def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]:
-        prepared = self.prepare(image)
+        from medattack.data.builder import pixel_hash
+
+        prepared, image_hash = None, pixel_hash(image.pixels)
         out = []
         for entry in questions:
             name, question = split_question(entry)
-            answer = " ".join(self.ask(prepared, question + self.suffix).split())
+            key = CallCache.key(self.name, image_hash, question)
+            answer = self.cache.get(key)
+            if answer is None:
+                prepared = self.prepare(image) if prepared is None else prepared
+                answer = " ".join(self.ask(prepared, question + self.suffix).split())
+                self.cache.put(key, answer)
             if answer:
                 out.append(Attribute(name, question, answer, self.name))
         return out
@@ -129,9 +139,10 @@ class WhiteboxReaderConfig:
 class WhiteboxReader(ModelReader):
     """Ask a LLaVA-family model through the attack engine's adapter."""
 
-    def __init__(self, config: WhiteboxReaderConfig | None = None, **_: Any) -> None:
+    def __init__(self, config: WhiteboxReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
         from medattack.models import load_whitebox
 
+        self.cache = CallCache(cache_path)
         self.config = config or WhiteboxReaderConfig()
         self.model = load_whitebox(self.config.model)
         self.name = f"whitebox:{self.model.name}"
@@ -159,10 +170,11 @@ class HFReaderConfig:
 class HFReader(ModelReader):
     """Any transformers image-text-to-text model (SmolVLM, Qwen2.5-VL, LLaVA...) with its processor."""
 
-    def __init__(self, config: HFReaderConfig | None = None, **_: Any) -> None:
+    def __init__(self, config: HFReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        self.cache = CallCache(cache_path)
         self.config = config or HFReaderConfig()
         self.processor = AutoProcessor.from_pretrained(self.config.model,
                                                        trust_remote_code=self.config.trust_remote_code)
@@ -196,8 +208,9 @@ class APIReader(ModelReader):
     """An OpenAI-compatible vision endpoint."""
 
     def __init__(self, config: APIReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
+        self.cache = CallCache(cache_path)
         self.config = config or APIReaderConfig()
-        self.client = APIClient(self.config.api, cache_path)
+        self.client = APIClient(self.config.api)
         self.name = f"api:{self.config.model}"
 
     def prepare(self, image: LoadedImage) -> Any:
