@@ -302,7 +302,6 @@ class LlavaWhiteBox:
         self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor, token_grad: bool
     ) -> tuple[LossResult, torch.Tensor | None, torch.Tensor]:
         pixels = pixels.detach().clone().requires_grad_(True)
-        segments: Segments = state.extra["segments"]
         weight = self.embed.weight  # (V, D)
         one_hot = None
         with torch.enable_grad():
@@ -311,15 +310,7 @@ class LlavaWhiteBox:
                 suffix_embeds = (one_hot @ weight)[None]
             else:
                 suffix_embeds = self.embed(suffix_ids)[None]
-            inputs = torch.cat([
-                self._prefix_embeds(segments, pixels),
-                suffix_embeds,
-                self.embed(segments.tail)[None],
-                self.embed(state.target_ids[:-1])[None],
-            ], dim=1)
-            hidden = self.decoder(inputs_embeds=inputs, use_cache=False).last_hidden_state
-            start = inputs.shape[1] - len(state.target_ids)
-            result = self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
+            result = self._full_forward(state, suffix_embeds, pixels)
             result.loss.sum().backward()
         token = one_hot.grad.float() if one_hot is not None else None
         return LossResult(result.loss.detach(), result.matches), token, pixels.grad.detach()
@@ -327,10 +318,17 @@ class LlavaWhiteBox:
     @torch.no_grad()
     def loss_with_pixels(self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor) -> LossResult:
         """Loss of one suffix with other pixels than the cached ones (full forward, cache untouched)."""
+        return self._full_forward(state, self.embed(suffix_ids)[None], pixels)
+
+    def _full_forward(self, state: AttackState, suffix_embeds: torch.Tensor, pixels: torch.Tensor) -> LossResult:
+        """The whole sequence without the prefix cache, so gradients can reach the pixels.
+
+        suffix_embeds: (1, n, D); pixels: (1, 3, H, W) in [0, 1].
+        """
         segments: Segments = state.extra["segments"]
         inputs = torch.cat([
             self._prefix_embeds(segments, pixels),
-            self.embed(suffix_ids)[None],
+            suffix_embeds,
             self.embed(segments.tail)[None],
             self.embed(state.target_ids[:-1])[None],
         ], dim=1)
