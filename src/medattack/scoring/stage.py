@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medattack.config import option
-from medattack.data.sources.tables import read_table, require_columns
+from medattack.data.sources.tables import cell, read_table, require_columns
 from medattack.errors import SourceError
 from medattack.rundir import Progress, append_jsonl, read_jsonl, write_json_atomic
 from medattack.scoring import keyword_scorer, relevance  # noqa: F401 (registers the scorers)
@@ -75,11 +75,6 @@ def build_scorers(config: ScoreConfig) -> dict[str, Any]:
 # --- reading responses ----------------------------------------------------------------------------
 
 
-def _text(row: dict[str, Any], key: str) -> str:
-    value = row.get(key)
-    return "" if value is None else str(value).strip()
-
-
 def _image(root: Path | None, name: str) -> str | None:
     if not name:
         return None
@@ -101,32 +96,32 @@ def read_responses_file(path: Path, images_root: Path | None = None) -> list[Sco
         require_columns(path, rows, [("original_attribute",), ("unmatch_attribute",), ("normal_prompt",),
                                      ("harmful_prompt",)])
         for number, row in enumerate(rows, start=1):
-            row_id = _text(row, "id") or str(number)
+            row_id = cell(row, "id") or str(number)
             for condition in wide:
                 names, attribute_key, prompt_key = WIDE_CONDITIONS[condition]
                 column = next(n for n in names if n in columns)
-                prompt = _text(row, prompt_key)
+                prompt = cell(row, prompt_key)
                 inputs.append(ScoreInput(
                     response_id=f"{row_id}:{condition}", condition=condition, prompt=prompt,
-                    question=QUESTION.format(attribute=_text(row, attribute_key), prompt=prompt),
-                    response=_text(row, column), shown_attribute=_text(row, attribute_key),
-                    true_attribute=_text(row, "original_attribute"),
-                    image_path=_image(root, _text(row, "file_name") or _text(row, "image")),
+                    question=QUESTION.format(attribute=cell(row, attribute_key), prompt=prompt),
+                    response=cell(row, column), shown_attribute=cell(row, attribute_key),
+                    true_attribute=cell(row, "original_attribute"),
+                    image_path=_image(root, cell(row, "file_name") or cell(row, "image")),
                 ))
         return inputs
     require_columns(path, rows, [("response",), ("question", "prompt")])
     for number, row in enumerate(rows, start=1):
-        question = _text(row, "question")
+        question = cell(row, "question")
         if not question:
-            attribute = _text(row, "attribute") or _text(row, "shown_attribute")
-            question = QUESTION.format(attribute=attribute, prompt=_text(row, "prompt")) if attribute else _text(
+            attribute = cell(row, "attribute") or cell(row, "shown_attribute")
+            question = QUESTION.format(attribute=attribute, prompt=cell(row, "prompt")) if attribute else cell(
                 row, "prompt")
         inputs.append(ScoreInput(
-            response_id=_text(row, "response_id") or _text(row, "id") or str(number),
-            question=question, response=_text(row, "response"), condition=_text(row, "condition"),
-            prompt=_text(row, "prompt"), shown_attribute=_text(row, "attribute"),
-            true_attribute=_text(row, "true_attribute"), description=_text(row, "description"),
-            image_path=_image(root, _text(row, "image") or _text(row, "image_path") or _text(row, "file_name")),
+            response_id=cell(row, "response_id") or cell(row, "id") or str(number),
+            question=question, response=cell(row, "response"), condition=cell(row, "condition"),
+            prompt=cell(row, "prompt"), shown_attribute=cell(row, "attribute"),
+            true_attribute=cell(row, "true_attribute"), description=cell(row, "description"),
+            image_path=_image(root, cell(row, "image") or cell(row, "image_path") or cell(row, "file_name")),
         ))
     ids = [i.response_id for i in inputs]
     if len(set(ids)) != len(ids):

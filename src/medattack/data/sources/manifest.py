@@ -20,7 +20,7 @@ from medattack.data.sources.base import (
     require_argument,
     resolve_inside,
 )
-from medattack.data.sources.tables import read_table, require_columns
+from medattack.data.sources.tables import cell, read_table, require_columns
 from medattack.errors import ConfigError, InputError, SourceError
 
 
@@ -42,11 +42,6 @@ def parse_bbox(value: Any, location: str) -> tuple[int, int, int, int] | None:
         raise SourceError(location, f"bbox {value!r} is empty or negative.",
                           "x1 must exceed x0 and y1 must exceed y0, all >= 0.")
     return x0, y0, x1, y1
-
-
-def _text(row: dict[str, Any], key: str) -> str:
-    value = row.get(key)
-    return "" if value is None else str(value).strip()
 
 
 @SOURCES.register("manifest")
@@ -77,27 +72,27 @@ class ManifestSource:
                 yield error
 
     def _item(self, row: dict[str, Any], location: str, number: int) -> SourceItem:
-        relative = _text(row, "path")
+        relative = cell(row, "path")
         path = resolve_inside(self.root, relative, location)
         taxonomy = self.context.taxonomy
-        if _text(row, "modality") and _text(row, "body_part"):
-            category = taxonomy.category(_text(row, "modality"), _text(row, "body_part"))
-        elif _text(row, "attribute"):
+        if cell(row, "modality") and cell(row, "body_part"):
+            category = taxonomy.category(cell(row, "modality"), cell(row, "body_part"))
+        elif cell(row, "attribute"):
             try:
-                category = taxonomy.parse_attribute(_text(row, "attribute"))
+                category = taxonomy.parse_attribute(cell(row, "attribute"))
             except ConfigError as exc:
                 raise SourceError(location, str(exc)) from None
         else:
             raise SourceError(location, "modality/body_part (or attribute) is empty.",
                               "label every row, e.g. modality=CT, body_part=Chest.")
-        mask = _text(row, "mask_path")
+        mask = cell(row, "mask_path")
         return SourceItem(
             source=self.name,
-            item_id=_text(row, "id") or relative,
+            item_id=cell(row, "id") or relative,
             location=location,
             category=category,
             path=path,
-            description=_text(row, "description"),
+            description=cell(row, "description"),
             mask_path=resolve_inside(self.root, mask, location) if mask else None,
             bbox=parse_bbox(row.get("bbox"), location),
         )

@@ -49,6 +49,12 @@ def read_table(path: Path) -> list[dict[str, Any]]:
                       f"use one of {', '.join(TABLE_SUFFIXES)}.")
 
 
+def cell(row: dict[str, Any], key: str) -> str:
+    """A row's value as stripped text; '' when the column is absent or empty."""
+    value = row.get(key)
+    return "" if value is None else str(value).strip()
+
+
 def require_columns(path: Path, rows: list[dict[str, Any]], groups: list[tuple[str, ...]]) -> None:
     """Each group is a set of alternatives; at least one column of every group must exist."""
     columns = set(rows[0]) if rows else set()

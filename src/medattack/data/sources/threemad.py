@@ -27,7 +27,7 @@ from medattack.data.sources.base import (
     require_argument,
     resolve_inside,
 )
-from medattack.data.sources.tables import TABLE_SUFFIXES, read_table, require_columns
+from medattack.data.sources.tables import TABLE_SUFFIXES, cell, read_table, require_columns
 from medattack.errors import ConfigError, InputError, MissingDependencyError, SourceError
 
 log = logging.getLogger(__name__)
@@ -136,26 +136,26 @@ class ThreeMADSource:
     ) -> SourceItem:
         taxonomy = self.context.taxonomy
         try:
-            category = taxonomy.parse_attribute(str(row.get("original_attribute") or ""))
-            claimed = taxonomy.parse_attribute(str(row.get("unmatch_attribute") or ""))
+            category = taxonomy.parse_attribute(cell(row, "original_attribute"))
+            claimed = taxonomy.parse_attribute(cell(row, "unmatch_attribute"))
         except ConfigError as exc:
             raise SourceError(location, str(exc)) from None
-        policy = str(row.get("policy") or "").strip()
+        policy = cell(row, "policy")
         try:
             task = taxonomy.task(policy).name
         except ConfigError:
             task = policy  # kept as written: 3MAD may use task names this taxonomy does not know
         fields = {
-            "normal_prompt": str(row.get("normal_prompt") or "").strip(),
-            "harmful_prompt": str(row.get("harmful_prompt") or "").strip(),
+            "normal_prompt": cell(row, "normal_prompt"),
+            "harmful_prompt": cell(row, "harmful_prompt"),
             "key_phrases": first_key_phrase(row.get("key_phrases")),
             "policy": task,
         }
         empty = [k for k, v in fields.items() if not v]
         if empty:
             raise SourceError(location, f"empty value(s) in {', '.join(empty)}.", "fill or drop the row.")
-        row_id = str(row.get("id") if row.get("id") is not None else "").strip()
-        file_name = str(row.get("file_name") or "").strip()
+        row_id = cell(row, "id")
+        file_name = cell(row, "file_name")
         item_id = f"{split}/{row_id or file_name or location}"
         image_bytes, path = self._image(row, file_name, location, image_root)
         return SourceItem(
