@@ -9,7 +9,6 @@ names; it is sent in a header and never written to the cache, the run directory 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from typing import Any
 
 from medattack.config import option
 from medattack.errors import MedattackError
-from medattack.rundir import append_jsonl, read_jsonl
+from medattack.rundir import JsonlCache
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -58,8 +57,7 @@ class APIClient:
     def __init__(self, config: APIConfig, cache_path: Path | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
-        self.cache_path = cache_path
-        self._cache = {e["key"]: e["response"] for e in read_jsonl(cache_path)} if cache_path else {}
+        self._cache = JsonlCache(cache_path)
         self._lock = threading.Lock()
         self._next_slot = 0.0
         self._sleep = sleep
@@ -68,10 +66,6 @@ class APIClient:
     @property
     def has_key(self) -> bool:
         return bool(os.environ.get(self.config.api_key_env))
-
-    def _key(self, path: str, payload: dict[str, Any]) -> str:
-        text = json.dumps([self.config.base_url.rstrip("/"), path, payload], sort_keys=True)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def _wait_for_slot(self) -> None:
         if self.config.requests_per_second <= 0:
@@ -84,16 +78,15 @@ class APIClient:
             self._sleep(slot - now)
 
     def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        key = self._key(path, payload)
+        key = JsonlCache.key(self.config.base_url.rstrip("/"), path, payload)  # the API key is not part of it
         with self._lock:
-            if key in self._cache:
+            cached = self._cache.get(key)
+            if cached is not None:
                 self.stats["cache_hits"] += 1
-                return self._cache[key]
+                return cached
         response = self._post_with_retries(path, payload)
         with self._lock:
-            self._cache[key] = response
-            if self.cache_path is not None:
-                append_jsonl(self.cache_path, {"key": key, "response": response})
+            self._cache.put(key, response)
         return response
 
     def _post_with_retries(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:

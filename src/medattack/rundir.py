@@ -95,6 +95,37 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+class JsonlCache:
+    """Content-hash cache: key -> JSON value, one JSONL line per entry, reloaded on start.
+
+    Shared by the API client, the model-call caches of prompt generation and the score cache.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.entries: dict[str, Any] = {e["key"]: e["value"] for e in read_jsonl(path)} if path else {}
+        self.hits = 0
+
+    @staticmethod
+    def key(*parts: object) -> str:
+        """sha256 of the parts in canonical JSON."""
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> Any | None:
+        if key not in self.entries:
+            return None
+        self.hits += 1
+        return self.entries[key]
+
+    def put(self, key: str, value: Any) -> None:
+        self.put_many([(key, value)])
+
+    def put_many(self, items: list[tuple[str, Any]]) -> None:
+        self.entries.update(items)
+        if self.path is not None and items:
+            append_jsonl(self.path, *({"key": k, "value": v} for k, v in items))
+
+
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(

@@ -24,8 +24,8 @@ from medattack.api import APIClient, APIConfig, APIError, chat_text
 from medattack.config import option
 from medattack.data.image_io import LoadedImage, encode_png
 from medattack.data.sources import SourceItem
-from medattack.prompts.textgen import CallCache
 from medattack.registry import Registry
+from medattack.rundir import JsonlCache
 
 DEFAULT_QUESTIONS: tuple[str, ...] = (
     "colour: Is this image in colour or greyscale?",
@@ -102,7 +102,7 @@ class ModelReader:
 
     name = ""
     suffix = " Answer in a few words."
-    cache: CallCache = CallCache(None)
+    cache: JsonlCache = JsonlCache(None)
 
     def prepare(self, image: LoadedImage) -> Any:
         """The image in the form `ask` takes (computed once per image)."""
@@ -118,7 +118,7 @@ class ModelReader:
         out = []
         for entry in questions:
             name, question = split_question(entry)
-            key = CallCache.key(self.name, image_hash, question)
+            key = JsonlCache.key(self.name, image_hash, question)
             answer = self.cache.get(key)
             if answer is None:
                 prepared = self.prepare(image) if prepared is None else prepared
@@ -142,7 +142,7 @@ class WhiteboxReader(ModelReader):
     def __init__(self, config: WhiteboxReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
         from medattack.models import load_whitebox
 
-        self.cache = CallCache(cache_path)
+        self.cache = JsonlCache(cache_path)
         self.config = config or WhiteboxReaderConfig()
         self.model = load_whitebox(self.config.model)
         self.name = f"whitebox:{self.model.name}"
@@ -174,7 +174,7 @@ class HFReader(ModelReader):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.cache = CallCache(cache_path)
+        self.cache = JsonlCache(cache_path)
         self.config = config or HFReaderConfig()
         self.processor = AutoProcessor.from_pretrained(self.config.model,
                                                        trust_remote_code=self.config.trust_remote_code)
@@ -208,7 +208,7 @@ class APIReader(ModelReader):
     """An OpenAI-compatible vision endpoint."""
 
     def __init__(self, config: APIReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
-        self.cache = CallCache(cache_path)
+        self.cache = JsonlCache(cache_path)
         self.config = config or APIReaderConfig()
         self.client = APIClient(self.config.api)
         self.name = f"api:{self.config.model}"

@@ -1,13 +1,11 @@
 """Text generators for prompt writing: a local transformers chat model, or an OpenAI-compatible API.
 
-Every call is cached by a content hash of (generator, prompt, settings) in a JSONL file, so a
+Every call is cached by a content hash of (generator, prompt, settings) in a JSONL file (JsonlCache), so a
 re-run costs nothing and a killed run resumes. API keys come from the environment only.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -15,7 +13,7 @@ from typing import Protocol
 from medattack.api import APIClient, APIConfig, APIError, chat_text
 from medattack.config import option
 from medattack.registry import Registry
-from medattack.rundir import append_jsonl, read_jsonl
+from medattack.rundir import JsonlCache
 
 
 class TextGenerator(Protocol):
@@ -27,26 +25,6 @@ class TextGenerator(Protocol):
 
 
 TEXT_GENERATORS: Registry[type] = Registry("text generator")
-
-
-class CallCache:
-    """sha256(generator, system, user, settings) -> reply, persisted as JSONL."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.entries = {e["key"]: e["reply"] for e in read_jsonl(path)} if path else {}
-
-    @staticmethod
-    def key(*parts: object) -> str:
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-    def get(self, key: str) -> str | None:
-        return self.entries.get(key)
-
-    def put(self, key: str, reply: str) -> None:
-        self.entries[key] = reply
-        if self.path is not None:
-            append_jsonl(self.path, {"key": key, "reply": reply})
 
 
 @dataclass(frozen=True)
@@ -73,11 +51,11 @@ class LocalChat:
         self.name = f"local:{self.config.model or 'SmolLM2-135M-Instruct'}"
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(self.config.device).eval()
-        self.cache = CallCache(cache_path)
+        self.cache = JsonlCache(cache_path)
         self._torch = torch
 
     def generate(self, system: str, user: str) -> str:
-        key = CallCache.key(self.name, system, user, self.config.max_new_tokens)
+        key = JsonlCache.key(self.name, system, user, self.config.max_new_tokens)
         cached = self.cache.get(key)
         if cached is not None:
             return cached

@@ -12,7 +12,6 @@ without losing or duplicating rows.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from typing import Any, Literal
 from medattack.config import option
 from medattack.data.sources.tables import cell, read_table, require_columns
 from medattack.errors import SourceError
-from medattack.rundir import Progress, append_jsonl, read_jsonl, write_json_atomic
+from medattack.rundir import JsonlCache, Progress, append_jsonl, read_jsonl, write_json_atomic
 from medattack.scoring import keyword_scorer, relevance  # noqa: F401 (registers the scorers)
 from medattack.scoring.base import SCORERS, MetricSpec, Score, ScoreInput
 from medattack.scoring.composite import SPEC as COMPOSITE_SPEC
@@ -153,37 +152,36 @@ def read_run_responses(run_dir: Path) -> dict[str, list[ScoreInput]]:
 
 
 class ScoreCache:
-    """Content-hash cache: (metric identity, inputs the metric reads) -> Score, persisted as JSONL."""
+    """(metric identity, inputs the metric reads) -> Score, on a JsonlCache. Each image file is read
+    and hashed once per stage, however many metrics and responses use it."""
 
     def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.entries: dict[str, dict[str, Any]] = {}
-        if path is not None:
-            self.entries = {e["key"]: e for e in read_jsonl(path)}
-        self.hits = 0
+        self.store = JsonlCache(path)
+        self._image_digests: dict[str, str] = {}
 
-    @staticmethod
-    def key(spec: MetricSpec, item: ScoreInput) -> str:
-        image = ""
-        if item.image_path and Path(item.image_path).is_file():
-            image = hashlib.sha256(Path(item.image_path).read_bytes()).hexdigest()
-        payload = [spec.name, spec.description, item.question, item.response, item.true_attribute,
-                   item.description, image]
-        return hashlib.sha256(json.dumps(payload).encode("utf-8")).hexdigest()
+    @property
+    def hits(self) -> int:
+        return self.store.hits
+
+    def _image_digest(self, image_path: str | None) -> str:
+        if not image_path:
+            return ""
+        if image_path not in self._image_digests:
+            path = Path(image_path)
+            self._image_digests[image_path] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        return self._image_digests[image_path]
+
+    def key(self, spec: MetricSpec, item: ScoreInput) -> str:
+        return JsonlCache.key(spec.name, spec.description, item.question, item.response, item.true_attribute,
+                              item.description, self._image_digest(item.image_path))
 
     def get(self, key: str) -> Score | None:
-        entry = self.entries.get(key)
-        if entry is None:
-            return None
-        self.hits += 1
-        return Score(entry["value"], entry["null_reason"], entry.get("detail", {}))
+        entry = self.store.get(key)
+        return None if entry is None else Score(entry["value"], entry["null_reason"], entry.get("detail", {}))
 
     def put_many(self, items: list[tuple[str, Score]]) -> None:
-        new = [{"key": k, "value": s.value, "null_reason": s.null_reason, "detail": s.detail} for k, s in items]
-        for entry in new:
-            self.entries[entry["key"]] = entry
-        if self.path is not None and new:
-            append_jsonl(self.path, *new)
+        self.store.put_many([(k, {"value": s.value, "null_reason": s.null_reason, "detail": s.detail})
+                             for k, s in items])
 
 
 @dataclass
@@ -217,7 +215,7 @@ def score_inputs(
         batch = todo[start:start + config.batch_size]
         per_metric: dict[str, list[Score]] = {}
         for name, scorer in scorers.items():
-            keys = [ScoreCache.key(scorer.spec, i) for i in batch]
+            keys = [cache.key(scorer.spec, i) for i in batch]
             cached = [cache.get(k) for k in keys]
             missing = [k for k, c in enumerate(cached) if c is None]
             fresh = scorer.score([batch[k] for k in missing]) if missing else []
