@@ -49,7 +49,8 @@ class Attribute:
 class AttributeReader(Protocol):
     name: str
 
-    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]: ...
+    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...],
+             image_hash: str | None = None) -> list[Attribute]: ...
 
 
 ATTRIBUTE_READERS: Registry[type] = Registry("attribute reader")
@@ -81,7 +82,8 @@ class MetadataReader:
     def __init__(self, **_: Any) -> None:
         pass
 
-    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]:
+    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...],
+             image_hash: str | None = None) -> list[Attribute]:
         measured = pixel_attributes(image.pixels)
         out = []
         for entry in questions:
@@ -111,10 +113,12 @@ class ModelReader:
     def ask(self, prepared: Any, question: str) -> str:
         raise NotImplementedError
 
-    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...]) -> list[Attribute]:
+    def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...],
+             image_hash: str | None = None) -> list[Attribute]:
+        """`image_hash` is the pixel hash when the caller has it already (computed here otherwise)."""
         from medattack.data.builder import pixel_hash
 
-        prepared, image_hash = None, pixel_hash(image.pixels)
+        prepared, image_hash = None, image_hash or pixel_hash(image.pixels)
         out = []
         for entry in questions:
             name, question = split_question(entry)
@@ -238,9 +242,10 @@ def read_attributes(items: list[SourceItem], reader: AttributeReader, questions:
         except InputError as error:
             yield error
             continue
+        image_hash = pixel_hash(image.pixels)
         yield {
             "source": item.source, "item_id": item.item_id, "category": item.category.split_name,
             "modality": item.category.modality, "body_part": item.category.body_part,
-            "image_sha256": pixel_hash(image.pixels), "reader": reader.name,
-            "attributes": [vars(a) for a in reader.read(item, image, questions)],
+            "image_sha256": image_hash, "reader": reader.name,
+            "attributes": [vars(a) for a in reader.read(item, image, questions, image_hash)],
         }
