@@ -17,7 +17,7 @@ import numpy as np
 
 from medattack.errors import MissingDependencyError
 from medattack.registry import Registry
-from medattack.scoring.backends.text_embedders import TextEmbedder, get_text_embedder
+from medattack.scoring.backends.text_embedders import TextEmbedder, dense_pair_scores, get_text_embedder
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,6 @@ class MetadataProxy:
         self.label = f"proxy: image metadata text vs text ({self.embedder.name} cosine)"
 
     def score(self, images: Sequence[ImageInfo], texts: Sequence[str]) -> np.ndarray:
-        from medattack.scoring.backends.text_embedders import dense_pair_scores
-
         return dense_pair_scores(self.embedder, [metadata_text(i) for i in images], list(texts))
 
 
