@@ -156,30 +156,9 @@ def test_whitebox_reader_asks_the_model(tmp_path):
     assert WhiteboxReaderConfig().model == "embedded"
 
 
-def test_hf_reader_with_a_saved_image_text_to_text_model(tmp_path):
+def test_hf_reader_with_a_saved_image_text_to_text_model(tmp_path, saved_tiny_vlm):
     """A tiny LLaVA saved with its processor, loaded through AutoModelForImageTextToText."""
-    import torch
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaProcessor
-
-    from medattack.models.embedded import _llava, smollm2_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=2, num_key_value_heads=1)
-    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=32, patch_size=8)
-    torch.manual_seed(0)
-    model = _llava(text, vision, tokenizer.convert_tokens_to_ids("<image>"))
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template="{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
-                      "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:")
-    folder = tmp_path / "tiny-vlm"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    folder = saved_tiny_vlm
     result = pipeline.prompts_attributes(tmp_path / "out", reader="hf", reader_model=str(folder),
                                          questions=("colour: What colour is this image?",))
     records = read_jsonl(tmp_path / "out" / "attributes.jsonl")

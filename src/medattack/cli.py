@@ -154,20 +154,163 @@ def build(
         _print_build(result)
 
 
+def _print_run(result: Any) -> None:
+    if result.build is not None:
+        _print_build(result.build)
+    for attack in result.attacks:
+        rows = attack.results
+        console.print(f"attack {attack.folder.parent.name} on {attack.folder.name}: {len(rows)} sample(s), "
+                      f"{sum(bool(r['success']) for r in rows)} forced the target, {len(attack.failures)} failed "
+                      f"({attack.attempted} attacked now).")
+    for asked in result.queries:
+        console.print(f"query {asked.target}: {len(asked.responses)} response(s) ({asked.asked} asked now), "
+                      f"{len(asked.failures)} failed -> {asked.folder / 'responses.jsonl'}")
+    for target, scored in result.scores.items():
+        console.print(f"scores {target}: {len(scored.rows)} row(s), {scored.computed} computed now, "
+                      f"{scored.cache_hits} from the cache.")
+    if result.report is not None:
+        console.print(f"Report: [bold]{result.report.html.resolve()}[/bold]")
+
+
 @app.command(epilog="Example:\n\n  medattack demo\n\n  medattack demo --run runs/demo2")
 def demo(
     run: Annotated[Path, typer.Option(help="Run directory for the demo.")] = Path("runs/demo"),
 ) -> None:
-    """Build the embedded benchmark (real images shipped by pydicom and scikit-image) and analyse it."""
+    """The whole pipeline offline on the embedded defaults: build the benchmark (real images shipped by
+    pydicom and scikit-image), attack a handful of samples with MCM, ask the embedded target every
+    condition, its attacks and the image controls, score, and write the report."""
     from medattack.pipeline import demo as demo_stage
 
     with _errors():
         with _progress() as progress:
             result = demo_stage(run, progress=progress)
-        _print_build(result.build)
+        _print_run(result.run)
         console.print(f"Analyses: {result.attributes.category_csv_path}, {result.attributes.figure_path}, "
                       f"{result.prompts.csv_path}, {result.prompts.figure_path}")
         console.print(f"Run directory: [bold]{run.resolve()}[/bold]")
+
+
+@app.command("run", epilog="Examples:\n\n  medattack run examples/run.yaml\n\n"
+             "  medattack run examples/run.yaml --set run_dir=runs/other --set stages=[query,score,report]")
+def run_command(
+    config: Annotated[Path, typer.Argument(help="YAML file with the settings of every stage.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a top-level key: key=value.")] = None,
+) -> None:
+    """Run build -> attack -> query -> score -> report from one YAML; re-run the same command to resume."""
+    from medattack.config import load_config, parse_overrides
+    from medattack.pipeline import RunConfig, run_all
+
+    with _errors():
+        run_config = load_config(RunConfig, config, parse_overrides(set_ or []))
+        with _progress() as progress:
+            result = run_all(run_config, progress=progress)
+        _print_run(result)
+
+
+@app.command(epilog="Examples:\n\n  medattack query runs/demo --target embedded\n\n"
+             "  medattack query runs/demo --target hf:google/medgemma-4b-it --set pairs_per_category=5\n\n"
+             "  medattack query runs/demo --target api:gpt-4o --api-key-env OPENAI_API_KEY\n\n"
+             "  medattack query runs/demo --target api:llava-med --base-url http://gpu-box:8000/v1")
+def query(
+    run: Annotated[Path, typer.Argument(help="A built run directory.")],
+    target: Annotated[str, typer.Option(help="embedded | tiny | LLAVA_ID_OR_PATH | hf:ID_OR_PATH | api:MODEL.")
+                      ] = "embedded",
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (api targets).")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable holding the API key.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="API requests in flight at once.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per answer at most.")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device of a local model.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="Let an hf model run its own code.")] = False,
+    controls: Annotated[str | None, typer.Option(help="Image controls: 'blank,noise' (default) or 'none'.")] = None,
+    no_attacks: Annotated[bool, typer.Option("--no-attacks", help="Do not replay the run's attacks.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Ask at most this many benchmark samples.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of query settings.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: key=value.")] = None,
+    force: Annotated[bool, typer.Option(help="Reuse the output folder even if its config differs.")] = False,
+) -> None:
+    """Ask a target (local model or API) every sample, every attack's adversarial input and the
+    blank/noise image controls; resumable, failures recorded."""
+    import dataclasses
+
+    from medattack.config import load_config, parse_overrides
+    from medattack.models.targets import parse_target
+    from medattack.pipeline import query as query_stage
+    from medattack.query import QueryConfig
+
+    with _errors():
+        base = load_config(QueryConfig, config, parse_overrides(set_ or []))
+        target_config = parse_target(target, base.target)
+        api = dataclasses.replace(target_config.api, **{k: v for k, v in {
+            "base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency}.items() if v is not None})
+        target_config = dataclasses.replace(target_config, api=api, trust_remote_code=trust_remote_code, **{
+            k: v for k, v in {"max_new_tokens": max_new_tokens, "device": device}.items() if v is not None})
+        flags: dict[str, Any] = {"target": target_config, "limit": limit if limit is not None else base.limit}
+        if controls is not None:
+            flags["controls"] = () if controls == "none" else tuple(c.strip() for c in controls.split(",") if c)
+        if no_attacks:
+            flags["replay_attacks"] = False
+        stage = dataclasses.replace(base, **flags)
+        with _progress() as progress:
+            result = query_stage(run, stage, force=force, progress=progress)
+    kinds: dict[str, int] = {}
+    for row in result.responses:
+        kinds[row["source"]] = kinds.get(row["source"], 0) + 1
+    table = Table("source", "responses", title=f"{result.target} -> {result.folder}")
+    for source, count in sorted(kinds.items()):
+        table.add_row(source, str(count))
+    console.print(table)
+    console.print(f"{result.asked} asked now; {len(result.failures)} failed"
+                  + (f" (see {result.folder / 'failures.jsonl'}; a re-run retries them)" if result.failures else "."))
+
+
+@app.command(epilog="Examples:\n\n  medattack serve embedded --port 8000\n\n"
+             "  medattack serve llava-hf/llava-1.5-7b-hf --host 0.0.0.0 --device cuda --max-batch 16\n\n"
+             "  medattack serve hf:google/medgemma-4b-it --api-key-env MEDATTACK_SERVE_KEY")
+def serve(
+    model: Annotated[str, typer.Argument(help="embedded | tiny | LLAVA_ID_OR_PATH | hf:ID_OR_PATH.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: other machines too).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Requests answered in one batch at most.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
+    device: Annotated[str | None, typer.Option(help="torch device.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="Let an hf model run its own code.")] = False,
+    api_key_env: Annotated[str | None, typer.Option(help="Require the key in this variable (Bearer).")] = None,
+    fail_first: Annotated[int, typer.Option(help="Answer the first N requests with 503 (client tests).")] = 0,
+) -> None:
+    """Serve a local model behind the OpenAI chat-completions API (images as data URLs)."""
+    import dataclasses
+
+    from medattack.models.targets import load_target, parse_target
+    from medattack.serve import ChatServer, ServeConfig
+
+    with _errors():
+        target_config = dataclasses.replace(parse_target(model), max_new_tokens=max_new_tokens, batch_size=max_batch,
+                                            device=device, trust_remote_code=trust_remote_code)
+        target = load_target(target_config)
+        server = ChatServer(target, ServeConfig(host=host, port=port, max_batch=max_batch, fail_first=fail_first,
+                                                api_key_env=api_key_env))
+    console.print(f"Serving {target.name} at [bold]{server.base_url}[/bold] (POST /chat/completions); Ctrl-C stops.")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.close()
+
+
+@app.command(epilog="Examples:\n\n  medattack report runs/demo\n\n"
+             "  medattack report runs/llava-med runs/gpt-4o --out reports/compare")
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="One or more run directories (several are compared).")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: FIRST_RUN/report).")] = None,
+    title: Annotated[str | None, typer.Option(help="Title of the report.")] = None,
+) -> None:
+    """Write report.html (self-contained), report.md, figures and CSV/LaTeX tables."""
+    from medattack.pipeline import report as report_stage
+    from medattack.report import ReportConfig
+
+    with _errors():
+        result = report_stage(runs, out, ReportConfig(title=title) if title else None)
+    console.print(f"{result.n_responses} scored response(s); tables in {result.out_dir / 'tables'}")
+    console.print(f"Report: [bold]{result.html.resolve()}[/bold]  (Markdown: {result.markdown})")
 
 
 @app.command(epilog="Examples:\n\n  medattack attack runs/demo --method mcm --model embedded --limit 4\n\n"

@@ -1,21 +1,31 @@
 """Stage functions over the run directory. The CLI parses arguments and calls these; so can users.
 
-Stages so far: build (benchmark), the dataset analyses that read a built benchmark, and score
-(responses of a run's attacks, or of any file). The attack stage lives in attacks/runner.py.
+    build -> attack -> query -> score -> report     (run_all runs them from one RunConfig)
+
+The attack stage lives in attacks/runner.py, query in query.py, scoring in scoring/stage.py and the
+report in report/; the functions here are the entry points the CLI calls. Also: the dataset analyses
+and prompt generation.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medattack.analysis.attribute_relevance import AttributeRelevanceResult, attribute_relevance
 from medattack.analysis.prompt_relevance import PromptEntry, PromptRelevanceResult, prompt_relevance
+from medattack.attacks.runner import AttackStageConfig, AttackStageResult, run_attack_stage
+from medattack.config import from_mapping, option
 from medattack.data.builder import BuildConfig, BuildResult, build_benchmark, load_samples
 from medattack.data.prompt_bank import load_prompt_bank
 from medattack.data.taxonomy import load_taxonomy
 from medattack.errors import ConfigError
+from medattack.models.base import WhiteBoxTarget
+from medattack.models.targets import ChatTarget, LlavaTarget, TargetConfig, parse_target
+from medattack.query import QueryConfig, QueryStageResult, run_query_stage
+from medattack.report import ReportConfig, ReportResult, build_report
 from medattack.rundir import Progress, RunDir
 from medattack.scoring.backends.image_text import IMAGE_TEXT_BACKENDS
 from medattack.scoring.backends.text_embedders import get_text_embedder
@@ -94,16 +104,128 @@ def score(
             for target, inputs in targets.items()}
 
 
+def query(run_dir: str | Path, config: QueryConfig, *, target: ChatTarget | None = None, force: bool = False,
+          progress: Progress | None = None) -> QueryStageResult:
+    """Stage 3: ask a target every selected sample, the attacks' adversarial inputs and the controls."""
+    return run_query_stage(run_dir, config, target=target, force=force, progress=progress)
+
+
+def report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None,
+           config: ReportConfig | None = None) -> ReportResult:
+    """Stage 5: report.html, report.md, figures and tables for one run or several compared."""
+    return build_report(run_dirs, out_dir, config)
+
+
+# --- every stage from one YAML (medattack run) ----------------------------------------------------
+
+STAGES = ("build", "attack", "query", "score", "report")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every stage of a run in one YAML file; `medattack run CONFIG.yaml` resumes when re-run.
+
+    Example:
+        run_dir: runs/ct
+        build: {sources: [embedded], tasks: [Disease Classification]}
+        attacks:
+          - {method: mcm, model: embedded, limit: 4, options: {rounds: 5}}
+        targets: [embedded, "hf:HuggingFaceTB/SmolVLM-256M-Instruct", {kind: api, model: gpt-4o}]
+        query: {pairs_per_category: 2, controls: [blank, noise]}
+        score: {metrics: [keyword_asr, tto, tio, tii, composite]}
+    """
+
+    run_dir: str = option("runs/run", "Run directory.")
+    stages: tuple[str, ...] = option(STAGES, "Stages to run, in this order: build, attack, query, score, report.")
+    build: BuildConfig = option(BuildConfig(), "Benchmark settings (see `medattack build --help`).")
+    attacks: tuple[AttackStageConfig, ...] = option((), "White-box attacks: method, model, limit, options...")
+    targets: tuple[TargetConfig, ...] = option((TargetConfig(),), "Models asked: 'KIND:MODEL' strings or "
+                                               "mappings of target settings.")
+    query: QueryConfig = option(QueryConfig(), "Query settings shared by every target (its `target` is ignored).")
+    score: ScoreConfig = option(ScoreConfig(), "Scoring settings.")
+    report: ReportConfig = option(ReportConfig(), "Report settings.")
+
+    def __post_init__(self) -> None:
+        unknown = set(self.stages) - set(STAGES)
+        if unknown:
+            raise ConfigError(f"stages: unknown {sorted(unknown)}; use {', '.join(STAGES)}.")
+        targets = tuple(parse_target(t) if isinstance(t, str) else t for t in self.targets)
+        object.__setattr__(self, "targets", targets)
+        attacks = tuple(from_mapping(AttackStageConfig, a, "attacks") if isinstance(a, dict) else a
+                        for a in self.attacks)
+        object.__setattr__(self, "attacks", attacks)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    build: BuildResult | None = None
+    attacks: list[AttackStageResult] = field(default_factory=list)
+    queries: list[QueryStageResult] = field(default_factory=list)
+    scores: dict[str, ScoreStageResult] = field(default_factory=dict)
+    report: ReportResult | None = None
+
+
+def run_all(config: RunConfig, progress: Progress | None = None) -> RunResult:
+    """Run the configured stages in order. Each stage skips what the run already holds, so running
+    the same config again after a crash finishes the work without redoing or duplicating any of it."""
+    from medattack.models.base import load_whitebox
+
+    root = Path(config.run_dir)
+    result = RunResult(root)
+    loaded: dict[str, WhiteBoxTarget] = {}  # white-box models by spec, shared by the attack and query stages
+
+    def whitebox(spec: str, device: str | None) -> WhiteBoxTarget:
+        if spec not in loaded:
+            loaded[spec] = load_whitebox(spec, **({"device": device} if device else {}))
+        return loaded[spec]
+
+    if "build" in config.stages:
+        result.build = build(root, config.build, progress=progress)
+    if "attack" in config.stages:
+        for attack in config.attacks:
+            model = whitebox(attack.model, attack.device)
+            result.attacks.append(run_attack_stage(root, attack, model=model, progress=progress))
+    if "query" in config.stages:
+        for target_config in config.targets:
+            query_config = replace(config.query, target=target_config)
+            target = None
+            if target_config.kind == "llava":
+                target = LlavaTarget(target_config, model=whitebox(target_config.model, target_config.device))
+            result.queries.append(query(root, query_config, target=target, progress=progress))
+    if "score" in config.stages:
+        result.scores = score(root, config.score, progress=progress)
+    if "report" in config.stages:
+        result.report = report([root], config=config.report)
+    return result
+
+
+DEMO_ATTACK_SAMPLES = 3
+DEMO_ROUNDS = 5
+
+
+def demo_config(run_dir: str | Path = "runs/demo") -> RunConfig:
+    """The whole pipeline on the embedded defaults, sized for a laptop CPU: MCM on a handful of
+    samples, one image x prompt pair per category asked in all conditions with both controls."""
+    return RunConfig(
+        run_dir=str(run_dir),
+        attacks=(AttackStageConfig(method="mcm", model="embedded", limit=DEMO_ATTACK_SAMPLES,
+                                   options={"rounds": DEMO_ROUNDS}),),
+        targets=(TargetConfig(model="embedded", max_new_tokens=48),),
+        query=QueryConfig(pairs_per_category=1),
+    )
+
+
 @dataclass
 class DemoResult:
-    build: BuildResult
+    run: RunResult
     attributes: AttributeRelevanceResult
     prompts: PromptRelevanceResult
 
 
 def demo(run_dir: str | Path = "runs/demo", progress: Progress | None = None) -> DemoResult:
-    """Build the embedded benchmark and run the dataset analyses on it (offline)."""
-    result = build(run_dir, BuildConfig(), progress=progress)
+    """Build the embedded benchmark, attack, replay, score and report, then the dataset analyses (offline)."""
+    result = run_all(demo_config(run_dir), progress=progress)
     return DemoResult(result, analyze_attributes(run_dir), analyze_prompts(run_dir))
 
 

@@ -59,6 +59,7 @@ class AttackStageConfig:
     seed: int = option(0, "Seed of every random choice of the attack.")
     device: str | None = option(None, "torch device (default: cuda when available, else cpu).")
     max_batch: int = option(512, "GCG candidates per forward pass at most (halved on out-of-memory).")
+    options: dict[str, Any] | None = option(None, "Method settings, e.g. {rounds: 5} (see `medattack list attacks`).")
 
 
 def model_slug(name: str) -> str:
@@ -146,14 +147,16 @@ def run_attack_stage(
     run = RunDir(run_dir)
     samples = load_samples(run.root)
     attack_cls = ATTACKS[config.method]
-    method_config = from_mapping(attack_cls.config_class, method_options or {}, f"{config.method} options")
+    method_config = from_mapping(attack_cls.config_class, method_options or config.options or {},
+                                 f"{config.method} options")
     unknown = set(config.conditions) - {"normal", "mismatch", "malicious", "both"}
     if unknown:
         raise ConfigError(f"unknown condition(s) {sorted(unknown)}; use normal, mismatch, malicious, both.")
     model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
                                    max_batch=config.max_batch)
     folder = run.root / "attacks" / config.method / model_slug(model.name)
-    record = {"stage": to_dict(config), "method": to_dict(method_config), "model_name": model.name}
+    stage = {k: v for k, v in to_dict(config).items() if k != "options"}  # recorded resolved, under "method"
+    record = {"stage": stage, "method": to_dict(method_config), "model_name": model.name}
     stamp = folder / "config.json"
     if stamp.exists() and not force:
         previous = json.loads(stamp.read_text(encoding="utf-8"))

@@ -144,21 +144,18 @@ class LlavaWhiteBox:
             return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
         return f"USER: {self.image_mark}\n{user_text} ASSISTANT:"
 
-    def segments(self, question: str) -> Segments:
-        text = self.render(question)
-        before_slot, tail = text.split(SUFFIX_MARK)
-        before_image, after_image = before_slot.split(self.image_mark, 1)
-        before_ids = self.encode(before_image)
+    def _ids(self, text: str, first: bool = False) -> torch.Tensor:
+        """(n,) token ids of a piece of the prompt; the first piece gets BOS when the tokenizer adds one."""
+        ids = self.encode(text)
         bos = self.tokenizer.bos_token_id
-        if getattr(self.tokenizer, "add_bos_token", False) and bos is not None and (
-            not before_ids or before_ids[0] != bos
-        ):
-            before_ids = [bos, *before_ids]
+        if first and getattr(self.tokenizer, "add_bos_token", False) and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
 
-        def ids(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=self.device)
-
-        return Segments(ids(before_ids), ids(self.encode(after_image)), ids(self.encode(tail)))
+    def segments(self, question: str) -> Segments:
+        before_slot, tail = self.render(question).split(SUFFIX_MARK)
+        before_image, after_image = before_slot.split(self.image_mark, 1)
+        return Segments(self._ids(before_image, first=True), self._ids(after_image), self._ids(tail))
 
     def retokenizes(self, candidate_ids: torch.Tensor) -> torch.Tensor:
         """(B, n) -> (B,) bool: decoding then encoding each candidate gives the same ids back."""
@@ -362,6 +359,48 @@ class LlavaWhiteBox:
             hidden = self.decoder(inputs_embeds=next_embed, use_cache=True,
                                   **{self._cache_kw: cache}).last_hidden_state
         return self.decode(out)
+
+    @torch.no_grad()
+    def generate_batch(self, texts: list[str], pixels: torch.Tensor, max_new_tokens: int | list[int] = 64) -> list[str]:
+        """Greedy answers to B user texts about B images, batched with left padding.
+
+        texts: B user messages (question, plus any suffix); pixels: (B, 3, H, W) in [0, 1];
+        max_new_tokens: one limit for all, or one per text.
+        """
+        from transformers import DynamicCache
+
+        features = self.image_features(pixels.to(self.device).float())  # (B, P, D)
+        rows = []
+        for text, image in zip(texts, features, strict=True):
+            before, after = self.render(text).replace(" " + SUFFIX_MARK, "", 1).split(self.image_mark, 1)
+            rows.append(torch.cat([self.embed(self._ids(before, first=True)), image, self.embed(self._ids(after))]))
+        batch, longest = len(rows), max(len(r) for r in rows)
+        limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * batch
+        inputs = torch.zeros(batch, longest, rows[0].shape[-1], dtype=self.dtype, device=self.device)
+        mask = torch.zeros(batch, longest, dtype=torch.long, device=self.device)
+        for i, row in enumerate(rows):
+            inputs[i, longest - len(row):] = row
+            mask[i, longest - len(row):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        hidden = self.decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True,
+                              **{self._cache_kw: cache}).last_hidden_state
+        stop = torch.tensor(sorted(self._stop_ids) or [-1], device=self.device)
+        done = torch.tensor([limit <= 0 for limit in limits], device=self.device)
+        out: list[list[int]] = [[] for _ in range(batch)]
+        for step in range(max(limits)):
+            tokens = self.lm_head(hidden[:, -1]).argmax(-1)  # (B,)
+            done |= torch.isin(tokens, stop) | torch.tensor([step >= limit for limit in limits], device=self.device)
+            if bool(done.all()):
+                break
+            for i in (~done).nonzero().flatten().tolist():
+                out[i].append(int(tokens[i]))
+            mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=self.device)], dim=1)
+            positions = positions[:, -1:] + 1
+            hidden = self.decoder(inputs_embeds=self.embed(tokens[:, None]), attention_mask=mask,
+                                  position_ids=positions, use_cache=True,
+                                  **{self._cache_kw: cache}).last_hidden_state
+        return [self.decode(ids) for ids in out]
 
     def full_input_ids(self, state: AttackState, suffix_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(1, L) input ids with the image token repeated, and (1, L) labels (-100 except the target),

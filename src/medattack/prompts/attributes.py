@@ -12,7 +12,6 @@ Readers:
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from medattack.api import APIClient, APIConfig, APIError, chat_text
+from medattack.api import APIConfig
 from medattack.config import option
-from medattack.data.image_io import LoadedImage, encode_png
+from medattack.data.image_io import LoadedImage
 from medattack.data.sources import SourceItem
+from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
 from medattack.registry import Registry
 from medattack.rundir import JsonlCache
 
@@ -99,34 +99,32 @@ class MetadataReader:
 
 
 class ModelReader:
-    """Shared by the readers that ask a model: one question at a time, answers cached by content hash
-    (reader, image pixels, question) in the step's calls.jsonl, blank answers dropped."""
+    """Shared by the readers that ask a model (a black-box target, models/targets.py): one question at
+    a time, answers cached by content hash (reader, image pixels, question) in the step's calls.jsonl,
+    blank answers and failed requests dropped."""
 
     name = ""
     suffix = " Answer in a few words."
     cache: JsonlCache = JsonlCache(None)
+    target: ChatTarget
 
-    def prepare(self, image: LoadedImage) -> Any:
-        """The image in the form `ask` takes (computed once per image)."""
-        return image
-
-    def ask(self, prepared: Any, question: str) -> str:
-        raise NotImplementedError
+    def ask(self, image: np.ndarray, question: str) -> str:
+        answer = self.target.answer([Query("attribute", question, image)])[0]
+        return "" if isinstance(answer, TargetError) else answer
 
     def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...],
              image_hash: str | None = None) -> list[Attribute]:
         """`image_hash` is the pixel hash when the caller has it already (computed here otherwise)."""
         from medattack.data.builder import pixel_hash
 
-        prepared, image_hash = None, image_hash or pixel_hash(image.pixels)
+        image_hash = image_hash or pixel_hash(image.pixels)
         out = []
         for entry in questions:
             name, question = split_question(entry)
             key = JsonlCache.key(self.name, image_hash, question)
             answer = self.cache.get(key)
             if answer is None:
-                prepared = self.prepare(image) if prepared is None else prepared
-                answer = " ".join(self.ask(prepared, question + self.suffix).split())
+                answer = " ".join(self.ask(image.pixels, question + self.suffix).split())
                 self.cache.put(key, answer)
             if answer:
                 out.append(Attribute(name, question, answer, self.name))
@@ -144,22 +142,10 @@ class WhiteboxReader(ModelReader):
     """Ask a LLaVA-family model through the attack engine's adapter."""
 
     def __init__(self, config: WhiteboxReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
-        from medattack.models import load_whitebox
-
         self.cache = JsonlCache(cache_path)
         self.config = config or WhiteboxReaderConfig()
-        self.model = load_whitebox(self.config.model)
-        self.name = f"whitebox:{self.model.name}"
-
-    def prepare(self, image: LoadedImage) -> Any:
-        return self.model.preprocess(image.pixels)
-
-    def ask(self, prepared: Any, question: str) -> str:
-        import torch
-
-        state = self.model.start(question, "-", prepared)
-        empty = torch.zeros(0, dtype=torch.long, device=self.model.device)
-        return self.model.generate(state, empty, self.config.max_new_tokens)
+        self.target = load_target(TargetConfig("llava", self.config.model, self.config.max_new_tokens))
+        self.name = f"whitebox:{self.target.name}"
 
 
 @dataclass(frozen=True)
@@ -175,30 +161,12 @@ class HFReader(ModelReader):
     """Any transformers image-text-to-text model (SmolVLM, Qwen2.5-VL, LLaVA...) with its processor."""
 
     def __init__(self, config: HFReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         self.cache = JsonlCache(cache_path)
         self.config = config or HFReaderConfig()
-        self.processor = AutoProcessor.from_pretrained(self.config.model,
-                                                       trust_remote_code=self.config.trust_remote_code)
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            self.config.model, trust_remote_code=self.config.trust_remote_code).to(self.config.device).eval()
-        self.name = f"hf:{self.config.model}"
-        self._torch = torch
-
-    def prepare(self, image: LoadedImage) -> Any:
-        from PIL import Image
-
-        return Image.fromarray(image.pixels)
-
-    def ask(self, prepared: Any, question: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(images=prepared, text=prompt, return_tensors="pt").to(self.config.device)
-        with self._torch.inference_mode():
-            output = self.model.generate(**inputs, max_new_tokens=self.config.max_new_tokens, do_sample=False)
-        return self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        self.target = load_target(TargetConfig("hf", self.config.model, self.config.max_new_tokens,
+                                               device=self.config.device,
+                                               trust_remote_code=self.config.trust_remote_code))
+        self.name = self.target.name
 
 
 @dataclass(frozen=True)
@@ -214,20 +182,8 @@ class APIReader(ModelReader):
     def __init__(self, config: APIReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
         self.cache = JsonlCache(cache_path)
         self.config = config or APIReaderConfig()
-        self.client = APIClient(self.config.api)
-        self.name = f"api:{self.config.model}"
-
-    def prepare(self, image: LoadedImage) -> Any:
-        return "data:image/png;base64," + base64.b64encode(encode_png(image.pixels)).decode("ascii")
-
-    def ask(self, prepared: Any, question: str) -> str:
-        payload = {"model": self.config.model, "temperature": 0, "max_tokens": 60, "messages": [
-            {"role": "user", "content": [{"type": "text", "text": question},
-                                         {"type": "image_url", "image_url": {"url": prepared}}]}]}
-        try:
-            return chat_text(self.client.post("chat/completions", payload))
-        except APIError:
-            return ""
+        self.target = load_target(TargetConfig("api", self.config.model, 60, api=self.config.api))
+        self.name = self.target.name
 
 
 def read_attributes(items: list[SourceItem], reader: AttributeReader, questions: tuple[str, ...],

@@ -129,23 +129,36 @@ def read_responses_file(path: Path, images_root: Path | None = None) -> list[Sco
 
 
 def read_run_responses(run_dir: Path) -> dict[str, list[ScoreInput]]:
-    """Every response a run holds, by target: attack results (attacks/<method>/<model>)."""
+    """Every response a run holds, by target: the query stage's (responses/<target>) and the attack
+    stage's own (attacks/<method>/<model>, as target "attack__<method>__<model>")."""
     samples = {s["sample_id"]: s for s in read_jsonl(run_dir / "benchmark" / "samples.jsonl")}
     targets: dict[str, list[ScoreInput]] = {}
+    for responses in sorted((run_dir / "responses").glob("*/responses.jsonl")):
+        targets[responses.parent.name] = [_run_input(run_dir, row, row, run_dir / row["image_file"])
+                                          for row in read_jsonl(responses)]
     for results in sorted((run_dir / "attacks").glob("*/*/results.jsonl")):
         folder = results.parent
-        target = f"attack__{folder.parent.name}__{folder.name}"
-        inputs = []
-        for row in read_jsonl(results):
-            sample = samples.get(row["sample_id"], {})
-            inputs.append(ScoreInput(
-                response_id=row["sample_id"], question=row["question"], response=row.get("response", ""),
-                condition=row.get("condition", ""), prompt=sample.get("prompt", ""),
-                shown_attribute=sample.get("shown_attribute", ""), true_attribute=sample.get("true_attribute", ""),
-                description=sample.get("description", ""), image_path=str(folder / row["image_file"]),
-            ))
-        targets[target] = inputs
+        targets[f"attack__{folder.parent.name}__{folder.name}"] = [
+            _run_input(run_dir, row | {"response_id": row["sample_id"]}, samples.get(row["sample_id"], {}),
+                       folder / row["image_file"]) for row in read_jsonl(results)]
     return targets
+
+
+def _run_input(run_dir: Path, row: dict[str, Any], sample: dict[str, Any], image: Path) -> ScoreInput:
+    """A response row of a run as ScoreInput. A control image has no known attribute: the controls'
+    own description stands in (so a metadata proxy gives null, and a pixel backend scores it)."""
+    from medattack.query import CONTROL_DESCRIPTIONS
+
+    control = row.get("source", "").removeprefix("control:")
+    is_control = control in CONTROL_DESCRIPTIONS and row.get("kind") == "control"
+    return ScoreInput(
+        response_id=row["response_id"], question=row["question"], response=row.get("response") or "",
+        condition=row.get("condition") or "", prompt=sample.get("prompt") or "",
+        shown_attribute=sample.get("shown_attribute") or "",
+        true_attribute="" if is_control else sample.get("true_attribute") or "",
+        description=CONTROL_DESCRIPTIONS[control] if is_control else sample.get("description") or "",
+        image_path=str(image),
+    )
 
 
 # --- scoring --------------------------------------------------------------------------------------

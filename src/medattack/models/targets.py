@@ -1,0 +1,249 @@
+"""Black-box targets: anything that answers a question about an image.
+
+A target takes a batch of `Query` (text + image) and returns one answer per query, or the error
+that query met (so one failing request never stops a batch). Three kinds are registered:
+
+    llava   a LLaVA-family model through the white-box adapter (embedded, tiny, hub id / path);
+            batched greedy generation on the adapter's own embeddings (models/llava.py)
+    hf      any transformers image-text-to-text model with its processor (MedGemma, Qwen2.5-VL,
+            SmolVLM, the LLaVA family...); `trust_remote_code` only when the user opts in
+    api     an OpenAI-compatible chat endpoint with image input (vLLM, `medattack serve`, GPT-4o,
+            Gemini's OpenAI-compatible endpoint): retries, rate limit, concurrency and a request
+            cache come from api.APIClient; the key stays in the environment
+
+A target spec on the command line is `KIND:MODEL` (`hf:google/medgemma-4b-it`, `api:gpt-4o`), or a
+bare name: `embedded` and `tiny` are the LLaVA adapters of those names, anything else a LLaVA model.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from medattack.api import APIClient, APIConfig, APIError, chat_text
+from medattack.config import option
+from medattack.data.image_io import encode_png
+from medattack.errors import MedattackError
+from medattack.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One question to a target."""
+
+    query_id: str
+    text: str  # the whole user text: question, plus an adversarial suffix when replaying an attack
+    image: np.ndarray | None  # (H, W, 3) uint8, or None for a text-only query
+    exact_pixels: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1]: an attack's exact float image,
+    # used by a local model whose input resolution it matches (others take `image`, the PNG's pixels)
+    max_new_tokens: int | None = None  # this query's answer length limit (default: the target's)
+
+    def limit(self, default: int) -> int:
+        return default if self.max_new_tokens is None else min(self.max_new_tokens, default)
+
+
+class TargetError(MedattackError):
+    """One query could not be answered (the reason says why; the rest of the batch goes on)."""
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    kind: str = option("llava", "llava (white-box adapter), hf (image-text-to-text), api (OpenAI-compatible).")
+    model: str = option("embedded", "embedded | tiny | hub id or local path | the API's model name.")
+    max_new_tokens: int = option(64, "Tokens per answer at most.")
+    batch_size: int = option(8, "Queries per generation batch (local models).")
+    temperature: float = option(0.0, "Sampling temperature (0: greedy).")
+    seed: int = option(0, "Seed for local sampling and the API's `seed` field.")
+    device: str | None = option(None, "torch device of a local model (default: cuda when available).")
+    dtype: str = option("auto", "auto | bfloat16 | float16 | float32 (local models).")
+    trust_remote_code: bool = option(False, "Let an hf model run its own code (only models you trust).")
+    system_prompt: str | None = option(None, "System message sent before each question, if any.")
+    api: APIConfig = option(APIConfig(), "Endpoint, key variable, retries, rate limit, concurrency (api).")
+
+    @property
+    def name(self) -> str:
+        return self.model if self.kind == "llava" else f"{self.kind}:{self.model}"
+
+
+def parse_target(spec: str, base: TargetConfig | None = None) -> TargetConfig:
+    """'KIND:MODEL' or a bare LLaVA name/path -> TargetConfig (other fields from `base`)."""
+    base = base or TargetConfig()
+    kind, sep, model = spec.partition(":")
+    if sep and kind in TARGETS:
+        return replace(base, kind=kind, model=model)
+    return replace(base, kind="llava", model=spec)
+
+
+class ChatTarget(Protocol):
+    name: str
+
+    def answer(self, queries: Sequence[Query]) -> list[str | TargetError]:
+        """One answer per query, in order; a query that failed gives its TargetError."""
+        ...
+
+
+TARGETS: Registry[Any] = Registry("target kind")
+
+
+def load_target(config: TargetConfig, cache_path: Path | None = None) -> ChatTarget:
+    """Build the target a config names; `cache_path` is the request cache of API targets."""
+    return TARGETS[config.kind](config, cache_path=cache_path)
+
+
+def _device(config: TargetConfig) -> str:
+    return config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + max(1, size)] for i in range(0, len(items), max(1, size))]
+
+
+@TARGETS.register("llava")
+class LlavaTarget:
+    """A LLaVA-family model through the white-box adapter, answering in batches (greedy)."""
+
+    def __init__(self, config: TargetConfig, model: Any = None, **_: Any) -> None:
+        from medattack.models.base import load_whitebox
+
+        self.config = config
+        options = {"device": _device(config)}
+        if config.model not in ("embedded", "tiny"):
+            options["dtype"] = config.dtype
+        self.model = model or load_whitebox(config.model, **options)
+        self.name = self.model.name
+
+    def _pixels(self, query: Query) -> torch.Tensor:
+        exact = query.exact_pixels
+        if exact is not None and tuple(exact.shape[-2:]) == tuple(self.model.image_size):
+            return exact.to(self.model.device).float()
+        if query.image is None:
+            raise TargetError(f"query {query.query_id}: this model needs an image.")
+        return self.model.preprocess(query.image)
+
+    def answer(self, queries: Sequence[Query]) -> list[str | TargetError]:
+        out: list[str | TargetError] = []
+        torch.manual_seed(self.config.seed)
+        for batch in _batches(queries, self.config.batch_size):
+            try:
+                pixels = torch.cat([self._pixels(q) for q in batch])
+                limits = [q.limit(self.config.max_new_tokens) for q in batch]
+                out.extend(self.model.generate_batch([q.text for q in batch], pixels, limits))
+            except TargetError as error:  # answer one by one so only the bad query fails
+                for query in batch:
+                    try:
+                        out.extend(self.model.generate_batch([query.text], self._pixels(query),
+                                                             [query.limit(self.config.max_new_tokens)]))
+                    except TargetError as single:
+                        out.append(single)
+                log.debug("batch fell back to single queries: %s", error)
+        return out
+
+
+@TARGETS.register("hf")
+class HFChatTarget:
+    """Any transformers image-text-to-text model with its processor, batched with left padding."""
+
+    def __init__(self, config: TargetConfig, **_: Any) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.config = config
+        self.device = _device(config)
+        dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16,
+                 "float32": torch.float32}[config.dtype]
+        self.processor = AutoProcessor.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            config.model, dtype=dtype, trust_remote_code=config.trust_remote_code).to(self.device).eval()
+        self.name = config.name
+
+    def _prompt(self, text: str, has_image: bool) -> str:
+        content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": text}]
+        messages = [{"role": "user", "content": content}]
+        if self.config.system_prompt:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.config.system_prompt}]})
+        if getattr(self.processor, "chat_template", None):
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        image = "<image>\n" if has_image else ""
+        return f"USER: {image}{text} ASSISTANT:"
+
+    def _generate(self, batch: Sequence[Query]) -> list[str]:
+        from PIL import Image
+
+        images = [Image.fromarray(q.image) for q in batch if q.image is not None]
+        if images and len(images) != len(batch):
+            raise TargetError("a batch mixes queries with and without images.")
+        prompts = [self._prompt(q.text, q.image is not None) for q in batch]
+        inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt").to(
+            self.device)
+        sampling = ({"do_sample": True, "temperature": self.config.temperature} if self.config.temperature > 0
+                    else {"do_sample": False})
+        limits = [q.limit(self.config.max_new_tokens) for q in batch]
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, max_new_tokens=max(limits), **sampling)
+        new = output[:, inputs["input_ids"].shape[1]:]
+        return [self.processor.decode(row[:limit], skip_special_tokens=True).strip()
+                for row, limit in zip(new, limits, strict=True)]
+
+    def answer(self, queries: Sequence[Query]) -> list[str | TargetError]:
+        torch.manual_seed(self.config.seed)
+        out: list[str | TargetError] = []
+        for batch in _batches(queries, self.config.batch_size):
+            try:
+                out.extend(self._generate(batch))
+            except (TargetError, ValueError, RuntimeError) as error:
+                if len(batch) == 1:
+                    out.append(error if isinstance(error, TargetError) else TargetError(
+                        f"query {batch[0].query_id}: {type(error).__name__}: {error}"))
+                else:  # one query at a time, so only the bad one fails
+                    out.extend(a for query in batch for a in self.answer([query]))
+        return out
+
+
+def image_data_url(image: np.ndarray) -> str:
+    """(H, W, 3) uint8 -> a PNG data URL, the form OpenAI-compatible chat APIs take."""
+    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+
+
+def chat_payload(config: TargetConfig, query: Query) -> dict[str, Any]:
+    """The chat-completions request for one query (the image as a PNG data URL after the text)."""
+    content: list[dict[str, Any]] = [{"type": "text", "text": query.text}]
+    if query.image is not None:
+        content.append({"type": "image_url", "image_url": {"url": image_data_url(query.image)}})
+    messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+    if config.system_prompt:
+        messages.insert(0, {"role": "system", "content": config.system_prompt})
+    return {"model": config.model, "messages": messages, "temperature": config.temperature,
+            "max_tokens": query.limit(config.max_new_tokens), "seed": config.seed}
+
+
+@TARGETS.register("api")
+class APIChatTarget:
+    """An OpenAI-compatible chat endpoint with image input; requests run `api.concurrency` at a time."""
+
+    def __init__(self, config: TargetConfig, cache_path: Path | None = None, **_: Any) -> None:
+        self.config = config
+        self.client = APIClient(config.api, cache_path)
+        self.name = config.name
+
+    def answer(self, queries: Sequence[Query]) -> list[str | TargetError]:
+        payloads = [chat_payload(self.config, q) for q in queries]
+        out: list[str | TargetError] = []
+        for query, response in zip(queries, self.client.map("chat/completions", payloads), strict=True):
+            if isinstance(response, APIError):
+                out.append(TargetError(f"query {query.query_id}: {response}"))
+            else:
+                out.append(chat_text(response))
+        return out

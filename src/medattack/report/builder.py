@@ -1,0 +1,220 @@
+"""`medattack report RUN [RUN...]`: the report people read, from one run or several compared.
+
+    <out>/report.html      self-contained (figures embedded, no scripts, every model output escaped)
+    <out>/report.md        the same sections in Markdown, figures linked from figures/
+    <out>/figures/*.png    radar, heatmap, survival, distributions, controls
+    <out>/tables/*.csv     every table in long form (one row per group x metric, with n, nulls, CI)
+    <out>/tables/*.tex     the headline tables as booktabs LaTeX
+
+Order: run manifest (versions, seeds, models, which metrics are proxies, failure counts), then
+success by method x target x condition, white-box attacks and survival, transfer, tasks and
+modalities, image reliance, score distributions and example responses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medattack.config import option
+from medattack.errors import RunDirError
+from medattack.report.aggregate import CONDITIONS, KEY_METRIC, RunData, build_tables, load_run
+from medattack.report.figures import draw_all
+from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
+from medattack.rundir import write_bytes_atomic
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    title: str = option("medattack red-team report", "Title at the top of the report.")
+    examples: int = option(12, "Example responses shown (successful harmful answers first).")
+    max_response_chars: int = option(600, "Longest example response shown, in characters.")
+
+
+@dataclass
+class ReportResult:
+    out_dir: Path
+    html: Path
+    markdown: Path
+    figures: dict[str, Path]
+    tables: dict[str, Path]
+    n_responses: int
+
+
+def _cell(row: Any, digits: int = 2) -> str:
+    """'mean [low, high]' + counts, or 'null' when nothing could be scored."""
+    mean = row["mean"]
+    counts = f" n={int(row['n'])}" + (f", {int(row['nulls'])} null" if row["nulls"] else "")
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "null" + counts
+    return f"{mean:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]" + counts
+
+
+def _pivot(frame: pd.DataFrame, index: list[str], column: str, order: Sequence[str] | None = None,
+           title: str = "", note: str = "", name: str = "") -> Table:
+    if frame.empty:
+        return Table(title, [*index, "-"], [], note or "no data", name)
+    columns = [c for c in (order or sorted(frame[column].dropna().unique())) if c in set(frame[column])]
+    cells: dict[tuple, dict[str, str]] = {}
+    for _, row in frame.iterrows():
+        cells.setdefault(tuple(str(row[k]) for k in index), {})[str(row[column])] = _cell(row)
+    rows = [[*key, *(values.get(c, "-") for c in columns)] for key, values in sorted(cells.items())]
+    return Table(title, [*index, *columns], rows, note, name)
+
+
+def _manifest_section(runs: Sequence[RunData], metrics: dict[str, dict[str, Any]]) -> Section:
+    section = Section("Run manifest")
+    rows = []
+    for run in runs:
+        stages = run.manifest.get("stages", {})
+        for stage, record in stages.items():
+            versions = record.get("versions", {})
+            rows.append([run.name, stage, str(record.get("seed")), record.get("finished", ""),
+                         ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in
+                                   ("medattack", "torch", "transformers", "python")),
+                         (record.get("git_sha") or "")[:10]])
+    section.tables.append(Table("Stages", ["run", "stage", "seed", "finished", "versions", "git"], rows,
+                                "Resolved configs are in each run's run.json (never secrets).", "manifest"))
+    proxy_rows = [[name, "yes (proxy)" if spec.get("is_proxy") else "no", spec.get("description", ""),
+                   f"[{spec.get('low')}, {spec.get('high')}]", spec.get("higher_means", "")]
+                  for name, spec in sorted(metrics.items())]
+    section.tables.append(Table("Metrics", ["metric", "proxy", "what it measures", "range", "higher means"],
+                                proxy_rows, "A proxy metric measures what the labels say, not what a model sees; "
+                                "read it as such.", "metrics"))
+    failures = [[run.name, where, str(count)] for run in runs for where, count in sorted(run.failures.items())]
+    section.tables.append(Table("Recorded failures (inputs or requests that could not be processed)",
+                                ["run", "where", "failures"], failures, name="failures"))
+    return section
+
+
+def _examples(scores: pd.DataFrame, config: ReportConfig) -> Table:
+    columns = ["target", "method", "condition", "task", "question", "response", KEY_METRIC]
+    if scores.empty:
+        return Table("Example responses", columns, [], "no responses", "examples", (4, 5))
+    key = scores[scores["metric"] == KEY_METRIC].drop_duplicates("response_id")
+    key = key.assign(harmful=key["condition"].isin(["malicious", "both"]).astype(int),
+                     hit=key["value"].fillna(0)).sort_values(["hit", "harmful", "response_id"],
+                                                             ascending=[False, False, True])
+    rows = []
+    for _, row in key.head(config.examples).iterrows():
+        response = str(row.get("response") or "")
+        if len(response) > config.max_response_chars:
+            response = response[: config.max_response_chars] + " [...]"
+        value = row["value"]
+        rows.append([str(row["target"]), str(row["method"]), str(row["condition"]), str(row["task"]),
+                     str(row["question"]), response, "null" if pd.isna(value) else f"{value:g}"])
+    return Table("Example responses", columns, rows, "Model outputs are shown as text, escaped.", "examples", (4, 5))
+
+
+def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None,
+                 config: ReportConfig | None = None) -> ReportResult:
+    """Write report.html, report.md, figures and tables for one or more runs."""
+    config = config or ReportConfig()
+    roots = [Path(r) for r in run_dirs]
+    for root in roots:
+        if not (root / "benchmark" / "samples.jsonl").exists() and not (root / "run.json").exists():
+            raise RunDirError(f"{root} is not a run directory (no run.json); pass the folder `medattack build` made.")
+    names = [root.name for root in roots]
+    if len(set(names)) != len(names):  # two runs with one folder name: tell them apart by their parents
+        names = [f"{root.parent.name}/{root.name}" for root in roots]
+    runs = [load_run(root, name) for root, name in zip(roots, names, strict=True)]
+    out = Path(out_dir) if out_dir else roots[0] / "report"
+    tables = build_tables(runs)
+    scores = pd.concat([r.scores for r in runs], ignore_index=True)
+    metrics: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        metrics.update(run.metrics)
+    figures = draw_all(tables, scores, metrics)
+    proxies = sorted(name for name, spec in metrics.items() if spec.get("is_proxy"))
+
+    intro = Section("Summary", [
+        f"Runs: {', '.join(r.name for r in runs)}. Responses scored: {scores['response_id'].nunique()}; "
+        f"targets: {', '.join(sorted(scores['target'].dropna().unique())) or 'none'}.",
+        "Every cell is mean [95% bootstrap interval] with n (responses) and the null count (responses a metric "
+        "could not score, never dropped). keyword_asr is a refusal-phrase matcher: crude, read it with the "
+        "relevance metrics.",
+        f"Proxy metrics in this report: {', '.join(proxies) if proxies else 'none'}.",
+    ])
+    success = tables.by_condition[tables.by_condition["metric"] == KEY_METRIC]
+    headline = Section("Success by method, target and condition", tables=[
+        _pivot(success, ["run", "method", "target"], "condition", CONDITIONS, f"{KEY_METRIC} by condition",
+               "method 'none' = the benchmark sample as built; control:* = the same prompt with a blank or noise "
+               "image.", "asr_by_condition"),
+        *[_pivot(tables.by_condition[tables.by_condition["metric"] == metric], ["run", "method", "target"],
+                 "condition", CONDITIONS, f"{metric} by condition" + (" (proxy)" if metric in proxies else ""),
+                 metrics.get(metric, {}).get("description", ""), f"{metric}_by_condition")
+          for metric in sorted(set(tables.by_condition["metric"])) if metric != KEY_METRIC],
+    ], figures=[Figure("radar", "Per target, over the four conditions (benchmark samples); each metric "
+                                     "normalised to [0, 1] by its range", figures["radar"])])
+
+    whitebox_rows = [[str(r["run"]), str(r["method"]), str(r["model"]),
+                      _cell({"mean": r["success"], "ci_low": r["success_ci_low"], "ci_high": r["success_ci_high"],
+                             "n": r["n"], "nulls": r["nulls"]}),
+                      f"{r['keyword_success']:.2f}", f"{r['mean_steps']:.1f}", f"{r['mean_seconds']:.1f}",
+                      f"{r['max_linf'] * 255:.1f}/255"] for _, r in tables.whitebox.iterrows()]
+    attacks = Section("White-box attacks", tables=[
+        Table("Attack stage results", ["run", "method", "model", "target forced (teacher-forced)",
+                                       "keyword success", "mean steps", "mean seconds", "max L-inf"],
+              whitebox_rows, "Success = the model's argmax reproduces the whole target string.", "whitebox"),
+        _pivot(tables.transfer, ["run", "method", "attack_model"], "target", title=f"Transfer: {KEY_METRIC} of "
+               "adversarial inputs replayed on each target", note="rows: where the attack was optimised; columns: "
+               "the model asked.", name="transfer"),
+    ], figures=[Figure("survival", "Survival: share of samples not yet jailbroken vs attack step",
+                       figures["survival"])])
+
+    benchmark_key = [tables.by_task, tables.by_modality]
+    breakdown = Section("Tasks and modalities", tables=[
+        _pivot(benchmark_key[0][benchmark_key[0]["metric"] == KEY_METRIC], ["run", "task"], "target",
+               title=f"{KEY_METRIC} by clinical task (benchmark samples, all conditions)", name="by_task"),
+        _pivot(benchmark_key[1][benchmark_key[1]["metric"] == KEY_METRIC], ["run", "modality"], "target",
+               title=f"{KEY_METRIC} by modality (benchmark samples, all conditions)", name="by_modality"),
+    ], figures=[Figure("heatmap", "Task x modality: keyword ASR on harmful questions", figures["heatmap"])])
+
+    reliance_rows = [[str(r.run), str(r.target), str(r.control),
+                      _cell({"mean": r.changed, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "nulls": 0})]
+                     for r in tables.image_reliance.itertuples()]
+    reliance = Section("Image reliance (controls)", [
+        "The same prompts were asked with a blank grey and a uniform-noise image. A model whose answers rarely "
+        "change is not looking at the image."], tables=[
+        Table("Share of answers that change when the real image is replaced", ["run", "target", "control",
+                                                                               "changed"], reliance_rows,
+              name="image_reliance"),
+        _pivot(tables.controls, ["run", "target", "metric"], "image", ["real", "blank", "noise"],
+               "Scores with the real image vs controls", name="controls"),
+    ], figures=[Figure("controls", "Real image vs controls", figures["controls"])])
+
+    distribution = Section("Score distributions", figures=[
+        Figure("distributions", "Score distributions by condition (benchmark samples)", figures["distributions"])])
+    examples = Section("Example responses", tables=[_examples(scores, config)])
+
+    sections = [intro, _manifest_section(runs, metrics), headline, attacks, breakdown, reliance, distribution,
+                examples]
+    title = f"{config.title}: {', '.join(r.name for r in runs)}"
+    stamp = f"Generated {datetime.now(UTC).isoformat(timespec='seconds')}."
+    intro.text.insert(0, stamp)
+
+    figure_paths = {}
+    for name, png in figures.items():
+        figure_paths[name] = out / "figures" / f"{name}.png"
+        write_bytes_atomic(figure_paths[name], png)
+    table_paths = {}
+    long_tables = {"by_condition": tables.by_condition, "by_task": tables.by_task, "by_modality": tables.by_modality,
+                   "task_modality": tables.task_modality, "transfer": tables.transfer, "controls": tables.controls,
+                   "image_reliance": tables.image_reliance, "whitebox": tables.whitebox, "survival": tables.survival}
+    for name, frame in long_tables.items():
+        table_paths[name] = out / "tables" / f"{name}.csv"
+        write_bytes_atomic(table_paths[name], frame.to_csv(index=False).encode("utf-8"))
+    for section in sections:
+        for table in section.tables:
+            if table.name:
+                write_bytes_atomic(out / "tables" / f"{table.name}.tex", to_latex(table).encode("utf-8"))
+    html_path, md_path = out / "report.html", out / "report.md"
+    write_bytes_atomic(html_path, to_html(title, sections).encode("utf-8"))
+    write_bytes_atomic(md_path, to_markdown(title, sections).encode("utf-8"))
+    return ReportResult(out, html_path, md_path, figure_paths, table_paths, int(scores["response_id"].nunique()))

@@ -1,0 +1,122 @@
+"""Open a page in headless Chromium and report what happened, over the DevTools protocol on a pipe.
+
+No Python browser package is needed: Chromium's `--remote-debugging-pipe` reads commands from fd 3 and
+writes replies to fd 4 (JSON messages ended by NUL); a shell wrapper maps them to our stdin/stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+PROBE = """JSON.stringify({
+  images: Array.from(document.images).map(i => ({ok: i.complete && i.naturalWidth > 0, alt: i.alt})),
+  scripts: document.scripts.length,
+  handlers: document.querySelectorAll('[onerror],[onload],[onclick],[onmouseover]').length,
+  xss: window.__xss === undefined ? null : window.__xss,
+  text: document.body.innerText,
+  title: document.title,
+})"""
+
+
+def find_chromium() -> str | None:
+    return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
+
+
+class _Pipe:
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.buffer = b""
+        self.next_id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def _read_message(self, deadline: float) -> dict[str, Any]:
+        while b"\0" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("chromium did not answer in time")
+            ready, _, _ = select.select([self.process.stdout], [], [], remaining)
+            if ready:
+                chunk = os.read(self.process.stdout.fileno(), 1 << 16)
+                if not chunk:
+                    raise RuntimeError("chromium closed the pipe")
+                self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
+             timeout: float = 30.0) -> dict[str, Any]:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        self.process.stdin.write(json.dumps(message).encode() + b"\0")
+        self.process.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_for(self, event: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        if any(e.get("method") == event for e in self.events):
+            return
+        while True:
+            message = self._read_message(deadline)
+            self.events.append(message)
+            if message.get("method") == event:
+                return
+
+
+def render(page: Path, timeout: float = 60.0) -> dict[str, Any]:
+    """Load `page` and return the probe's findings plus `errors` (exceptions, console and log errors)."""
+    chromium = find_chromium()
+    if chromium is None:
+        raise FileNotFoundError("chromium is not installed (Debian: apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                   "--no-first-run", "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
+        wrapper = ["sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>&2', "chromium", *command]
+        process = subprocess.Popen(wrapper, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            pipe = _Pipe(process)
+            target = pipe.call("Target.createTarget", {"url": "about:blank"}, timeout=timeout)["targetId"]
+            session = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+                pipe.call(domain, session=session)
+            pipe.call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
+            pipe.wait_for("Page.loadEventFired", timeout)
+            found = json.loads(pipe.call("Runtime.evaluate", {"expression": PROBE, "returnByValue": True},
+                                         session=session)["result"]["value"])
+            errors = []
+            for event in pipe.events:
+                method, params = event.get("method"), event.get("params", {})
+                if method == "Runtime.exceptionThrown":
+                    errors.append(params["exceptionDetails"].get("text", "exception"))
+                elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+                    errors.append(str(params.get("args")))
+                elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+                    errors.append(params["entry"].get("text", ""))
+            found["errors"] = errors
+            try:
+                pipe.call("Browser.close", timeout=5)
+            except (RuntimeError, TimeoutError):
+                pass
+            return found
+        finally:
+            process.kill()
+            process.wait(timeout=10)
