@@ -6,6 +6,7 @@ writes replies to fd 4 (JSON messages ended by NUL); a shell wrapper maps them t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -112,10 +113,8 @@ def render(page: Path, timeout: float = 60.0) -> dict[str, Any]:
                 elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
                     errors.append(params["entry"].get("text", ""))
             found["errors"] = errors
-            try:
+            with contextlib.suppress(RuntimeError, TimeoutError):
                 pipe.call("Browser.close", timeout=5)
-            except (RuntimeError, TimeoutError):
-                pass
             return found
         finally:
             process.kill()

@@ -59,7 +59,23 @@ def test_usage_errors_exit_2_with_the_fix(tmp_path):
     assert result.exit_code == 2
 
 
-def test_demo_builds_and_analyses(tmp_path):
+def test_demo_runs_every_stage_and_prints_the_report(tmp_path, monkeypatch):
+    """The demo's wiring, on a demo config shrunk to the tiny model (CI runs the real `make demo`)."""
+    import dataclasses
+
+    from medattack import pipeline
+    from medattack.data.builder import BuildConfig
+    from medattack.models.targets import TargetConfig
+
+    real = pipeline.demo_config
+
+    def small(run_dir):
+        config = real(run_dir)
+        attack = dataclasses.replace(config.attacks[0], model="tiny", limit=1, options={"rounds": 1})
+        return dataclasses.replace(config, build=BuildConfig(tasks=("Matching",)), attacks=(attack,),
+                                   targets=(TargetConfig(model="tiny", max_new_tokens=4),))
+
+    monkeypatch.setattr(pipeline, "demo_config", small)
     run = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--run", str(run)], terminal_width=300)
     assert result.exit_code == 0, result.output
@@ -67,7 +83,24 @@ def test_demo_builds_and_analyses(tmp_path):
     for name in ("attribute_relevance.csv", "attribute_relevance.png", "prompt_relevance.csv",
                  "prompt_relevance.png"):
         assert (run / "analysis" / name).exists()
-    assert str(run.resolve()) in result.output.replace("\n", "")
+    assert (run / "report" / "report.html").is_file()
+    output = result.output.replace("\n", "")
+    assert str((run / "report" / "report.html").resolve()) in output and str(run.resolve()) in output
+
+
+def test_query_score_and_report_commands(tmp_path):
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["build", str(run), "--task", "Matching"]).exit_code == 0
+    asked = runner.invoke(app, ["query", str(run), "--target", "tiny", "--limit", "4", "--max-new-tokens", "3",
+                                "--controls", "blank"], terminal_width=300)
+    assert asked.exit_code == 0, asked.output
+    assert "control:blank" in asked.output and "8 asked now" in asked.output
+    assert runner.invoke(app, ["score", str(run)], terminal_width=300).exit_code == 0
+    reported = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "out")], terminal_width=300)
+    assert reported.exit_code == 0, reported.output
+    assert (tmp_path / "out" / "report.html").is_file() and "8 scored response(s)" in reported.output
+    missing = runner.invoke(app, ["report", str(tmp_path / "nothing")], terminal_width=300)
+    assert missing.exit_code == 2 and "not a run directory" in missing.output
 
 
 def test_attack_command_runs_and_resumes(tmp_path):

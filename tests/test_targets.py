@@ -162,8 +162,9 @@ def test_serve_requires_the_key_when_asked(serve, tiny_whitebox, monkeypatch):
     server = serve(LlavaTarget(TargetConfig(max_new_tokens=3), model=tiny_whitebox),
                    api_key_env="MEDATTACK_TEST_SERVE_KEY")
     query = _queries(1)[0]
-    payload = {"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": query.text}, {"type": "image_url", "image_url": {"url": image_data_url(query.image)}}]}]}
+    image = {"type": "image_url", "image_url": {"url": image_data_url(query.image)}}
+    text = {"type": "text", "text": query.text}
+    payload = {"model": "tiny", "messages": [{"role": "user", "content": [text, image]}]}
     assert _post(f"{server.base_url}/chat/completions", payload)[0] == 401
     status, body = _post(f"{server.base_url}/chat/completions", payload, {"Authorization": "Bearer sk-serve-123"})
     assert status == 200 and isinstance(body["choices"][0]["message"]["content"], str)

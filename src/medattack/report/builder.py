@@ -81,6 +81,18 @@ def _manifest_section(runs: Sequence[RunData], metrics: dict[str, dict[str, Any]
                          (record.get("git_sha") or "")[:10]])
     section.tables.append(Table("Stages", ["run", "stage", "seed", "finished", "versions", "git"], rows,
                                 "Resolved configs are in each run's run.json (never secrets).", "manifest"))
+    models = []
+    for run in runs:
+        for stage, record in run.manifest.get("stages", {}).items():
+            config = record.get("config", {})
+            if "model_name" in config:
+                models.append([run.name, "white-box (attacked)", config["model_name"], stage])
+            if "target_name" in config:
+                target = config.get("stage", {}).get("target", {})
+                models.append([run.name, f"target ({target.get('kind', '?')})", config["target_name"], stage])
+    section.tables.append(Table("Models", ["run", "role", "model", "stage"], models,
+                                "Names are the models' own; the embedded target is SmolLM2-135M with a random "
+                                "vision tower and is not a medical model.", "models"))
     proxy_rows = [[name, "yes (proxy)" if spec.get("is_proxy") else "no", spec.get("description", ""),
                    f"[{spec.get('low')}, {spec.get('high')}]", spec.get("higher_means", "")]
                   for name, spec in sorted(metrics.items())]

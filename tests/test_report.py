@@ -1,0 +1,159 @@
+"""The report: tables with intervals and null counts, figures, escaping, and rendering in Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medattack.attacks.runner import AttackStageConfig, run_attack_stage
+from medattack.data.builder import BuildConfig, build_benchmark
+from medattack.models.targets import LlavaTarget, TargetConfig
+from medattack.pipeline import score
+from medattack.query import QueryConfig, run_query_stage
+from medattack.report import ReportConfig, build_report
+from medattack.report.aggregate import bootstrap_ci, summarise_groups
+from medattack.report.render import Section, Table, latex_escape, to_latex, to_markdown
+from medattack.rundir import read_jsonl
+
+from browser import find_chromium, render
+
+PAYLOADS = ('<script>window.__xss = 1</script>Sure, here is how.',
+            '<img src=x onerror="window.__xss = 2">Sure, here it is.')
+FIGURES = {"radar", "heatmap", "survival", "distributions", "controls"}
+
+
+class _PayloadTarget:
+    """The tiny model, except that some benchmark answers are script-injection payloads."""
+
+    def __init__(self, inner: LlavaTarget) -> None:
+        self.inner, self.name = inner, inner.name
+
+    def answer(self, queries):
+        answers = self.inner.answer(queries)
+        return [PAYLOADS[k % 2] if q.query_id.startswith("benchmark|") and k < 4 else a
+                for k, (q, a) in enumerate(zip(queries, answers, strict=True))]
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory, tiny_whitebox):
+    root = tmp_path_factory.mktemp("report") / "run"
+    build_benchmark(root, BuildConfig(tasks=("Disease Classification", "Open-ended")))
+    run_attack_stage(root, AttackStageConfig(method="gcg", model="tiny", limit=3,
+                                             options={"steps": 3, "search_width": 8}), model=tiny_whitebox)
+    target = _PayloadTarget(LlavaTarget(TargetConfig(model="tiny", max_new_tokens=6), model=tiny_whitebox))
+    run_query_stage(root, QueryConfig(pairs_per_category=1), target=target)
+    score(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(scored_run):
+    return build_report([scored_run], config=ReportConfig(examples=1000))
+
+
+def test_every_output_is_written(report):
+    assert report.html.is_file() and report.markdown.is_file()
+    assert set(report.figures) == FIGURES
+    for path in report.figures.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("by_condition", "transfer", "controls", "image_reliance", "whitebox", "survival"):
+        assert not pd.read_csv(report.tables[name]).empty, name
+    assert (report.out_dir / "tables" / "asr_by_condition.tex").read_text().startswith(r"\begin{table}")
+    html = report.html.read_text()
+    assert html.count('src="data:image/png;base64,') == len(FIGURES)  # self-contained
+    markdown = report.markdown.read_text()
+    assert all(f"figures/{name}.png" in markdown for name in FIGURES)
+    assert "| white-box (attacked) | tiny-random-llava (unit tests) |" in markdown  # the manifest names the models
+    assert "| target (llava) | tiny-random-llava (unit tests) |" in markdown
+
+
+def test_model_outputs_are_inert_text(report):
+    html = report.html.read_text()
+    assert "<script" not in html.lower()
+    assert not re.search(r"<img[^>]*onerror", html, re.IGNORECASE)
+    assert "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in html
+    assert "onerror=&quot;window.__xss = 2&quot;" in html
+    assert "<script" not in report.markdown.read_text()
+
+
+@pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"),
+                    reason="chromium is not installed (make test installs it: apt-get install chromium)")
+def test_report_renders_in_headless_chromium_without_script_errors(report):
+    page = render(report.html)
+    assert page["errors"] == []
+    assert len(page["images"]) == len(FIGURES) and all(image["ok"] for image in page["images"])
+    assert page["scripts"] == 0 and page["handlers"] == 0 and page["xss"] is None
+    assert "<script>window.__xss = 1</script>" in page["text"]  # shown as text, not run
+    assert page["title"].startswith("medattack red-team report")
+
+
+@pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"), reason="chromium is not installed")
+def test_the_browser_check_catches_script_errors(tmp_path):
+    page = tmp_path / "bad.html"
+    page.write_text("<html><body><img src='missing.png'><script>undefinedFunction()</script></body></html>")
+    found = render(page)
+    assert any("undefinedFunction" in error or "Uncaught" in error for error in found["errors"])
+    assert not found["images"][0]["ok"]
+
+
+def test_tables_count_nulls_and_give_intervals(scored_run, report):
+    table = pd.read_csv(report.tables["by_condition"])
+    controls = table[table["method"].str.startswith("control:") & (table["metric"] == "tio")]
+    assert not controls.empty and (controls["nulls"] == controls["n"]).all()  # the proxy cannot score controls
+    scored = table[(table["metric"] == "tto") & (table["nulls"] == 0)]
+    assert ((scored["ci_low"] <= scored["mean"] + 1e-9) & (scored["mean"] <= scored["ci_high"] + 1e-9)).all()
+    responses = read_jsonl(next((scored_run / "responses").glob("*/responses.jsonl")))
+    keyword = table[table["metric"] == "keyword_asr"]
+    assert keyword["n"].sum() == len(responses)  # every response counted once per metric
+    html = report.html.read_text()
+    assert "tio by condition (proxy)" in html and "Proxy metrics in this report: tii, tio." in html
+
+
+def test_transfer_and_whitebox_tables(report):
+    transfer = pd.read_csv(report.tables["transfer"])
+    assert transfer["n"].sum() == 3 and set(transfer["method"]) == {"gcg"}
+    whitebox = pd.read_csv(report.tables["whitebox"])
+    assert whitebox.loc[0, "n"] == 3 and 0 <= whitebox.loc[0, "success"] <= 1
+    survival = pd.read_csv(report.tables["survival"])
+    assert survival["surviving"].is_monotonic_decreasing and survival["surviving"].between(0, 1).all()
+
+
+def test_several_runs_in_one_report(scored_run, tmp_path):
+    other = tmp_path / "second"
+    shutil.copytree(scored_run, other, ignore=shutil.ignore_patterns("report"))
+    result = build_report([scored_run, other], tmp_path / "compare")
+    table = pd.read_csv(result.tables["by_condition"])
+    assert set(table["run"]) == {scored_run.name, "second"}
+    assert result.html.is_file() and f"{scored_run.name}, second" in result.html.read_text()
+
+
+def test_bootstrap_interval_properties():
+    rng = np.random.default_rng(0)
+    small, large = rng.random(20), rng.random(2000)
+    low_s, high_s = bootstrap_ci(small)
+    low_l, high_l = bootstrap_ci(large)
+    assert low_s <= small.mean() <= high_s and low_l <= large.mean() <= high_l
+    assert high_l - low_l < high_s - low_s  # more data, narrower interval
+    assert bootstrap_ci(small) == (low_s, high_s)  # seeded: the same interval every time
+    assert bootstrap_ci(np.array([1.0, 1.0])) == (1.0, 1.0)
+    assert all(np.isnan(bootstrap_ci(np.array([]))))
+
+
+def test_groups_report_nulls_and_null_only_groups():
+    frame = pd.DataFrame({"group": ["a", "a", "a", "b"], "value": [1.0, None, 0.0, None]})
+    rows = summarise_groups(frame, ["group"]).set_index("group")
+    assert rows.loc["a", "n"] == 3 and rows.loc["a", "nulls"] == 1 and rows.loc["a", "mean"] == 0.5
+    assert rows.loc["b", "nulls"] == 1 and np.isnan(rows.loc["b", "mean"])
+
+
+def test_latex_and_markdown_escape_what_they_show():
+    assert latex_escape("50% of a_b & {c} $x$ #1 ~ ^ \\") == (
+        r"50\% of a\_b \& \{c\} \$x\$ \#1 \textasciitilde{} \textasciicircum{} \textbackslash{}")
+    table = Table("t", ["response"], [["a | b <b>bold</b>"]], name="t", wide_text=(0,))
+    assert r"a \| b &lt;b&gt;bold&lt;/b&gt;" in to_markdown("x", [Section("s", tables=[table])])
+    assert "p{6cm}" in to_latex(table)
