@@ -205,11 +205,21 @@ class LlavaWhiteBox:
         state.cache = cache.freeze()
         state.extra["prefix_len"] = prefix.shape[1]
 
+    @torch.no_grad()
+    def _before_image_cache(self, segments: Segments) -> FrozenPrefixCache:
+        """Keys/values of the tokens before the image (system prompt, user header): the same for every
+        image, so the full-sequence passes of PGD start after them."""
+        cache = FrozenPrefixCache()
+        self.decoder(inputs_embeds=self.embed(segments.before_image)[None], use_cache=True,
+                     **{self._cache_kw: cache})
+        return cache.freeze()
+
     def start(self, question: str, target: str, pixels: torch.Tensor) -> AttackState:
         segments = self.segments(question)
         target_ids = torch.tensor(self.encode(target), dtype=torch.long, device=self.device)
         state = AttackState(question=question, target=target, pixels=pixels.detach().to(self.device).float(),
-                            target_ids=target_ids, extra={"segments": segments})
+                            target_ids=target_ids, extra={"segments": segments,
+                                                          "before_image": self._before_image_cache(segments)})
         self._fill_cache(state)
         return state
 
@@ -318,18 +328,21 @@ class LlavaWhiteBox:
         return self._full_forward(state, self.embed(suffix_ids)[None], pixels)
 
     def _full_forward(self, state: AttackState, suffix_embeds: torch.Tensor, pixels: torch.Tensor) -> LossResult:
-        """The whole sequence without the prefix cache, so gradients can reach the pixels.
+        """The sequence from the image on, without the prefix cache, so gradients can reach the pixels
+        (the tokens before the image, which no pixel changes, come from their own frozen cache).
 
         suffix_embeds: (1, n, D); pixels: (1, 3, H, W) in [0, 1].
         """
         segments: Segments = state.extra["segments"]
-        inputs = torch.cat([
-            self._prefix_embeds(segments, pixels),
+        inputs = torch.cat([  # the tokens before the image come from their cache
+            self.image_features(pixels),
+            self.embed(segments.after_image)[None],
             suffix_embeds,
             self.embed(segments.tail)[None],
             self.embed(state.target_ids[:-1])[None],
         ], dim=1)
-        hidden = self.decoder(inputs_embeds=inputs, use_cache=False).last_hidden_state
+        hidden = self.decoder(inputs_embeds=inputs, use_cache=True,
+                              **{self._cache_kw: state.extra["before_image"]}).last_hidden_state
         start = inputs.shape[1] - len(state.target_ids)
         return self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
 
