@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medattack-installed
+RAY_STAMP := $(VENV)/.medattack-ray-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
@@ -25,7 +26,12 @@ $(STAMP): pyproject.toml requirements/model-packages.txt
 demo: $(STAMP)
 	$(BIN)/medattack demo
 
-test: $(STAMP) browser
+# The Ray executor's tests need the optional `ray` extra; the core install and `make demo` do not.
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[ray]'
+	touch $(RAY_STAMP)
+
+test: $(STAMP) $(RAY_STAMP) browser
 	$(BIN)/python -m pytest -q
 
 # The report test opens report.html in headless Chromium (Debian package `chromium`).

@@ -154,6 +154,21 @@ def build(
         _print_build(result)
 
 
+def _executor(kind: str, address: str | None, workers: int | None, gpus_per_worker: float | None) -> Any:
+    from medattack.executor import ExecutorConfig
+
+    options = {k: v for k, v in {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker}.items()
+               if v is not None}
+    return ExecutorConfig(kind=kind, **options)  # type: ignore[arg-type]
+
+
+ExecutorOption = Annotated[str, typer.Option("--executor", help="local, or ray (actors on a Ray cluster).")]
+RayAddressOption = Annotated[str | None, typer.Option(help="Ray cluster address ('auto', 'ray://head:10001'); "
+                                                      "none: a local Ray.")]
+WorkersOption = Annotated[int | None, typer.Option(help="Ray actors (model copies).")]
+GpusOption = Annotated[float | None, typer.Option(help="GPUs per Ray actor (1: one model per GPU).")]
+
+
 def _print_run(result: Any) -> None:
     if result.build is not None:
         _print_build(result.build)
@@ -227,6 +242,10 @@ def query(
     config: Annotated[Path | None, typer.Option(help="YAML file of query settings.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: key=value.")] = None,
     force: Annotated[bool, typer.Option(help="Reuse the output folder even if its config differs.")] = False,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
+    gpus_per_worker: GpusOption = None,
 ) -> None:
     """Ask a target (local model or API) every sample, every attack's adversarial input and the
     blank/noise image controls; resumable, failures recorded."""
@@ -251,7 +270,8 @@ def query(
             flags["replay_attacks"] = False
         stage = dataclasses.replace(base, **flags)
         with _progress() as progress:
-            result = query_stage(run, stage, force=force, progress=progress)
+            result = query_stage(run, stage, force=force, progress=progress,
+                                 executor=_executor(executor, ray_address, workers, gpus_per_worker))
     kinds: dict[str, int] = {}
     for row in result.responses:
         kinds[row["source"]] = kinds.get(row["source"], 0) + 1
@@ -329,6 +349,10 @@ def attack(
     max_batch: Annotated[int, typer.Option(help="GCG candidates per forward pass at most.")] = 512,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Method setting: key=value, e.g. rounds=3.")] = None,
     force: Annotated[bool, typer.Option(help="Reuse the output folder even if its config differs.")] = False,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
+    gpus_per_worker: GpusOption = None,
 ) -> None:
     """Attack a white-box model on the run's samples (GCG, PGD, MCM, region, baselines); resumable."""
     from medattack.attacks.runner import AttackStageConfig, run_attack_stage
@@ -342,7 +366,8 @@ def attack(
             device=device, max_batch=max_batch,
         )
         with _progress() as progress:
-            result = run_attack_stage(run, stage, parse_overrides(set_ or []), force=force, progress=progress)
+            result = run_attack_stage(run, stage, parse_overrides(set_ or []), force=force, progress=progress,
+                                      executor=_executor(executor, ray_address, workers, gpus_per_worker))
     table = Table("samples", "teacher-forced success", "keyword success", "failed", "mean seconds",
                   title=f"{method} -> {result.folder}")
     rows = result.results
@@ -364,6 +389,10 @@ def score(
     out: Annotated[Path | None, typer.Option(help="Output folder for --responses (default: beside it).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of score settings.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: key=value.")] = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
+    gpus_per_worker: GpusOption = None,
 ) -> None:
     """Score responses: keyword ASR, TTO, TIO, TII and the composite; nulls are counted, never dropped."""
     from medattack.config import load_config, parse_overrides
@@ -374,7 +403,8 @@ def score(
         score_config = load_config(ScoreConfig, config, parse_overrides(set_ or []))
         with _progress() as progress:
             results = score_stage(run, score_config, responses=responses, images=images, out_dir=out,
-                                  progress=progress)
+                                  progress=progress, executor=_executor(executor, ray_address, workers,
+                                                                        gpus_per_worker))
     if not results:
         console.print(f"no responses in {run} yet (run `medattack attack` first).")
     for target, result in results.items():

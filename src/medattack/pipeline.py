@@ -22,6 +22,7 @@ from medattack.data.builder import BuildConfig, BuildResult, build_benchmark, lo
 from medattack.data.prompt_bank import load_prompt_bank
 from medattack.data.taxonomy import load_taxonomy
 from medattack.errors import ConfigError
+from medattack.executor import ExecutorConfig
 from medattack.models.base import WhiteBoxTarget
 from medattack.models.targets import ChatTarget, LlavaTarget, TargetConfig, parse_target
 from medattack.query import QueryConfig, QueryStageResult, run_query_stage
@@ -84,6 +85,7 @@ def analyze_prompts(run_dir: str | Path | None = None, bank: str | None = None,
 def score(
     run_dir: str | Path | None = None, config: ScoreConfig | None = None, *, responses: str | Path | None = None,
     images: str | Path | None = None, out_dir: str | Path | None = None, progress: Progress | None = None,
+    executor: ExecutorConfig | None = None,
 ) -> dict[str, ScoreStageResult]:
     """Score every response of a run (per target), or a responses file; returns results by target."""
     config = config or ScoreConfig()
@@ -98,16 +100,17 @@ def score(
         targets = read_run_responses(Path(run_dir))
         base = Path(run_dir) / "scores"
         folders = {target: base / target for target in targets}
-    scorers = build_scorers(config) if targets else {}
+    local = executor is None or executor.kind == "local"
+    scorers = build_scorers(config) if targets and local else None
     return {target: score_inputs(inputs, config, folders[target], cache_path=base / "cache.jsonl",
-                                 scorers=scorers, progress=progress)
+                                 scorers=scorers, progress=progress, executor=executor)
             for target, inputs in targets.items()}
 
 
 def query(run_dir: str | Path, config: QueryConfig, *, target: ChatTarget | None = None, force: bool = False,
-          progress: Progress | None = None) -> QueryStageResult:
+          progress: Progress | None = None, executor: ExecutorConfig | None = None) -> QueryStageResult:
     """Stage 3: ask a target every selected sample, the attacks' adversarial inputs and the controls."""
-    return run_query_stage(run_dir, config, target=target, force=force, progress=progress)
+    return run_query_stage(run_dir, config, target=target, force=force, progress=progress, executor=executor)
 
 
 def report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None,
@@ -133,6 +136,7 @@ class RunConfig:
         targets: [embedded, "hf:HuggingFaceTB/SmolVLM-256M-Instruct", {kind: api, model: gpt-4o}]
         query: {pairs_per_category: 2, controls: [blank, noise]}
         score: {metrics: [keyword_asr, tto, tio, tii, composite]}
+        executor: {kind: ray, address: auto, workers: 4, gpus_per_worker: 1}
     """
 
     run_dir: str = option("runs/run", "Run directory.")
@@ -144,6 +148,7 @@ class RunConfig:
     query: QueryConfig = option(QueryConfig(), "Query settings shared by every target (its `target` is ignored).")
     score: ScoreConfig = option(ScoreConfig(), "Scoring settings.")
     report: ReportConfig = option(ReportConfig(), "Report settings.")
+    executor: ExecutorConfig = option(ExecutorConfig(), "Where attack, query and score run: local or ray.")
 
     def __post_init__(self) -> None:
         unknown = set(self.stages) - set(STAGES)
@@ -174,6 +179,7 @@ def run_all(config: RunConfig, progress: Progress | None = None) -> RunResult:
     root = Path(config.run_dir)
     result = RunResult(root)
     loaded: dict[str, WhiteBoxTarget] = {}  # white-box models by spec, shared by the attack and query stages
+    local = config.executor.kind == "local"  # with ray, the actors load the models
 
     def whitebox(spec: str, device: str | None) -> WhiteBoxTarget:
         if spec not in loaded:
@@ -184,17 +190,19 @@ def run_all(config: RunConfig, progress: Progress | None = None) -> RunResult:
         result.build = build(root, config.build, progress=progress)
     if "attack" in config.stages:
         for attack in config.attacks:
-            model = whitebox(attack.model, attack.device)
-            result.attacks.append(run_attack_stage(root, attack, model=model, progress=progress))
+            model = whitebox(attack.model, attack.device) if local else None
+            result.attacks.append(run_attack_stage(root, attack, model=model, progress=progress,
+                                                   executor=config.executor))
     if "query" in config.stages:
         for target_config in config.targets:
             query_config = replace(config.query, target=target_config)
             target = None
-            if target_config.kind == "llava":
+            if target_config.kind == "llava" and local:
                 target = LlavaTarget(target_config, model=whitebox(target_config.model, target_config.device))
-            result.queries.append(query(root, query_config, target=target, progress=progress))
+            result.queries.append(query(root, query_config, target=target, progress=progress,
+                                        executor=config.executor))
     if "score" in config.stages:
-        result.scores = score(root, config.score, progress=progress)
+        result.scores = score(root, config.score, progress=progress, executor=config.executor)
     if "report" in config.stages:
         result.report = report([root], config=config.report)
     return result

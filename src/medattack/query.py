@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from medattack.config import option, to_dict
 from medattack.data.builder import load_samples
 from medattack.data.image_io import encode_png, load_image
 from medattack.errors import ConfigError, InputError, MedattackError, RunDirError
+from medattack.executor import ExecutorConfig, open_pool
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
 from medattack.rundir import (
     Progress,
@@ -149,6 +151,50 @@ def _load_query(run: RunDir, planned: PlannedQuery) -> Query:
     return Query(planned.response_id, planned.text, image, exact)
 
 
+class QueryWorker:
+    """Holds the target and answers one chunk of planned queries per call (a local or a Ray worker):
+    it loads their images from the run directory and returns one response row or failure per query."""
+
+    def __init__(self, config: TargetConfig, run_root: str, target: ChatTarget | None = None) -> None:
+        self.run = RunDir(run_root)
+        self.target = target or load_target(config, cache_path=self.run.root / "responses" / "api_cache.jsonl")
+
+    def name(self) -> str:
+        return self.target.name
+
+    def answer(self, chunk: list[PlannedQuery]) -> list[dict[str, Any]]:
+        """One {"row": ...} or {"failure": ...} per planned query, in order."""
+        outcomes: list[dict[str, Any] | None] = [None] * len(chunk)
+        ready, queries = [], []
+        for k, planned in enumerate(chunk):
+            try:
+                queries.append(_load_query(self.run, planned))
+                ready.append(k)
+            except InputError as error:
+                outcomes[k] = {"failure": {"response_id": planned.response_id, "error": type(error).__name__,
+                                           "problem": error.problem, "fix": error.fix, "file": planned.image_file}}
+        tick = time.perf_counter()
+        try:
+            answers = self.target.answer(queries) if queries else []
+        except MedattackError as error:  # a target that fails as a whole fails every query of the chunk
+            answers = [TargetError(str(error))] * len(queries)
+        seconds = (time.perf_counter() - tick) / max(1, len(queries))
+        for k, answer in zip(ready, answers, strict=True):
+            planned = chunk[k]
+            if isinstance(answer, Exception):
+                outcomes[k] = {"failure": {"response_id": planned.response_id, "error": type(answer).__name__,
+                                           "problem": str(answer)}}
+                continue
+            outcomes[k] = {"row": {
+                "response_id": planned.response_id, "target": self.target.name, "source": planned.source,
+                "kind": planned.source.split(":")[0], "question": planned.text, "image_file": planned.image_file,
+                "response": answer, "seconds": round(seconds, 3),
+                **{key: planned.sample.get(key) for key in SAMPLE_FIELDS},
+                "attack_method": None, "attack_model": None, "attack_success": None, **planned.extra,
+            }}
+        return outcomes  # type: ignore[return-value]
+
+
 def target_slug(name: str) -> str:
     from medattack.attacks.runner import model_slug
 
@@ -165,63 +211,50 @@ class QueryStageResult:
 
 
 def run_query_stage(run_dir: str | Path, config: QueryConfig, *, target: ChatTarget | None = None,
-                    force: bool = False, progress: Progress | None = None) -> QueryStageResult:
-    """Ask the configured target; resumable, see the module docstring."""
+                    force: bool = False, progress: Progress | None = None,
+                    executor: ExecutorConfig | None = None) -> QueryStageResult:
+    """Ask the configured target; resumable, see the module docstring. With a ray executor the chunks
+    are spread over actors that each load the target once."""
     run = RunDir(run_dir)
     samples = load_samples(run.root)
-    target = target or load_target(config.target, cache_path=run.root / "responses" / "api_cache.jsonl")
-    folder = run.root / "responses" / target_slug(target.name)
-    record = {"stage": to_dict(config), "target_name": target.name}
-    stamp = folder / "config.json"
-    if stamp.exists() and not force:
-        previous = json.loads(stamp.read_text(encoding="utf-8"))
-        if content_hash(previous) != content_hash(record):
-            raise RunDirError(f"{folder} holds responses asked with another configuration; use --force to add to "
-                              "it anyway, or change the target.")
-    write_json_atomic(stamp, record)
-    run.record_stage(f"query/{target_slug(target.name)}", record, config.target.seed)
+    local = executor is None or executor.kind == "local"
+    pool = open_pool(executor, partial(QueryWorker, config.target, str(run.root), target if local else None))
+    try:
+        target_name = pool.call_any("name")
+        folder = run.root / "responses" / target_slug(target_name)
+        record = {"stage": to_dict(config), "target_name": target_name}
+        stamp = folder / "config.json"
+        if stamp.exists() and not force:
+            previous = json.loads(stamp.read_text(encoding="utf-8"))
+            if content_hash(previous) != content_hash(record):
+                raise RunDirError(f"{folder} holds responses asked with another configuration; use --force to add "
+                                  "to it anyway, or change the target.")
+        write_json_atomic(stamp, record)
+        run.record_stage(f"query/{target_slug(target_name)}", record, config.target.seed)
 
-    responses_path, failures_path = folder / "responses.jsonl", folder / "failures.jsonl"
-    done = {r["response_id"] for r in read_jsonl(responses_path)}
-    planned = plan_queries(run, samples, config)
-    todo = [p for p in planned if p.response_id not in done]
-    failures: list[dict[str, Any]] = []
-    for start in range(0, len(todo), max(1, config.chunk)):
-        if progress:
-            progress(f"asking {target.name}", len(planned) - len(todo) + start, len(planned))
-        chunk, queries = [], []
-        for planned_query in todo[start:start + config.chunk]:
-            try:
-                queries.append(_load_query(run, planned_query))
-                chunk.append(planned_query)
-            except InputError as error:
-                failures.append({"response_id": planned_query.response_id, "error": type(error).__name__,
-                                 "problem": error.problem, "fix": error.fix, "file": planned_query.image_file})
-        tick = time.perf_counter()
-        try:
-            answers = target.answer(queries) if queries else []
-        except MedattackError as error:  # a target that fails as a whole fails every query of the chunk
-            answers = [TargetError(str(error))] * len(queries)
-        seconds = (time.perf_counter() - tick) / max(1, len(queries))
-        rows = []
-        for planned_query, answer in zip(chunk, answers, strict=True):
-            if isinstance(answer, Exception):
-                failures.append({"response_id": planned_query.response_id, "error": type(answer).__name__,
-                                 "problem": str(answer)})
-                continue
-            rows.append({
-                "response_id": planned_query.response_id, "target": target.name, "source": planned_query.source,
-                "kind": planned_query.source.split(":")[0], "question": planned_query.text,
-                "image_file": planned_query.image_file, "response": answer, "seconds": round(seconds, 3),
-                **{key: planned_query.sample.get(key) for key in SAMPLE_FIELDS},
-                "attack_method": None, "attack_model": None, "attack_success": None, **planned_query.extra,
-            })
-        append_jsonl(responses_path, *rows)
+        responses_path, failures_path = folder / "responses.jsonl", folder / "failures.jsonl"
+        done = {r["response_id"] for r in read_jsonl(responses_path)}
+        planned = plan_queries(run, samples, config)
+        todo = [p for p in planned if p.response_id not in done]
+        chunks = [todo[start:start + max(1, config.chunk)] for start in range(0, len(todo), max(1, config.chunk))]
+        failures: list[dict[str, Any]] = []
+        answered = 0
+        for index, outcomes in pool.map("answer", chunks):
+            if progress:
+                progress(f"asking {target_name}", len(planned) - len(todo) + answered, len(planned))
+            answered += len(chunks[index])
+            if isinstance(outcomes, Exception):
+                outcomes = [{"failure": {"response_id": p.response_id, "error": type(outcomes).__name__,
+                                         "problem": str(outcomes)}} for p in chunks[index]]
+            append_jsonl(responses_path, *(o["row"] for o in outcomes if "row" in o))
+            failures += [o["failure"] for o in outcomes if "failure" in o]
+            write_jsonl_atomic(failures_path, failures)
         write_jsonl_atomic(failures_path, failures)
-    write_jsonl_atomic(failures_path, failures)
+    finally:
+        pool.close()
     if failures:
-        log.warning("%d queries to %s failed; see %s (a re-run retries them)", len(failures), target.name,
+        log.warning("%d queries to %s failed; see %s (a re-run retries them)", len(failures), target_name,
                     failures_path)
     if progress:
-        progress(f"asking {target.name}", len(planned), len(planned))
-    return QueryStageResult(folder, target.name, read_jsonl(responses_path), failures, len(todo) - len(failures))
+        progress(f"asking {target_name}", len(planned), len(planned))
+    return QueryStageResult(folder, target_name, read_jsonl(responses_path), failures, len(todo) - len(failures))

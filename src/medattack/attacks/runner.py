@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from medattack.data.builder import load_samples
 from medattack.data.image_io import encode_png, load_image
 from medattack.data.typography import render_text_band
 from medattack.errors import ConfigError, MedattackError, RunDirError
+from medattack.executor import ExecutorConfig, open_pool
 from medattack.models.base import WhiteBoxTarget, load_whitebox
 from medattack.rundir import (
     Progress,
@@ -123,12 +125,12 @@ def _to_png(pixels: torch.Tensor) -> bytes:
     return encode_png(array)
 
 
-def _save_tensors(path: Path, result: AttackResult) -> None:
+def _tensor_bytes(result: AttackResult) -> bytes:
+    """The exact adversarial pixels (1, 3, H, W) and suffix ids as safetensors bytes."""
     from safetensors.torch import save
 
-    payload = save({"pixels": result.pixels.float().contiguous(),
-                    "suffix_ids": torch.tensor(result.suffix_ids, dtype=torch.long)})
-    write_bytes_atomic(path, payload)
+    return save({"pixels": result.pixels.float().contiguous(),
+                 "suffix_ids": torch.tensor(result.suffix_ids, dtype=torch.long)})
 
 
 @dataclass
@@ -139,70 +141,105 @@ class AttackStageResult:
     attempted: int  # samples run in this call (others were already done)
 
 
+class AttackWorker:
+    """Loads the white-box model once and attacks one sample per call (a local or a Ray worker).
+
+    The outcome is what the stage writes: the result row and the sample's files as bytes, or a failure.
+    Checkpoints go to the run directory as the attack runs, so a lost worker's sample resumes.
+    """
+
+    def __init__(self, config: AttackStageConfig, method_options: dict[str, Any], run_root: str,
+                 model: WhiteBoxTarget | None = None) -> None:
+        self.config = config
+        self.run = RunDir(run_root)
+        attack_cls = ATTACKS[config.method]
+        self.method_config = from_mapping(attack_cls.config_class, method_options, f"{config.method} options")
+        self.attack = attack_cls(self.method_config)
+        self.needs_typo = getattr(attack_cls, "needs_typographic", False)
+        self.model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
+                                            max_batch=config.max_batch)
+        self.folder = self.run.root / "attacks" / config.method / model_slug(self.model.name)
+
+    def name(self) -> str:
+        return self.model.name
+
+    def run_sample(self, sample: dict[str, Any]) -> dict[str, Any]:
+        sample_id = sample["sample_id"]
+        checkpoint = FileCheckpoint(self.folder / "checkpoints" / f"{sample_id}.pt")
+        try:
+            task = build_task(self.model, self.run.benchmark, sample, self.config.seed, self.needs_typo)
+            result = self.attack.run(self.model, task, checkpoint)
+        except MedattackError as exc:
+            log.warning("sample %s failed: %s", sample_id, exc)
+            return {"failure": {"sample_id": sample_id, "error": type(exc).__name__, "problem": str(exc)}}
+        row = {
+            "sample_id": sample_id, "pair_id": sample["pair_id"], "condition": sample["condition"],
+            "task": sample["task"], "category": sample["category"], "method": self.config.method,
+            "model": self.model.name, "seed": self.config.seed, "question": sample["question"],
+            "target": sample["target"], "suffix": result.suffix, "suffix_ids": result.suffix_ids,
+            "success": result.success, "keyword_success": keyword_success(result.response, sample["question"]),
+            "response": result.response, "best_loss": result.best_loss, "n_steps": len(result.steps),
+            "seconds": round(result.seconds, 3), "linf": float((result.pixels - task.pixels.cpu()).abs().max()),
+            "image_file": f"images/{sample_id}.png", "tensor_file": f"tensors/{sample_id}.safetensors",
+            "info": result.info,
+        }
+        return {"row": row, "steps": [vars(s) for s in result.steps], "png": _to_png(result.pixels),
+                "tensors": _tensor_bytes(result)}
+
+
 def run_attack_stage(
     run_dir: str | Path, config: AttackStageConfig, method_options: dict[str, Any] | None = None, *,
     model: WhiteBoxTarget | None = None, force: bool = False, progress: Progress | None = None,
+    executor: ExecutorConfig | None = None,
 ) -> AttackStageResult:
-    """Attack the selected samples of a built run; resumable, see the module docstring."""
+    """Attack the selected samples of a built run; resumable, see the module docstring. With a ray
+    executor the samples are spread over actors that each load the model once."""
     run = RunDir(run_dir)
     samples = load_samples(run.root)
-    attack_cls = ATTACKS[config.method]
-    method_config = from_mapping(attack_cls.config_class, method_options or config.options or {},
-                                 f"{config.method} options")
     unknown = set(config.conditions) - {"normal", "mismatch", "malicious", "both"}
     if unknown:
         raise ConfigError(f"unknown condition(s) {sorted(unknown)}; use normal, mismatch, malicious, both.")
-    model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
-                                   max_batch=config.max_batch)
-    folder = run.root / "attacks" / config.method / model_slug(model.name)
-    stage = {k: v for k, v in to_dict(config).items() if k != "options"}  # recorded resolved, under "method"
-    record = {"stage": stage, "method": to_dict(method_config), "model_name": model.name}
-    stamp = folder / "config.json"
-    if stamp.exists() and not force:
-        previous = json.loads(stamp.read_text(encoding="utf-8"))
-        if content_hash(previous) != content_hash(record):
-            raise RunDirError(f"{folder} holds results of another configuration; use --force to add to it "
-                              "anyway, or change the method or model.")
-    write_json_atomic(stamp, record)
-    run.record_stage(f"attack/{config.method}/{model_slug(model.name)}", record, config.seed)
+    options = method_options or config.options or {}
+    method_config = from_mapping(ATTACKS[config.method].config_class, options, f"{config.method} options")
+    local = executor is None or executor.kind == "local"
+    pool = open_pool(executor, partial(AttackWorker, config, options, str(run.root), model if local else None))
+    try:
+        model_name = pool.call_any("name")
+        folder = run.root / "attacks" / config.method / model_slug(model_name)
+        stage = {k: v for k, v in to_dict(config).items() if k != "options"}  # recorded resolved, under "method"
+        record = {"stage": stage, "method": to_dict(method_config), "model_name": model_name}
+        stamp = folder / "config.json"
+        if stamp.exists() and not force:
+            previous = json.loads(stamp.read_text(encoding="utf-8"))
+            if content_hash(previous) != content_hash(record):
+                raise RunDirError(f"{folder} holds results of another configuration; use --force to add to it "
+                                  "anyway, or change the method or model.")
+        write_json_atomic(stamp, record)
+        run.record_stage(f"attack/{config.method}/{model_slug(model_name)}", record, config.seed)
 
-    results_path, failures_path = folder / "results.jsonl", folder / "failures.jsonl"
-    done = {r["sample_id"] for r in read_jsonl(results_path)}
-    chosen = select_samples(samples, config)
-    todo = [s for s in chosen if s["sample_id"] not in done]
-    attack = attack_cls(method_config)
-    needs_typo = getattr(attack_cls, "needs_typographic", False)
-    failures = read_jsonl(failures_path)
-    for index, sample in enumerate(todo):
-        if progress:
-            progress(f"{config.method} on {model.name}", index + len(chosen) - len(todo), len(chosen))
-        sample_id = sample["sample_id"]
-        checkpoint = FileCheckpoint(folder / "checkpoints" / f"{sample_id}.pt")
-        try:
-            task = build_task(model, run.benchmark, sample, config.seed, needs_typo)
-            result = attack.run(model, task, checkpoint)
-        except MedattackError as exc:
-            failures.append({"sample_id": sample_id, "error": type(exc).__name__, "problem": str(exc)})
-            write_jsonl_atomic(failures_path, failures)
-            log.warning("sample %s failed: %s", sample_id, exc)
-            continue
-        write_jsonl_atomic(folder / "steps" / f"{sample_id}.jsonl", [vars(s) for s in result.steps])
-        write_bytes_atomic(folder / "images" / f"{sample_id}.png", _to_png(result.pixels))
-        _save_tensors(folder / "tensors" / f"{sample_id}.safetensors", result)
-        append_jsonl(results_path, {
-            "sample_id": sample_id, "pair_id": sample["pair_id"], "condition": sample["condition"],
-            "task": sample["task"], "category": sample["category"], "method": config.method,
-            "model": model.name, "seed": config.seed, "question": sample["question"], "target": sample["target"],
-            "suffix": result.suffix, "suffix_ids": result.suffix_ids, "success": result.success,
-            "keyword_success": keyword_success(result.response, sample["question"]),
-            "response": result.response, "best_loss": result.best_loss, "n_steps": len(result.steps),
-            "seconds": round(result.seconds, 3),
-            "linf": float((result.pixels - task.pixels.cpu()).abs().max()),
-            "image_file": f"images/{sample_id}.png", "tensor_file": f"tensors/{sample_id}.safetensors",
-            "info": result.info,
-        })
-        checkpoint.clear()
+        results_path, failures_path = folder / "results.jsonl", folder / "failures.jsonl"
+        done = {r["sample_id"] for r in read_jsonl(results_path)}
+        chosen = select_samples(samples, config)
+        todo = [s for s in chosen if s["sample_id"] not in done]
+        failures = [f for f in read_jsonl(failures_path) if f["sample_id"] not in {s["sample_id"] for s in todo}]
+        label = f"{config.method} on {model_name}"
+        for finished, (index, outcome) in enumerate(pool.map("run_sample", todo)):
+            if progress:
+                progress(label, len(chosen) - len(todo) + finished, len(chosen))
+            sample_id = todo[index]["sample_id"]
+            if isinstance(outcome, Exception) or "failure" in outcome:
+                failures.append(outcome["failure"] if isinstance(outcome, dict) else {
+                    "sample_id": sample_id, "error": type(outcome).__name__, "problem": str(outcome)})
+                write_jsonl_atomic(failures_path, failures)
+                continue
+            write_jsonl_atomic(folder / "steps" / f"{sample_id}.jsonl", outcome["steps"])
+            write_bytes_atomic(folder / "images" / f"{sample_id}.png", outcome["png"])
+            write_bytes_atomic(folder / "tensors" / f"{sample_id}.safetensors", outcome["tensors"])
+            append_jsonl(results_path, outcome["row"])
+            FileCheckpoint(folder / "checkpoints" / f"{sample_id}.pt").clear()
+        write_jsonl_atomic(failures_path, failures)
+    finally:
+        pool.close()
     if progress:
-        progress(f"{config.method} on {model.name}", len(chosen), len(chosen))
-    results = read_jsonl(results_path)
-    return AttackStageResult(folder, results, failures, len(todo))
+        progress(label, len(chosen), len(chosen))
+    return AttackStageResult(folder, read_jsonl(results_path), failures, len(todo))

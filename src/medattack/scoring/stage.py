@@ -16,12 +16,14 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from medattack.config import option
 from medattack.data.sources.tables import cell, read_table, require_columns
 from medattack.errors import SourceError
+from medattack.executor import ExecutorConfig, open_pool
 from medattack.rundir import JsonlCache, Progress, append_jsonl, read_jsonl, write_json_atomic
 from medattack.scoring import keyword_scorer, relevance  # noqa: F401 (registers the scorers)
 from medattack.scoring.base import SCORERS, MetricSpec, Score, ScoreInput
@@ -207,47 +209,74 @@ class ScoreStageResult:
     cache_hits: int
 
 
+class ScoreWorker:
+    """Builds the scorers once and scores one request per call (a local or a Ray worker):
+    metric name -> inputs the cache did not have, answered with metric name -> scores."""
+
+    def __init__(self, config: ScoreConfig, scorers: dict[str, Any] | None = None) -> None:
+        self.scorers = scorers if scorers is not None else build_scorers(config)
+
+    def specs(self) -> dict[str, MetricSpec]:
+        return {name: scorer.spec for name, scorer in self.scorers.items()}
+
+    def score(self, request: dict[str, list[ScoreInput]]) -> dict[str, list[Score]]:
+        return {name: self.scorers[name].score(items) if items else [] for name, items in request.items()}
+
+
 def score_inputs(
     inputs: Sequence[ScoreInput], config: ScoreConfig, out_dir: Path, *, cache_path: Path | None = None,
-    scorers: dict[str, Any] | None = None, progress: Progress | None = None,
+    scorers: dict[str, Any] | None = None, progress: Progress | None = None, executor: ExecutorConfig | None = None,
 ) -> ScoreStageResult:
-    """Score every input with every configured metric; resumable and cached (module docstring)."""
-    scorers = scorers if scorers is not None else build_scorers(config)
-    specs = {name: s.spec for name, s in scorers.items()}
-    if "composite" in config.metrics:
-        specs["composite"] = COMPOSITE_SPEC
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scores_path = out_dir / "scores.jsonl"
-    done = {(r["response_id"], r["metric"]) for r in read_jsonl(scores_path)}
-    cache = ScoreCache(cache_path)
-    todo = [i for i in inputs if any((i.response_id, m) not in done for m in specs)]
-    computed = 0
-    for start in range(0, len(todo), config.batch_size):
-        if progress:
-            progress("scoring", start, len(todo))
-        batch = todo[start:start + config.batch_size]
-        per_metric: dict[str, list[Score]] = {}
-        for name, scorer in scorers.items():
-            keys = [cache.key(scorer.spec, i) for i in batch]
-            cached = [cache.get(k) for k in keys]
-            missing = [k for k, c in enumerate(cached) if c is None]
-            fresh = scorer.score([batch[k] for k in missing]) if missing else []
-            for k, score in zip(missing, fresh, strict=True):
-                cached[k] = score
-            cache.put_many([(keys[k], cached[k]) for k in missing])  # type: ignore[misc]
-            per_metric[name] = cached  # type: ignore[assignment]
-            computed += len(missing)
-        if "composite" in specs:
-            per_metric["composite"] = [
-                composite({n: per_metric[n][k] for n in scorers}, specs, config.composite()) for k in range(len(batch))
+    """Score every input with every configured metric; resumable and cached (module docstring).
+    With a ray executor the batches the cache cannot answer are scored on actors."""
+    local = executor is None or executor.kind == "local"
+    pool = open_pool(executor, partial(ScoreWorker, config, scorers if local else None))
+    try:
+        specs = dict(pool.call_any("specs"))
+        metrics = list(specs)
+        if "composite" in config.metrics:
+            specs["composite"] = COMPOSITE_SPEC
+        out_dir.mkdir(parents=True, exist_ok=True)
+        scores_path = out_dir / "scores.jsonl"
+        done = {(r["response_id"], r["metric"]) for r in read_jsonl(scores_path)}
+        cache = ScoreCache(cache_path)
+        todo = [i for i in inputs if any((i.response_id, m) not in done for m in specs)]
+        batches, plans = [], []
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start:start + config.batch_size]
+            keys = {name: [cache.key(specs[name], i) for i in batch] for name in metrics}
+            cached = {name: [cache.get(k) for k in keys[name]] for name in metrics}
+            missing = {name: [k for k, c in enumerate(cached[name]) if c is None] for name in metrics}
+            batches.append({name: [batch[k] for k in missing[name]] for name in metrics})
+            plans.append((batch, keys, cached, missing))
+        computed, finished = 0, 0
+        for index, fresh in pool.map("score", batches):
+            if progress:
+                progress("scoring", finished, len(todo))
+            batch, keys, cached, missing = plans[index]
+            finished += len(batch)
+            if isinstance(fresh, Exception):  # the worker was lost for good: these rows wait for a re-run
+                log.warning("a scoring batch of %d responses failed (%s); a re-run scores it", len(batch), fresh)
+                continue
+            per_metric: dict[str, list[Score]] = {}
+            for name in metrics:
+                for k, score in zip(missing[name], fresh[name], strict=True):
+                    cached[name][k] = score
+                cache.put_many([(keys[name][k], cached[name][k]) for k in missing[name]])  # type: ignore[misc]
+                per_metric[name] = cached[name]  # type: ignore[assignment]
+                computed += len(missing[name])
+            if "composite" in specs:
+                per_metric["composite"] = [composite({n: per_metric[n][k] for n in metrics}, specs, config.composite())
+                                           for k in range(len(batch))]
+            rows = [
+                {"response_id": item.response_id, "condition": item.condition, "metric": name,
+                 "value": per_metric[name][k].value, "null_reason": per_metric[name][k].null_reason,
+                 "detail": per_metric[name][k].detail}
+                for k, item in enumerate(batch) for name in specs if (item.response_id, name) not in done
             ]
-        rows = [
-            {"response_id": item.response_id, "condition": item.condition, "metric": name,
-             "value": per_metric[name][k].value, "null_reason": per_metric[name][k].null_reason,
-             "detail": per_metric[name][k].detail}
-            for k, item in enumerate(batch) for name in specs if (item.response_id, name) not in done
-        ]
-        append_jsonl(scores_path, *rows)
+            append_jsonl(scores_path, *rows)
+    finally:
+        pool.close()
     if progress:
         progress("scoring", len(todo), len(todo))
     rows = read_jsonl(scores_path)
