@@ -113,6 +113,12 @@ def test_run_config_reads_targets_as_strings_or_mappings(tmp_path):
         load_config(RunConfig, path, {"stages": ["build", "atack"]})
 
 
+def test_the_example_config_loads():
+    config = load_config(RunConfig, Path(__file__).resolve().parents[1] / "examples" / "run.yaml")
+    assert [a.method for a in config.attacks] == ["mcm", "typo"] and config.targets[0].model == "embedded"
+    assert config.executor.kind == "local" and config.run_dir == "runs/example"
+
+
 def test_demo_config_is_sized_for_a_laptop():
     config = demo_config("runs/x")
     assert [a.method for a in config.attacks] == ["mcm"] and config.attacks[0].limit <= 5

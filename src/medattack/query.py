@@ -20,7 +20,6 @@ with the same command and loses or duplicates nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,17 +32,16 @@ import numpy as np
 from medattack.config import option, to_dict
 from medattack.data.builder import load_samples
 from medattack.data.image_io import encode_png, load_image
-from medattack.errors import ConfigError, InputError, MedattackError, RunDirError
+from medattack.errors import ConfigError, InputError, MedattackError
 from medattack.executor import ExecutorConfig, open_pool
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
 from medattack.rundir import (
     Progress,
     RunDir,
     append_jsonl,
-    content_hash,
+    claim_folder,
     read_jsonl,
     write_bytes_atomic,
-    write_json_atomic,
     write_jsonl_atomic,
 )
 
@@ -223,13 +221,7 @@ def run_query_stage(run_dir: str | Path, config: QueryConfig, *, target: ChatTar
         target_name = pool.call_any("name")
         folder = run.root / "responses" / target_slug(target_name)
         record = {"stage": to_dict(config), "target_name": target_name}
-        stamp = folder / "config.json"
-        if stamp.exists() and not force:
-            previous = json.loads(stamp.read_text(encoding="utf-8"))
-            if content_hash(previous) != content_hash(record):
-                raise RunDirError(f"{folder} holds responses asked with another configuration; use --force to add "
-                                  "to it anyway, or change the target.")
-        write_json_atomic(stamp, record)
+        claim_folder(folder, record, force, "the target")
         run.record_stage(f"query/{target_slug(target_name)}", record, config.target.seed)
 
         responses_path, failures_path = folder / "responses.jsonl", folder / "failures.jsonl"

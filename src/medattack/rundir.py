@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import medattack
+from medattack.errors import RunDirError
 
 Progress = Callable[[str, int, int], None]  # stage progress callback: (phase, done, total)
 
@@ -124,6 +125,18 @@ class JsonlCache:
         self.entries.update(items)
         if self.path is not None and items:
             append_jsonl(self.path, *({"key": k, "value": v} for k, v in items))
+
+
+def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str) -> None:
+    """Write a stage folder's config.json, refusing a folder that holds results of another config
+    (unless `force`); `change` says what to change instead, e.g. "the method or model"."""
+    stamp = folder / "config.json"
+    if stamp.exists() and not force:
+        previous = json.loads(stamp.read_text(encoding="utf-8"))
+        if content_hash(previous) != content_hash(record):
+            raise RunDirError(f"{folder} holds results of another configuration; use --force to add to it "
+                              f"anyway, or change {change}.")
+    write_json_atomic(stamp, record)
 
 
 def _git_sha() -> str | None:

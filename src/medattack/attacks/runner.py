@@ -14,7 +14,6 @@ A finished sample is never redone; an interrupted one restarts from its last ste
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -32,17 +31,16 @@ from medattack.config import from_mapping, option, to_dict
 from medattack.data.builder import load_samples
 from medattack.data.image_io import encode_png, load_image
 from medattack.data.typography import render_text_band
-from medattack.errors import ConfigError, MedattackError, RunDirError
+from medattack.errors import ConfigError, MedattackError
 from medattack.executor import ExecutorConfig, open_pool
 from medattack.models.base import WhiteBoxTarget, load_whitebox
 from medattack.rundir import (
     Progress,
     RunDir,
     append_jsonl,
-    content_hash,
+    claim_folder,
     read_jsonl,
     write_bytes_atomic,
-    write_json_atomic,
     write_jsonl_atomic,
 )
 from medattack.scoring.keyword import keyword_success
@@ -208,13 +206,7 @@ def run_attack_stage(
         folder = run.root / "attacks" / config.method / model_slug(model_name)
         stage = {k: v for k, v in to_dict(config).items() if k != "options"}  # recorded resolved, under "method"
         record = {"stage": stage, "method": to_dict(method_config), "model_name": model_name}
-        stamp = folder / "config.json"
-        if stamp.exists() and not force:
-            previous = json.loads(stamp.read_text(encoding="utf-8"))
-            if content_hash(previous) != content_hash(record):
-                raise RunDirError(f"{folder} holds results of another configuration; use --force to add to it "
-                                  "anyway, or change the method or model.")
-        write_json_atomic(stamp, record)
+        claim_folder(folder, record, force, "the method or model")
         run.record_stage(f"attack/{config.method}/{model_slug(model_name)}", record, config.seed)
 
         results_path, failures_path = folder / "results.jsonl", folder / "failures.jsonl"
