@@ -94,7 +94,7 @@ def _worker_pids() -> list[int]:
 
 
 def test_a_worker_killed_mid_stage_loses_and_duplicates_nothing(built, tmp_path):
-    config = QueryConfig(target=TargetConfig(model="tiny", max_new_tokens=6), limit=12, chunk=2)
+    config = QueryConfig(target=TargetConfig(model="tiny", max_new_tokens=6), limit=20, chunk=2)  # 60 queries
     reference = run_query_stage(_copy(built, tmp_path / "local"), config)
     root = _copy(built, tmp_path / "ray")
     responses = root / "responses" / "tiny-random-llava_unit_tests" / "responses.jsonl"
