@@ -62,6 +62,15 @@ def rate(fn, n: int, device: str) -> float:
     return n / (time.perf_counter() - start)
 
 
+def batched_vs_loop(score, left: list, right: list, device: str) -> tuple[float, float]:
+    """pairs/s of `score(left, right)` on all pairs at once, and one pair per call on the first 64."""
+    score(left[:8], right[:8])  # warm-up
+    batched = rate(lambda: score(left, right), len(left), device)
+    n = min(64, len(left))
+    single = rate(lambda: [score([a], [b]) for a, b in zip(left[:n], right[:n], strict=True)], n, device)
+    return batched, single
+
+
 def clip_benchmark(args, tokenizer, dtype) -> None:
     from transformers import CLIPConfig, CLIPModel
 
@@ -96,11 +105,7 @@ def clip_benchmark(args, tokenizer, dtype) -> None:
     per_image = args.pairs // args.images  # responses per image (conditions x targets)
     infos = [info for info in images for _ in range(per_image)]
     texts = [words(rng, tokenizer, args.tokens) for _ in infos]
-    scorer.score(infos[:8], texts[:8])  # warm-up
-    batched = rate(lambda: scorer.score(infos, texts), len(infos), args.device)
-    loop_n = min(64, len(infos))
-    single = rate(lambda: [scorer.score([i], [t]) for i, t in zip(infos[:loop_n], texts[:loop_n], strict=True)],
-                  loop_n, args.device)
+    batched, single = batched_vs_loop(scorer.score, infos, texts, args.device)
     print(f"[clip] BiomedCLIP-shaped ({args.shape}), {len(infos)} pairs = {args.images} images x {per_image} "
           f"texts of {args.tokens} tokens: batched {batched:.0f} pairs/s, one at a time {single:.0f} pairs/s, "
           f"ratio {batched / single:.1f}x (target >= 2000 pairs/s)", flush=True)
@@ -123,11 +128,7 @@ def m3_benchmark(args, tokenizer, dtype) -> None:
     questions = [words(rng, tokenizer, args.tokens) for _ in range(args.pairs // 4)]
     left = [q for q in questions for _ in range(4)]  # each question answered by 4 targets
     right = [words(rng, tokenizer, args.tokens) for _ in left]
-    m3.pair_scores(left[:8], right[:8])  # warm-up
-    batched = rate(lambda: m3.pair_scores(left, right), len(left), args.device)
-    loop_n = min(64, len(left))
-    single = rate(lambda: [m3.pair_scores([a], [b]) for a, b in zip(left[:loop_n], right[:loop_n], strict=True)],
-                  loop_n, args.device)
+    batched, single = batched_vs_loop(m3.pair_scores, left, right, args.device)
     print(f"[bge-m3] BGE-M3-shaped ({args.shape}), {len(left)} pairs at {args.tokens} tokens (colbert+sparse+dense): "
           f"batched {batched:.0f} pairs/s, one at a time {single:.0f} pairs/s, ratio {batched / single:.1f}x "
           f"(target >= 1000 pairs/s)", flush=True)

@@ -40,6 +40,7 @@ from medattack.rundir import (
     RunDir,
     append_jsonl,
     claim_folder,
+    folder_name,
     read_jsonl,
     write_bytes_atomic,
     write_jsonl_atomic,
@@ -193,12 +194,6 @@ class QueryWorker:
         return outcomes  # type: ignore[return-value]
 
 
-def target_slug(name: str) -> str:
-    from medattack.attacks.runner import model_slug
-
-    return model_slug(name)
-
-
 @dataclass
 class QueryStageResult:
     folder: Path
@@ -219,10 +214,10 @@ def run_query_stage(run_dir: str | Path, config: QueryConfig, *, target: ChatTar
     pool = open_pool(executor, partial(QueryWorker, config.target, str(run.root), target if local else None))
     try:
         target_name = pool.call_any("name")
-        folder = run.root / "responses" / target_slug(target_name)
+        folder = run.root / "responses" / folder_name(target_name)
         record = {"stage": to_dict(config), "target_name": target_name}
         claim_folder(folder, record, force, "the target")
-        run.record_stage(f"query/{target_slug(target_name)}", record, config.target.seed)
+        run.record_stage(f"query/{folder_name(target_name)}", record, config.target.seed)
 
         responses_path, failures_path = folder / "responses.jsonl", folder / "failures.jsonl"
         done = {r["response_id"] for r in read_jsonl(responses_path)}

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
@@ -125,6 +126,12 @@ class JsonlCache:
         self.entries.update(items)
         if self.path is not None and items:
             append_jsonl(self.path, *({"key": k, "value": v} for k, v in items))
+
+
+def folder_name(name: str) -> str:
+    """A model or target name as a folder name of the run directory (attacks/<method>/<model>,
+    responses/<target>, scores/<target>)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80]
 
 
 def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str) -> None:

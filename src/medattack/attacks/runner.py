@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from functools import partial
@@ -39,6 +38,7 @@ from medattack.rundir import (
     RunDir,
     append_jsonl,
     claim_folder,
+    folder_name,
     read_jsonl,
     write_bytes_atomic,
     write_jsonl_atomic,
@@ -62,8 +62,8 @@ class AttackStageConfig:
     options: dict[str, Any] | None = option(None, "Method settings, e.g. {rounds: 5} (see `medattack list attacks`).")
 
 
-def model_slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80]
+def attack_folder(run_root: Path, method: str, model_name: str) -> Path:
+    return run_root / "attacks" / method / folder_name(model_name)
 
 
 class FileCheckpoint:
@@ -156,7 +156,7 @@ class AttackWorker:
         self.needs_typo = getattr(attack_cls, "needs_typographic", False)
         self.model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
                                             max_batch=config.max_batch)
-        self.folder = self.run.root / "attacks" / config.method / model_slug(self.model.name)
+        self.folder = attack_folder(self.run.root, config.method, self.model.name)
 
     def name(self) -> str:
         return self.model.name
@@ -203,11 +203,11 @@ def run_attack_stage(
     pool = open_pool(executor, partial(AttackWorker, config, options, str(run.root), model if local else None))
     try:
         model_name = pool.call_any("name")
-        folder = run.root / "attacks" / config.method / model_slug(model_name)
+        folder = attack_folder(run.root, config.method, model_name)
         stage = {k: v for k, v in to_dict(config).items() if k != "options"}  # recorded resolved, under "method"
         record = {"stage": stage, "method": to_dict(method_config), "model_name": model_name}
         claim_folder(folder, record, force, "the method or model")
-        run.record_stage(f"attack/{config.method}/{model_slug(model_name)}", record, config.seed)
+        run.record_stage(f"attack/{config.method}/{folder_name(model_name)}", record, config.seed)
 
         results_path, failures_path = folder / "results.jsonl", folder / "failures.jsonl"
         done = {r["sample_id"] for r in read_jsonl(results_path)}
