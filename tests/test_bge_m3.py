@@ -81,3 +81,16 @@ def test_batching_does_not_change_scores(tiny_m3):
     batched = tiny_m3.pair_parts(texts, texts[::-1])
     for name in ("dense", "sparse", "colbert"):
         assert np.allclose(pairs[name], batched[name], atol=1e-5)
+
+
+def test_reused_encodings_give_the_scores_of_fresh_ones(tiny_m3):
+    fresh = BGEM3(BGEM3Config(model="unused", memo_mib=0, batch_size=2),
+                  modules=(tiny_m3.tokenizer, tiny_m3.encoder, tiny_m3.colbert_linear, tiny_m3.sparse_linear))
+    left = ["a short text", "the image shows a nodule", "a short text"]
+    right = ["a nodule in the lung", "an unrelated sentence about weather", "a nodule in the lung"]
+    tiny_m3.pair_parts(left[:2], right[1:])  # warms the memo with some of the texts
+    memo_hits = tiny_m3.memo.hits
+    reused, recomputed = tiny_m3.pair_parts(left, right), fresh.pair_parts(left, right)
+    assert tiny_m3.memo.hits > memo_hits
+    for part in ("dense", "sparse", "colbert"):
+        np.testing.assert_allclose(reused[part], recomputed[part], atol=1e-5)

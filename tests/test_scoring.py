@@ -232,3 +232,20 @@ def test_the_cache_serves_repeated_responses(tmp_path):
     second = score_inputs(inputs, config, tmp_path / "t2", cache_path=tmp_path / "cache.jsonl")
     assert first.computed == 2 and second.computed == 0 and second.cache_hits == 2
     assert [r["value"] for r in first.rows] == [r["value"] for r in second.rows]
+
+
+def test_open_clip_encodes_each_image_once_until_its_file_changes(tmp_path, fake_open_clip):
+    from medattack.scoring.backends.image_text import IMAGE_TEXT_BACKENDS, ImageInfo
+
+    scorer = IMAGE_TEXT_BACKENDS["biomedclip"]()
+    encoded: list[int] = []
+    encode_image = scorer.model.encode_image
+    scorer.model.encode_image = lambda batch: encoded.append(len(batch)) or encode_image(batch)
+    a, b = str(write_png(tmp_path / "a.png", seed=1)), str(write_png(tmp_path / "b.png", seed=2))
+    first = scorer.score([ImageInfo(a, "", "", ""), ImageInfo(b, "", "", ""), ImageInfo(a, "", "", "")],
+                         ["abcdefgh", "abcdefgh", "zzzzzzzz"])
+    again = scorer.score([ImageInfo(b, "", "", ""), ImageInfo(a, "", "", "")], ["abcdefgh", "abcdefgh"])
+    assert encoded == [2] and again[0] == pytest.approx(first[1]) and again[1] == pytest.approx(first[0])
+    write_png(tmp_path / "a.png", seed=3, size=(40, 40))  # rewritten in place: encoded again
+    scorer.score([ImageInfo(a, "", "", "")], ["abcdefgh"])
+    assert encoded == [2, 1]

