@@ -128,6 +128,36 @@ def test_mcm_anchors_the_ball_and_rebuilds_the_cache_only_when_the_image_wins(ti
     assert result.steps[-1].loss <= result.steps[0].loss
 
 
+def test_mcm_rounds_are_the_same_with_and_without_the_carried_pass(tiny, monkeypatch):
+    """A round after an image win starts from the last round's kept pass: same gradients, same attack,
+    one full forward pass fewer."""
+    from medattack.attacks.base import LoopState, step_generator
+    from medattack.attacks.mcm import mcm_round
+
+    joint_passes = []
+    joint_grad = tiny.joint_grad
+    monkeypatch.setattr(tiny, "joint_grad", lambda *args: joint_passes.append(1) or joint_grad(*args))
+    config = MCMConfig(pgd_steps=2, epsilon=4 / 255, step_size=1 / 255)
+    task = make_task(tiny)
+    runs = []
+    for carry in (None, {}):
+        state = tiny.start(task.question, task.target, task.pixels)
+        clean = state.pixels.clone()
+        suffix = torch.tensor(tiny.encode(config.suffix_init))
+        loop = LoopState(suffix, clean, float("inf"), False)
+        winners = []
+        for step in range(5):
+            loop.step = step
+            winners.append(mcm_round(tiny, state, loop, clean, config, step_generator(0, "s", step, tiny.device),
+                                     carry=carry)[0])
+        runs.append((winners, loop.suffix_ids.tolist(), loop.pixels, loop.loss, len(joint_passes)))
+        joint_passes.clear()
+    image_wins = runs[0][0][:-1].count("image")  # each one lets the next round skip its forward pass
+    assert runs[0][0] == runs[1][0] and image_wins > 0
+    assert (runs[0][4], runs[1][4]) == (5, 5 - image_wins)
+    assert runs[0][1] == runs[1][1] and torch.equal(runs[0][2], runs[1][2]) and runs[0][3] == runs[1][3]
+
+
 def test_mcm_alternate_schedule(tiny):
     config = MCMConfig(rounds=4, pgd_steps=1, schedule="alternate", early_stop=False, max_new_tokens=2)
     result = MCM(config).run(tiny, make_task(tiny))

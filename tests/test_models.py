@@ -57,6 +57,27 @@ def test_pixel_gradient_is_consistent_with_the_loss(tiny):
     assert tiny.loss_with_pixels(state, suffix, step).loss[0] < result.loss[0]
 
 
+def test_probe_gives_the_state_loss_and_gradient_of_separate_passes(model):
+    """One probe pass = set_pixels' prefix cache + the loss on it + joint_grad at the same point."""
+    state, suffix = _state(model), _suffix(model)
+    pixels = (state.pixels + 0.03 * torch.randn_like(state.pixels)).clamp(0, 1)
+    probe = model.probe(state, suffix, pixels, keep_graph=True)
+    reference = _state(model)
+    model.set_pixels(reference, pixels)
+    assert probe.state.extra["prefix_len"] == reference.extra["prefix_len"]
+    candidates = torch.stack([suffix, suffix.roll(1)])
+    assert torch.allclose(model.loss(probe.state, candidates).loss, model.loss(reference, candidates).loss, atol=1e-4)
+    assert torch.allclose(probe.result.loss, model.loss(reference, suffix[None]).loss, atol=1e-4)
+    assert probe.at(suffix, pixels) and not probe.at(suffix, state.pixels)
+    _, token_grad, pixel_grad = model.joint_grad(state, suffix, pixels)
+    carried_token, carried_pixel = probe.grads()
+    assert torch.equal(carried_token, token_grad) and torch.equal(carried_pixel, pixel_grad)
+    with pytest.raises(RuntimeError, match="gradients were taken"):
+        probe.grads()
+    assert not probe.at(suffix, pixels)  # spent
+    assert model.probe(state, suffix, pixels).backward is None  # no graph unless asked
+
+
 def test_token_gradient_shape_and_descent(tiny):
     state, suffix = _state(tiny), _suffix(tiny)
     grad = tiny.token_grad(state, suffix)

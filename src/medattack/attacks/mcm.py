@@ -5,10 +5,13 @@ suffix and K PGD steps on the image; whichever reaches the lower target loss is 
 stays anchored at the clean image for the whole attack (the original code re-centred it every round,
 so the total perturbation was unbounded), and the prefix cache is rebuilt only when the image wins.
 Faithful defaults: 10 candidates, top-k 64, K = 5, 10 rounds; `schedule="alternate"` spends each
-round on one modality only (text on even rounds, image on odd) for half the cost. The first PGD
-step's backward pass also yields GCG's token gradient, and the image branch's loss is computed on the
-prefix cache it would need anyway, so a round costs K forward-backward passes, one prefix pass and
-the candidate batch.
+round on one modality only (text on even rounds, image on odd) for half the cost.
+
+A round costs K forward-backward passes, one forward pass and the candidate batch:
+- the first PGD step's backward pass also yields GCG's token gradient;
+- the image branch's loss comes from one pass that also records the prefix cache for its pixels
+  (needed if the image wins) and keeps its graph when the next round tries the image: if the image
+  wins, the next round's first step is then a backward pass alone.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from medattack.attacks.base import (
 from medattack.attacks.gcg import GCGConfig, gcg_step
 from medattack.attacks.pgd import PGDConfig, pgd_step, pgd_update
 from medattack.config import option
-from medattack.models.base import AttackState, WhiteBoxTarget
+from medattack.models.base import AttackState, Probe, WhiteBoxTarget
 
 MaskFn = Callable[[WhiteBoxTarget, AttackState, AttackTask], torch.Tensor | None]
 
@@ -60,36 +63,50 @@ class MCMConfig:
         return PGDConfig(epsilon=self.epsilon, step_size=self.step_size, norm=self.norm)
 
 
+def tries(config: MCMConfig, step: int) -> tuple[bool, bool]:
+    """(try the text, try the image) in round `step`."""
+    if config.schedule == "best":
+        return True, True
+    return step % 2 == 0, step % 2 == 1
+
+
 def mcm_round(
     model: WhiteBoxTarget, state: AttackState, loop: LoopState, clean: torch.Tensor, config: MCMConfig,
-    generator: torch.Generator, mask: torch.Tensor | None = None,
+    generator: torch.Generator, mask: torch.Tensor | None = None, carry: dict[str, Probe] | None = None,
 ) -> tuple[str, float, bool]:
-    """One round from (loop.suffix_ids, loop.pixels); updates `loop` and returns (winner, loss, success)."""
+    """One round from (loop.suffix_ids, loop.pixels); updates `loop` and returns (winner, loss, success).
+    `carry` passes the image branch's kept pass from one round to the next (used only where it was
+    made at exactly the round's starting point)."""
     gcg_config, pgd_config = config.gcg(), config.pgd()
-    try_text = config.schedule == "best" or loop.step % 2 == 0
-    try_image = config.schedule == "best" or loop.step % 2 == 1
+    try_text, try_image = tries(config, loop.step)
+    carried = carry.pop("probe", None) if carry is not None else None
     token_grad = None
     image_pixels = loop.pixels
     if try_image:
         # the first PGD step's backward also yields the token gradient GCG needs: one pass for both
-        if try_text:
+        if carried is not None and carried.at(loop.suffix_ids, loop.pixels):
+            token_grad, pixel_grad = carried.grads()  # the forward was the last round's image branch
+        elif try_text:
             _, token_grad, pixel_grad = model.joint_grad(state, loop.suffix_ids, loop.pixels)
         else:
             _, pixel_grad = model.pixel_grad(state, loop.suffix_ids, loop.pixels)
+        token_grad = token_grad if try_text else None
         image_pixels = pgd_update(loop.pixels, pixel_grad, clean, pgd_config, mask)
         for _ in range(config.pgd_steps - 1):
             image_pixels, _ = pgd_step(model, state, loop.suffix_ids, image_pixels, clean, pgd_config, mask)
     text = gcg_step(model, state, loop.suffix_ids, gcg_config, generator, token_grad) if try_text else None
-    image_state, image = None, None
-    if try_image:
-        image_state = model.fork(state, image_pixels)  # its cache is kept if the image wins
-        image = model.loss(image_state, loop.suffix_ids[None])
-    if text is not None and (image is None or text.loss <= float(image.loss[0])):
+    image = None
+    if try_image:  # keeps its graph when the next round tries the image and would start from here
+        image = model.probe(state, loop.suffix_ids, image_pixels, keep_graph=carry is not None and
+                            tries(config, loop.step + 1)[1])
+    if text is not None and (image is None or text.loss <= float(image.result.loss[0])):
         loop.suffix_ids, loop.loss, loop.success = text.suffix_ids, text.loss, text.success
         return "text", loop.loss, loop.success
     assert image is not None
-    loop.pixels, loop.loss, loop.success = image_pixels, float(image.loss[0]), bool(image.matches[0])
-    model.set_pixels(state, loop.pixels, cache_from=image_state)  # no second prefix pass
+    loop.pixels, loop.loss, loop.success = image_pixels, float(image.result.loss[0]), bool(image.result.matches[0])
+    model.set_pixels(state, loop.pixels, cache_from=image.state)  # no second prefix pass
+    if carry is not None and image.backward is not None:
+        carry["probe"] = image
     return "image", loop.loss, loop.success
 
 
@@ -112,8 +129,10 @@ class MCM:
         first = model.loss(state, suffix[None])
         loop = LoopState(suffix, clean, float(first.loss[0]), bool(first.matches[0]))
 
+        carry: dict[str, Probe] = {}
+
         def round_(loop: LoopState, generator: torch.Generator) -> tuple[str, float, bool]:
-            return mcm_round(model, state, loop, clean, config, generator, mask)
+            return mcm_round(model, state, loop, clean, config, generator, mask, carry)
 
         result = run_loop(model, task, loop, config.rounds, round_, checkpoint, config.early_stop,
                           config.max_new_tokens, state)

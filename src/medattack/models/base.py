@@ -11,6 +11,7 @@ input resolution, and four operations on an `AttackState` (one prompt + target +
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +44,30 @@ class AttackState:
     extra: dict[str, Any] = field(default_factory=dict)  # adapter-specific segments
 
 
+@dataclass
+class Probe:
+    """One forward pass at (suffix, pixels): its loss, a state for those pixels (prefix cache
+    included, as `set_pixels` would build it), and, when the pass kept its graph, the joint gradient at
+    that point by one backward pass (`grads`), so a caller that moves there needs no second forward."""
+
+    state: AttackState
+    suffix_ids: torch.Tensor  # (n,) long
+    result: LossResult  # (1,) detached
+    backward: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def at(self, suffix_ids: torch.Tensor, pixels: torch.Tensor) -> bool:
+        """Whether this pass was made at exactly this suffix and these pixels."""
+        return (self.backward is not None and torch.equal(self.suffix_ids, suffix_ids)
+                and torch.equal(self.state.pixels, pixels))
+
+    def grads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d loss / d one-hot suffix (n, V) float32, d loss / d pixels (1, 3, H, W)); once, it frees the graph."""
+        if self.backward is None:
+            raise RuntimeError("this probe kept no graph, or its gradients were taken already")
+        backward, self.backward = self.backward, None
+        return backward()
+
+
 class WhiteBoxTarget(Protocol):
     name: str
     image_size: tuple[int, int]  # (H, W) of the pixels the model takes
@@ -70,8 +95,10 @@ class WhiteBoxTarget(Protocol):
         """Change the image of a state (rebuilds the prefix cache, or takes `cache_from`'s)."""
         ...
 
-    def fork(self, state: AttackState, pixels: torch.Tensor) -> AttackState:
-        """The same prompt and target with other pixels, with its own prefix cache."""
+    def probe(self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor,
+              keep_graph: bool = False) -> Probe:
+        """Loss of (suffix, pixels) and a state for the pixels from one forward pass; with
+        `keep_graph`, the pass keeps its graph for `Probe.grads`."""
         ...
 
     def loss(self, state: AttackState, candidate_ids: torch.Tensor) -> LossResult: ...

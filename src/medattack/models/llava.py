@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from medattack.models.base import WHITEBOX_MODELS, AttackState, LossResult
+from medattack.models.base import WHITEBOX_MODELS, AttackState, LossResult, Probe
 from medattack.models.frozen_cache import FrozenPrefixCache
 
 log = logging.getLogger(__name__)
@@ -231,13 +232,6 @@ class LlavaWhiteBox:
         else:
             self._fill_cache(state)
 
-    def fork(self, state: AttackState, pixels: torch.Tensor) -> AttackState:
-        """A state with the same prompt and target and other pixels (its own prefix cache)."""
-        other = AttackState(question=state.question, target=state.target, pixels=pixels.detach().float(),
-                            target_ids=state.target_ids, extra=dict(state.extra))
-        self._fill_cache(other)
-        return other
-
     # --- losses and gradients ---------------------------------------------------------------------
 
     def _target_logits(self, hidden: torch.Tensor, start: int, n_target: int) -> torch.Tensor:
@@ -308,6 +302,16 @@ class LlavaWhiteBox:
     def _full_backward(
         self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor, token_grad: bool
     ) -> tuple[LossResult, torch.Tensor | None, torch.Tensor]:
+        result, _, backward = self._graph_forward(state, suffix_ids, pixels, token_grad, record_prefix=False)
+        token, pixel = backward()
+        return result, token, pixel
+
+    def _graph_forward(
+        self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor, token_grad: bool,
+        record_prefix: bool,
+    ) -> tuple[LossResult, FrozenPrefixCache | None, Callable[[], tuple[torch.Tensor | None, torch.Tensor]]]:
+        """The full-sequence forward with its graph; returns the detached loss, the prefix cache for these
+        pixels when recorded, and the backward pass giving (token gradient or None, pixel gradient)."""
         pixels = pixels.detach().clone().requires_grad_(True)
         weight = self.embed.weight  # (V, D)
         one_hot = None
@@ -317,34 +321,69 @@ class LlavaWhiteBox:
                 suffix_embeds = (one_hot @ weight)[None]
             else:
                 suffix_embeds = self.embed(suffix_ids)[None]
-            result = self._full_forward(state, suffix_embeds, pixels)
-            result.loss.sum().backward()
-        token = one_hot.grad.float() if one_hot is not None else None
-        return LossResult(result.loss.detach(), result.matches), token, pixels.grad.detach()
+            result, prefix = self._full_forward(state, suffix_embeds, pixels, record_prefix)
+
+        def backward() -> tuple[torch.Tensor | None, torch.Tensor]:
+            with torch.enable_grad():
+                result.loss.sum().backward()
+            token = one_hot.grad.float() if one_hot is not None else None
+            return token, pixels.grad.detach()
+
+        return LossResult(result.loss.detach(), result.matches), prefix, backward
+
+    def probe(self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor,
+              keep_graph: bool = False) -> Probe:
+        """One full-sequence pass at (suffix, pixels) that also records the prefix's keys/values, so the
+        new state costs no prefix pass of its own; with `keep_graph`, `grads()` is one backward away."""
+        backward = None
+        if keep_graph:
+            result, prefix, graph_backward = self._graph_forward(state, suffix_ids, pixels, token_grad=True,
+                                                                 record_prefix=True)
+
+            def backward() -> tuple[torch.Tensor, torch.Tensor]:
+                token, pixel = graph_backward()
+                assert token is not None
+                return token, pixel
+        else:
+            with torch.no_grad():
+                result, prefix = self._full_forward(state, self.embed(suffix_ids)[None], pixels, record_prefix=True)
+        assert prefix is not None
+        other = AttackState(question=state.question, target=state.target, pixels=pixels.detach().float(),
+                            target_ids=state.target_ids, cache=prefix, extra=dict(state.extra))
+        other.extra["prefix_len"] = prefix.get_seq_length()
+        return Probe(other, suffix_ids.detach().clone(), result, backward)
 
     @torch.no_grad()
     def loss_with_pixels(self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor) -> LossResult:
         """Loss of one suffix with other pixels than the cached ones (full forward, cache untouched)."""
-        return self._full_forward(state, self.embed(suffix_ids)[None], pixels)
+        return self._full_forward(state, self.embed(suffix_ids)[None], pixels)[0]
 
-    def _full_forward(self, state: AttackState, suffix_embeds: torch.Tensor, pixels: torch.Tensor) -> LossResult:
+    def _full_forward(
+        self, state: AttackState, suffix_embeds: torch.Tensor, pixels: torch.Tensor, record_prefix: bool = False,
+    ) -> tuple[LossResult, FrozenPrefixCache | None]:
         """The sequence from the image on, without the prefix cache, so gradients can reach the pixels
         (the tokens before the image, which no pixel changes, come from their own frozen cache).
+        With `record_prefix`, the keys/values of the image and question positions are kept and returned
+        as the prefix cache for these pixels (detached).
 
         suffix_embeds: (1, n, D); pixels: (1, 3, H, W) in [0, 1].
         """
         segments: Segments = state.extra["segments"]
+        features = self.image_features(pixels)  # (1, P, D)
         inputs = torch.cat([  # the tokens before the image come from their cache
-            self.image_features(pixels),
+            features,
             self.embed(segments.after_image)[None],
             suffix_embeds,
             self.embed(segments.tail)[None],
             self.embed(state.target_ids[:-1])[None],
         ], dim=1)
-        hidden = self.decoder(inputs_embeds=inputs, use_cache=True,
-                              **{self._cache_kw: state.extra["before_image"]}).last_hidden_state
+        cache: FrozenPrefixCache = state.extra["before_image"]
+        if record_prefix:
+            cache = cache.recording(features.shape[1] + len(segments.after_image))
+        hidden = self.decoder(inputs_embeds=inputs, use_cache=True, **{self._cache_kw: cache}).last_hidden_state
         start = inputs.shape[1] - len(state.target_ids)
-        return self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
+        result = self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
+        return result, cache.extended() if record_prefix else None
 
     # --- generation -------------------------------------------------------------------------------
 
