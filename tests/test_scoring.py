@@ -249,3 +249,19 @@ def test_open_clip_encodes_each_image_once_until_its_file_changes(tmp_path, fake
     write_png(tmp_path / "a.png", seed=3, size=(40, 40))  # rewritten in place: encoded again
     scorer.score([ImageInfo(a, "", "", "")], ["abcdefgh"])
     assert encoded == [2, 1]
+
+
+def test_score_config_sets_the_encoders_device_model_and_memo():
+    from medattack.errors import ConfigError
+    from medattack.scoring.backends.text_embedders import embedded_minilm_path, get_text_embedder
+    from medattack.scoring.stage import build_scorers
+
+    path = embedded_minilm_path()
+    scorers = build_scorers(ScoreConfig(metrics=("tto", "tii"), device="cpu", text_model=path, memo_mib=0))
+    embedder = scorers["tto"].embedder
+    assert embedder is scorers["tii"].backend.embedder  # one instance: encodings shared by the metrics
+    assert embedder.config.model == path and embedder.memo.max_bytes == 0 and embedder.model.device.type == "cpu"
+    assert embedder is not get_text_embedder("minilm")
+    assert get_text_embedder("minilm") is get_text_embedder("minilm", device="cpu")  # same config, same instance
+    with pytest.raises(ConfigError, match="Did you mean 'device'"):
+        get_text_embedder("minilm", devcie="cuda")

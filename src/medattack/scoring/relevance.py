@@ -17,14 +17,15 @@ from pathlib import Path
 from medattack.data.taxonomy import load_taxonomy
 from medattack.errors import ConfigError
 from medattack.scoring.backends.image_text import IMAGE_TEXT_BACKENDS, ImageInfo
-from medattack.scoring.backends.text_embedders import get_text_embedder
+from medattack.scoring.backends.text_embedders import embedder_options, get_text_embedder
 from medattack.scoring.base import SCORERS, MetricSpec, Score, ScoreInput
 
 
 @SCORERS.register("tto")
 class TTO:
-    def __init__(self, text_embedder: str = "minilm") -> None:
-        self.embedder = get_text_embedder(text_embedder)
+    def __init__(self, text_embedder: str = "minilm", device: str = "cpu", text_model: str | None = None,
+                 memo_mib: float | None = None) -> None:
+        self.embedder = get_text_embedder(text_embedder, **embedder_options(device, text_model, memo_mib))
         self.spec = MetricSpec(
             name="tto", low=-1.0, high=1.0, higher_means="the response is more relevant to the input text",
             description=f"text-text relevance of response and question ({self.embedder.name})",
@@ -46,8 +47,10 @@ class _ImageMetric:
     text_field = ""  # which text of the input is compared with the image
     higher_means = ""
 
-    def __init__(self, image_text: str = "proxy", text_embedder: str = "minilm") -> None:
-        self.backend = IMAGE_TEXT_BACKENDS[image_text](text_embedder=text_embedder)
+    def __init__(self, image_text: str = "proxy", text_embedder: str = "minilm", device: str = "cpu",
+                 text_model: str | None = None, memo_mib: float | None = None) -> None:
+        self.backend = IMAGE_TEXT_BACKENDS[image_text](text_embedder=text_embedder, device=device,
+                                                       text_model=text_model, memo_mib=memo_mib)
         self.taxonomy = load_taxonomy()
         proxy = self.backend.is_proxy
         self.spec = MetricSpec(

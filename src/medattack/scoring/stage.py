@@ -49,6 +49,11 @@ class ScoreConfig:
     keyword_mode: Literal["prefix", "anywhere"] = option("prefix", "Keyword judge: opening only, or anywhere.")
     text_embedder: str = option("minilm", "Text embedder for TTO (minilm offline, bge-m3 when installed).")
     image_text: str = option("proxy", "Image-text backend for TIO/TII (proxy offline, biomedclip, clip).")
+    device: str = option("cpu", "torch device of the scoring encoders (cpu, cuda, cuda:1).")
+    text_model: str | None = option(None, "Hub id or local folder of the text embedder; None = its default "
+                                    "(the embedded MiniLM, BAAI/bge-m3).")
+    memo_mib: float | None = option(None, "Encodings kept per encoder for reuse across metrics, batches and "
+                                    "targets (MiB); None = each encoder's default, 0 = none.")
     batch_size: int = option(256, "Responses per scoring batch.")
     w_tto: float = option(CompositeConfig.w_tto, "Composite: weight of TTO.")
     w_tio: float = option(CompositeConfig.w_tio, "Composite: weight of TIO.")
@@ -67,8 +72,10 @@ class ScoreConfig:
 
 
 def build_scorers(config: ScoreConfig) -> dict[str, Any]:
-    options = {"keyword_asr": {"mode": config.keyword_mode}, "tto": {"text_embedder": config.text_embedder},
-               "tio": {"image_text": config.image_text}, "tii": {"image_text": config.image_text},
+    encoders = {"text_embedder": config.text_embedder, "device": config.device, "text_model": config.text_model,
+                "memo_mib": config.memo_mib}
+    image = {"image_text": config.image_text, **encoders}
+    options = {"keyword_asr": {"mode": config.keyword_mode}, "tto": encoders, "tio": image, "tii": image,
                "judge": {"config": config.judge}, "moderation": {"config": config.moderation}}
     return {name: SCORERS[name](**options.get(name, {})) for name in config.metrics if name != "composite"}
 

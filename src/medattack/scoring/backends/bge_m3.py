@@ -66,6 +66,7 @@ def _head_file(source: str, name: str) -> Path:
 @TEXT_EMBEDDERS.register("bge-m3")
 class BGEM3:
     name = "bge-m3"
+    config_class = BGEM3Config
 
     def __init__(self, config: BGEM3Config | None = None, modules: tuple | None = None) -> None:
         """Load `config.model`, or take (tokenizer, encoder, colbert_linear, sparse_linear) as given."""

@@ -20,7 +20,12 @@ import numpy as np
 from medattack.errors import MissingDependencyError
 from medattack.registry import Registry
 from medattack.scoring.backends.memo import EncodingMemo
-from medattack.scoring.backends.text_embedders import TextEmbedder, dense_pair_scores, get_text_embedder
+from medattack.scoring.backends.text_embedders import (
+    TextEmbedder,
+    dense_pair_scores,
+    embedder_options,
+    get_text_embedder,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -61,8 +66,9 @@ class MetadataProxy:
     name = "proxy"
     is_proxy = True
 
-    def __init__(self, text_embedder: str = "minilm", embedder: TextEmbedder | None = None) -> None:
-        self.embedder = embedder or get_text_embedder(text_embedder)
+    def __init__(self, text_embedder: str = "minilm", device: str = "cpu", text_model: str | None = None,
+                 memo_mib: float | None = None, embedder: TextEmbedder | None = None) -> None:
+        self.embedder = embedder or get_text_embedder(text_embedder, **embedder_options(device, text_model, memo_mib))
         self.label = f"proxy: image metadata text vs text ({self.embedder.name} cosine)"
 
     def score(self, images: Sequence[ImageInfo], texts: Sequence[str]) -> np.ndarray:
@@ -75,10 +81,11 @@ class OpenClipRelevance:
     is_proxy = False
     model_id = ""
 
-    def __init__(self, text_embedder: str = "minilm", device: str = "cpu", batch_size: int = 64,
-                 parts: tuple | None = None, memo_mib: float = 256.0) -> None:
+    def __init__(self, text_embedder: str = "minilm", device: str = "cpu", text_model: str | None = None,
+                 memo_mib: float | None = None, batch_size: int = 64, parts: tuple | None = None) -> None:
         """Load `model_id` with open_clip, or take (model, preprocess, tokenizer) with its API as given.
-        Image and text encodings are kept for reuse up to `memo_mib` MiB each (0 keeps none)."""
+        Image and text encodings are kept for reuse up to `memo_mib` MiB each (None: 256; 0 keeps none).
+        `text_embedder` and `text_model` are not used: the model has its own text tower."""
         import torch
 
         if parts is None:
@@ -96,8 +103,9 @@ class OpenClipRelevance:
         self.dtype = next((p.dtype for p in self.model.parameters()), torch.float32)
         self.device, self.batch_size = device, batch_size
         self.logit_scale = float(self.model.logit_scale.exp())
-        self.image_memo: EncodingMemo[tuple[str, int, int], torch.Tensor] = EncodingMemo(memo_mib)
-        self.text_memo: EncodingMemo[str, torch.Tensor] = EncodingMemo(memo_mib)
+        budget = 256.0 if memo_mib is None else memo_mib
+        self.image_memo: EncodingMemo[tuple[str, int, int], torch.Tensor] = EncodingMemo(budget)
+        self.text_memo: EncodingMemo[str, torch.Tensor] = EncodingMemo(budget)
         self.label = f"{self.name}: logit_scale * cosine ({self.model_id})"
 
     def score(self, images: Sequence[ImageInfo], texts: Sequence[str]) -> np.ndarray:

@@ -11,11 +11,11 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from medattack.config import option
+from medattack.config import from_mapping, option
 from medattack.errors import MissingDependencyError
 from medattack.registry import Registry
 from medattack.scoring.backends.memo import EncodingMemo
@@ -74,6 +74,7 @@ class MeanPoolEmbedder:
     """Transformer encoder + attention-masked mean pooling + L2 normalisation."""
 
     name = "minilm"
+    config_class = MeanPoolConfig
 
     def __init__(self, config: MeanPoolConfig | None = None) -> None:
         import torch
@@ -118,7 +119,19 @@ class MeanPoolEmbedder:
         return [row.copy() for row in out]  # own memory, so the memo's size is what it holds
 
 
+def embedder_options(device: str = "cpu", model: str | None = None, memo_mib: float | None = None) -> dict[str, Any]:
+    """The text-embedder config fields that scoring sets; a None keeps the embedder's own default."""
+    return {key: value for key, value in (("device", device), ("model", model), ("memo_mib", memo_mib))
+            if value is not None}
+
+
+def get_text_embedder(name: str = "minilm", **options: Any) -> TextEmbedder:
+    """A shared instance per registered name and config (weights loaded, encodings kept, once per
+    process). `options` are fields of the embedder's config, e.g. device, model, memo_mib."""
+    embedder = TEXT_EMBEDDERS[name]
+    return _shared_embedder(name, from_mapping(embedder.config_class, options, where=f"text embedder {name!r}"))
+
+
 @functools.cache
-def get_text_embedder(name: str = "minilm") -> TextEmbedder:
-    """A shared instance per registered name (loading weights once per process)."""
-    return TEXT_EMBEDDERS[name]()
+def _shared_embedder(name: str, config: Any) -> TextEmbedder:
+    return TEXT_EMBEDDERS[name](config)
