@@ -262,6 +262,8 @@ def test_score_config_sets_the_encoders_device_model_and_memo():
     assert embedder is scorers["tii"].backend.embedder  # one instance: encodings shared by the metrics
     assert embedder.config.model == path and embedder.memo.max_bytes == 0 and embedder.model.device.type == "cpu"
     assert embedder is not get_text_embedder("minilm")
+    for name in ("tto", "tii"):  # the weights are part of each score's identity, so of its cache key
+        assert path in scorers[name].spec.description
     assert get_text_embedder("minilm") is get_text_embedder("minilm", device="cpu")  # same config, same instance
     with pytest.raises(ConfigError, match="Did you mean 'device'"):
         get_text_embedder("minilm", devcie="cuda")

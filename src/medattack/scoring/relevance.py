@@ -28,7 +28,8 @@ class TTO:
         self.embedder = get_text_embedder(text_embedder, **embedder_options(device, text_model, memo_mib))
         self.spec = MetricSpec(
             name="tto", low=-1.0, high=1.0, higher_means="the response is more relevant to the input text",
-            description=f"text-text relevance of response and question ({self.embedder.name})",
+            description=f"text-text relevance of response and question ({self.embedder.name}: "
+                        f"{self.embedder.model_id})",
         )
 
     def score(self, inputs: Sequence[ScoreInput]) -> list[Score]:

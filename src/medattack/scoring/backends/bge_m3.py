@@ -71,6 +71,7 @@ class BGEM3:
     def __init__(self, config: BGEM3Config | None = None, modules: tuple | None = None) -> None:
         """Load `config.model`, or take (tokenizer, encoder, colbert_linear, sparse_linear) as given."""
         self.config = config or BGEM3Config()
+        self.model_id = self.config.model
         if modules is None:
             modules = self._load(self.config.model, self.config.device)
         self.tokenizer, self.encoder, self.colbert_linear, self.sparse_linear = modules

@@ -44,7 +44,7 @@ class ImageInfo:
 class ImageTextRelevance(Protocol):
     name: str
     is_proxy: bool
-    label: str  # e.g. "proxy: image metadata text vs text (minilm cosine)"
+    label: str  # e.g. "proxy: image metadata text vs text (minilm cosine: <model id>)"
 
     def score(self, images: Sequence[ImageInfo], texts: Sequence[str]) -> np.ndarray:
         """Relevance of images[i] to texts[i]: (N,) float."""
@@ -69,7 +69,7 @@ class MetadataProxy:
     def __init__(self, text_embedder: str = "minilm", device: str = "cpu", text_model: str | None = None,
                  memo_mib: float | None = None, embedder: TextEmbedder | None = None) -> None:
         self.embedder = embedder or get_text_embedder(text_embedder, **embedder_options(device, text_model, memo_mib))
-        self.label = f"proxy: image metadata text vs text ({self.embedder.name} cosine)"
+        self.label = f"proxy: image metadata text vs text ({self.embedder.name} cosine: {self.embedder.model_id})"
 
     def score(self, images: Sequence[ImageInfo], texts: Sequence[str]) -> np.ndarray:
         return dense_pair_scores(self.embedder, [metadata_text(i) for i in images], list(texts))

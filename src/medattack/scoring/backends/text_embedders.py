@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 class TextEmbedder(Protocol):
     name: str
+    model_id: str  # which weights: part of every score's identity (descriptions, cache keys)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(N, D) float32, each row of unit L2 norm."""
