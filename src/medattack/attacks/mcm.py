@@ -96,9 +96,9 @@ def mcm_round(
             image_pixels, _ = pgd_step(model, state, loop.suffix_ids, image_pixels, clean, pgd_config, mask)
     text = gcg_step(model, state, loop.suffix_ids, gcg_config, generator, token_grad) if try_text else None
     image = None
-    if try_image:  # keeps its graph when the next round tries the image and would start from here
-        image = model.probe(state, loop.suffix_ids, image_pixels, keep_graph=carry is not None and
-                            tries(config, loop.step + 1)[1])
+    if try_image:  # keeps its graph when a next round tries the image and would start from here
+        next_tries_image = loop.step + 1 < config.rounds and tries(config, loop.step + 1)[1]
+        image = model.probe(state, loop.suffix_ids, image_pixels, keep_graph=carry is not None and next_tries_image)
     if text is not None and (image is None or text.loss <= float(image.result.loss[0])):
         loop.suffix_ids, loop.loss, loop.success = text.suffix_ids, text.loss, text.success
         return "text", loop.loss, loop.success
