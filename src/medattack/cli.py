@@ -167,6 +167,7 @@ RayAddressOption = Annotated[str | None, typer.Option(help="Ray cluster address 
                                                       "none: a local Ray.")]
 WorkersOption = Annotated[int | None, typer.Option(help="Ray actors (model copies).")]
 GpusOption = Annotated[float | None, typer.Option(help="GPUs per Ray actor (1: one model per GPU).")]
+ForceOption = Annotated[bool, typer.Option(help="Reuse the output folder even if its config differs.")]
 
 
 def _print_run(result: Any) -> None:
@@ -241,7 +242,7 @@ def query(
     limit: Annotated[int | None, typer.Option(help="Ask at most this many benchmark samples.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of query settings.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: key=value.")] = None,
-    force: Annotated[bool, typer.Option(help="Reuse the output folder even if its config differs.")] = False,
+    force: ForceOption = False,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
@@ -348,7 +349,7 @@ def attack(
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda or cpu.")] = None,
     max_batch: Annotated[int, typer.Option(help="GCG candidates per forward pass at most.")] = 512,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Method setting: key=value, e.g. rounds=3.")] = None,
-    force: Annotated[bool, typer.Option(help="Reuse the output folder even if its config differs.")] = False,
+    force: ForceOption = False,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,

@@ -53,7 +53,7 @@ class Probe:
     state: AttackState
     suffix_ids: torch.Tensor  # (n,) long
     result: LossResult  # (1,) detached
-    backward: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+    backward: Callable[[], tuple[torch.Tensor | None, torch.Tensor]] | None = None  # (token grad, pixel grad)
 
     def at(self, suffix_ids: torch.Tensor, pixels: torch.Tensor) -> bool:
         """Whether this pass was made at exactly this suffix and these pixels."""
@@ -65,7 +65,10 @@ class Probe:
         if self.backward is None:
             raise RuntimeError("this probe kept no graph, or its gradients were taken already")
         backward, self.backward = self.backward, None
-        return backward()
+        token, pixel = backward()
+        if token is None:
+            raise RuntimeError("this probe's pass had no one-hot suffix, so it has no token gradient")
+        return token, pixel
 
 
 class WhiteBoxTarget(Protocol):

@@ -337,13 +337,8 @@ class LlavaWhiteBox:
         new state costs no prefix pass of its own; with `keep_graph`, `grads()` is one backward away."""
         backward = None
         if keep_graph:
-            result, prefix, graph_backward = self._graph_forward(state, suffix_ids, pixels, token_grad=True,
-                                                                 record_prefix=True)
-
-            def backward() -> tuple[torch.Tensor, torch.Tensor]:
-                token, pixel = graph_backward()
-                assert token is not None
-                return token, pixel
+            result, prefix, backward = self._graph_forward(state, suffix_ids, pixels, token_grad=True,
+                                                           record_prefix=True)
         else:
             with torch.no_grad():
                 result, prefix = self._full_forward(state, self.embed(suffix_ids)[None], pixels, record_prefix=True)

@@ -111,7 +111,8 @@ class OpenClipRelevance:
     def score(self, images: Sequence[ImageInfo], texts: Sequence[str]) -> np.ndarray:
         import torch
 
-        image_vectors = torch.stack(self.image_memo.encode([_file_key(i.image_path) for i in images],
+        keys = {path: _file_key(path) for path in dict.fromkeys(i.image_path for i in images)}  # one stat a file
+        image_vectors = torch.stack(self.image_memo.encode([keys[i.image_path] for i in images],
                                                            self._encode_images))  # (N, D)
         text_vectors = torch.stack(self.text_memo.encode(list(texts), self._encode_texts))  # (N, D)
         return (self.logit_scale * (image_vectors * text_vectors).sum(-1)).numpy()

@@ -46,11 +46,13 @@ class EncodingMemo(Generic[K, V]):
         """The encodings of `keys`, in order. `compute` is called at most once, with the distinct
         keys the memo does not hold, and must return one encoding per key."""
         found: dict[K, V] = {}
+        missing: list[K] = []
         for key in dict.fromkeys(keys):
             if key in self._held:
                 self._held.move_to_end(key)
                 found[key] = self._held[key]
-        missing = [key for key in dict.fromkeys(keys) if key not in found]
+            else:
+                missing.append(key)
         self.hits += len(found)
         self.misses += len(missing)
         if missing:
