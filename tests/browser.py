@@ -11,6 +11,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -87,12 +88,13 @@ def render(page: Path, timeout: float = 60.0) -> dict[str, Any]:
     chromium = find_chromium()
     if chromium is None:
         raise FileNotFoundError("chromium is not installed (Debian: apt-get install chromium)")
-    with tempfile.TemporaryDirectory() as profile:
+    # a helper process that outlives the group kill must not fail the check while the profile is removed
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                    "--no-first-run", "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
         wrapper = ["sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>&2', "chromium", *command]
         process = subprocess.Popen(wrapper, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL)
+                                   stderr=subprocess.DEVNULL, start_new_session=True)  # its own process group
         try:
             pipe = _Pipe(process)
             target = pipe.call("Target.createTarget", {"url": "about:blank"}, timeout=timeout)["targetId"]
@@ -117,5 +119,8 @@ def render(page: Path, timeout: float = 60.0) -> dict[str, Any]:
                 pipe.call("Browser.close", timeout=5)
             return found
         finally:
-            process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)  # after Browser.close: let it flush and exit
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # the renderer and helper processes too
             process.wait(timeout=10)
