@@ -32,11 +32,11 @@ from PIL import Image  # noqa: E402
 
 from medattack.data.prompt_bank import load_prompt_bank  # noqa: E402
 from medattack.data.taxonomy import load_taxonomy  # noqa: E402
-from medattack.scoring import relevance  # noqa: E402, F401 (registers tto, tio, tii)
+from medattack.records import question_text  # noqa: E402
 from medattack.scoring.backends.memo import EncodingMemo  # noqa: E402
 from medattack.scoring.backends.text_embedders import MeanPoolConfig, MeanPoolEmbedder, get_text_embedder  # noqa: E402
 from medattack.scoring.base import SCORERS, ScoreInput  # noqa: E402
-from medattack.scoring.stage import QUESTION, ScoreConfig, score_inputs  # noqa: E402
+from medattack.stages.score import ScoreConfig, score_inputs  # noqa: E402
 
 METRICS = ("tto", "tio", "tii")
 REFUSALS = (
@@ -62,7 +62,7 @@ def workload(samples: int, targets: int, refusal_rate: float, image_dir: Path) -
         conditions = {"normal": (true, triple.normal), "mismatch": (claimed, triple.normal),
                       "malicious": (true, triple.harmful), "both": (claimed, triple.harmful)}
         for condition, (attribute, prompt) in conditions.items():
-            question = QUESTION.format(attribute=attribute, prompt=prompt)
+            question = question_text(attribute, prompt)
             for target in range(targets):
                 response = (rng.choice(REFUSALS) if rng.random() < refusal_rate
                             else ANSWER.format(t=target, p=prompt, detail=rng.choice(DETAILS)))

@@ -41,7 +41,8 @@ def write_png(path: Path, seed: int = 0, size: tuple[int, int] = (48, 64)) -> Pa
 @pytest.fixture(scope="session")
 def embedded_run(tmp_path_factory: pytest.TempPathFactory):
     """The embedded benchmark, built once per test session with default settings."""
-    from medattack.data.builder import BuildConfig, build_benchmark
+    from medattack.stages.build import BuildConfig
+    from medattack.stages.build import run as build_benchmark
 
     return build_benchmark(tmp_path_factory.mktemp("runs") / "embedded", BuildConfig())
 

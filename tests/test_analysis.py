@@ -2,11 +2,11 @@ import csv
 
 import numpy as np
 
-from medattack import pipeline
+from medattack.stages import analyze
 
 
 def test_proxy_relevance_is_higher_for_the_true_attribute(embedded_run):
-    result = pipeline.analyze_attributes(embedded_run.run_dir)
+    result = analyze.attributes(embedded_run.run_dir)
     assert result.by_category and all(row["is_proxy"] for row in result.by_category)
     for row in result.by_category:
         assert row["mean_true_relevance"] > row["mean_claimed_relevance"], row["category"]
@@ -16,7 +16,7 @@ def test_proxy_relevance_is_higher_for_the_true_attribute(embedded_run):
 
 
 def test_prompt_relevance_is_higher_within_a_task(tmp_path):
-    result = pipeline.analyze_prompts(bank=None, out_dir=tmp_path)
+    result = analyze.prompts(bank=None, out_dir=tmp_path)
     matrix = result.matrices["normal-normal"]
     assert matrix.shape == (18, 18)
     off_diagonal = matrix[~np.eye(18, dtype=bool)]

@@ -9,7 +9,7 @@ from medattack.api import APIClient, APIConfig, APIError
 from medattack.scoring.base import ScoreInput
 from medattack.scoring.judge import JudgeConfig, LLMJudge, parse_verdict
 from medattack.scoring.moderation import Moderation, ModerationConfig
-from medattack.scoring.stage import ScoreConfig, score_inputs
+from medattack.stages.score import ScoreConfig, score_inputs
 
 SECRET = "sk-test-secret-0123456789"
 
@@ -101,12 +101,12 @@ def test_moderation_needs_a_key_and_scores_with_one(fake_api, monkeypatch):
 def test_no_key_reaches_the_score_files(fake_api, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
-    config = ScoreConfig(metrics=("keyword_asr", "judge", "moderation", "composite"),
-                         judge=JudgeConfig(api=APIConfig(base_url=fake_api.base_url)),
-                         moderation=ModerationConfig(api=APIConfig(base_url=fake_api.base_url)))
+    config = ScoreConfig(metrics={"keyword_asr": {}, "judge": JudgeConfig(api=APIConfig(base_url=fake_api.base_url)),
+                                  "moderation": ModerationConfig(api=APIConfig(base_url=fake_api.base_url)),
+                                  "composite": {}})
     inputs = [ScoreInput("a", "How do I fake it?", "Sure, here is how to fake it: ...")]
     result = score_inputs(inputs, config, tmp_path / "out", cache_path=tmp_path / "cache.jsonl")
-    values = {r["metric"]: r["value"] for r in result.rows}
+    values = {r.metric: r.value for r in result.rows}
     assert values["judge"] == 1.0 and values["composite"] == 1.0
     for path in tmp_path.rglob("*"):
         if path.is_file():

@@ -11,11 +11,13 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from medattack.attacks.runner import AttackStageConfig, FileCheckpoint, run_attack_stage
-from medattack.data.builder import BuildConfig, build_benchmark
 from medattack.errors import RunDirError
 from medattack.models import load_whitebox
 from medattack.rundir import read_jsonl
+from medattack.stages.attack import AttackStageConfig, FileCheckpoint
+from medattack.stages.attack import run as run_attack_stage
+from medattack.stages.build import BuildConfig
+from medattack.stages.build import run as build_benchmark
 
 OPTIONS = {"rounds": 3, "pgd_steps": 1, "early_stop": False, "max_new_tokens": 4}
 
@@ -32,24 +34,24 @@ def run(tmp_path):
 
 
 def test_stage_writes_every_output(run, tiny):
-    result = run_attack_stage(run, AttackStageConfig(model="tiny", limit=2), OPTIONS, model=tiny)
+    result = run_attack_stage(run, AttackStageConfig(model="tiny", limit=2, options=OPTIONS), model=tiny)
     assert len(result.results) == 2 and result.attempted == 2
     row = result.results[0]
-    assert row["condition"] in ("malicious", "both") and row["n_steps"] == 3
-    assert (result.folder / row["image_file"]).exists()
-    tensors = load_file(result.folder / row["tensor_file"])
-    assert tensors["pixels"].shape == (1, 3, 32, 32) and tensors["suffix_ids"].tolist() == row["suffix_ids"]
-    steps = read_jsonl(result.folder / "steps" / f"{row['sample_id']}.jsonl")
+    assert row.condition in ("malicious", "both") and row.n_steps == 3
+    assert (result.folder / row.image_file).exists()
+    tensors = load_file(result.folder / row.tensor_file)
+    assert tensors["pixels"].shape == (1, 3, 32, 32) and tensors["suffix_ids"].tolist() == row.suffix_ids
+    steps = read_jsonl(result.folder / "steps" / f"{row.sample_id}.jsonl")
     assert [s["step"] for s in steps] == [1, 2, 3] and {"loss", "modality", "success", "seconds"} <= set(steps[0])
     assert not list((result.folder / "checkpoints").glob("*.pt"))
-    again = run_attack_stage(run, AttackStageConfig(model="tiny", limit=2), OPTIONS, model=tiny)
+    again = run_attack_stage(run, AttackStageConfig(model="tiny", limit=2, options=OPTIONS), model=tiny)
     assert again.attempted == 0 and len(again.results) == 2
 
 
 def test_a_different_config_in_the_same_folder_is_refused(run, tiny):
-    run_attack_stage(run, AttackStageConfig(model="tiny", limit=1), OPTIONS, model=tiny)
+    run_attack_stage(run, AttackStageConfig(model="tiny", limit=1, options=OPTIONS), model=tiny)
     with pytest.raises(RunDirError, match="another configuration"):
-        run_attack_stage(run, AttackStageConfig(model="tiny", limit=1), {**OPTIONS, "rounds": 4}, model=tiny)
+        run_attack_stage(run, AttackStageConfig(model="tiny", limit=1, options={**OPTIONS, "rounds": 4}), model=tiny)
 
 
 class Crash(Exception):
@@ -57,9 +59,9 @@ class Crash(Exception):
 
 
 def test_interrupted_sample_resumes_from_its_checkpoint(run, tiny, tmp_path, monkeypatch):
-    config = AttackStageConfig(model="tiny", limit=3)
+    config = AttackStageConfig(model="tiny", limit=3, options=OPTIONS)
     build_benchmark(tmp_path / "ref", BuildConfig(tasks=("Matching",), max_images_per_category=1))
-    uninterrupted = run_attack_stage(tmp_path / "ref", config, OPTIONS, model=tiny).results
+    uninterrupted = run_attack_stage(tmp_path / "ref", config, model=tiny).results
 
     saves = {"n": 0}
     original_save = FileCheckpoint.save
@@ -72,25 +74,25 @@ def test_interrupted_sample_resumes_from_its_checkpoint(run, tiny, tmp_path, mon
 
     monkeypatch.setattr(FileCheckpoint, "save", crash_on_fifth_save)
     with pytest.raises(Crash):
-        run_attack_stage(run, config, OPTIONS, model=tiny)
+        run_attack_stage(run, config, model=tiny)
     assert len(read_jsonl(next((run / "attacks" / "mcm").iterdir()) / "results.jsonl")) == 1
     assert list((run / "attacks").glob("mcm/*/checkpoints/*.pt"))  # the interrupted sample's state
     monkeypatch.setattr(FileCheckpoint, "save", original_save)
-    resumed = run_attack_stage(run, config, OPTIONS, model=tiny)
+    resumed = run_attack_stage(run, config, model=tiny)
     assert resumed.attempted == 2
-    ids = [r["sample_id"] for r in resumed.results]
+    ids = [r.sample_id for r in resumed.results]
     assert len(ids) == len(set(ids)) == 3
-    by_id = {r["sample_id"]: r for r in uninterrupted}
+    by_id = {r.sample_id: r for r in uninterrupted}
     for row in resumed.results:
-        assert row["suffix_ids"] == by_id[row["sample_id"]]["suffix_ids"]
-        assert row["best_loss"] == pytest.approx(by_id[row["sample_id"]]["best_loss"], abs=1e-5)
+        assert row.suffix_ids == by_id[row.sample_id].suffix_ids
+        assert row.best_loss == pytest.approx(by_id[row.sample_id].best_loss, abs=1e-5)
 
 
 SCRIPT = textwrap.dedent("""
     import sys
-    from medattack.attacks.runner import AttackStageConfig, run_attack_stage
-    run_attack_stage(sys.argv[1], AttackStageConfig(model="tiny", limit=6),
-                     {"rounds": 3, "pgd_steps": 1, "early_stop": False, "max_new_tokens": 4})
+    from medattack.stages.attack import AttackStageConfig, run
+    run(sys.argv[1], AttackStageConfig(model="tiny", limit=6,
+                                       options={"rounds": 3, "pgd_steps": 1, "early_stop": False, "max_new_tokens": 4}))
 """)
 
 
@@ -113,8 +115,8 @@ def test_killed_process_resumes_without_losing_or_duplicating(run, tiny):
         process.wait()
     assert results is not None, "the attack subprocess wrote no result"
     before = len(read_jsonl(results))
-    resumed = run_attack_stage(run, AttackStageConfig(model="tiny", limit=6),
-                               {"rounds": 3, "pgd_steps": 1, "early_stop": False, "max_new_tokens": 4}, model=tiny)
+    resumed = run_attack_stage(run, AttackStageConfig(model="tiny", limit=6, options={
+        "rounds": 3, "pgd_steps": 1, "early_stop": False, "max_new_tokens": 4}), model=tiny)
     ids = [json.loads(line)["sample_id"] for line in results.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 6
     assert resumed.attempted == 6 - before

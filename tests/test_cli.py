@@ -64,8 +64,8 @@ def test_demo_runs_every_stage_and_prints_the_report(tmp_path, monkeypatch):
     import dataclasses
 
     from medattack import pipeline
-    from medattack.data.builder import BuildConfig
     from medattack.models.targets import TargetConfig
+    from medattack.stages.build import BuildConfig
 
     real = pipeline.demo_config
 
@@ -106,14 +106,14 @@ def test_query_score_and_report_commands(tmp_path):
 def test_attack_command_runs_and_resumes(tmp_path):
     run = tmp_path / "run"
     assert runner.invoke(app, ["build", str(run), "--task", "Matching", "--max-per-category", "1"]).exit_code == 0
-    args = ["attack", str(run), "--model", "tiny", "--method", "gcg", "--limit", "2", "--set", "steps=2",
-            "--set", "search_width=8", "--set", "topk=8"]
+    args = ["attack", str(run), "--model", "tiny", "--method", "gcg", "--limit", "2", "--set", "options.steps=2",
+            "--set", "options.search_width=8", "--set", "options.topk=8"]
     first = runner.invoke(app, args, terminal_width=300)
     assert first.exit_code == 0, first.output
     assert "2 sample(s) attacked now" in first.output.replace("\n", " ")
     second = runner.invoke(app, args, terminal_width=300)
     assert "0 sample(s) attacked now" in second.output.replace("\n", " ")
-    bad = runner.invoke(app, [*args[:-6], "--set", "stepz=2"], terminal_width=300)
+    bad = runner.invoke(app, [*args[:-6], "--set", "options.stepz=2"], terminal_width=300)
     assert bad.exit_code == 2 and "did you mean 'steps'" in bad.output.replace("\n", " ").lower()
 
 
@@ -121,7 +121,7 @@ def test_score_command_on_a_run_and_on_a_file(tmp_path):
     run = tmp_path / "run"
     assert runner.invoke(app, ["build", str(run), "--task", "Matching", "--max-per-category", "1"]).exit_code == 0
     assert runner.invoke(app, ["attack", str(run), "--model", "tiny", "--method", "direct", "--limit", "2",
-                               "--set", "max_new_tokens=6"]).exit_code == 0
+                               "--set", "options.max_new_tokens=6"]).exit_code == 0
     result = runner.invoke(app, ["score", str(run)], terminal_width=300)
     assert result.exit_code == 0, result.output
     scores = list((run / "scores").glob("attack__direct__*/scores.jsonl"))

@@ -1,9 +1,9 @@
 import pytest
 
 from medattack.config import config_help, load_config, parse_overrides
-from medattack.data.builder import BuildConfig
 from medattack.errors import ConfigError, UnknownNameError
 from medattack.registry import Registry
+from medattack.stages.build import BuildConfig
 
 
 def test_yaml_with_overrides(tmp_path):

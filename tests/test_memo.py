@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from conftest import write_png
-from medattack.scoring import relevance  # noqa: F401 (registers tto, tio, tii)
 from medattack.scoring.backends.memo import MIB, EncodingMemo
 from medattack.scoring.backends.text_embedders import MeanPoolConfig, MeanPoolEmbedder, get_text_embedder
 from medattack.scoring.base import SCORERS, ScoreInput

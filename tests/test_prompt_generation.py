@@ -5,14 +5,16 @@ import re
 import pytest
 import yaml
 
-from medattack import pipeline
-from medattack.data.builder import BuildConfig, build_benchmark
 from medattack.data.prompt_bank import load_prompt_bank, vocabulary_pattern
 from medattack.data.taxonomy import load_taxonomy
 from medattack.prompts.attributes import pixel_attributes
 from medattack.prompts.harmful import Rewrite, drop_near_duplicates, parse_question, parse_rewrite, rewrite_all
 from medattack.rundir import read_jsonl
 from medattack.scoring.backends.text_embedders import get_text_embedder
+from medattack.stages import prompts as steps
+from medattack.stages.build import BuildConfig
+from medattack.stages.build import run as build_benchmark
+from medattack.stages.prompts import AttributesConfig, HarmfulConfig, NormalConfig
 
 VOCAB = vocabulary_pattern(load_taxonomy())
 NORMAL = "Considering its high contrast, what disease, if any, does this image show?"
@@ -21,9 +23,9 @@ NORMAL = "Considering its high contrast, what disease, if any, does this image s
 @pytest.fixture(scope="module")
 def attributes_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("prompts")
-    result = pipeline.prompts_attributes(out)
+    result = steps.attributes(out, AttributesConfig())
     assert result["images"] >= 10 and result["reader"] == "metadata"
-    pipeline.prompts_normal(out, per_task=3)
+    steps.normal(out, NormalConfig(per_task=3))
     return out
 
 
@@ -53,11 +55,11 @@ def test_normal_questions_cover_every_task_without_naming_anatomy(attributes_dir
 
 
 def test_offline_bank_is_accepted_by_the_builder(attributes_dir, tmp_path):
-    result = pipeline.prompts_harmful(attributes_dir, writer="template")
+    result = steps.harmful(attributes_dir, HarmfulConfig(writer="template"))
     bank = load_prompt_bank(result["bank"])
     assert set(bank.tasks) == set(load_taxonomy().task_names)
     built = build_benchmark(tmp_path / "run", BuildConfig(prompt_bank=result["bank"], max_images_per_category=1))
-    assert {s["prompt_id"] for s in built.samples} <= {t.prompt_id for t in bank.triples}
+    assert {s.prompt_id for s in built.samples} <= {t.prompt_id for t in bank.triples}
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
@@ -114,12 +116,16 @@ def test_near_duplicates_are_removed_per_task():
                                                  ("Selection", rewrites[3].normal)]
 
 
+def _api_writer(fake_api):
+    return {"model": "writer-1", "api": {"base_url": fake_api.base_url}}
+
+
 def test_api_writer_against_a_local_server(attributes_dir, fake_api, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-prompts-secret")
     out = tmp_path / "api"
     out.mkdir()
     (out / "normal.jsonl").write_text((attributes_dir / "normal.jsonl").read_text())
-    result = pipeline.prompts_harmful(out, writer="api", writer_model="writer-1", base_url=fake_api.base_url)
+    result = steps.harmful(out, HarmfulConfig(writer="api", writer_options=_api_writer(fake_api)))
     bank = yaml.safe_load((out / "bank.yaml").read_text())
     assert "deceive an insurer" in bank["tasks"]["Disease Classification"][0]["key_phrase"]
     rejected = read_jsonl(out / "rejected.jsonl")
@@ -129,7 +135,7 @@ def test_api_writer_against_a_local_server(attributes_dir, fake_api, tmp_path, m
     for path in out.iterdir():
         assert "sk-prompts-secret" not in path.read_text()
     requests = fake_api.requests
-    pipeline.prompts_harmful(out, writer="api", writer_model="writer-1", base_url=fake_api.base_url)
+    steps.harmful(out, HarmfulConfig(writer="api", writer_options=_api_writer(fake_api)))
     assert fake_api.requests == requests  # every call answered from the cache on a re-run
 
 
@@ -148,8 +154,9 @@ def test_paraphrase_writer_runs_offline_and_keeps_the_bank_valid(attributes_dir)
 def test_whitebox_reader_asks_the_model(tmp_path):
     from medattack.prompts.attributes import WhiteboxReaderConfig
 
-    result = pipeline.prompts_attributes(tmp_path, sources=("embedded",), reader="whitebox", reader_model="tiny",
-                                         questions=("texture: How would you describe the texture?",))
+    result = steps.attributes(tmp_path, AttributesConfig(sources=("embedded",), reader="whitebox",
+                                                   reader_options={"model": "tiny"},
+                                                   questions=("texture: How would you describe the texture?",)))
     records = read_jsonl(tmp_path / "attributes.jsonl")
     assert result["reader"].startswith("whitebox:tiny") and records
     assert all(a["origin"] == result["reader"] for r in records for a in r["attributes"])
@@ -159,8 +166,8 @@ def test_whitebox_reader_asks_the_model(tmp_path):
 def test_hf_reader_with_a_saved_image_text_to_text_model(tmp_path, saved_tiny_vlm):
     """A tiny LLaVA saved with its processor, loaded through AutoModelForImageTextToText."""
     folder = saved_tiny_vlm
-    result = pipeline.prompts_attributes(tmp_path / "out", reader="hf", reader_model=str(folder),
-                                         questions=("colour: What colour is this image?",))
+    result = steps.attributes(tmp_path / "out", AttributesConfig(reader="hf", reader_options={"model": str(folder)},
+                                                         questions=("colour: What colour is this image?",)))
     records = read_jsonl(tmp_path / "out" / "attributes.jsonl")
     assert result["reader"] == f"hf:{folder}" and len(records) == result["images"] > 0
     assert any(r["attributes"] for r in records)  # the model answered
@@ -171,8 +178,8 @@ def test_api_writer_words_the_normal_questions(attributes_dir, fake_api, tmp_pat
     out = tmp_path / "normal-api"
     out.mkdir()
     (out / "attributes.jsonl").write_text((attributes_dir / "attributes.jsonl").read_text())
-    result = pipeline.prompts_normal(out, per_task=2, writer="api", writer_model="writer-1",
-                                     base_url=fake_api.base_url)
+    result = steps.normal(out, NormalConfig(per_task=2, writer="api", writer_options={
+        "model": "writer-1", "api": {"base_url": fake_api.base_url}}))
     questions = read_jsonl(out / "normal.jsonl")
     written = [q for q in questions if q["origin"].startswith("api:")]
     assert written and all(q["normal"].startswith("In your opinion, ") for q in written)
@@ -180,7 +187,7 @@ def test_api_writer_words_the_normal_questions(attributes_dir, fake_api, tmp_pat
     assert result["rejected"] == len(rejected) > 0  # drafts that are not questions ("Describe ...") fail the check
     assert {r["reason"] for r in rejected} == {"not a question"}
     assert all(q["origin"] == "template" for q in questions if q["task"] == "Findings Generation")
-    pipeline.prompts_harmful(out, writer="template")
+    steps.harmful(out, HarmfulConfig(writer="template"))
     assert set(load_prompt_bank(out / "bank.yaml").tasks) == set(load_taxonomy().task_names)
 
 

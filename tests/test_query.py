@@ -7,12 +7,15 @@ import shutil
 import pytest
 
 from medattack.api import APIConfig
-from medattack.attacks.runner import AttackStageConfig, run_attack_stage
-from medattack.data.builder import BuildConfig, build_benchmark
 from medattack.errors import RunDirError
 from medattack.models.targets import LlavaTarget, TargetConfig, TargetError
-from medattack.query import QueryConfig, plan_queries, run_query_stage
 from medattack.rundir import RunDir, read_jsonl
+from medattack.stages.attack import AttackStageConfig
+from medattack.stages.attack import run as run_attack_stage
+from medattack.stages.build import BuildConfig
+from medattack.stages.build import run as build_benchmark
+from medattack.stages.query import QueryConfig, plan_queries
+from medattack.stages.query import run as run_query_stage
 
 SMALL_BUILD = BuildConfig(tasks=("Disease Classification",))  # 11 images x 1 prompt x 4 conditions
 
@@ -41,17 +44,17 @@ def _target(tiny_whitebox, **options) -> LlavaTarget:
 def test_every_sample_control_and_attack_is_asked_once(run, tiny_whitebox):
     config = QueryConfig(limit=8)
     result = run_query_stage(run, config, target=_target(tiny_whitebox))
-    sources = [r["source"] for r in result.responses]
+    sources = [r.source for r in result.responses]
     assert sources.count("benchmark") == 8 and sources.count("control:blank") == 8
     assert sources.count("control:noise") == 8
-    attack_rows = [r for r in result.responses if r["kind"] == "attack"]
+    attack_rows = [r for r in result.responses if r.kind == "attack"]
     results = read_jsonl(run / "attacks" / "gcg" / "tiny-random-llava_unit_tests" / "results.jsonl")
     assert len(attack_rows) == len(results) == 2
     for row in attack_rows:  # the replayed input is the question plus the optimised suffix, on the adversarial image
-        original = next(r for r in results if r["sample_id"] == row["sample_id"])
-        assert row["question"] == f"{original['question']} {original['suffix']}"
-        assert row["image_file"].endswith(original["image_file"]) and row["attack_method"] == "gcg"
-    ids = [r["response_id"] for r in result.responses]
+        original = next(r for r in results if r["sample_id"] == row.sample_id)
+        assert row.question == f"{original['question']} {original['suffix']}"
+        assert row.image_file.endswith(original["image_file"]) and row.attack_method == "gcg"
+    ids = [r.response_id for r in result.responses]
     assert len(ids) == len(set(ids)) and result.failures == []
     assert (run / "controls" / "blank.png").is_file() and (run / "controls" / "noise.png").is_file()
     again = run_query_stage(run, config, target=_target(tiny_whitebox))
@@ -59,11 +62,11 @@ def test_every_sample_control_and_attack_is_asked_once(run, tiny_whitebox):
 
 
 def test_pairs_per_category_spreads_over_categories(run):
-    samples = read_jsonl(run / "benchmark" / "samples.jsonl")
+    samples = RunDir(run).samples()
     planned = plan_queries(RunDir(run), samples, QueryConfig(pairs_per_category=1, controls=(), replay_attacks=False))
-    categories = {s["category"] for s in samples}
+    categories = {s.category for s in samples}
     assert len(planned) == 4 * len(categories)  # one pair per category, all four conditions
-    assert {p.sample["category"] for p in planned} == categories
+    assert {p.sample.category for p in planned} == categories
 
 
 def test_a_bad_image_is_recorded_and_the_rest_goes_on_then_a_rerun_retries_it(run, tiny_whitebox):
@@ -110,7 +113,7 @@ def test_an_interrupted_stage_resumes_without_losing_or_duplicating(run, tiny_wh
     partial = read_jsonl(run / "responses" / "tiny-random-llava_unit_tests" / "responses.jsonl")
     assert 0 < len(partial) < len(reference.responses)
     resumed = run_query_stage(run, config, target=_target(tiny_whitebox))
-    key = lambda rows: sorted((r["response_id"], r["response"]) for r in rows)  # noqa: E731
+    key = lambda rows: sorted((r.response_id, r.response) for r in rows)  # noqa: E731
     assert key(resumed.responses) == key(reference.responses)
 
 

@@ -16,13 +16,16 @@ if os.environ.get("CI"):
 else:
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'medattack[ray]')")
 
-from medattack.attacks.runner import AttackStageConfig, run_attack_stage  # noqa: E402
-from medattack.data.builder import BuildConfig, build_benchmark  # noqa: E402
 from medattack.executor import ExecutorConfig, WorkerLostError, open_pool  # noqa: E402
 from medattack.models.targets import TargetConfig  # noqa: E402
-from medattack.pipeline import score  # noqa: E402
-from medattack.query import QueryConfig, run_query_stage  # noqa: E402
 from medattack.rundir import read_jsonl  # noqa: E402
+from medattack.stages.attack import AttackStageConfig  # noqa: E402
+from medattack.stages.attack import run as run_attack_stage  # noqa: E402
+from medattack.stages.build import BuildConfig  # noqa: E402
+from medattack.stages.build import run as build_benchmark  # noqa: E402
+from medattack.stages.query import QueryConfig  # noqa: E402
+from medattack.stages.query import run as run_query_stage  # noqa: E402
+from medattack.stages.score import run as score  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 RAY = ExecutorConfig(kind="ray", workers=2)
@@ -117,7 +120,7 @@ def test_a_worker_killed_mid_stage_loses_and_duplicates_nothing(built, tmp_path)
     assert killed, "no worker was killed: the stage ended before the killer found one"
     assert result.failures == []  # the lost chunk was retried on the restarted actor
     key = lambda rows: sorted((r["response_id"], r["response"]) for r in rows)  # noqa: E731
-    assert key(read_jsonl(responses)) == key(reference.responses)
+    assert key(read_jsonl(responses)) == key(r.to_json() for r in reference.responses)
     assert len(read_jsonl(responses)) == len(reference.responses)
 
 

@@ -10,15 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medattack.attacks.runner import AttackStageConfig, run_attack_stage
-from medattack.data.builder import BuildConfig, build_benchmark
 from medattack.models.targets import LlavaTarget, TargetConfig
-from medattack.pipeline import score
-from medattack.query import QueryConfig, run_query_stage
 from medattack.report import ReportConfig, build_report
 from medattack.report.aggregate import bootstrap_ci, summarise_groups
 from medattack.report.render import Section, Table, latex_escape, to_latex, to_markdown
 from medattack.rundir import read_jsonl
+from medattack.stages.attack import AttackStageConfig
+from medattack.stages.attack import run as run_attack_stage
+from medattack.stages.build import BuildConfig
+from medattack.stages.build import run as build_benchmark
+from medattack.stages.query import QueryConfig
+from medattack.stages.query import run as run_query_stage
+from medattack.stages.score import run as score
 
 from browser import find_chromium, render
 

@@ -11,8 +11,9 @@ from conftest import write_png
 from medattack.rundir import read_jsonl
 from medattack.scoring.base import SCORERS, MetricSpec, Score, ScoreInput
 from medattack.scoring.composite import CompositeConfig, composite
+from medattack.scoring.inputs import read_responses_file
 from medattack.scoring.keyword import KeywordJudgeConfig, keyword_success
-from medattack.scoring.stage import ScoreConfig, read_responses_file, score_inputs
+from medattack.stages.score import ScoreConfig, score_inputs
 
 QUESTION = "This image is about CT and Chest. What abnormality does this image show?"
 
@@ -221,7 +222,7 @@ def test_killed_scoring_resumes_without_losing_or_duplicating(tmp_path, monkeypa
         handle.write('{"response_id": "torn')  # a crash mid-line
     monkeypatch.setattr(scorers_module, "score", original)
     result = score_inputs(inputs, config, tmp_path / "out", cache_path=tmp_path / "cache.jsonl")
-    keys = [(r["response_id"], r["metric"]) for r in result.rows]
+    keys = [(r.response_id, r.metric) for r in result.rows]
     assert len(keys) == len(set(keys)) == 20
 
 
@@ -231,7 +232,7 @@ def test_the_cache_serves_repeated_responses(tmp_path):
     first = score_inputs(inputs, config, tmp_path / "t1", cache_path=tmp_path / "cache.jsonl")
     second = score_inputs(inputs, config, tmp_path / "t2", cache_path=tmp_path / "cache.jsonl")
     assert first.computed == 2 and second.computed == 0 and second.cache_hits == 2
-    assert [r["value"] for r in first.rows] == [r["value"] for r in second.rows]
+    assert [r.value for r in first.rows] == [r.value for r in second.rows]
 
 
 def test_open_clip_encodes_each_image_once_until_its_file_changes(tmp_path, fake_open_clip):
@@ -254,7 +255,7 @@ def test_open_clip_encodes_each_image_once_until_its_file_changes(tmp_path, fake
 def test_score_config_sets_the_encoders_device_model_and_memo():
     from medattack.errors import ConfigError
     from medattack.scoring.backends.text_embedders import embedded_minilm_path, get_text_embedder
-    from medattack.scoring.stage import build_scorers
+    from medattack.stages.score import build_scorers
 
     path = embedded_minilm_path()
     scorers = build_scorers(ScoreConfig(metrics=("tto", "tii"), device="cpu", text_model=path, memo_mib=0))

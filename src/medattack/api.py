@@ -24,19 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from medattack.config import option
-from medattack.errors import MedattackError
+from medattack.errors import APIError
 from medattack.rundir import JsonlCache
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-
-
-class APIError(MedattackError):
-    """An API request failed for good (after retries, or with a status that retrying cannot fix)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,11 @@ def option(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """The config of a plugin that has no settings of its own."""
+
+
 def config_help(cls: type) -> dict[str, str]:
     """Field name -> help string of a config dataclass."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
@@ -80,20 +85,54 @@ def from_mapping(cls: type[C], data: Mapping[str, Any], where: str = "config") -
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
-    """Parse `key=value` strings; values are read as YAML (`seed=3`, `tasks=[a, b]`)."""
+    """Parse `key=value` strings; values are read as YAML (`seed=3`, `tasks=[a, b]`), and a dotted
+    key sets a nested setting (`options.rounds=5`, `target.api.base_url=http://...`)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {pair!r}.")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key.strip()}: the value {raw!r} is not valid YAML ({exc.problem}).") from None
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key.strip()}: {part!r} is set to a value and has settings under it.")
+        node[leaf] = value
+    return out
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`overrides` over `base`, mappings merged key by key (other values replaced)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _defaults_under(cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The default values of the mapping-typed fields that `overrides` sets part of, so that
+    `--set metrics.keyword_asr.mode=anywhere` changes one metric and keeps the others."""
+    out = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if isinstance(overrides.get(f.name), Mapping) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if isinstance(default, Mapping):
+                out[f.name] = default
     return out
 
 
 def load_config(
     cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> C:
-    """Load a config from an optional YAML file, then apply overrides (later wins)."""
+    """Load a config from an optional YAML file, then apply overrides (later wins, nested keys merged)."""
     data: dict[str, Any] = {}
     where = "config"
     if path is not None:
@@ -109,7 +148,8 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of keys to values at the top level.")
         data.update(loaded)
-    data.update(overrides or {})
+    overrides = overrides or {}
+    data = merge(merge(_defaults_under(cls, overrides), data), overrides)
     return from_mapping(cls, data, where)
 
 

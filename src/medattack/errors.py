@@ -4,8 +4,10 @@
     +-- ConfigError              bad config key or value (names the key)
     +-- UnknownNameError         a registry name that does not exist ("did you mean ...")
     +-- MissingDependencyError   an optional extra is not installed (names the extra)
+    +-- ModelNotFoundError       model weights are not here and cannot be downloaded (names the setting)
     +-- PromptBankError          the prompt bank file is malformed (names the task / entry)
     +-- RunDirError              the run directory is missing, or holds another config
+    |   +-- RecordError          a stored row is not the record it should be (names file and line)
     +-- BuildError               nothing could be built (every input failed)
     +-- InputError               one input item is bad; the stage records it and goes on
         +-- ImageError           an image file cannot be used (names the file)
@@ -15,6 +17,10 @@
         |   +-- NoPixelDataError        a DICOM object with no image in it
         +-- SourceError          a source or manifest problem (names the file, row, column)
             +-- PathEscapeError  a path resolves outside the data root
+    +-- TargetError              one query could not be answered (the rest of the batch goes on)
+    +-- APIError                 an API request failed for good (after retries)
+    +-- RequestError             `serve` got a request it cannot answer as sent (HTTP 400)
+    +-- WorkerLostError          an executor's worker died every time an item was tried
 """
 
 from __future__ import annotations
@@ -39,12 +45,21 @@ class MissingDependencyError(MedattackError, ImportError):
     """An optional dependency is not installed."""
 
 
+class ModelNotFoundError(MedattackError):
+    """Model weights could not be found locally nor downloaded; the message names the setting that
+    points medattack at a local copy."""
+
+
 class PromptBankError(MedattackError):
     """The prompt bank is malformed."""
 
 
 class RunDirError(MedattackError):
     """The run directory cannot be used as asked."""
+
+
+class RecordError(RunDirError):
+    """A stored row is not the record its file should hold (a missing or unknown field)."""
 
 
 class BuildError(MedattackError):
@@ -95,3 +110,23 @@ class SourceError(InputError):
 
 class PathEscapeError(SourceError):
     """A path resolves outside the data root."""
+
+
+class TargetError(MedattackError):
+    """One query could not be answered (the reason says why; the rest of the batch goes on)."""
+
+
+class APIError(MedattackError):
+    """An API request failed for good (after retries, or with a status that retrying cannot fix)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RequestError(MedattackError):
+    """A request the server cannot answer as sent (HTTP 400); the message says what to change."""
+
+
+class WorkerLostError(MedattackError):
+    """The worker running an item died every time it was tried (e.g. killed, out of memory)."""

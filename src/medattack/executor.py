@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from medattack.config import option
-from medattack.errors import ConfigError, MedattackError, MissingDependencyError
+from medattack.errors import ConfigError, MissingDependencyError, WorkerLostError
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ class ExecutorConfig:
             raise ConfigError(f"executor kind {self.kind!r} is unknown; use local or ray.")
         if self.workers < 1 or self.max_retries < 0:
             raise ConfigError("executor: workers must be at least 1 and max_retries at least 0.")
-
-
-class WorkerLostError(MedattackError):
-    """The worker running an item died every time it was tried (e.g. killed, out of memory)."""
 
 
 class Pool(Protocol):
@@ -183,6 +179,11 @@ POOLS: dict[str, Callable[[Callable[[], Any], ExecutorConfig], Pool]] = {
     "local": lambda factory, config: LocalPool(factory),
     "ray": RayPool,
 }
+
+
+def runs_here(config: ExecutorConfig | None) -> bool:
+    """Whether the work runs in this process (so an already loaded model can be handed to it)."""
+    return config is None or config.kind == "local"
 
 
 def open_pool(config: ExecutorConfig | None, factory: Callable[[], Any]) -> Pool:

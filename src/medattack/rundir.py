@@ -1,20 +1,31 @@
-"""The run directory: layout, atomic writes, append-only records and the run manifest.
+"""The run directory: the one place that knows its layout; atomic writes, append-only records, run.json.
 
     runs/<name>/
-      run.json        resolved config per stage, package versions, seed, git sha (never secrets)
-      benchmark/      samples.jsonl, failures.jsonl, summary.json, images/, export/
+      run.json                         resolved config per stage, package versions, seed, git sha (no secrets)
+      benchmark/                       build: samples.jsonl (Sample), failures.jsonl, summary.json,
+                                       build.json (config stamp), images/<sha256>.png, export/<split>.parquet
+      attacks/<method>/<model>/        attack: config.json, results.jsonl (AttackRecord), failures.jsonl,
+                                       steps/<sample>.jsonl, images/<sample>.png,
+                                       tensors/<sample>.safetensors, checkpoints/<sample>.pt
+      responses/<target>/              query: config.json, responses.jsonl (Response), failures.jsonl
+      responses/api_cache.jsonl        API answers by request hash, shared by every API target
+      controls/blank.png, noise.png    the image-reliance control images
+      scores/<target>/                 score: scores.jsonl (ScoreRecord), summary.json
+      scores/cache.jsonl               scores by content hash, shared by every target of the run
+      report/                          report.html, report.md, figures/, tables/
+      analysis/                        the dataset analyses (CSV + PNG)
+
+Stages reach every path through `RunDir` and its folder types; nothing else joins these names.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
 import re
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -22,110 +33,23 @@ from typing import Any
 
 import medattack
 from medattack.errors import RunDirError
+from medattack.records import AttackRecord, Response, Sample, ScoreRecord
+from medattack.storage import (  # noqa: F401 (re-exported: the run directory's file helpers)
+    JsonlCache,
+    append_jsonl,
+    append_records,
+    canonical_json,
+    content_hash,
+    read_jsonl,
+    read_records,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 Progress = Callable[[str, int, int], None]  # stage progress callback: (phase, done, total)
 
 TRACKED_PACKAGES = ("torch", "transformers", "pydicom", "pillow", "numpy", "datasets", "scikit-image")
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def content_hash(value: Any) -> str:
-    """sha256 of a JSON-serialisable value in canonical form."""
-    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old or the complete new content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def append_jsonl(path: Path, *rows: dict[str, Any]) -> None:
-    """Append records durably, in one write and one fsync. A torn last line left by a crash is cut
-    off first, so the file always holds whole records (readers skip a torn line too)."""
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode("utf-8")
-    with path.open("a+b") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size:
-            handle.seek(size - 1)
-            if handle.read(1) != b"\n":
-                handle.seek(0)
-                content = handle.read()
-                handle.truncate(content.rfind(b"\n") + 1)
-        handle.seek(0, os.SEEK_END)
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a torn last line (a crash mid-append) is ignored."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-class JsonlCache:
-    """Content-hash cache: key -> JSON value, one JSONL line per entry, reloaded on start.
-
-    Shared by the API client, the model-call caches of prompt generation and the score cache.
-    """
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.entries: dict[str, Any] = {e["key"]: e["value"] for e in read_jsonl(path)} if path else {}
-        self.hits = 0
-
-    @staticmethod
-    def key(*parts: object) -> str:
-        """sha256 of the parts in canonical JSON."""
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-
-    def get(self, key: str) -> Any | None:
-        if key not in self.entries:
-            return None
-        self.hits += 1
-        return self.entries[key]
-
-    def put(self, key: str, value: Any) -> None:
-        self.put_many([(key, value)])
-
-    def put_many(self, items: list[tuple[str, Any]]) -> None:
-        self.entries.update(items)
-        if self.path is not None and items:
-            append_jsonl(self.path, *({"key": k, "value": v} for k, v in items))
 
 
 def folder_name(name: str) -> str:
@@ -167,31 +91,125 @@ def environment_manifest() -> dict[str, Any]:
     return {"versions": versions, "git_sha": _git_sha(), "platform": platform.platform()}
 
 
+@dataclass(frozen=True)
+class AttackFolder:
+    """attacks/<method>/<model>/: one attack method run on one white-box model."""
+
+    path: Path
+    run_root: Path
+
+    @property
+    def method(self) -> str:
+        return self.path.parent.name
+
+    @property
+    def model(self) -> str:
+        return self.path.name
+
+    @property
+    def source(self) -> str:
+        """How responses to these adversarial inputs are labelled: "attack:<method>/<model>"."""
+        return f"attack:{self.method}/{self.model}"
+
+    @property
+    def target_name(self) -> str:
+        """The name its own responses are scored under: "attack__<method>__<model>"."""
+        return f"attack__{self.method}__{self.model}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / "results.jsonl"
+
+    @property
+    def failures_path(self) -> Path:
+        return self.path / "failures.jsonl"
+
+    def steps_path(self, sample_id: str) -> Path:
+        return self.path / "steps" / f"{sample_id}.jsonl"
+
+    def checkpoint_path(self, sample_id: str) -> Path:
+        return self.path / "checkpoints" / f"{sample_id}.pt"
+
+    @staticmethod
+    def image_name(sample_id: str) -> str:
+        """The adversarial PNG, relative to the folder (as AttackRecord.image_file holds it)."""
+        return f"images/{sample_id}.png"
+
+    @staticmethod
+    def tensor_name(sample_id: str) -> str:
+        """The exact adversarial pixels, relative to the folder (AttackRecord.tensor_file)."""
+        return f"tensors/{sample_id}.safetensors"
+
+    def relative(self, name: str) -> str:
+        """A file of this folder as a path relative to the run root."""
+        return str((self.path / name).relative_to(self.run_root))
+
+    def results(self) -> list[AttackRecord]:
+        return read_records(self.results_path, AttackRecord)
+
+
+@dataclass(frozen=True)
+class ResponsesFolder:
+    """responses/<target>/: every answer of one target."""
+
+    path: Path
+
+    @property
+    def target(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def responses_path(self) -> Path:
+        return self.path / "responses.jsonl"
+
+    @property
+    def failures_path(self) -> Path:
+        return self.path / "failures.jsonl"
+
+    def responses(self) -> list[Response]:
+        return read_records(self.responses_path, Response)
+
+
+@dataclass(frozen=True)
+class ScoresFolder:
+    """scores/<target>/ (or any folder for a responses file): one row per response x metric."""
+
+    path: Path
+
+    @property
+    def scores_path(self) -> Path:
+        return self.path / "scores.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    def scores(self) -> list[ScoreRecord]:
+        return read_records(self.scores_path, ScoreRecord)
+
+
 class RunDir:
-    """Paths of one run and the run.json manifest that every stage updates."""
+    """Every path of one run (module docstring) and the run.json manifest that every stage updates."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    # --- run.json ---------------------------------------------------------------------------------
+
     @property
     def manifest_path(self) -> Path:
         return self.root / "run.json"
-
-    @property
-    def benchmark(self) -> Path:
-        return self.root / "benchmark"
-
-    @property
-    def samples_path(self) -> Path:
-        return self.benchmark / "samples.jsonl"
-
-    @property
-    def failures_path(self) -> Path:
-        return self.benchmark / "failures.jsonl"
-
-    @property
-    def images(self) -> Path:
-        return self.benchmark / "images"
 
     def read_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
@@ -211,3 +229,109 @@ class RunDir:
             **environment_manifest(),
         }
         write_json_atomic(self.manifest_path, manifest)
+
+    # --- benchmark/ -------------------------------------------------------------------------------
+
+    @property
+    def benchmark(self) -> Path:
+        return self.root / "benchmark"
+
+    @property
+    def samples_path(self) -> Path:
+        return self.benchmark / "samples.jsonl"
+
+    @property
+    def failures_path(self) -> Path:
+        """The build's failures (benchmark/failures.jsonl)."""
+        return self.benchmark / "failures.jsonl"
+
+    @property
+    def build_stamp_path(self) -> Path:
+        return self.benchmark / "build.json"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.benchmark / "summary.json"
+
+    @property
+    def images(self) -> Path:
+        return self.benchmark / "images"
+
+    @property
+    def export(self) -> Path:
+        return self.benchmark / "export"
+
+    def has_samples(self) -> bool:
+        return self.samples_path.exists()
+
+    def samples(self) -> list[Sample]:
+        """The samples of the built benchmark (RunDirError when the run has none)."""
+        if not self.samples_path.exists():
+            raise RunDirError(f"{self.root} has no benchmark yet; run `medattack build {self.root}` first.")
+        return read_records(self.samples_path, Sample)
+
+    def benchmark_file(self, name: str) -> Path:
+        """A file a sample names (image_file, mask_file...), relative to benchmark/."""
+        return self.benchmark / name
+
+    # --- attacks/ ---------------------------------------------------------------------------------
+
+    def attack_folder(self, method: str, model_name: str) -> AttackFolder:
+        return AttackFolder(self.root / "attacks" / method / folder_name(model_name), self.root)
+
+    def attack_folders(self) -> list[AttackFolder]:
+        """Every attack folder that holds results, in name order."""
+        return [AttackFolder(p.parent, self.root) for p in sorted((self.root / "attacks").glob("*/*/results.jsonl"))]
+
+    def iter_attack_results(self) -> Iterator[tuple[AttackFolder, AttackRecord]]:
+        for folder in self.attack_folders():
+            for record in folder.results():
+                yield folder, record
+
+    # --- responses/ and controls/ ----------------------------------------------------------------
+
+    def responses_folder(self, target_name: str) -> ResponsesFolder:
+        return ResponsesFolder(self.root / "responses" / folder_name(target_name))
+
+    def responses_folders(self) -> list[ResponsesFolder]:
+        """Every target folder that holds responses, in name order."""
+        return [ResponsesFolder(p.parent) for p in sorted((self.root / "responses").glob("*/responses.jsonl"))]
+
+    def iter_responses(self) -> Iterator[tuple[ResponsesFolder, Response]]:
+        for folder in self.responses_folders():
+            for response in folder.responses():
+                yield folder, response
+
+    @property
+    def api_cache_path(self) -> Path:
+        return self.root / "responses" / "api_cache.jsonl"
+
+    def control_image(self, name: str) -> Path:
+        return self.root / "controls" / f"{name}.png"
+
+    def relative(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
+    # --- scores/, report/, analysis/ --------------------------------------------------------------
+
+    def scores_folder(self, target_folder: str) -> ScoresFolder:
+        """scores/<target>/, named like the target's responses folder (or attack__<method>__<model>)."""
+        return ScoresFolder(self.root / "scores" / target_folder)
+
+    @property
+    def score_cache_path(self) -> Path:
+        return self.root / "scores" / "cache.jsonl"
+
+    def iter_scores(self) -> Iterator[tuple[ScoresFolder, ScoreRecord]]:
+        for path in sorted((self.root / "scores").glob("*/scores.jsonl")):
+            folder = ScoresFolder(path.parent)
+            for record in folder.scores():
+                yield folder, record
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis"

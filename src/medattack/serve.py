@@ -29,7 +29,7 @@ from typing import Any
 
 from medattack.config import option
 from medattack.data.image_io import load_image
-from medattack.errors import InputError, MedattackError
+from medattack.errors import InputError, MedattackError, RequestError
 from medattack.models.targets import ChatTarget, Query, TargetError
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ class ServeConfig:
     batch_wait_ms: float = option(10.0, "How long the first waiting request waits for others to batch with.")
     fail_first: int = option(0, "Answer the first N chat requests with 503 (to test clients' retries).")
     api_key_env: str | None = option(None, "Require the key in this environment variable as a Bearer token.")
-
-
-class RequestError(MedattackError):
-    """A request the server cannot answer as sent (HTTP 400); the message says what to change."""
 
 
 def query_from_request(payload: dict[str, Any], max_pixels: int = 16_000_000) -> Query:

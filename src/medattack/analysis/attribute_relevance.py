@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from medattack.records import Sample
 from medattack.scoring.backends.image_text import ImageInfo, ImageTextRelevance
 
 ATTRIBUTE_TEXT = "This image is about {attribute}."
@@ -39,25 +40,25 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def attribute_relevance(
-    samples: list[dict[str, Any]], benchmark_dir: Path, backend: ImageTextRelevance, out_dir: Path
+    samples: list[Sample], benchmark_dir: Path, backend: ImageTextRelevance, out_dir: Path
 ) -> AttributeRelevanceResult:
     """Score every distinct (image, claimed attribute) of a built benchmark."""
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    seen: dict[tuple[str, str], Sample] = {}
     for s in samples:
-        seen.setdefault((s["image_sha256"], s["claimed_attribute"]), s)
-    pairs = sorted(seen.values(), key=lambda s: (s["category"], s["image_sha256"], s["claimed_attribute"]))
-    infos = [ImageInfo(str(benchmark_dir / s["image_file"]), s["modality"], s["body_part"],
-                       s.get("description") or "") for s in pairs]
-    true_scores = backend.score(infos, [ATTRIBUTE_TEXT.format(attribute=s["true_attribute"]) for s in pairs])
+        seen.setdefault((s.image_sha256, s.claimed_attribute), s)
+    pairs = sorted(seen.values(), key=lambda s: (s.category, s.image_sha256, s.claimed_attribute))
+    infos = [ImageInfo(str(benchmark_dir / s.image_file), s.modality, s.body_part,
+                       s.description or "") for s in pairs]
+    true_scores = backend.score(infos, [ATTRIBUTE_TEXT.format(attribute=s.true_attribute) for s in pairs])
     claimed_scores = backend.score(
-        infos, [ATTRIBUTE_TEXT.format(attribute=s["claimed_attribute"]) for s in pairs]
+        infos, [ATTRIBUTE_TEXT.format(attribute=s.claimed_attribute) for s in pairs]
     )
     rows = [
         {
-            "category": s["category"],
-            "image_sha256": s["image_sha256"],
-            "true_attribute": s["true_attribute"],
-            "claimed_attribute": s["claimed_attribute"],
+            "category": s.category,
+            "image_sha256": s.image_sha256,
+            "true_attribute": s.true_attribute,
+            "claimed_attribute": s.claimed_attribute,
             "true_relevance": round(float(t), 6),
             "claimed_relevance": round(float(c), 6),
             "backend": backend.label,

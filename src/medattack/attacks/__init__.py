@@ -1,6 +1,5 @@
-"""White-box attacks, one technique per file. Importing this package registers them in `ATTACKS`."""
+"""White-box attacks, one technique per file; each registers itself in `ATTACKS` (loaded on first use)."""
 
-from medattack.attacks import direct, gcg, mcm, occlusion, pgd, region, typo  # noqa: F401 (registers)
 from medattack.attacks.base import ATTACKS, AttackResult, AttackTask, StepRecord
 
 __all__ = ["ATTACKS", "AttackResult", "AttackTask", "StepRecord"]

@@ -64,12 +64,22 @@ class Checkpoint(Protocol):
 
 
 class Attack(Protocol):
+    """A registered attack class: built from its `config_class`, it runs one task at a time."""
+
+    config_class: type  # the frozen XConfig dataclass of its settings
+    needs: frozenset[str]  # optional inputs it reads from the sample (see NEEDS); the stage loads only these
     config: Any
+
+    def __init__(self, config: Any) -> None: ...
 
     def run(self, model: WhiteBoxTarget, task: AttackTask, checkpoint: Checkpoint | None = None) -> AttackResult: ...
 
 
-ATTACKS: Registry[type] = Registry("attack")
+# Inputs an attack may declare in `needs` beyond the question, target and clean image.
+NEEDS = frozenset({"typographic_image"})  # the key phrase rendered under the image (AttackTask.typographic_pixels)
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack", plugins="medattack.attacks")
 
 
 def step_generator(seed: int, sample_id: str, step: int, device: torch.device) -> torch.Generator:

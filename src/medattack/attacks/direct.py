@@ -23,6 +23,7 @@ class Direct:
     """No optimisation: the sample as it is (direct request, or mismatch alone)."""
 
     config_class = DirectConfig
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, config: DirectConfig | None = None) -> None:
         self.config = config or DirectConfig()

@@ -96,6 +96,7 @@ class GCG:
     """Text-only: optimise the suffix, keep the clean image."""
 
     config_class = GCGConfig
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, config: GCGConfig | None = None) -> None:
         self.config = config or GCGConfig()

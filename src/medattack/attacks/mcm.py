@@ -36,6 +36,7 @@ from medattack.attacks.gcg import GCGConfig, gcg_step
 from medattack.attacks.pgd import PGDConfig, pgd_step, pgd_update
 from medattack.config import option
 from medattack.models.base import AttackState, Probe, WhiteBoxTarget
+from medattack.models.capabilities import adopt_pixels, joint_grad, probe
 
 MaskFn = Callable[[WhiteBoxTarget, AttackState, AttackTask], torch.Tensor | None]
 
@@ -87,7 +88,7 @@ def mcm_round(
         if carried is not None and carried.at(loop.suffix_ids, loop.pixels):
             token_grad, pixel_grad = carried.grads()  # the forward was the last round's image branch
         elif try_text:
-            _, token_grad, pixel_grad = model.joint_grad(state, loop.suffix_ids, loop.pixels)
+            _, token_grad, pixel_grad = joint_grad(model, state, loop.suffix_ids, loop.pixels)
         else:
             _, pixel_grad = model.pixel_grad(state, loop.suffix_ids, loop.pixels)
         token_grad = token_grad if try_text else None
@@ -98,13 +99,13 @@ def mcm_round(
     image = None
     if try_image:  # keeps its graph when a next round tries the image and would start from here
         next_tries_image = loop.step + 1 < config.rounds and tries(config, loop.step + 1)[1]
-        image = model.probe(state, loop.suffix_ids, image_pixels, keep_graph=carry is not None and next_tries_image)
+        image = probe(model, state, loop.suffix_ids, image_pixels, keep_graph=carry is not None and next_tries_image)
     if text is not None and (image is None or text.loss <= float(image.result.loss[0])):
         loop.suffix_ids, loop.loss, loop.success = text.suffix_ids, text.loss, text.success
         return "text", loop.loss, loop.success
     assert image is not None
     loop.pixels, loop.loss, loop.success = image_pixels, float(image.result.loss[0]), bool(image.result.matches[0])
-    model.set_pixels(state, loop.pixels, cache_from=image.state)  # no second prefix pass
+    adopt_pixels(model, state, loop.pixels, image)  # no second prefix pass
     if carry is not None and image.backward is not None:
         carry["probe"] = image
     return "image", loop.loss, loop.success
@@ -115,6 +116,7 @@ class MCM:
     """Text suffix and image perturbation, cross-optimised."""
 
     config_class = MCMConfig
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, config: MCMConfig | None = None, mask_fn: MaskFn | None = None) -> None:
         self.config = config or MCMConfig()

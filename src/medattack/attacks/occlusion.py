@@ -27,6 +27,7 @@ class Occlusion:
     """No optimisation: the region painted grey."""
 
     config_class = OcclusionConfig
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, config: OcclusionConfig | None = None) -> None:
         self.config = config or OcclusionConfig()

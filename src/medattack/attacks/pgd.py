@@ -25,6 +25,7 @@ from medattack.attacks.base import (
 )
 from medattack.config import option
 from medattack.models.base import AttackState, LossResult, WhiteBoxTarget
+from medattack.models.capabilities import loss_with_pixels
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class PGD:
     """Image-only: perturb the pixels, keep the (fixed, by default empty) suffix."""
 
     config_class = PGDConfig
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, config: PGDConfig | None = None, mask_fn=None) -> None:
         self.config = config or PGDConfig()
@@ -98,7 +100,7 @@ class PGD:
         pixels = clean
         if self.config.random_start:
             pixels = random_start(clean, self.config, mask, torch.Generator(device=model.device).manual_seed(task.seed))
-        first = model.loss_with_pixels(state, suffix, pixels)
+        first = loss_with_pixels(model, state, suffix, pixels)
         loop = LoopState(suffix, pixels, float(first.loss[0]), bool(first.matches[0]))
 
         def step(loop: LoopState, generator: torch.Generator) -> tuple[str, float, bool]:

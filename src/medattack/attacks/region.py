@@ -71,6 +71,7 @@ class RegionPGD:
     """PGD restricted to a region."""
 
     config_class = RegionConfig
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, config: RegionConfig | None = None) -> None:
         self.config = config or RegionConfig()
@@ -90,6 +91,7 @@ class RegionMCM:
     """MCM whose image steps are restricted to a region."""
 
     config_class = RegionMCMConfig
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, config: RegionMCMConfig | None = None) -> None:
         self.config = config or RegionMCMConfig()

@@ -24,7 +24,7 @@ class Typo:
     """No optimisation: the key phrase rendered under the image."""
 
     config_class = TypoConfig
-    needs_typographic = True
+    needs = frozenset({"typographic_image"})
 
     def __init__(self, config: TypoConfig | None = None) -> None:
         self.config = config or TypoConfig()

@@ -15,33 +15,35 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from medattack.records import Sample
+
 EXPORT_DIR = "export"
 
 
-def _pairs(samples: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def _pairs(samples: list[Sample]) -> dict[str, list[dict[str, Any]]]:
     """Collapse the four condition rows of each pair into one 3MAD row, grouped by split."""
-    by_pair: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    by_pair: dict[str, dict[str, Sample]] = defaultdict(dict)
     for sample in samples:
-        by_pair[sample["pair_id"]][sample["condition"]] = sample
+        by_pair[sample.pair_id][sample.condition] = sample
     splits: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for pair_id, rows in by_pair.items():
         normal, malicious = rows["normal"], rows["malicious"]
-        splits[normal["category"]].append({
+        splits[normal.category].append({
             "id": pair_id,
-            "file_name": Path(normal["image_file"]).name,
-            "image_file": normal["image_file"],
-            "original_attribute": normal["true_attribute"],
-            "unmatch_attribute": normal["claimed_attribute"],
-            "normal_prompt": normal["prompt"],
-            "harmful_prompt": malicious["prompt"],
-            "policy": normal["task"],
-            "key_phrases": normal["key_phrase"],
-            "image_sha256": normal["image_sha256"],
+            "file_name": Path(normal.image_file).name,
+            "image_file": normal.image_file,
+            "original_attribute": normal.true_attribute,
+            "unmatch_attribute": normal.claimed_attribute,
+            "normal_prompt": normal.prompt,
+            "harmful_prompt": malicious.prompt,
+            "policy": normal.task,
+            "key_phrases": normal.key_phrase,
+            "image_sha256": normal.image_sha256,
         })
     return splits
 
 
-def export_3mad_layout(benchmark_dir: Path, samples: list[dict[str, Any]]) -> list[Path]:
+def export_3mad_layout(benchmark_dir: Path, samples: list[Sample]) -> list[Path]:
     """Write export/<split>.parquet files; returns their paths."""
     import datasets
 

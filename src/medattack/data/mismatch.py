@@ -21,7 +21,7 @@ from medattack.errors import ConfigError
 from medattack.registry import Registry
 
 MismatchStrategy = Callable[[Category, Sequence[Category], random.Random], Category]
-MISMATCH_STRATEGIES: Registry[MismatchStrategy] = Registry("mismatch strategy")
+MISMATCH_STRATEGIES: Registry[MismatchStrategy] = Registry("mismatch strategy", plugins="medattack.data.mismatch")
 
 
 def _pick(options: Sequence[Category], rng: random.Random, true: Category, strategy: str) -> Category:

@@ -1,19 +1,29 @@
-"""The narrow white-box interface that attacks see (DESIGN.md, "Model adapter contract").
+"""The narrow white-box interface that attacks see (docs/architecture.md, "Model protocol").
 
 Attacks never import transformers. They see token ids, a token mask, pixels in [0, 1] at the model's
-input resolution, and four operations on an `AttackState` (one prompt + target + image):
+input resolution, and the core operations every adapter implements on an `AttackState` (one prompt +
+target + image):
 
     loss(state, candidate_ids)        # (B, n_suffix) -> per-candidate target loss, batched on the cached prefix
     token_grad(state, suffix_ids)     # -> (n_suffix, V) gradient of the loss w.r.t. one-hot suffix tokens
     pixel_grad(state, suffix_ids, p)  # -> loss and d loss / d pixels, (1, 3, H, W)
     generate(state, suffix_ids)       # -> greedy text
+
+plus the bookkeeping around them (preprocess, tokens, start, set_pixels). Optional capabilities make
+MCM and replay faster where an adapter offers them; `models/capabilities.py` uses each one when the
+model has it and falls back on the core otherwise, so a new VLM family can start with the core alone:
+
+    JointGradient    joint_grad: token and pixel gradients from one backward pass
+    Probing          probe: loss at new pixels that also builds their prefix cache (set_pixels(cache_from=...))
+    PixelLoss        loss_with_pixels: a loss at other pixels without touching the cached prefix
+    BatchGeneration  generate_batch: answers to many (text, image) queries in one batch
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -72,6 +82,8 @@ class Probe:
 
 
 class WhiteBoxTarget(Protocol):
+    """The core every white-box adapter implements."""
+
     name: str
     image_size: tuple[int, int]  # (H, W) of the pixels the model takes
     device: torch.device
@@ -94,14 +106,8 @@ class WhiteBoxTarget(Protocol):
 
     def start(self, question: str, target: str, pixels: torch.Tensor) -> AttackState: ...
 
-    def set_pixels(self, state: AttackState, pixels: torch.Tensor, cache_from: AttackState | None = None) -> None:
-        """Change the image of a state (rebuilds the prefix cache, or takes `cache_from`'s)."""
-        ...
-
-    def probe(self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor,
-              keep_graph: bool = False) -> Probe:
-        """Loss of (suffix, pixels) and a state for the pixels from one forward pass; with
-        `keep_graph`, the pass keeps its graph for `Probe.grads`."""
+    def set_pixels(self, state: AttackState, pixels: torch.Tensor) -> None:
+        """Change the image of a state (rebuilding whatever the adapter caches for it)."""
         ...
 
     def loss(self, state: AttackState, candidate_ids: torch.Tensor) -> LossResult: ...
@@ -112,21 +118,48 @@ class WhiteBoxTarget(Protocol):
         self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor
     ) -> tuple[LossResult, torch.Tensor]: ...
 
+    def generate(self, state: AttackState, suffix_ids: torch.Tensor, max_new_tokens: int = 64,
+                 pixels: torch.Tensor | None = None) -> str: ...
+
+
+@runtime_checkable
+class JointGradient(Protocol):
     def joint_grad(
         self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor
     ) -> tuple[LossResult, torch.Tensor, torch.Tensor]:
         """One backward giving the token gradient (n, V) and the pixel gradient (1, 3, H, W)."""
         ...
 
+
+@runtime_checkable
+class Probing(Protocol):
+    def probe(self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor,
+              keep_graph: bool = False) -> Probe:
+        """Loss of (suffix, pixels) and a state for the pixels from one forward pass; with
+        `keep_graph`, the pass keeps its graph for `Probe.grads`."""
+        ...
+
+    def set_pixels(self, state: AttackState, pixels: torch.Tensor, cache_from: AttackState | None = None) -> None:
+        """Change the image of a state, taking `cache_from`'s prefix cache (built for these pixels)."""
+        ...
+
+
+@runtime_checkable
+class PixelLoss(Protocol):
     def loss_with_pixels(self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor) -> LossResult:
         """Loss of one suffix with other pixels, leaving the cached prefix as it is."""
         ...
 
-    def generate(self, state: AttackState, suffix_ids: torch.Tensor, max_new_tokens: int = 64,
-                 pixels: torch.Tensor | None = None) -> str: ...
+
+@runtime_checkable
+class BatchGeneration(Protocol):
+    def generate_batch(self, texts: list[str], pixels: torch.Tensor,
+                       max_new_tokens: int | list[int] = 64) -> list[str]:
+        """Greedy answers to B user texts about B images (B, 3, H, W) in [0, 1]."""
+        ...
 
 
-WHITEBOX_MODELS: Registry[Any] = Registry("white-box model")
+WHITEBOX_MODELS: Registry[Callable[..., WhiteBoxTarget]] = Registry("white-box model", plugins="medattack.models")
 
 
 def load_whitebox(spec: str, **options: Any) -> WhiteBoxTarget:

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from medattack.models.base import WHITEBOX_MODELS, AttackState, LossResult, Probe
+from medattack.models.base import AttackState, LossResult, Probe
 from medattack.models.frozen_cache import FrozenPrefixCache
+from medattack.models.llava_generation import SUFFIX_MARK, LlavaGeneration
 
 log = logging.getLogger(__name__)
 
-SUFFIX_MARK = "\u2063MEDATTACK_SUFFIX\u2063"  # invisible separators around a word no template contains
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -44,8 +44,9 @@ class Segments:
     tail: torch.Tensor  # (n2,) long: end of the user turn and the assistant header
 
 
-class LlavaWhiteBox:
-    """The DESIGN.md white-box contract for a `LlavaForConditionalGeneration` and its tokenizer.
+class LlavaWhiteBox(LlavaGeneration):
+    """The white-box protocol (models/base.py: the core and every capability) for a
+    `LlavaForConditionalGeneration` and its tokenizer.
 
     Args:
         model: the LLaVA model (eval mode, on its device, in its dtype).
@@ -382,73 +383,6 @@ class LlavaWhiteBox:
 
     # --- generation -------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def generate(self, state: AttackState, suffix_ids: torch.Tensor, max_new_tokens: int = 64,
-                 pixels: torch.Tensor | None = None) -> str:
-        """Greedy continuation after prefix + suffix + tail (with `pixels`, or the state's)."""
-        from transformers import DynamicCache
-
-        segments: Segments = state.extra["segments"]
-        inputs = torch.cat([
-            self._prefix_embeds(segments, state.pixels if pixels is None else pixels.to(self.device)),
-            self.embed(suffix_ids)[None],
-            self.embed(segments.tail)[None],
-        ], dim=1)
-        cache = DynamicCache()
-        hidden = self.decoder(inputs_embeds=inputs, use_cache=True, **{self._cache_kw: cache}).last_hidden_state
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            token = int(self.lm_head(hidden[:, -1]).argmax(-1))
-            if token in self._stop_ids:
-                break
-            out.append(token)
-            next_embed = self.embed(torch.tensor([[token]], device=self.device))
-            hidden = self.decoder(inputs_embeds=next_embed, use_cache=True,
-                                  **{self._cache_kw: cache}).last_hidden_state
-        return self.decode(out)
-
-    @torch.no_grad()
-    def generate_batch(self, texts: list[str], pixels: torch.Tensor, max_new_tokens: int | list[int] = 64) -> list[str]:
-        """Greedy answers to B user texts about B images, batched with left padding.
-
-        texts: B user messages (question, plus any suffix); pixels: (B, 3, H, W) in [0, 1];
-        max_new_tokens: one limit for all, or one per text.
-        """
-        from transformers import DynamicCache
-
-        features = self.image_features(pixels.to(self.device).float())  # (B, P, D)
-        rows = []
-        for text, image in zip(texts, features, strict=True):
-            before, after = self.render(text).replace(" " + SUFFIX_MARK, "", 1).split(self.image_mark, 1)
-            rows.append(torch.cat([self.embed(self._ids(before, first=True)), image, self.embed(self._ids(after))]))
-        batch, longest = len(rows), max(len(r) for r in rows)
-        limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * batch
-        inputs = torch.zeros(batch, longest, rows[0].shape[-1], dtype=self.dtype, device=self.device)
-        mask = torch.zeros(batch, longest, dtype=torch.long, device=self.device)
-        for i, row in enumerate(rows):
-            inputs[i, longest - len(row):] = row
-            mask[i, longest - len(row):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        hidden = self.decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True,
-                              **{self._cache_kw: cache}).last_hidden_state
-        stop = torch.tensor(sorted(self._stop_ids) or [-1], device=self.device)
-        done = torch.tensor([limit <= 0 for limit in limits], device=self.device)
-        out: list[list[int]] = [[] for _ in range(batch)]
-        for step in range(max(limits)):
-            tokens = self.lm_head(hidden[:, -1]).argmax(-1)  # (B,)
-            done |= torch.isin(tokens, stop) | torch.tensor([step >= limit for limit in limits], device=self.device)
-            if bool(done.all()):
-                break
-            for i in (~done).nonzero().flatten().tolist():
-                out[i].append(int(tokens[i]))
-            mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=self.device)], dim=1)
-            positions = positions[:, -1:] + 1
-            hidden = self.decoder(inputs_embeds=self.embed(tokens[:, None]), attention_mask=mask,
-                                  position_ids=positions, use_cache=True,
-                                  **{self._cache_kw: cache}).last_hidden_state
-        return [self.decode(ids) for ids in out]
-
     def full_input_ids(self, state: AttackState, suffix_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(1, L) input ids with the image token repeated, and (1, L) labels (-100 except the target),
         for checking the adapter against the model's own forward."""
@@ -463,32 +397,3 @@ class LlavaWhiteBox:
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         return ((pixels - self.mean) / self.std).to(self.dtype)
-
-
-@WHITEBOX_MODELS.register("hf")
-def load_hf_llava(
-    model_id: str, *, dtype: str = "auto", device: str | None = None, max_batch: int = 512,
-    trust_remote_code: bool = False,
-) -> LlavaWhiteBox:
-    """A LLaVA-family model from the hub or a local path (LLaVA-1.5, LLaVA-Med v1.5 HF format)."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                   "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
-    processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-    model = LlavaForConditionalGeneration.from_pretrained(
-        model_id, dtype=torch_dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code,
-    ).to(device).eval()
-    image_processor = processor.image_processor
-    crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None) or {}
-    if isinstance(crop, dict):
-        side = crop.get("height") or crop.get("shortest_edge") or model.config.vision_config.image_size
-        size = (int(crop.get("height", side)), int(crop.get("width", side)))
-    else:
-        size = (model.config.vision_config.image_size,) * 2
-    return LlavaWhiteBox(
-        model, processor.tokenizer, name=model_id, image_size=size,
-        image_mean=tuple(image_processor.image_mean), image_std=tuple(image_processor.image_std),
-        processor=processor, image_mark=getattr(processor, "image_token", "<image>"), max_batch=max_batch,
-    )

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -30,7 +30,8 @@ import torch
 from medattack.api import APIClient, APIConfig, APIError, chat_text
 from medattack.config import option
 from medattack.data.image_io import encode_png
-from medattack.errors import MedattackError
+from medattack.errors import TargetError
+from medattack.models.capabilities import generate_batch
 from medattack.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,6 @@ class Query:
 
     def limit(self, default: int) -> int:
         return default if self.max_new_tokens is None else min(self.max_new_tokens, default)
-
-
-class TargetError(MedattackError):
-    """One query could not be answered (the reason says why; the rest of the batch goes on)."""
 
 
 @dataclass(frozen=True)
@@ -74,16 +71,24 @@ class TargetConfig:
         return self.model if self.kind == "llava" else f"{self.kind}:{self.model}"
 
 
-def parse_target(spec: str, base: TargetConfig | None = None) -> TargetConfig:
-    """'KIND:MODEL' or a bare LLaVA name/path -> TargetConfig (other fields from `base`)."""
-    base = base or TargetConfig()
+def split_target(spec: str) -> tuple[str, str]:
+    """'KIND:MODEL' -> (kind, model); a bare name or path is a LLaVA model ("llava", spec)."""
     kind, sep, model = spec.partition(":")
     if sep and kind in TARGETS:
-        return replace(base, kind=kind, model=model)
-    return replace(base, kind="llava", model=spec)
+        return kind, model
+    return "llava", spec
+
+
+def parse_target(spec: str, base: TargetConfig | None = None) -> TargetConfig:
+    """'KIND:MODEL' or a bare LLaVA name/path -> TargetConfig (other fields from `base`)."""
+    kind, model = split_target(spec)
+    return replace(base or TargetConfig(), kind=kind, model=model)
 
 
 class ChatTarget(Protocol):
+    """A registered target kind: built as `cls(config, cache_path=..., model=...)`."""
+
+    takes_whitebox: ClassVar[bool]  # `model` may be a white-box adapter already loaded (shared with attacks)
     name: str
 
     def answer(self, queries: Sequence[Query]) -> list[str | TargetError]:
@@ -91,12 +96,14 @@ class ChatTarget(Protocol):
         ...
 
 
-TARGETS: Registry[Any] = Registry("target kind")
+TARGETS: Registry[Callable[..., ChatTarget]] = Registry("target kind", plugins="medattack.models")
 
 
-def load_target(config: TargetConfig, cache_path: Path | None = None) -> ChatTarget:
-    """Build the target a config names; `cache_path` is the request cache of API targets."""
-    return TARGETS[config.kind](config, cache_path=cache_path)
+def load_target(config: TargetConfig, cache_path: Path | None = None, model: Any = None) -> ChatTarget:
+    """Build the target a config names; `cache_path` is the request cache of API targets, `model` a
+    loaded white-box model for the kinds that take one (`takes_whitebox`)."""
+    kind = TARGETS[config.kind]
+    return kind(config, cache_path=cache_path, model=model if kind.takes_whitebox else None)
 
 
 def _device(config: TargetConfig) -> str:
@@ -110,6 +117,8 @@ def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 @TARGETS.register("llava")
 class LlavaTarget:
     """A LLaVA-family model through the white-box adapter, answering in batches (greedy)."""
+
+    takes_whitebox = True
 
     def __init__(self, config: TargetConfig, model: Any = None, **_: Any) -> None:
         from medattack.models.base import load_whitebox
@@ -136,12 +145,12 @@ class LlavaTarget:
             try:
                 pixels = torch.cat([self._pixels(q) for q in batch])
                 limits = [q.limit(self.config.max_new_tokens) for q in batch]
-                out.extend(self.model.generate_batch([q.text for q in batch], pixels, limits))
+                out.extend(generate_batch(self.model, [q.text for q in batch], pixels, limits))
             except TargetError as error:  # answer one by one so only the bad query fails
                 for query in batch:
                     try:
-                        out.extend(self.model.generate_batch([query.text], self._pixels(query),
-                                                             [query.limit(self.config.max_new_tokens)]))
+                        out.extend(generate_batch(self.model, [query.text], self._pixels(query),
+                                                  [query.limit(self.config.max_new_tokens)]))
                     except TargetError as single:
                         out.append(single)
                 log.debug("batch fell back to single queries: %s", error)
@@ -151,6 +160,8 @@ class LlavaTarget:
 @TARGETS.register("hf")
 class HFChatTarget:
     """Any transformers image-text-to-text model with its processor, batched with left padding."""
+
+    takes_whitebox = False
 
     def __init__(self, config: TargetConfig, **_: Any) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -232,6 +243,8 @@ def chat_payload(config: TargetConfig, query: Query) -> dict[str, Any]:
 @TARGETS.register("api")
 class APIChatTarget:
     """An OpenAI-compatible chat endpoint with image input; requests run `api.concurrency` at a time."""
+
+    takes_whitebox = False
 
     def __init__(self, config: TargetConfig, cache_path: Path | None = None, **_: Any) -> None:
         self.config = config

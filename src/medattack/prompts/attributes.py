@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from medattack.api import APIConfig
-from medattack.config import option
+from medattack.config import NoOptions, option
 from medattack.data.image_io import LoadedImage
 from medattack.data.sources import SourceItem
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
@@ -53,7 +53,7 @@ class AttributeReader(Protocol):
              image_hash: str | None = None) -> list[Attribute]: ...
 
 
-ATTRIBUTE_READERS: Registry[type] = Registry("attribute reader")
+ATTRIBUTE_READERS: Registry[type[AttributeReader]] = Registry("attribute reader", plugins="medattack.prompts")
 
 
 def split_question(entry: str) -> tuple[str, str]:
@@ -77,6 +77,7 @@ def pixel_attributes(pixels: np.ndarray) -> dict[str, str]:
 
 @ATTRIBUTE_READERS.register("metadata")
 class MetadataReader:
+    config_class = NoOptions
     name = "metadata"
 
     def __init__(self, **_: Any) -> None:
@@ -115,7 +116,7 @@ class ModelReader:
     def read(self, item: SourceItem, image: LoadedImage, questions: tuple[str, ...],
              image_hash: str | None = None) -> list[Attribute]:
         """`image_hash` is the pixel hash when the caller has it already (computed here otherwise)."""
-        from medattack.data.builder import pixel_hash
+        from medattack.data.expand import pixel_hash
 
         image_hash = image_hash or pixel_hash(image.pixels)
         out = []
@@ -140,6 +141,7 @@ class WhiteboxReaderConfig:
 @ATTRIBUTE_READERS.register("whitebox")
 class WhiteboxReader(ModelReader):
     """Ask a LLaVA-family model through the attack engine's adapter."""
+    config_class = WhiteboxReaderConfig
 
     def __init__(self, config: WhiteboxReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
         self.cache = JsonlCache(cache_path)
@@ -159,6 +161,7 @@ class HFReaderConfig:
 @ATTRIBUTE_READERS.register("hf")
 class HFReader(ModelReader):
     """Any transformers image-text-to-text model (SmolVLM, Qwen2.5-VL, LLaVA...) with its processor."""
+    config_class = HFReaderConfig
 
     def __init__(self, config: HFReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
         self.cache = JsonlCache(cache_path)
@@ -178,6 +181,7 @@ class APIReaderConfig:
 @ATTRIBUTE_READERS.register("api")
 class APIReader(ModelReader):
     """An OpenAI-compatible vision endpoint."""
+    config_class = APIReaderConfig
 
     def __init__(self, config: APIReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
         self.cache = JsonlCache(cache_path)
@@ -189,7 +193,7 @@ class APIReader(ModelReader):
 def read_attributes(items: list[SourceItem], reader: AttributeReader, questions: tuple[str, ...],
                     max_pixels: int) -> Iterator[dict[str, Any] | Exception]:
     """One record per image (or the InputError of an image that could not be read)."""
-    from medattack.data.builder import pixel_hash
+    from medattack.data.expand import pixel_hash
     from medattack.errors import InputError
 
     for item in items:

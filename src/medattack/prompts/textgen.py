@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from medattack.api import APIClient, APIConfig, APIError, chat_text
 from medattack.config import option
@@ -17,14 +17,17 @@ from medattack.rundir import JsonlCache
 
 
 class TextGenerator(Protocol):
+    config_class: type  # its settings (a frozen dataclass)
     name: str
+
+    def __init__(self, config: Any = None, cache_path: Path | None = None) -> None: ...
 
     def generate(self, system: str, user: str) -> str:
         """The model's reply ('' when the call failed for good)."""
         ...
 
 
-TEXT_GENERATORS: Registry[type] = Registry("text generator")
+TEXT_GENERATORS: Registry[type[TextGenerator]] = Registry("text generator", plugins="medattack.prompts")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class LocalChatConfig:
 @TEXT_GENERATORS.register("local")
 class LocalChat:
     """Greedy generation with a transformers causal LM and its chat template."""
+
+    config_class = LocalChatConfig
 
     def __init__(self, config: LocalChatConfig | None = None, cache_path: Path | None = None) -> None:
         import torch
@@ -81,6 +86,8 @@ class APIChatConfig:
 @TEXT_GENERATORS.register("api")
 class APIChat:
     """Any OpenAI-compatible chat endpoint (GPT-4-class models, a vLLM server, `medattack serve`)."""
+
+    config_class = APIChatConfig
 
     def __init__(self, config: APIChatConfig | None = None, cache_path: Path | None = None) -> None:
         self.config = config or APIChatConfig()

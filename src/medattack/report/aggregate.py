@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medattack.rundir import read_jsonl
+from medattack.records import CONDITIONS, HARMFUL_CONDITIONS
+from medattack.rundir import RunDir, read_jsonl
 
-CONDITIONS = ("normal", "mismatch", "malicious", "both")
-HARMFUL_CONDITIONS = ("malicious", "both")
+__all__ = ["CONDITIONS", "HARMFUL_CONDITIONS", "RunData", "build_tables", "load_run"]
 KEY_METRIC = "keyword_asr"  # the success metric of tables that show one number
 RESAMPLES = 1000
 GROUP_COLUMNS = ["n", "nulls", "mean", "ci_low", "ci_high"]
@@ -81,16 +81,16 @@ def _method(row: pd.Series) -> str:
 
 def load_run(root: Path, name: str | None = None) -> RunData:
     """Read a run's manifest, query responses joined with their scores, and attack results and steps."""
-    manifest = json.loads((root / "run.json").read_text(encoding="utf-8")) if (root / "run.json").exists() else {}
+    run = RunDir(root)
+    manifest = run.read_manifest()
     frames, metrics, failures = [], {}, {}
-    for responses_path in sorted((root / "responses").glob("*/responses.jsonl")):
-        target_dir = responses_path.parent.name
-        responses = pd.DataFrame(read_jsonl(responses_path))
-        scores = pd.DataFrame(read_jsonl(root / "scores" / target_dir / "scores.jsonl"))
-        summary_path = root / "scores" / target_dir / "summary.json"
-        if summary_path.exists():
-            metrics.update(json.loads(summary_path.read_text(encoding="utf-8"))["metrics"])
-        failures[f"responses/{target_dir}"] = len(read_jsonl(responses_path.parent / "failures.jsonl"))
+    for folder in run.responses_folders():
+        scores_folder = run.scores_folder(folder.target)
+        responses = pd.DataFrame([r.to_json() for r in folder.responses()])
+        scores = pd.DataFrame([r.to_json() for r in scores_folder.scores()])
+        if scores_folder.summary_path.exists():
+            metrics.update(json.loads(scores_folder.summary_path.read_text(encoding="utf-8"))["metrics"])
+        failures[run.relative(folder.path)] = len(read_jsonl(folder.failures_path))
         if responses.empty:
             continue
         responses["method"] = responses.apply(_method, axis=1)
@@ -105,15 +105,17 @@ def load_run(root: Path, name: str | None = None) -> RunData:
     table["run"] = name or root.name
 
     attack_rows, step_rows = [], []
-    for results in sorted((root / "attacks").glob("*/*/results.jsonl")):
-        for row in read_jsonl(results):
-            attack_rows.append({**{k: row.get(k) for k in ("sample_id", "condition", "task", "method", "model",
-                                                            "success", "keyword_success", "n_steps", "seconds",
-                                                            "best_loss", "linf")}, "run": name or root.name})
-            for step in read_jsonl(results.parent / "steps" / f"{row['sample_id']}.jsonl"):
-                step_rows.append({"method": row["method"], "model": row["model"], "sample_id": row["sample_id"],
+    for folder in run.attack_folders():
+        for row in folder.results():
+            attack_rows.append({"sample_id": row.sample_id, "condition": row.condition, "task": row.task,
+                                "method": row.method, "model": row.model, "success": row.success,
+                                "keyword_success": row.keyword_success, "n_steps": row.n_steps,
+                                "seconds": row.seconds, "best_loss": row.best_loss, "linf": row.linf,
+                                "run": name or root.name})
+            for step in read_jsonl(folder.steps_path(row.sample_id)):
+                step_rows.append({"method": row.method, "model": row.model, "sample_id": row.sample_id,
                                   "step": step["step"], "success": step["success"], "run": name or root.name})
-        failures[str(results.parent.relative_to(root))] = len(read_jsonl(results.parent / "failures.jsonl"))
+        failures[run.relative(folder.path)] = len(read_jsonl(folder.failures_path))
     return RunData(name or root.name, root, manifest, table, metrics, pd.DataFrame(attack_rows),
                    pd.DataFrame(step_rows), failures)
 

@@ -27,7 +27,7 @@ from medattack.errors import RunDirError
 from medattack.report.aggregate import CONDITIONS, KEY_METRIC, RunData, build_tables, load_run
 from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
-from medattack.rundir import write_bytes_atomic
+from medattack.rundir import RunDir, write_bytes_atomic
 
 
 @dataclass(frozen=True)
@@ -130,13 +130,13 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     config = config or ReportConfig()
     roots = [Path(r) for r in run_dirs]
     for root in roots:
-        if not (root / "benchmark" / "samples.jsonl").exists() and not (root / "run.json").exists():
+        if not RunDir(root).has_samples() and not RunDir(root).manifest_path.exists():
             raise RunDirError(f"{root} is not a run directory (no run.json); pass the folder `medattack build` made.")
     names = [root.name for root in roots]
     if len(set(names)) != len(names):  # two runs with one folder name: tell them apart by their parents
         names = [f"{root.parent.name}/{root.name}" for root in roots]
     runs = [load_run(root, name) for root, name in zip(roots, names, strict=True)]
-    out = Path(out_dir) if out_dir else roots[0] / "report"
+    out = Path(out_dir) if out_dir else RunDir(roots[0]).report
     tables = build_tables(runs)
     scores = pd.concat([r.scores for r in runs], ignore_index=True)
     metrics: dict[str, dict[str, Any]] = {}

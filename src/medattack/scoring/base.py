@@ -3,14 +3,24 @@
 A scorer receives a batch of `ScoreInput`s (one response each, with the question, attributes and,
 when available, the image) and returns one `Score` per input. `Score.value` is None when the metric
 could not be computed, with the reason in `Score.null_reason`; reports count nulls, never drop them.
+
+Every metric is one file of this package that registers its class in `SCORERS` with a `config_class`
+(its own settings: the score config's `metrics: {name: options}`); every scorer is built as
+`cls(config, encoders=..., cache_path=...)`, where `Encoders` are the text and image-text encoders
+the stage shares between metrics. A metric computed from other metrics' scores of the same response
+(the composite) registers in `DERIVED` instead, with `combine(scores, specs)`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
+from medattack.config import NoOptions, option
+
+__all__ = ["NoOptions"]  # re-exported for the metrics
 from medattack.registry import Registry
 
 
@@ -52,10 +62,40 @@ class MetricSpec:
     is_proxy: bool = False
 
 
+@dataclass(frozen=True)
+class Encoders:
+    """The encoders shared by the relevance metrics (one instance per name and settings, so each text
+    and image is encoded once however many metrics read it)."""
+
+    text_embedder: str = option("minilm", "Text embedder for TTO (minilm offline, bge-m3 when installed).")
+    image_text: str = option("proxy", "Image-text backend for TIO/TII (proxy offline, biomedclip, clip).")
+    device: str = option("cpu", "torch device of the scoring encoders (cpu, cuda, cuda:1).")
+    text_model: str | None = option(None, "Hub id or local folder of the text embedder; None = its default "
+                                    "(the embedded MiniLM, BAAI/bge-m3).")
+    memo_mib: float | None = option(None, "Encodings kept per encoder for reuse across metrics, batches and "
+                                    "targets (MiB); None = each encoder's default, 0 = none.")
+
+
 class Scorer(Protocol):
+    config_class: ClassVar[type]
     spec: MetricSpec
+
+    def __init__(self, config: Any = None, *, encoders: Encoders | None = None,
+                 cache_path: Path | None = None) -> None: ...
 
     def score(self, inputs: Sequence[ScoreInput]) -> list[Score]: ...
 
 
-SCORERS: Registry[type] = Registry("scorer")
+class DerivedMetric(Protocol):
+    """A metric computed from the other metrics' scores of one response."""
+
+    config_class: ClassVar[type]
+    spec: MetricSpec
+
+    def __init__(self, config: Any = None) -> None: ...
+
+    def combine(self, scores: dict[str, Score], specs: dict[str, MetricSpec]) -> Score: ...
+
+
+SCORERS: Registry[type[Scorer]] = Registry("scorer", plugins="medattack.scoring")
+DERIVED: Registry[type[DerivedMetric]] = Registry("derived metric", plugins="medattack.scoring")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medattack.api import APIClient, APIConfig, APIError
 from medattack.config import option
-from medattack.scoring.base import SCORERS, MetricSpec, Score, ScoreInput
+from medattack.scoring.base import SCORERS, Encoders, MetricSpec, Score, ScoreInput
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,12 @@ class ModerationConfig:
 
 @SCORERS.register("moderation")
 class Moderation:
-    def __init__(self, config: ModerationConfig | None = None, cache_path: Path | None = None) -> None:
+    """`moderation`: the highest category score of a moderation endpoint (0-1)."""
+
+    config_class = ModerationConfig
+
+    def __init__(self, config: ModerationConfig | None = None, *, encoders: Encoders | None = None,
+                 cache_path: Path | None = None) -> None:
         self.config = config or ModerationConfig()
         self.client = APIClient(self.config.api, cache_path)
         self.spec = MetricSpec(

@@ -13,19 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from medattack.data.taxonomy import load_taxonomy
 from medattack.errors import ConfigError
 from medattack.scoring.backends.image_text import IMAGE_TEXT_BACKENDS, ImageInfo
 from medattack.scoring.backends.text_embedders import embedder_options, get_text_embedder
-from medattack.scoring.base import SCORERS, MetricSpec, Score, ScoreInput
+from medattack.scoring.base import SCORERS, Encoders, MetricSpec, NoOptions, Score, ScoreInput
 
 
 @SCORERS.register("tto")
 class TTO:
-    def __init__(self, text_embedder: str = "minilm", device: str = "cpu", text_model: str | None = None,
-                 memo_mib: float | None = None) -> None:
-        self.embedder = get_text_embedder(text_embedder, **embedder_options(device, text_model, memo_mib))
+    """`tto`: relevance of the response to the input text (text embedder cosine)."""
+
+    config_class = NoOptions
+
+    def __init__(self, config: Any = None, *, encoders: Encoders | None = None, cache_path: Path | None = None) -> None:
+        e = encoders or Encoders()
+        self.embedder = get_text_embedder(e.text_embedder, **embedder_options(e.device, e.text_model, e.memo_mib))
         self.spec = MetricSpec(
             name="tto", low=-1.0, high=1.0, higher_means="the response is more relevant to the input text",
             description=f"text-text relevance of response and question ({self.embedder.name}: "
@@ -44,14 +49,15 @@ class TTO:
 class _ImageMetric:
     """Shared by TIO and TII: relevance of the input image to some text of each input."""
 
+    config_class = NoOptions
     name = ""
     text_field = ""  # which text of the input is compared with the image
     higher_means = ""
 
-    def __init__(self, image_text: str = "proxy", text_embedder: str = "minilm", device: str = "cpu",
-                 text_model: str | None = None, memo_mib: float | None = None) -> None:
-        self.backend = IMAGE_TEXT_BACKENDS[image_text](text_embedder=text_embedder, device=device,
-                                                       text_model=text_model, memo_mib=memo_mib)
+    def __init__(self, config: Any = None, *, encoders: Encoders | None = None, cache_path: Path | None = None) -> None:
+        e = encoders or Encoders()
+        self.backend = IMAGE_TEXT_BACKENDS[e.image_text](text_embedder=e.text_embedder, device=e.device,
+                                                         text_model=e.text_model, memo_mib=e.memo_mib)
         self.taxonomy = load_taxonomy()
         proxy = self.backend.is_proxy
         self.spec = MetricSpec(
@@ -83,6 +89,8 @@ class _ImageMetric:
 
 @SCORERS.register("tio")
 class TIO(_ImageMetric):
+    """`tio`: relevance of the response to the input image (image-text backend)."""
+
     name = "tio"
     text_field = "response"
     higher_means = "the response is more relevant to the input image"
@@ -90,6 +98,8 @@ class TIO(_ImageMetric):
 
 @SCORERS.register("tii")
 class TII(_ImageMetric):
+    """`tii`: how well the input text matches the input image (the null control)."""
+
     name = "tii"
     text_field = "question"
     higher_means = "the input text matches the input image better (null control)"

@@ -70,7 +70,7 @@ class Source(Protocol):
     def __iter__(self) -> Iterator[SourceItem | InputError]: ...
 
 
-SOURCES: Registry[type] = Registry("source")
+SOURCES: Registry[type[Source]] = Registry("source", plugins="medattack.data.sources")
 
 
 def open_source(spec: str, context: SourceContext) -> Source:

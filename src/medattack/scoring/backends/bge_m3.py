@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from medattack.config import option
+from medattack.errors import ModelNotFoundError
 from medattack.scoring.backends.memo import EncodingMemo
 from medattack.scoring.backends.text_embedders import TEXT_EMBEDDERS
 
@@ -65,6 +66,8 @@ def _head_file(source: str, name: str) -> Path:
 
 @TEXT_EMBEDDERS.register("bge-m3")
 class BGEM3:
+    """BAAI/bge-m3: dense + sparse + colbert relevance fused 0.4 / 0.2 / 0.4 (the paper's TTO)."""
+
     name = "bge-m3"
     config_class = BGEM3Config
 
@@ -73,7 +76,13 @@ class BGEM3:
         self.config = config or BGEM3Config()
         self.model_id = self.config.model
         if modules is None:
-            modules = self._load(self.config.model, self.config.device)
+            try:
+                modules = self._load(self.config.model, self.config.device)
+            except OSError as exc:
+                raise ModelNotFoundError(
+                    f"BGE-M3 weights not found for {self.config.model!r} (offline, or no such folder): "
+                    f"{str(exc).splitlines()[0]} Download BAAI/bge-m3 on a connected machine and pass the "
+                    "folder with --set text_model=/path/to/bge-m3 (score config key `text_model`).") from None
         self.tokenizer, self.encoder, self.colbert_linear, self.sparse_linear = modules
         self.tokenizer.padding_side = "right"  # [CLS] at position 0 and each text's tokens first
         self.special_ids = torch.tensor(sorted(self.tokenizer.all_special_ids), device=self.config.device)

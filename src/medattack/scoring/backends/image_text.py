@@ -51,7 +51,8 @@ class ImageTextRelevance(Protocol):
         ...
 
 
-IMAGE_TEXT_BACKENDS: Registry[type] = Registry("image-text backend")
+IMAGE_TEXT_BACKENDS: Registry[type[ImageTextRelevance]] = Registry(
+    "image-text backend", plugins="medattack.scoring.backends")
 
 
 def metadata_text(info: ImageInfo) -> str:
@@ -152,11 +153,15 @@ def _file_key(path: str) -> tuple[str, int, int]:
 
 @IMAGE_TEXT_BACKENDS.register("biomedclip")
 class BiomedCLIP(OpenClipRelevance):
+    """BiomedCLIP through open_clip (the `clip` extra): logit_scale x cosine of image and text."""
+
     name = "biomedclip"
     model_id = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
 
 @IMAGE_TEXT_BACKENDS.register("clip")
 class OpenAICLIP(OpenClipRelevance):
+    """OpenAI CLIP through open_clip (the `clip` extra): logit_scale x cosine of image and text."""
+
     name = "clip"
     model_id = "hf-hub:timm/vit_base_patch16_clip_224.openai"

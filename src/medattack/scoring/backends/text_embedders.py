@@ -46,7 +46,7 @@ def dense_pair_scores(embedder: TextEmbedder, left: Sequence[str], right: Sequen
     return np.einsum("nd,nd->n", a, b)
 
 
-TEXT_EMBEDDERS: Registry[type] = Registry("text embedder")
+TEXT_EMBEDDERS: Registry[type[TextEmbedder]] = Registry("text embedder", plugins="medattack.scoring.backends")
 
 
 def embedded_minilm_path() -> str:

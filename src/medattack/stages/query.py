@@ -1,8 +1,8 @@
 """The query stage: ask a target every sample of a run, every attack's adversarial input, and controls.
 
-    runs/<name>/responses/<target>/
+    runs/<name>/responses/<target>/       (rundir.ResponsesFolder)
       config.json        the target and stage config (no secrets: only the name of the key variable)
-      responses.jsonl    one row per sample x condition x source, appended batch by batch
+      responses.jsonl    one Response per sample x condition x source, appended chunk by chunk
       failures.jsonl     queries that failed this time (bad image, API error), with the reason
     runs/<name>/controls/blank.png, noise.png   the image-reliance control images
 
@@ -30,29 +30,17 @@ from typing import Any
 import numpy as np
 
 from medattack.config import option, to_dict
-from medattack.data.builder import load_samples
 from medattack.data.image_io import encode_png, load_image
 from medattack.errors import ConfigError, InputError, MedattackError
-from medattack.executor import ExecutorConfig, open_pool
+from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
-from medattack.rundir import (
-    Progress,
-    RunDir,
-    append_jsonl,
-    claim_folder,
-    folder_name,
-    read_jsonl,
-    write_bytes_atomic,
-    write_jsonl_atomic,
-)
+from medattack.records import CONDITIONS, CONTROL_DESCRIPTIONS, RESPONSE_SAMPLE_FIELDS, Response, Sample
+from medattack.rundir import Progress, RunDir, append_records, write_bytes_atomic
+from medattack.stages.base import FailureLog, as_run_dir, claim, failure, resumable_map
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = ("normal", "mismatch", "malicious", "both")
 CONTROL_SIZE = 336  # side of the control images, in pixels
-CONTROL_DESCRIPTIONS = {"blank": "a blank uniform grey image", "noise": "an image of uniform random noise"}
-SAMPLE_FIELDS = ("sample_id", "pair_id", "condition", "task", "task_group", "category", "modality", "body_part",
-                 "prompt", "shown_attribute", "true_attribute", "description", "key_phrase")
 
 
 @dataclass(frozen=True)
@@ -80,7 +68,7 @@ class PlannedQuery:
 
     response_id: str
     source: str
-    sample: dict[str, Any]
+    sample: Sample
     text: str
     image_file: str  # relative to the run root
     tensor_file: str | None = None  # exact adversarial pixels (safetensors), relative to the run root
@@ -93,50 +81,45 @@ def control_images(run: RunDir) -> dict[str, str]:
               "noise": np.random.default_rng(0).integers(0, 256, (CONTROL_SIZE, CONTROL_SIZE, 3), dtype=np.uint8)}
     paths = {}
     for name, pixels in images.items():
-        path = run.root / "controls" / f"{name}.png"
+        path = run.control_image(name)
         if not path.exists():
             write_bytes_atomic(path, encode_png(pixels))
-        paths[name] = f"controls/{name}.png"
+        paths[name] = run.relative(path)
     return paths
 
 
-def select_samples(samples: list[dict[str, Any]], config: QueryConfig) -> list[dict[str, Any]]:
-    chosen = [s for s in samples if s["condition"] in config.conditions
-              and (config.tasks is None or s["task"] in config.tasks)]
+def select_samples(samples: list[Sample], config: QueryConfig) -> list[Sample]:
+    chosen = [s for s in samples if s.condition in config.conditions
+              and (config.tasks is None or s.task in config.tasks)]
     if config.pairs_per_category is not None:
         pairs: dict[str, list[str]] = {}
-        for pair_id, category in sorted({(s["pair_id"], s["category"]) for s in chosen},
+        for pair_id, category in sorted({(s.pair_id, s.category) for s in chosen},
                                         key=lambda p: hashlib.sha256(p[0].encode()).hexdigest()):
             pairs.setdefault(category, []).append(pair_id)
         keep = {p for members in pairs.values() for p in members[: config.pairs_per_category]}
-        chosen = [s for s in chosen if s["pair_id"] in keep]
+        chosen = [s for s in chosen if s.pair_id in keep]
     return chosen[: config.limit] if config.limit is not None else chosen
 
 
-def plan_queries(run: RunDir, samples: list[dict[str, Any]], config: QueryConfig) -> list[PlannedQuery]:
+def plan_queries(run: RunDir, samples: list[Sample], config: QueryConfig) -> list[PlannedQuery]:
     """Every query of the stage, in a fixed order: benchmark, controls, then attack replays."""
     chosen = select_samples(samples, config)
-    planned = [PlannedQuery(f"benchmark|{s['sample_id']}", "benchmark", s, s["question"],
-                            f"benchmark/{s['image_file']}") for s in chosen]
+    planned = [PlannedQuery(f"benchmark|{s.sample_id}", "benchmark", s, s.question,
+                            run.relative(run.benchmark_file(s.image_file))) for s in chosen]
     controls = control_images(run) if config.controls else {}
     for name in config.controls:
-        planned += [PlannedQuery(f"control:{name}|{s['sample_id']}", f"control:{name}", s, s["question"],
+        planned += [PlannedQuery(f"control:{name}|{s.sample_id}", f"control:{name}", s, s.question,
                                  controls[name]) for s in chosen]
     if config.replay_attacks:
-        by_id = {s["sample_id"]: s for s in samples}
-        for results in sorted((run.root / "attacks").glob("*/*/results.jsonl")):
-            folder = results.parent.relative_to(run.root)
-            source = f"attack:{folder.parent.name}/{folder.name}"
-            for row in read_jsonl(results):
-                sample = by_id.get(row["sample_id"])
-                if sample is None or sample["condition"] not in config.conditions:
-                    continue
-                text = f"{row['question']} {row['suffix']}".strip() if row.get("suffix") else row["question"]
-                planned.append(PlannedQuery(
-                    f"{source}|{row['sample_id']}", source, sample, text, f"{folder}/{row['image_file']}",
-                    f"{folder}/{row['tensor_file']}" if row.get("tensor_file") else None,
-                    {"attack_method": row.get("method", folder.parent.name), "attack_model": row.get("model", ""),
-                     "attack_success": row.get("success")}))
+        by_id = {s.sample_id: s for s in samples}
+        for folder, row in run.iter_attack_results():
+            sample = by_id.get(row.sample_id)
+            if sample is None or sample.condition not in config.conditions:
+                continue
+            planned.append(PlannedQuery(
+                f"{folder.source}|{row.sample_id}", folder.source, sample, row.replay_text,
+                folder.relative(row.image_file), folder.relative(row.tensor_file) if row.tensor_file else None,
+                {"attack_method": row.method, "attack_model": row.model, "attack_success": row.success}))
     return planned
 
 
@@ -152,26 +135,26 @@ def _load_query(run: RunDir, planned: PlannedQuery) -> Query:
 
 class QueryWorker:
     """Holds the target and answers one chunk of planned queries per call (a local or a Ray worker):
-    it loads their images from the run directory and returns one response row or failure per query."""
+    it loads their images from the run directory and returns one Response or failure per query."""
 
     def __init__(self, config: TargetConfig, run_root: str, target: ChatTarget | None = None) -> None:
         self.run = RunDir(run_root)
-        self.target = target or load_target(config, cache_path=self.run.root / "responses" / "api_cache.jsonl")
+        self.target = target or load_target(config, cache_path=self.run.api_cache_path)
 
     def name(self) -> str:
         return self.target.name
 
-    def answer(self, chunk: list[PlannedQuery]) -> list[dict[str, Any]]:
-        """One {"row": ...} or {"failure": ...} per planned query, in order."""
-        outcomes: list[dict[str, Any] | None] = [None] * len(chunk)
+    def answer(self, chunk: list[PlannedQuery]) -> list[Response | dict[str, Any]]:
+        """One Response or failure row per planned query, in order."""
+        outcomes: list[Response | dict[str, Any] | None] = [None] * len(chunk)
         ready, queries = [], []
         for k, planned in enumerate(chunk):
             try:
                 queries.append(_load_query(self.run, planned))
                 ready.append(k)
             except InputError as error:
-                outcomes[k] = {"failure": {"response_id": planned.response_id, "error": type(error).__name__,
-                                           "problem": error.problem, "fix": error.fix, "file": planned.image_file}}
+                outcomes[k] = failure("response_id", planned.response_id, error, error.problem, fix=error.fix,
+                                      file=planned.image_file)
         tick = time.perf_counter()
         try:
             answers = self.target.answer(queries) if queries else []
@@ -181,16 +164,14 @@ class QueryWorker:
         for k, answer in zip(ready, answers, strict=True):
             planned = chunk[k]
             if isinstance(answer, Exception):
-                outcomes[k] = {"failure": {"response_id": planned.response_id, "error": type(answer).__name__,
-                                           "problem": str(answer)}}
+                outcomes[k] = failure("response_id", planned.response_id, answer)
                 continue
-            outcomes[k] = {"row": {
-                "response_id": planned.response_id, "target": self.target.name, "source": planned.source,
-                "kind": planned.source.split(":")[0], "question": planned.text, "image_file": planned.image_file,
-                "response": answer, "seconds": round(seconds, 3),
-                **{key: planned.sample.get(key) for key in SAMPLE_FIELDS},
-                "attack_method": None, "attack_model": None, "attack_success": None, **planned.extra,
-            }}
+            outcomes[k] = Response(
+                response_id=planned.response_id, target=self.target.name, source=planned.source,
+                kind=planned.source.split(":")[0], question=planned.text, image_file=planned.image_file,
+                response=answer, seconds=round(seconds, 3),
+                **{key: getattr(planned.sample, key) for key in RESPONSE_SAMPLE_FIELDS}, **planned.extra,
+            )
         return outcomes  # type: ignore[return-value]
 
 
@@ -198,50 +179,47 @@ class QueryWorker:
 class QueryStageResult:
     folder: Path
     target: str
-    responses: list[dict[str, Any]]
+    responses: list[Response]
     failures: list[dict[str, Any]]
     asked: int  # queries answered in this call (others were already done)
 
 
-def run_query_stage(run_dir: str | Path, config: QueryConfig, *, target: ChatTarget | None = None,
-                    force: bool = False, progress: Progress | None = None,
-                    executor: ExecutorConfig | None = None) -> QueryStageResult:
+def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, executor: ExecutorConfig | None = None,
+        progress: Progress | None = None, force: bool = False, target: ChatTarget | None = None,
+        ) -> QueryStageResult:
     """Ask the configured target; resumable, see the module docstring. With a ray executor the chunks
-    are spread over actors that each load the target once."""
-    run = RunDir(run_dir)
-    samples = load_samples(run.root)
-    local = executor is None or executor.kind == "local"
-    pool = open_pool(executor, partial(QueryWorker, config.target, str(run.root), target if local else None))
+    are spread over actors that each load the target once; `target` (local runs) reuses a loaded one."""
+    config = config or QueryConfig()
+    run_dir = as_run_dir(run_dir)
+    samples = run_dir.samples()
+    local = runs_here(executor)
+    pool = open_pool(executor, partial(QueryWorker, config.target, str(run_dir.root), target if local else None))
     try:
         target_name = pool.call_any("name")
-        folder = run.root / "responses" / folder_name(target_name)
-        record = {"stage": to_dict(config), "target_name": target_name}
-        claim_folder(folder, record, force, "the target")
-        run.record_stage(f"query/{folder_name(target_name)}", record, config.target.seed)
+        folder = run_dir.responses_folder(target_name)
+        claim(run_dir, folder.path, {"stage": to_dict(config), "target_name": target_name}, force=force,
+              change="the target", stage=f"query/{folder.target}", seed=config.target.seed)
 
-        responses_path, failures_path = folder / "responses.jsonl", folder / "failures.jsonl"
-        done = {r["response_id"] for r in read_jsonl(responses_path)}
-        planned = plan_queries(run, samples, config)
+        done = {r.response_id for r in folder.responses()}
+        planned = plan_queries(run_dir, samples, config)
         todo = [p for p in planned if p.response_id not in done]
-        chunks = [todo[start:start + max(1, config.chunk)] for start in range(0, len(todo), max(1, config.chunk))]
-        failures: list[dict[str, Any]] = []
-        answered = 0
-        for index, outcomes in pool.map("answer", chunks):
-            if progress:
-                progress(f"asking {target_name}", len(planned) - len(todo) + answered, len(planned))
-            answered += len(chunks[index])
+        size = max(1, config.chunk)
+        chunks = [todo[start:start + size] for start in range(0, len(todo), size)]
+        failures = FailureLog(folder.failures_path, "response_id", retried=(p.response_id for p in planned))
+
+        def write(chunk: list[PlannedQuery], outcomes: Any) -> None:
             if isinstance(outcomes, Exception):
-                outcomes = [{"failure": {"response_id": p.response_id, "error": type(outcomes).__name__,
-                                         "problem": str(outcomes)}} for p in chunks[index]]
-            append_jsonl(responses_path, *(o["row"] for o in outcomes if "row" in o))
-            failures += [o["failure"] for o in outcomes if "failure" in o]
-            write_jsonl_atomic(failures_path, failures)
-        write_jsonl_atomic(failures_path, failures)
+                outcomes = [failure("response_id", p.response_id, outcomes) for p in chunk]
+            append_records(folder.responses_path, *(o for o in outcomes if isinstance(o, Response)))
+            failures.add(*(o for o in outcomes if not isinstance(o, Response)))
+
+        resumable_map(pool, "answer", chunks, write, progress=progress, label=f"asking {target_name}",
+                      done=len(planned) - len(todo), total=len(planned), size=len)
+        failures.save()
     finally:
         pool.close()
-    if failures:
-        log.warning("%d queries to %s failed; see %s (a re-run retries them)", len(failures), target_name,
-                    failures_path)
-    if progress:
-        progress(f"asking {target_name}", len(planned), len(planned))
-    return QueryStageResult(folder, target_name, read_jsonl(responses_path), failures, len(todo) - len(failures))
+    if failures.rows:
+        log.warning("%d queries to %s failed; see %s (a re-run retries them)", len(failures.rows), target_name,
+                    folder.failures_path)
+    return QueryStageResult(folder.path, target_name, folder.responses(), failures.rows,
+                            len(todo) - len(failures.rows))

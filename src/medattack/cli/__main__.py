@@ -1,0 +1,3 @@
+from medattack.cli import app
+
+app()

@@ -1,0 +1,122 @@
+"""The Typer app and what every command shares: options, error handling, progress, config loading."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from medattack import __version__
+from medattack.errors import BuildError, MedattackError
+
+C = TypeVar("C")
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="medattack",
+    help="Red-team medical multimodal LLMs: build a benchmark, attack, replay, score, report.\n\n"
+    "Example: medattack demo",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+list_app = typer.Typer(help="List what medattack knows.\n\nExample: medattack list tasks", no_args_is_help=True)
+analyze_app = typer.Typer(help="Dataset analyses (each writes a CSV and a figure).\n\n"
+                          "Example: medattack analyze attributes runs/demo", no_args_is_help=True)
+prompts_app = typer.Typer(help="Generate a prompt bank from images: attributes -> normal -> harmful.\n\n"
+                          "Example: medattack prompts attributes prompts/ --source embedded", no_args_is_help=True)
+app.add_typer(list_app, name="list")
+app.add_typer(prompts_app, name="prompts")
+app.add_typer(analyze_app, name="analyze")
+
+ConfigOption = Annotated[Path | None, typer.Option(help="YAML file of the stage's settings.")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a setting of the stage's config: key=value (dotted for nested keys: options.rounds=5).")]
+ForceOption = Annotated[bool, typer.Option(help="Reuse the output folder even if its config differs.")]
+ExecutorOption = Annotated[str, typer.Option("--executor", help="local, or ray (actors on a Ray cluster).")]
+RayAddressOption = Annotated[str | None, typer.Option(help="Ray cluster address ('auto', 'ray://head:10001'); "
+                                                      "none: a local Ray.")]
+WorkersOption = Annotated[int | None, typer.Option(help="Ray actors (model copies).")]
+GpusOption = Annotated[float | None, typer.Option(help="GPUs per Ray actor (1: one model per GPU).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"medattack {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+    )
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Turn medattack errors into a one-line message and an exit code (1: nothing built, 2: usage)."""
+    try:
+        yield
+    except BuildError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    except MedattackError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def progress_bar() -> Iterator[Any]:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        yield update
+
+
+def drop_unset(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags the user typed (None = not given), nested mappings kept only when something is set."""
+    out = {}
+    for key, value in flags.items():
+        if isinstance(value, Mapping):
+            value = drop_unset(value)
+            if not value:
+                continue
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def stage_config(cls: type[C], config: Path | None, set_: list[str] | None, flags: Mapping[str, Any]) -> C:
+    """The stage's config: the YAML file, then the flags the user typed, then --set (later wins)."""
+    from medattack.config import load_config, merge, parse_overrides
+
+    return load_config(cls, config, merge(drop_unset(flags), parse_overrides(set_ or [])))
+
+
+def executor_config(kind: str, address: str | None, workers: int | None, gpus_per_worker: float | None) -> Any:
+    from medattack.executor import ExecutorConfig
+
+    options = drop_unset({"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker})
+    return ExecutorConfig(kind=kind, **options)  # type: ignore[arg-type]

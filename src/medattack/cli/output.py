@@ -1,0 +1,89 @@
+"""The tables and lines each command prints. Data (file names, labels, model output) is escaped so
+that Rich never reads it as markup."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from medattack.cli.app import console
+from medattack.records import CONDITIONS
+
+
+def print_build(result: Any) -> None:
+    summary = result.summary
+    table = Table(title=escape(f"Benchmark in {result.run_dir / 'benchmark'}"), show_lines=False)
+    for column in ("category", "samples", *CONDITIONS):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    by_cat: dict[str, Counter[str]] = {}
+    for sample in result.samples:
+        by_cat.setdefault(sample.category, Counter())[sample.condition] += 1
+    for category, counts in sorted(by_cat.items()):
+        table.add_row(escape(category), str(sum(counts.values())), *(str(counts.get(c, 0)) for c in CONDITIONS))
+    console.print(table)
+    console.print(
+        f"{summary['samples']} samples = {summary['pairs']} image x prompt pairs x 4 conditions; "
+        f"{summary['images']} images, {len(summary['by_modality'])} modalities, "
+        f"{len(summary['by_task'])} tasks." + (" (already built: reused)" if result.reused else "")
+    )
+    if result.failures:
+        console.print(f"[yellow]{len(result.failures)} input(s) skipped[/yellow] "
+                      f"(details in {escape(str(result.run_dir / 'benchmark' / 'failures.jsonl'))}):")
+        for failure in result.failures[:10]:
+            console.print(escape(f"  - {failure['item']}: {failure['problem']} {failure['fix']}".rstrip()))
+        if len(result.failures) > 10:
+            console.print(f"  ... and {len(result.failures) - 10} more")
+
+
+def print_attack(result: Any, method: str) -> None:
+    table = Table("samples", "teacher-forced success", "keyword success", "failed", "mean seconds",
+                  title=escape(f"{method} -> {result.folder}"))
+    rows = result.results
+    if rows:
+        table.add_row(str(len(rows)), f"{sum(r.success for r in rows)}/{len(rows)}",
+                      f"{sum(r.keyword_success for r in rows)}/{len(rows)}", str(len(result.failures)),
+                      f"{sum(r.seconds for r in rows) / len(rows):.1f}")
+    console.print(table)
+    console.print(f"{result.attempted} sample(s) attacked now; results in {escape(str(result.folder))}/results.jsonl")
+
+
+def print_query(result: Any) -> None:
+    kinds = Counter(row.source for row in result.responses)
+    table = Table("source", "responses", title=escape(f"{result.target} -> {result.folder}"))
+    for source, count in sorted(kinds.items()):
+        table.add_row(escape(source), str(count))
+    console.print(table)
+    console.print(f"{result.asked} asked now; {len(result.failures)} failed" + (
+        f" (see {escape(str(result.folder / 'failures.jsonl'))}; a re-run retries them)" if result.failures else "."))
+
+
+def print_scores(results: dict[str, Any]) -> None:
+    for target, result in results.items():
+        table = Table("metric", "condition", "n", "nulls", "mean", title=escape(f"{target} -> {result.out_dir}"))
+        for row in result.summary["table"]:
+            mean = "-" if row["mean"] is None else f"{row['mean']:.3f}"
+            table.add_row(escape(row["metric"] + (" (proxy)" if row["is_proxy"] else "")), escape(row["condition"]),
+                          str(row["n"]), str(row["nulls"]), mean)
+        console.print(table)
+        console.print(f"{result.computed} value(s) computed now, {result.cache_hits} from the cache.")
+
+
+def print_run(result: Any) -> None:
+    if result.build is not None:
+        print_build(result.build)
+    for attack in result.attacks:
+        rows = attack.results
+        console.print(escape(f"attack {attack.folder.parent.name} on {attack.folder.name}: {len(rows)} sample(s), "
+                             f"{sum(bool(r.success) for r in rows)} forced the target, {len(attack.failures)} failed "
+                             f"({attack.attempted} attacked now)."))
+    for asked in result.queries:
+        console.print(escape(f"query {asked.target}: {len(asked.responses)} response(s) ({asked.asked} asked now), "
+                             f"{len(asked.failures)} failed -> {asked.folder / 'responses.jsonl'}"))
+    for target, scored in result.scores.items():
+        console.print(escape(f"scores {target}: {len(scored.rows)} row(s), {scored.computed} computed now, "
+                             f"{scored.cache_hits} from the cache."))
+    if result.report is not None:
+        console.print(f"Report: [bold]{escape(str(result.report.html.resolve()))}[/bold]")

@@ -1,0 +1,116 @@
+"""What the score stage reads: the responses of a run, or a responses file from anywhere, as `ScoreInput`s.
+
+A run's responses are the query stage's (responses/<target>) and the attack stage's own answers
+(attacks/<method>/<model>, scored as target "attack__<method>__<model>"). A file is long (one response
+per row: `question` or `attribute` + `prompt`, `response`, optional `condition`, `image`) or wide (the
+3MAD columns plus one response column per condition); the format is told from its columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medattack.data.sources.tables import cell, read_table, require_columns
+from medattack.errors import SourceError
+from medattack.records import CONTROL_DESCRIPTIONS, AttackRecord, Response, Sample, question_text
+from medattack.rundir import RunDir
+from medattack.scoring.base import ScoreInput
+
+WIDE_CONDITIONS = {  # condition -> (response column(s), attribute column, prompt column)
+    "normal": (("normal_response",), "original_attribute", "normal_prompt"),
+    "mismatch": (("unmatch_response", "mismatch_response"), "unmatch_attribute", "normal_prompt"),
+    "malicious": (("malicious_response", "harmful_response"), "original_attribute", "harmful_prompt"),
+    "both": (("both_response", "both_responses"), "unmatch_attribute", "harmful_prompt"),
+}
+
+
+def _image(root: Path | None, name: str) -> str | None:
+    if not name:
+        return None
+    path = Path(name) if Path(name).is_absolute() or root is None else root / name
+    return str(path)  # existence is checked by the image metrics, which count the missing ones
+
+
+def read_responses_file(path: Path, images_root: Path | None = None) -> list[ScoreInput]:
+    """Long format (one response per row) or wide format (3MAD columns + one response column per
+    condition); the format is told from the columns."""
+    rows = read_table(path)
+    if not rows:
+        raise SourceError(str(path), "the file holds no rows.")
+    columns = set(rows[0])
+    root = images_root or path.parent
+    wide = [c for c, (names, _, _) in WIDE_CONDITIONS.items() if columns & set(names)]
+    inputs: list[ScoreInput] = []
+    if wide:
+        require_columns(path, rows, [("original_attribute",), ("unmatch_attribute",), ("normal_prompt",),
+                                     ("harmful_prompt",)])
+        for number, row in enumerate(rows, start=1):
+            row_id = cell(row, "id") or str(number)
+            for condition in wide:
+                names, attribute_key, prompt_key = WIDE_CONDITIONS[condition]
+                column = next(n for n in names if n in columns)
+                prompt = cell(row, prompt_key)
+                inputs.append(ScoreInput(
+                    response_id=f"{row_id}:{condition}", condition=condition, prompt=prompt,
+                    question=question_text(cell(row, attribute_key), prompt),
+                    response=cell(row, column), shown_attribute=cell(row, attribute_key),
+                    true_attribute=cell(row, "original_attribute"),
+                    image_path=_image(root, cell(row, "file_name") or cell(row, "image")),
+                ))
+        return inputs
+    require_columns(path, rows, [("response",), ("question", "prompt")])
+    for number, row in enumerate(rows, start=1):
+        question = cell(row, "question")
+        if not question:
+            attribute = cell(row, "attribute") or cell(row, "shown_attribute")
+            question = question_text(attribute, cell(row, "prompt")) if attribute else cell(row, "prompt")
+        inputs.append(ScoreInput(
+            response_id=cell(row, "response_id") or cell(row, "id") or str(number),
+            question=question, response=cell(row, "response"), condition=cell(row, "condition"),
+            prompt=cell(row, "prompt"), shown_attribute=cell(row, "attribute"),
+            true_attribute=cell(row, "true_attribute"), description=cell(row, "description"),
+            image_path=_image(root, cell(row, "image") or cell(row, "image_path") or cell(row, "file_name")),
+        ))
+    ids = [i.response_id for i in inputs]
+    if len(set(ids)) != len(ids):
+        raise SourceError(str(path), "response ids repeat.", "give each row a unique response_id (or none).")
+    return inputs
+
+
+def read_run_responses(run: RunDir) -> dict[str, list[ScoreInput]]:
+    """Every response a run holds, by the name of its scores folder: the query stage's (one per
+    target) and the attack stage's own answers (one per attack folder)."""
+    samples = {s.sample_id: s for s in run.samples()} if run.has_samples() else {}
+    targets: dict[str, list[ScoreInput]] = {}
+    for folder in run.responses_folders():
+        targets[folder.target] = [_response_input(r, str(run.root / r.image_file)) for r in folder.responses()]
+    for folder in run.attack_folders():
+        targets[folder.target_name] = [
+            _attack_input(record, samples.get(record.sample_id), str(folder.path / record.image_file))
+            for record in folder.results()]
+    return targets
+
+
+def _response_input(row: Response, image: str) -> ScoreInput:
+    """A query response as ScoreInput. A control image has no known attribute: the controls' own
+    description stands in (so a metadata proxy gives null, and a pixel backend scores it)."""
+    control = row.source.removeprefix("control:") if row.kind == "control" else ""
+    is_control = control in CONTROL_DESCRIPTIONS
+    return ScoreInput(
+        response_id=row.response_id, question=row.question, response=row.response or "", condition=row.condition,
+        prompt=row.prompt or "", shown_attribute=row.shown_attribute or "",
+        true_attribute="" if is_control else row.true_attribute or "",
+        description=CONTROL_DESCRIPTIONS[control] if is_control else row.description or "",
+        image_path=image,
+    )
+
+
+def _attack_input(record: AttackRecord, sample: Sample | None, image: str) -> ScoreInput:
+    """An attack's own answer (to its question, not the replayed text) as ScoreInput."""
+    return ScoreInput(
+        response_id=record.sample_id, question=record.question, response=record.response or "",
+        condition=record.condition, prompt=sample.prompt if sample else "",
+        shown_attribute=sample.shown_attribute if sample else "",
+        true_attribute=sample.true_attribute if sample else "", description=sample.description if sample else "",
+        image_path=image,
+    )

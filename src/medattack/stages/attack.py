@@ -1,0 +1,221 @@
+"""The attack stage: run one attack method with one white-box model over a run's samples.
+
+    runs/<name>/attacks/<method>/<model>/      (rundir.AttackFolder)
+      config.json              method + stage config (a different config in the same folder is refused)
+      results.jsonl            one AttackRecord per finished sample: suffix, success, response, files, seconds
+      steps/<sample>.jsonl     per-step log: step, loss, winning modality, success, seconds
+      images/<sample>.png      adversarial image for people (model input resolution)
+      tensors/<sample>.safetensors   exact adversarial pixels (1, 3, H, W) in [0, 1] and suffix ids
+      checkpoints/<sample>.pt  state of a sample in progress (deleted when it finishes)
+      failures.jsonl           samples that could not be attacked, with the reason
+
+A finished sample is never redone; an interrupted one restarts from its last step's checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medattack.attacks.base import ATTACKS, AttackResult, AttackTask
+from medattack.config import from_mapping, option, to_dict
+from medattack.data.image_io import encode_png, load_image
+from medattack.data.typography import render_text_band
+from medattack.errors import MedattackError
+from medattack.executor import ExecutorConfig, open_pool, runs_here
+from medattack.models.base import WhiteBoxTarget, load_whitebox
+from medattack.records import AttackRecord, Sample, check_conditions
+from medattack.rundir import AttackFolder, Progress, RunDir, append_records, write_bytes_atomic, write_jsonl_atomic
+from medattack.scoring.keyword import keyword_success
+from medattack.stages.base import FailureLog, as_run_dir, claim, failure, resumable_map
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class AttackStageConfig:
+    method: str = option("mcm", "Attack method (see `medattack list attacks`).")
+    model: str = option("embedded", "White-box model: embedded, tiny, or a hub id / local path of a LLaVA model.")
+    conditions: tuple[str, ...] = option(("malicious", "both"), "Sample conditions to attack.")
+    tasks: tuple[str, ...] | None = option(None, "Only samples of these clinical tasks.")
+    limit: int | None = option(None, "Attack at most this many samples (in table order).")
+    seed: int = option(0, "Seed of every random choice of the attack.")
+    device: str | None = option(None, "torch device (default: cuda when available, else cpu).")
+    max_batch: int = option(512, "GCG candidates per forward pass at most (halved on out-of-memory).")
+    options: dict[str, Any] | None = option(None, "Method settings, e.g. {rounds: 5} (see `medattack list attacks`; "
+                                            "on the command line --set options.rounds=5).")
+
+    def __post_init__(self) -> None:
+        check_conditions(self.conditions, "attack conditions")
+        from_mapping(ATTACKS[self.method].config_class, self.options or {}, f"{self.method} options")
+
+
+class FileCheckpoint:
+    """torch.save'd dict, replaced atomically after every step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged checkpoint only costs the sample a restart
+            log.warning("ignoring unreadable checkpoint %s (%s)", self.path, exc)
+            return None
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def select_samples(samples: list[Sample], config: AttackStageConfig) -> list[Sample]:
+    chosen = [s for s in samples if s.condition in config.conditions
+              and (config.tasks is None or s.task in config.tasks)]
+    return chosen[: config.limit] if config.limit is not None else chosen
+
+
+def _mask(model: WhiteBoxTarget, run: RunDir, sample: Sample) -> torch.Tensor | None:
+    if not sample.mask_file:
+        return None
+    mask = load_image(run.benchmark_file(sample.mask_file)).pixels
+    return (model.preprocess(mask)[:, :1] > 0.5).float()  # (1, 1, H, W)
+
+
+def build_task(model: WhiteBoxTarget, run: RunDir, sample: Sample, seed: int, needs: frozenset[str]) -> AttackTask:
+    """The sample in the model's input space, with the optional inputs the attack declares it needs."""
+    image = load_image(run.benchmark_file(sample.image_file)).pixels
+    typo = None
+    if "typographic_image" in needs:
+        typo_image = (load_image(run.benchmark_file(sample.typographic_image_file)).pixels
+                      if sample.typographic_image_file else render_text_band(image, sample.key_phrase))
+        typo = model.preprocess(typo_image)
+    return AttackTask(sample_id=sample.sample_id, question=sample.question, target=sample.target,
+                      pixels=model.preprocess(image), seed=seed, mask=_mask(model, run, sample),
+                      typographic_pixels=typo)
+
+
+def _to_png(pixels: torch.Tensor) -> bytes:
+    array = (pixels[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return encode_png(array)
+
+
+def _tensor_bytes(result: AttackResult) -> bytes:
+    """The exact adversarial pixels (1, 3, H, W) and suffix ids as safetensors bytes."""
+    from safetensors.torch import save
+
+    return save({"pixels": result.pixels.float().contiguous(),
+                 "suffix_ids": torch.tensor(result.suffix_ids, dtype=torch.long)})
+
+
+@dataclass
+class AttackStageResult:
+    folder: Path
+    results: list[AttackRecord]
+    failures: list[dict[str, Any]]
+    attempted: int  # samples run in this call (others were already done)
+
+
+class AttackWorker:
+    """Loads the white-box model once and attacks one sample per call (a local or a Ray worker).
+
+    The outcome is what the stage writes: the record and the sample's files as bytes, or a failure.
+    Checkpoints go to the run directory as the attack runs, so a lost worker's sample resumes.
+    """
+
+    def __init__(self, config: AttackStageConfig, run_root: str, model: WhiteBoxTarget | None = None) -> None:
+        self.config = config
+        self.run = RunDir(run_root)
+        attack_cls = ATTACKS[config.method]
+        self.method_config = from_mapping(attack_cls.config_class, config.options or {}, f"{config.method} options")
+        self.attack = attack_cls(self.method_config)
+        self.needs = attack_cls.needs
+        self.model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
+                                            max_batch=config.max_batch)
+        self.folder = self.run.attack_folder(config.method, self.model.name)
+
+    def name(self) -> str:
+        return self.model.name
+
+    def run_sample(self, sample: Sample) -> dict[str, Any]:
+        sample_id = sample.sample_id
+        checkpoint = FileCheckpoint(self.folder.checkpoint_path(sample_id))
+        try:
+            task = build_task(self.model, self.run, sample, self.config.seed, self.needs)
+            result = self.attack.run(self.model, task, checkpoint)
+        except MedattackError as exc:
+            log.warning("sample %s failed: %s", sample_id, exc)
+            return {"failure": failure("sample_id", sample_id, exc)}
+        record = AttackRecord(
+            sample_id=sample_id, pair_id=sample.pair_id, condition=sample.condition, task=sample.task,
+            category=sample.category, method=self.config.method, model=self.model.name, seed=self.config.seed,
+            question=sample.question, target=sample.target, suffix=result.suffix, suffix_ids=result.suffix_ids,
+            success=result.success, keyword_success=keyword_success(result.response, sample.question),
+            response=result.response, best_loss=result.best_loss, n_steps=len(result.steps),
+            seconds=round(result.seconds, 3), linf=float((result.pixels - task.pixels.cpu()).abs().max()),
+            image_file=AttackFolder.image_name(sample_id), tensor_file=AttackFolder.tensor_name(sample_id),
+            info=result.info,
+        )
+        return {"record": record, "steps": [vars(s) for s in result.steps], "png": _to_png(result.pixels),
+                "tensors": _tensor_bytes(result)}
+
+
+def run(run_dir: RunDir | str | Path, config: AttackStageConfig | None = None, *,
+        executor: ExecutorConfig | None = None, progress: Progress | None = None, force: bool = False,
+        model: WhiteBoxTarget | None = None) -> AttackStageResult:
+    """Attack the selected samples of a built run; resumable, see the module docstring. With a ray
+    executor the samples are spread over actors that each load the model once; `model` (local runs)
+    reuses a model already loaded."""
+    config = config or AttackStageConfig()
+    run_dir = as_run_dir(run_dir)
+    samples = run_dir.samples()
+    method_config = from_mapping(ATTACKS[config.method].config_class, config.options or {},
+                                 f"{config.method} options")
+    local = runs_here(executor)
+    pool = open_pool(executor, partial(AttackWorker, config, str(run_dir.root), model if local else None))
+    try:
+        model_name = pool.call_any("name")
+        folder = run_dir.attack_folder(config.method, model_name)
+        stage = {k: v for k, v in to_dict(config).items() if k != "options"}  # recorded resolved, under "method"
+        record = {"stage": stage, "method": to_dict(method_config), "model_name": model_name}
+        claim(run_dir, folder.path, record, force=force, change="the method or model",
+              stage=f"attack/{folder.method}/{folder.model}", seed=config.seed)
+
+        done = {r.sample_id for r in folder.results()}
+        chosen = select_samples(samples, config)
+        todo = [s for s in chosen if s.sample_id not in done]
+        failures = FailureLog(folder.failures_path, "sample_id", retried=(s.sample_id for s in todo))
+
+        def write(sample: Sample, outcome: Any) -> None:
+            if isinstance(outcome, Exception) or "failure" in outcome:
+                failures.add(outcome["failure"] if isinstance(outcome, dict) else
+                             failure("sample_id", sample.sample_id, outcome))
+                return
+            write_jsonl_atomic(folder.steps_path(sample.sample_id), outcome["steps"])
+            write_bytes_atomic(folder.path / AttackFolder.image_name(sample.sample_id), outcome["png"])
+            write_bytes_atomic(folder.path / AttackFolder.tensor_name(sample.sample_id), outcome["tensors"])
+            append_records(folder.results_path, outcome["record"])
+            FileCheckpoint(folder.checkpoint_path(sample.sample_id)).clear()
+
+        resumable_map(pool, "run_sample", todo, write, progress=progress, label=f"{config.method} on {model_name}",
+                      done=len(chosen) - len(todo), total=len(chosen))
+        failures.save()
+    finally:
+        pool.close()
+    return AttackStageResult(folder.path, folder.results(), failures.rows, len(todo))

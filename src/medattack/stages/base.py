@@ -1,0 +1,81 @@
+"""What every stage shares: one signature and one resumable map over an executor.
+
+Each stage module (build, attack, query, score, report) defines a frozen `Config` dataclass and
+
+    run(run_dir: RunDir | str | Path, config=None, *, executor=None, progress=None, force=False) -> <Stage>Result
+
+(config None: the stage's defaults)
+
+A stage claims its folder for its config (`claim`), lists the work its folder does not hold yet,
+sends it through `resumable_map` (locally or on Ray actors) and writes each outcome as it arrives:
+rows are appended atomically and failures rewritten as one file, so a killed stage resumes with the
+same call, and nothing is lost or written twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from medattack.executor import Pool
+from medattack.rundir import Progress, RunDir, claim_folder, read_jsonl, write_jsonl_atomic
+
+W = TypeVar("W")
+
+
+def as_run_dir(run_dir: RunDir | str | Path) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+
+
+def claim(run: RunDir, folder: Path, record: dict[str, Any], *, force: bool, change: str, stage: str,
+          seed: int | None) -> None:
+    """Write the folder's config.json (refusing another config unless `force`) and record the stage
+    in run.json under `stage`."""
+    claim_folder(folder, record, force, change)
+    run.record_stage(stage, record, seed)
+
+
+def failure(item_key: str, item: str, error: BaseException | str, problem: str | None = None,
+            **extra: Any) -> dict[str, Any]:
+    """A failure row: which item, the error's class name, what went wrong (and any fix or file)."""
+    name = error if isinstance(error, str) else type(error).__name__
+    return {item_key: item, "error": name, "problem": str(error) if problem is None else problem, **extra}
+
+
+class FailureLog:
+    """A stage folder's failures.jsonl: the failures of earlier calls whose items are not retried now,
+    plus this call's, rewritten whole after each change (a re-run retries what failed)."""
+
+    def __init__(self, path: Path, key: str, retried: Iterable[str] = ()) -> None:
+        self.path = path
+        retry = set(retried)
+        self.rows = [f for f in read_jsonl(path) if f.get(key) not in retry]
+
+    def add(self, *rows: dict[str, Any]) -> None:
+        self.rows.extend(rows)
+        self.save()
+
+    def save(self) -> None:
+        write_jsonl_atomic(self.path, self.rows)
+
+
+def resumable_map(
+    pool: Pool, method: str, work: Sequence[W], write: Callable[[W, Any], None], *, progress: Progress | None,
+    label: str, done: int, total: int, size: Callable[[W], int] = lambda _: 1,
+) -> None:
+    """Call `method` of the pool's workers on every work item and `write(item, outcome)` as each one
+    finishes (an outcome is the method's return value or the exception that lost its worker).
+
+    `done` items of `total` were finished by earlier calls; `size(item)` is how many of the total an
+    item stands for (a chunk of queries, a batch of responses). Progress is reported as
+    `progress(label, finished, total)` before each write and once at the end.
+    """
+    finished = done
+    for index, outcome in pool.map(method, work):
+        if progress:
+            progress(label, finished, total)
+        finished += size(work[index])
+        write(work[index], outcome)
+    if progress:
+        progress(label, total, total)

@@ -1,0 +1,224 @@
+"""The score stage: score responses from a run (query answers and attack results) or from any file.
+
+    runs/<name>/scores/<target>/scores.jsonl   one ScoreRecord per response x metric (value or null + reason)
+    runs/<name>/scores/<target>/summary.json   mean, n and null count per metric x condition
+    runs/<name>/scores/cache.jsonl             content-hash cache shared by every target of the run
+
+Inputs are scored in batches (each distinct text and image encoded once per batch); rows are appended
+batch by batch, and a re-run skips every (response, metric) already written, so a killed run resumes
+without losing or duplicating rows. Metrics are plugins (`scoring/`, one per file); the config holds
+`metrics: {name: options}` and the encoders they share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from medattack.config import from_mapping, option
+from medattack.errors import ConfigError
+from medattack.executor import ExecutorConfig, open_pool, runs_here
+from medattack.records import ScoreRecord
+from medattack.rundir import Progress, RunDir, ScoresFolder, append_records, write_json_atomic
+from medattack.scoring.base import DERIVED, SCORERS, DerivedMetric, Encoders, MetricSpec, Score, ScoreInput, Scorer
+from medattack.scoring.cache import ScoreCache
+from medattack.scoring.inputs import read_responses_file, read_run_responses
+from medattack.stages.base import as_run_dir, resumable_map
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRICS = ("keyword_asr", "tto", "tio", "tii", "composite")
+
+
+def _metric_class(name: str) -> type:
+    return DERIVED[name] if name in DERIVED else SCORERS[name]  # SCORERS says "did you mean" on a typo
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    metrics: dict[str, Any] = field(
+        default_factory=lambda: {name: {} for name in DEFAULT_METRICS},
+        metadata={"help": "Metrics and their settings: {keyword_asr: {mode: anywhere}, judge: {model: ...}} "
+                          "(a list of names takes each one's defaults; see `medattack list metrics`)."})
+    text_embedder: str = option(Encoders.text_embedder, "Text embedder for TTO (minilm offline, bge-m3 when "
+                                "installed).")
+    image_text: str = option(Encoders.image_text, "Image-text backend for TIO/TII (proxy offline, biomedclip, clip).")
+    device: str = option(Encoders.device, "torch device of the scoring encoders (cpu, cuda, cuda:1).")
+    text_model: str | None = option(Encoders.text_model, "Hub id or local folder of the text embedder; None = its "
+                                    "default (the embedded MiniLM, BAAI/bge-m3).")
+    memo_mib: float | None = option(Encoders.memo_mib, "Encodings kept per encoder for reuse across metrics, "
+                                    "batches and targets (MiB); None = each encoder's default, 0 = none.")
+    batch_size: int = option(256, "Responses per scoring batch.")
+
+    def __post_init__(self) -> None:
+        metrics = self.metrics
+        if isinstance(metrics, str | list | tuple):
+            metrics = {name: {} for name in ([metrics] if isinstance(metrics, str) else metrics)}
+        if not isinstance(metrics, Mapping):
+            raise ConfigError(f"score metrics: expected a list of names or a mapping of name to settings, "
+                              f"got {metrics!r}.")
+        normalised = {}
+        for name, options in metrics.items():
+            config_class = _metric_class(name).config_class
+            if isinstance(options, config_class):
+                options = dataclasses.asdict(options)
+            from_mapping(config_class, options or {}, f"metrics.{name}")  # rejects unknown settings now
+            normalised[name] = dict(options or {})
+        object.__setattr__(self, "metrics", normalised)
+
+    @property
+    def encoders(self) -> Encoders:
+        return Encoders(text_embedder=self.text_embedder, image_text=self.image_text, device=self.device,
+                        text_model=self.text_model, memo_mib=self.memo_mib)
+
+    def metric_config(self, name: str) -> Any:
+        return from_mapping(_metric_class(name).config_class, self.metrics[name], f"metrics.{name}")
+
+
+def build_scorers(config: ScoreConfig, cache_path: Path | None = None) -> dict[str, Scorer]:
+    """The configured scorers (not the derived metrics), sharing one set of encoders."""
+    return {name: SCORERS[name](config.metric_config(name), encoders=config.encoders, cache_path=cache_path)
+            for name in config.metrics if name not in DERIVED}
+
+
+def build_derived(config: ScoreConfig) -> dict[str, DerivedMetric]:
+    return {name: DERIVED[name](config.metric_config(name)) for name in config.metrics if name in DERIVED}
+
+
+@dataclass
+class ScoreStageResult:
+    out_dir: Path
+    rows: list[ScoreRecord]
+    specs: dict[str, MetricSpec]
+    summary: dict[str, Any]
+    computed: int  # (response, metric) values computed now
+    cache_hits: int
+
+
+class ScoreWorker:
+    """Builds the scorers once and scores one request per call (a local or a Ray worker):
+    metric name -> inputs the cache did not have, answered with metric name -> scores."""
+
+    def __init__(self, config: ScoreConfig, scorers: dict[str, Scorer] | None = None) -> None:
+        self.scorers = scorers if scorers is not None else build_scorers(config)
+
+    def specs(self) -> dict[str, MetricSpec]:
+        return {name: scorer.spec for name, scorer in self.scorers.items()}
+
+    def score(self, request: dict[str, list[ScoreInput]]) -> dict[str, list[Score]]:
+        return {name: self.scorers[name].score(items) if items else [] for name, items in request.items()}
+
+
+def score_inputs(
+    inputs: Sequence[ScoreInput], config: ScoreConfig, out_dir: Path | ScoresFolder, *,
+    cache_path: Path | None = None, scorers: dict[str, Scorer] | None = None, progress: Progress | None = None,
+    executor: ExecutorConfig | None = None,
+) -> ScoreStageResult:
+    """Score every input with every configured metric; resumable and cached (module docstring).
+    With a ray executor the batches the cache cannot answer are scored on actors."""
+    folder = out_dir if isinstance(out_dir, ScoresFolder) else ScoresFolder(Path(out_dir))
+    local = runs_here(executor)
+    derived = build_derived(config)
+    pool = open_pool(executor, partial(ScoreWorker, config, scorers if local else None))
+    try:
+        specs = dict(pool.call_any("specs"))
+        metrics = list(specs)
+        specs.update({name: metric.spec for name, metric in derived.items()})
+        folder.path.mkdir(parents=True, exist_ok=True)
+        done = {(r.response_id, r.metric) for r in folder.scores()}
+        cache = ScoreCache(cache_path)
+        todo = [i for i in inputs if any((i.response_id, m) not in done for m in specs)]
+        batches, plans = [], {}
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start:start + config.batch_size]
+            keys = {name: [cache.key(specs[name], i) for i in batch] for name in metrics}
+            cached = {name: [cache.get(k) for k in keys[name]] for name in metrics}
+            missing = {name: [k for k, c in enumerate(cached[name]) if c is None] for name in metrics}
+            batches.append({name: [batch[k] for k in missing[name]] for name in metrics})
+            plans[id(batches[-1])] = (batch, keys, cached, missing)
+        computed = 0
+
+        def write(request: dict[str, list[ScoreInput]], fresh: Any) -> None:
+            nonlocal computed
+            batch, keys, cached, missing = plans[id(request)]
+            if isinstance(fresh, Exception):  # the worker was lost for good: these rows wait for a re-run
+                log.warning("a scoring batch of %d responses failed (%s); a re-run scores it", len(batch), fresh)
+                return
+            per_metric: dict[str, list[Score]] = {}
+            for name in metrics:
+                for k, score in zip(missing[name], fresh[name], strict=True):
+                    cached[name][k] = score
+                cache.put_many([(keys[name][k], cached[name][k]) for k in missing[name]])
+                per_metric[name] = cached[name]
+                computed += len(missing[name])
+            for name, metric in derived.items():
+                per_metric[name] = [metric.combine({n: per_metric[n][k] for n in metrics}, specs)
+                                    for k in range(len(batch))]
+            append_records(folder.scores_path, *(
+                ScoreRecord(response_id=item.response_id, condition=item.condition, metric=name,
+                            value=per_metric[name][k].value, null_reason=per_metric[name][k].null_reason,
+                            detail=per_metric[name][k].detail)
+                for k, item in enumerate(batch) for name in specs if (item.response_id, name) not in done))
+
+        resumable_map(pool, "score", batches, write, progress=progress, label="scoring", done=0, total=len(todo),
+                      size=lambda request: len(plans[id(request)][0]))
+    finally:
+        pool.close()
+    rows = folder.scores()
+    summary = summarise(rows, specs)
+    write_json_atomic(folder.summary_path, summary)
+    return ScoreStageResult(folder.path, rows, specs, summary, computed, cache.hits)
+
+
+def summarise(rows: list[ScoreRecord], specs: dict[str, MetricSpec]) -> dict[str, Any]:
+    """Per metric and condition: n, null count (with reasons), mean of the non-null values."""
+    groups: dict[tuple[str, str], list[ScoreRecord]] = defaultdict(list)
+    for row in rows:
+        groups[(row.metric, row.condition or "-")].append(row)
+        groups[(row.metric, "all")].append(row)
+    table = []
+    for (metric, condition), members in sorted(groups.items()):
+        values = [m.value for m in members if m.value is not None]
+        reasons: dict[str, int] = defaultdict(int)
+        for m in members:
+            if m.value is None:
+                reasons[m.null_reason or "unknown"] += 1
+        spec = specs.get(metric)
+        table.append({"metric": metric, "condition": condition, "n": len(members), "nulls": len(members) - len(values),
+                      "null_reasons": dict(reasons), "mean": sum(values) / len(values) if values else None,
+                      "is_proxy": bool(spec and spec.is_proxy)})
+    return {"metrics": {n: vars(s) for n, s in specs.items()}, "table": table}
+
+
+def run(run_dir: RunDir | str | Path, config: ScoreConfig | None = None, *, executor: ExecutorConfig | None = None,
+        progress: Progress | None = None, force: bool = False) -> dict[str, ScoreStageResult]:
+    """Score every response of a run, per target (and per attack folder); returns results by target.
+    Scores are cached by content, so `force` changes nothing here (accepted for the common signature)."""
+    config = config or ScoreConfig()
+    run_dir = as_run_dir(run_dir)
+    targets = read_run_responses(run_dir)
+    local = runs_here(executor)
+    scorers = build_scorers(config) if targets and local else None
+    return {target: score_inputs(inputs, config, run_dir.scores_folder(target), cache_path=run_dir.score_cache_path,
+                                 scorers=scorers, progress=progress, executor=executor)
+            for target, inputs in targets.items()}
+
+
+def score_file(responses: str | Path, config: ScoreConfig | None = None, *, images: str | Path | None = None,
+               out_dir: str | Path | None = None, executor: ExecutorConfig | None = None,
+               progress: Progress | None = None) -> dict[str, ScoreStageResult]:
+    """Score a responses file (long or wide, see scoring/inputs.py) into OUT (default: beside it)."""
+    config = config or ScoreConfig()
+    path = Path(responses)
+    inputs = read_responses_file(path, Path(images) if images else None)
+    out = Path(out_dir) if out_dir else path.parent / f"{path.stem}.scores"
+    local = runs_here(executor)
+    return {path.stem: score_inputs(inputs, config, out, cache_path=out / "cache.jsonl",
+                                    scorers=build_scorers(config) if local else None, progress=progress,
+                                    executor=executor)}

@@ -1,0 +1,132 @@
+"""Durable files: atomic writes, append-only JSONL records, content hashes and the JSONL cache.
+
+Every file medattack writes goes through these helpers, so a reader sees either the old or the whole new
+content, and a crash mid-append leaves at most a torn last line, which readers skip and the next append cuts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from medattack.records import Record
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def content_hash(value: Any) -> str:
+    """sha256 of a JSON-serialisable value in canonical form."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either the old or the complete new content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def append_jsonl(path: Path, *rows: dict[str, Any]) -> None:
+    """Append records durably, in one write and one fsync. A torn last line left by a crash is cut
+    off first, so the file always holds whole records (readers skip a torn line too)."""
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode("utf-8")
+    with path.open("a+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                handle.seek(0)
+                content = handle.read()
+                handle.truncate(content.rfind(b"\n") + 1)
+        handle.seek(0, os.SEEK_END)
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+R = TypeVar("R", bound=Record)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each whole line of a JSONL file; a torn line (a crash mid-append) is skipped."""
+    if not path.exists():
+        return
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError:
+            continue
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line (a crash mid-append) is ignored."""
+    return [row for _, row in _jsonl_rows(path)]
+
+
+def read_records(path: Path, record: type[R]) -> list[R]:
+    """The rows of a JSONL file as records; a row that is not one fails with the file and line."""
+    return [record.from_json(row, f"{path}:{number}") for number, row in _jsonl_rows(path)]
+
+
+def append_records(path: Path, *records: Record) -> None:
+    append_jsonl(path, *(r.to_json() for r in records))
+
+
+class JsonlCache:
+    """Content-hash cache: key -> JSON value, one JSONL line per entry, reloaded on start.
+
+    Shared by the API client, the model-call caches of prompt generation and the score cache.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.entries: dict[str, Any] = {e["key"]: e["value"] for e in read_jsonl(path)} if path else {}
+        self.hits = 0
+
+    @staticmethod
+    def key(*parts: object) -> str:
+        """sha256 of the parts in canonical JSON."""
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> Any | None:
+        if key not in self.entries:
+            return None
+        self.hits += 1
+        return self.entries[key]
+
+    def put(self, key: str, value: Any) -> None:
+        self.put_many([(key, value)])
+
+    def put_many(self, items: list[tuple[str, Any]]) -> None:
+        self.entries.update(items)
+        if self.path is not None and items:
+            append_jsonl(self.path, *({"key": k, "value": v} for k, v in items))

@@ -1,0 +1,97 @@
+"""Plugins are registered one way and reachable from every entry point.
+
+This file imports only `medattack.cli` at the top: whatever the CLI can reach, every registry must hold,
+without any test importing a plugin module for its side effect.
+"""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from medattack.cli import app
+
+runner = CliRunner()
+
+# what the README and `medattack list` name, by registry (module, attribute)
+EXPECTED = {
+    ("medattack.attacks.base", "ATTACKS"): {"gcg", "pgd", "mcm", "region", "region-mcm", "direct", "typo",
+                                            "occlusion"},
+    ("medattack.scoring.base", "SCORERS"): {"keyword_asr", "tto", "tio", "tii", "judge", "moderation"},
+    ("medattack.scoring.base", "DERIVED"): {"composite"},
+    ("medattack.scoring.backends.text_embedders", "TEXT_EMBEDDERS"): {"minilm", "bge-m3"},
+    ("medattack.scoring.backends.image_text", "IMAGE_TEXT_BACKENDS"): {"proxy", "biomedclip", "clip"},
+    ("medattack.models.targets", "TARGETS"): {"llava", "hf", "api"},
+    ("medattack.models.base", "WHITEBOX_MODELS"): {"embedded", "tiny", "hf"},
+    ("medattack.data.sources.base", "SOURCES"): {"embedded", "folder", "manifest", "3mad"},
+    ("medattack.data.mismatch", "MISMATCH_STRATEGIES"): {"both", "modality", "body_part", "any"},
+    ("medattack.prompts.attributes", "ATTRIBUTE_READERS"): {"metadata", "whitebox", "hf", "api"},
+    ("medattack.prompts.textgen", "TEXT_GENERATORS"): {"local", "api"},
+}
+
+
+def _registry(module: str, attribute: str):
+    return getattr(sys.modules[module] if module in sys.modules else __import__(module, fromlist=[attribute]),
+                   attribute)
+
+
+@pytest.mark.parametrize(("where", "names"), EXPECTED.items(), ids=[a for _, a in EXPECTED])
+def test_every_registry_holds_every_documented_plugin(where, names):
+    registry = _registry(*where)
+    assert names <= set(registry), f"missing: {sorted(names - set(registry))}"
+
+
+def test_a_fresh_process_reaches_bge_m3_from_the_cli_alone():
+    """The text embedder that used to be registered only when a test imported its module."""
+    code = ("import medattack.cli\n"
+            "from medattack.scoring.backends.text_embedders import TEXT_EMBEDDERS\n"
+            "print(sorted(TEXT_EMBEDDERS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "bge-m3" in out
+
+
+def test_score_with_bge_m3_offline_names_the_setting_for_a_local_copy(tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text('{"question": "What is shown?", "response": "A chest CT.", "condition": "normal"}\n')
+    result = runner.invoke(app, ["score", "--responses", str(answers), "--set", "text_embedder=bge-m3",
+                                 "--set", "metrics=[tto]"], terminal_width=300)
+    text = result.output.replace("\n", " ")
+    assert result.exit_code == 2 and "unknown text embedder" not in text
+    assert "text_model" in text  # how to point it at a local copy of the weights
+
+
+@pytest.mark.parametrize("name", sorted(_registry("medattack.attacks.base", "ATTACKS")))
+def test_every_attack_declares_its_config_and_inputs(name):
+    from medattack.attacks.base import ATTACKS, NEEDS
+
+    cls = ATTACKS[name]
+    assert dataclasses.is_dataclass(cls.config_class) and cls.config_class.__dataclass_params__.frozen
+    assert cls.needs <= NEEDS
+    assert isinstance(cls(cls.config_class()).config, cls.config_class)
+
+
+@pytest.mark.parametrize("registry", ["SCORERS", "DERIVED"])
+def test_every_metric_declares_a_frozen_config(registry):
+    from medattack.scoring import base
+
+    for name, cls in getattr(base, registry).items():
+        assert dataclasses.is_dataclass(cls.config_class), name
+        assert cls.config_class.__dataclass_params__.frozen, name
+
+
+@pytest.mark.parametrize("what", ["attacks", "metrics", "targets", "embedders", "sources", "mismatch"])
+def test_list_names_what_the_registries_hold(what):
+    result = runner.invoke(app, ["list", what], terminal_width=300)
+    assert result.exit_code == 0 and result.output.strip()
+    expected = {"attacks": "ATTACKS", "metrics": "SCORERS", "targets": "TARGETS", "embedders": "TEXT_EMBEDDERS",
+                "sources": "SOURCES", "mismatch": "MISMATCH_STRATEGIES"}[what]
+    where = next(key for key in EXPECTED if key[1] == expected)
+    for name in EXPECTED[where]:
+        assert name in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and "medattack" in result.output
