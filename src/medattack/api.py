@@ -100,7 +100,9 @@ class APIClient:
                     return json.loads(handle.read().decode("utf-8"))
             except urllib.error.HTTPError as exc:
                 if exc.code not in RETRY_STATUS:
-                    detail = exc.read().decode("utf-8", "replace")[:300]
+                    detail = redact(exc.read().decode("utf-8", "replace"), api_key)[:300]
+                    if exc.code in (401, 403) and not api_key:
+                        detail += f" (no key: set the environment variable {self.config.api_key_env})"
                     raise APIError(f"{url} answered {exc.code}: {detail}", exc.code) from None
                 problem, retry_after = f"status {exc.code}", exc.headers.get("Retry-After")
             except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
@@ -108,8 +110,8 @@ class APIClient:
             if attempt == self.config.max_retries:
                 raise APIError(f"{url}: gave up after {attempt + 1} attempts ({problem}).")
             wait = min(self.config.max_backoff, delay) * (0.5 + random.random())
-            if retry_after and retry_after.replace(".", "", 1).isdigit():
-                wait = max(wait, float(retry_after))
+            if retry_after and retry_after.replace(".", "", 1).isdigit():  # honoured up to max_backoff
+                wait = min(max(wait, float(retry_after)), self.config.max_backoff)
             log.info("retrying %s in %.1fs (%s)", url, wait, problem)
             with self._lock:
                 self.stats["retries"] += 1
@@ -128,6 +130,15 @@ class APIClient:
 
         with ThreadPoolExecutor(max_workers=max(1, self.config.concurrency)) as pool:
             return list(pool.map(one, payloads))
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with every secret (an API key) replaced by [REDACTED], wherever it appears (a server that
+    echoes the Authorization header in an error body must not get the key written to failures.jsonl)."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[REDACTED]")
+    return text
 
 
 def chat_text(response: dict[str, Any]) -> str:

@@ -31,12 +31,17 @@ class NoOptions:
     """The config of a plugin that has no settings of its own."""
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def config_help(cls: type) -> dict[str, str]:
     """Field name -> help string of a config dataclass."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
+def coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML value to the field's declared type where it is unambiguous."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -44,24 +49,31 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
-        return _coerce(value, non_none[0], key) if len(non_none) == 1 else value
-    if dataclasses.is_dataclass(annotation) and isinstance(value, Mapping):
-        return from_mapping(annotation, value, key)
+        return coerce(value, non_none[0], key) if len(non_none) == 1 else value
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        if isinstance(value, annotation):
+            return value
+        if isinstance(value, Mapping):
+            return from_mapping(annotation, value, key)
+        if isinstance(value, str) and hasattr(annotation, "from_text"):  # e.g. a target as "api:gpt-4o"
+            return annotation.from_text(value)
+        raise ConfigError(f"config key {key!r} expects a mapping of {annotation.__name__} settings, got "
+                          f"{_short(value)}.")
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"config key {key!r} expects a list, got {value!r}.")
+            raise ConfigError(f"config key {key!r} expects a list, got {_short(value)}.")
         inner = args[0] if args else Any
-        return tuple(_coerce(v, inner, key) for v in value)
+        return tuple(coerce(v, inner, key) for v in value)
     if annotation is bool and not isinstance(value, bool):
-        raise ConfigError(f"config key {key!r} expects true or false, got {value!r}.")
+        raise ConfigError(f"config key {key!r} expects true or false, got {_short(value)}.")
     if annotation is int and not (isinstance(value, int) and not isinstance(value, bool)):
-        raise ConfigError(f"config key {key!r} expects an integer, got {value!r}.")
+        raise ConfigError(f"config key {key!r} expects an integer, got {_short(value)}.")
     if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if annotation is str and not isinstance(value, str):
-        raise ConfigError(f"config key {key!r} expects a string, got {value!r}.")
+        raise ConfigError(f"config key {key!r} expects a string, got {_short(value)}.")
     return value
 
 
@@ -77,11 +89,58 @@ def from_mapping(cls: type[C], data: Mapping[str, Any], where: str = "config") -
             raise ConfigError(
                 f"{where}: unknown key {key!r}.{hint} Known keys: {', '.join(sorted(fields))}."
             )
-        kwargs[key] = _coerce(value, hints[key], key)
+        kwargs[key] = coerce(value, hints[key], key)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+MAX_YAML_BYTES = 1 << 20  # a config file larger than this is refused
+MAX_YAML_DEPTH = 64  # nesting of lists and mappings
+MAX_YAML_ALIASES = 64  # `*alias` references (an alias bomb expands exponentially)
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader with limits on nesting depth and alias references."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise ConfigError(f"more than {MAX_YAML_ALIASES} YAML aliases (*name); write the values out.")
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"YAML nested deeper than {MAX_YAML_DEPTH} levels; configs are never that deep.")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML text with the limits above; every problem is one ConfigError naming `where`."""
+    if len(text.encode("utf-8", "surrogateescape")) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: larger than {MAX_YAML_BYTES // 1024} KiB; a config is never that large.")
+    loader = _LimitedLoader(text)
+    try:
+        return loader.get_single_data()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{where} is not valid YAML: {problem}{at}.") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply.") from None
+    finally:
+        loader.dispose()
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
@@ -92,25 +151,27 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {pair!r}.")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key.strip()}: the value {raw!r} is not valid YAML ({exc.problem}).") from None
+        value = load_yaml(raw, f"--set {key.strip()}") if raw.strip() else ""
         *parents, leaf = key.strip().split(".")
         node = out
         for part in parents:
-            node = node.setdefault(part, {})
+            node = node.setdefault(part, Partial())
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key.strip()}: {part!r} is set to a value and has settings under it.")
         node[leaf] = value
     return out
 
 
+class Partial(dict):
+    """Some settings of a nested config, to merge into its current value rather than replace it
+    (`--set options.rounds=5`, a typed flag); a plain mapping (`--set metrics={tto: {}}`) replaces."""
+
+
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`overrides` over `base`, mappings merged key by key (other values replaced)."""
-    out = dict(base)
+    """`overrides` over `base`: Partial mappings merged key by key, other values replaced."""
+    out = Partial(base) if isinstance(base, Partial) else dict(base)
     for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+        if isinstance(value, Partial) and isinstance(out.get(key), Mapping):
             out[key] = merge(out[key], value)
         else:
             out[key] = value
@@ -122,7 +183,7 @@ def _defaults_under(cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
     `--set metrics.keyword_asr.mode=anywhere` changes one metric and keeps the others."""
     out = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if isinstance(overrides.get(f.name), Mapping) and f.default_factory is not dataclasses.MISSING:
+        if isinstance(overrides.get(f.name), Partial) and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
             if isinstance(default, Mapping):
                 out[f.name] = default
@@ -138,11 +199,14 @@ def load_config(
     if path is not None:
         where = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            raw = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}.") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
+        loaded = load_yaml(text, str(path))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from medattack.analysis.attribute_relevance import AttributeRelevanceResult
 from medattack.analysis.prompt_relevance import PromptRelevanceResult
-from medattack.config import from_mapping, option
+from medattack.config import coerce, option
 from medattack.errors import ConfigError
 from medattack.executor import ExecutorConfig, runs_here
 from medattack.models.base import WhiteBoxTarget, load_whitebox
-from medattack.models.targets import TARGETS, TargetConfig, load_target, parse_target
+from medattack.models.targets import TARGETS, TargetConfig, load_target
 from medattack.report.builder import ReportConfig, ReportResult
 from medattack.rundir import Progress, RunDir
 from medattack.stages import analyze, attack, build, query, report, score
@@ -64,11 +64,9 @@ class RunConfig:
         unknown = set(self.stages) - set(STAGES)
         if unknown:
             raise ConfigError(f"stages: unknown {sorted(unknown)}; use {', '.join(STAGES)}.")
-        targets = tuple(parse_target(t) if isinstance(t, str) else t for t in self.targets)
-        object.__setattr__(self, "targets", targets)
-        attacks = tuple(from_mapping(AttackStageConfig, a, "attacks") if isinstance(a, dict) else a
-                        for a in self.attacks)
-        object.__setattr__(self, "attacks", attacks)
+        # entries may be text ("api:gpt-4o", "mcm") or mappings, also when the config is built in Python
+        object.__setattr__(self, "targets", tuple(coerce(t, TargetConfig, "targets") for t in self.targets))
+        object.__setattr__(self, "attacks", tuple(coerce(a, AttackStageConfig, "attacks") for a in self.attacks))
 
 
 @dataclass

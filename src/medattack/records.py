@@ -192,6 +192,7 @@ class Response(Record):
     attack_method: str | None = None
     attack_model: str | None = None
     attack_success: bool | None = None
+    input_hash: str = ""  # of what produced the answer: text, image bytes, target settings ("" = unknown: stale)
 
 
 @dataclass(frozen=True)
@@ -204,3 +205,4 @@ class ScoreRecord(Record):
     value: float | None
     null_reason: str | None
     detail: dict[str, Any] = field(default_factory=dict)
+    input_hash: str = ""  # of what produced the value: the metric and its settings, the response and its inputs

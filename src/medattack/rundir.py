@@ -53,9 +53,12 @@ TRACKED_PACKAGES = ("torch", "transformers", "pydicom", "pillow", "numpy", "data
 
 
 def folder_name(name: str) -> str:
-    """A model or target name as a folder name of the run directory (attacks/<method>/<model>,
-    responses/<target>, scores/<target>)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:80]
+    """A name from user data or a model (a target, a model, a split) as one safe file or folder name:
+    letters, digits, '.', '_' and '-' only, never starting with a dot (no '..', no hidden file), at most
+    80 characters, never empty. Separators, NUL, absolute paths and undecodable bytes cannot survive it,
+    so nothing named from data is ever written outside its folder."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_").lstrip(".")[:80].rstrip(".")
+    return safe or "_"
 
 
 def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str) -> None:
@@ -199,8 +202,9 @@ class ScoresFolder:
 class RunDir:
     """Every path of one run (module docstring) and the run.json manifest that every stage updates."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, benchmark_folder: str = "benchmark") -> None:
         self.root = Path(root)
+        self._benchmark_folder = benchmark_folder
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
@@ -234,7 +238,12 @@ class RunDir:
 
     @property
     def benchmark(self) -> Path:
-        return self.root / "benchmark"
+        return self.root / self._benchmark_folder
+
+    def staging(self) -> RunDir:
+        """The same run with its benchmark in .benchmark.building/: a build writes there and is swapped in
+        only once complete, so a failed or killed rebuild leaves the old benchmark as it was."""
+        return RunDir(self.root, ".benchmark.building")
 
     @property
     def samples_path(self) -> Path:

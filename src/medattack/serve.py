@@ -9,6 +9,11 @@ waiting requests (waiting `batch_wait_ms` for company) and runs them as one gene
 GPU box can be red-teamed from anywhere by any OpenAI-compatible client, ours included.
 `fail_first` answers the first N chat requests with 503 (Retry-After: 0) to exercise clients' retries.
 When `api_key_env` is set, requests must carry that variable's value as a Bearer token.
+
+Hostile or broken requests get a 4xx JSON answer and never stall the server: the body, the prompt, the
+answer length and the JSON nesting are bounded, a connection that stops sending times out, at most
+`max_connections` are handled at once and at most `max_queue` queries wait for the model; past either
+the answer is 503 with Retry-After, never a reset connection.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from medattack.models.targets import ChatTarget, Query, TargetError
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -44,9 +50,49 @@ class ServeConfig:
     batch_wait_ms: float = option(10.0, "How long the first waiting request waits for others to batch with.")
     fail_first: int = option(0, "Answer the first N chat requests with 503 (to test clients' retries).")
     api_key_env: str | None = option(None, "Require the key in this environment variable as a Bearer token.")
+    max_prompt_chars: int = option(32_000, "Longest user text accepted, in characters (about 8k tokens).")
+    max_tokens: int = option(4096, "Largest max_tokens a request may ask for.")
+    read_timeout_s: float = option(30.0, "A connection that sends nothing for this long is closed.")
+    max_connections: int = option(64, "Connections handled at once; more get 503 with Retry-After.")
+    max_queue: int = option(256, "Queries waiting for the model at most; more get 503 with Retry-After.")
 
 
-def query_from_request(payload: dict[str, Any], max_pixels: int = 16_000_000) -> Query:
+def _depth(text: bytes) -> int:
+    """Deepest nesting of [ and { in a JSON text (strings included: an upper bound, cheap to compute)."""
+    depth = deepest = 0
+    for byte in text:
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """The JSON object of a request body (RequestError when it is not one, or nested absurdly deep)."""
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise RequestError(f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels.")
+    try:
+        payload = json.loads(body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise RequestError(f"the body is not JSON ({exc}).") from None
+    if not isinstance(payload, dict):
+        raise RequestError("the body must be a JSON object.")
+    return payload
+
+
+def _max_tokens(payload: dict[str, Any], limit: int) -> int | None:
+    value = payload.get("max_tokens", payload.get("max_completion_tokens"))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or not 1 <= value <= limit:
+        raise RequestError(f"max_tokens must be a whole number from 1 to {limit}, got {str(value)[:40]}.")
+    return int(value)
+
+
+def query_from_request(payload: dict[str, Any], max_pixels: int = 16_000_000, max_prompt_chars: int = 32_000,
+                       max_tokens: int = 4096) -> Query:
     """The last user message of a chat-completions request -> Query (text parts joined, first image)."""
     if payload.get("stream"):
         raise RequestError("streaming is not supported; send stream=false.")
@@ -70,26 +116,28 @@ def query_from_request(payload: dict[str, Any], max_pixels: int = 16_000_000) ->
                 image = load_image(data, name="request image", max_pixels=max_pixels).pixels
             except (binascii.Error, InputError) as exc:
                 raise RequestError(f"the image could not be read: {exc}") from None
-    max_tokens = payload.get("max_tokens") or payload.get("max_completion_tokens")
-    return Query(uuid.uuid4().hex, "\n".join(texts), image,
-                 max_new_tokens=int(max_tokens) if max_tokens else None)
+    text = "\n".join(texts)
+    if len(text) > max_prompt_chars:
+        raise RequestError(f"the prompt has {len(text)} characters; this server takes at most {max_prompt_chars}.")
+    return Query(uuid.uuid4().hex, text, image, max_new_tokens=_max_tokens(payload, max_tokens))
 
 
 class Batcher:
     """One thread runs the target; requests queue up and are answered in batches."""
 
-    def __init__(self, target: ChatTarget, max_batch: int, wait_seconds: float) -> None:
+    def __init__(self, target: ChatTarget, max_batch: int, wait_seconds: float, max_queue: int = 0) -> None:
         self.target = target
         self.max_batch = max(1, max_batch)
         self.wait_seconds = wait_seconds
-        self.queue: queue.Queue[tuple[Query, Future[str]]] = queue.Queue()
+        self.queue: queue.Queue[tuple[Query, Future[str]]] = queue.Queue(maxsize=max(0, max_queue))
         self.batch_sizes: list[int] = []
         self._thread = threading.Thread(target=self._loop, name="medattack-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, query: Query) -> Future[str]:
+        """Queue a query; queue.Full when `max_queue` queries already wait."""
         future: Future[str] = Future()
-        self.queue.put((query, future))
+        self.queue.put_nowait((query, future))
         return future
 
     def _loop(self) -> None:
@@ -115,17 +163,22 @@ class Batcher:
                     future.set_result(answer)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # a burst of connections waits in the backlog instead of being reset
+
+
 class ChatServer:
     """The HTTP server; `start()` serves in a background thread, `serve_forever()` in this one."""
 
     def __init__(self, target: ChatTarget, config: ServeConfig) -> None:
         self.target = target
         self.config = config
-        self.batcher = Batcher(target, config.max_batch, config.batch_wait_ms / 1000)
+        self.batcher = Batcher(target, config.max_batch, config.batch_wait_ms / 1000, config.max_queue)
+        self._slots = threading.BoundedSemaphore(max(1, config.max_connections))
         self.stats = {"requests": 0, "failed_on_purpose": 0}
         self._lock = threading.Lock()
         self._failures_left = config.fail_first
-        self.httpd = ThreadingHTTPServer((config.host, config.port), self._handler())
+        self.httpd = _Server((config.host, config.port), self._handler())
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -169,6 +222,22 @@ class ChatServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = server.config.read_timeout_s  # a stalled upload or idle connection is closed
+
+            def handle(self) -> None:
+                if not server._slots.acquire(blocking=False):
+                    self.close_connection = True
+                    try:
+                        self.raw_requestline = self.rfile.readline(65537)
+                        if self.parse_request():
+                            self._error(503, "too many connections; retry shortly.", {"Retry-After": "1"})
+                    except OSError:
+                        pass
+                    return
+                try:
+                    super().handle()
+                finally:
+                    server._slots.release()
 
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("%s " + fmt, self.client_address[0], *args)
@@ -197,11 +266,21 @@ class ChatServer:
                     self._error(404, f"no such path {self.path}; try /v1/chat/completions.")
 
             def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length") or 0)
+                raw = (self.headers.get("Content-Length") or "0").strip()
+                if not raw.isdigit():
+                    self.close_connection = True
+                    self._error(400, f"Content-Length must be a non-negative whole number, got {raw[:20]!r}.")
+                    return
+                length = int(raw)
                 if length > MAX_BODY_BYTES:
+                    self.close_connection = True
                     self._error(413, f"request body over {MAX_BODY_BYTES} bytes.")
                     return
-                body = self.rfile.read(length)
+                try:
+                    body = self.rfile.read(length)
+                except OSError:  # the client stopped sending: the read timed out
+                    self.close_connection = True
+                    return
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._error(404, f"no such path {self.path}; try /v1/chat/completions.")
                     return
@@ -212,12 +291,18 @@ class ChatServer:
                     self._error(503, "failing on purpose (--fail-first).", {"Retry-After": "0"})
                     return
                 try:
-                    query = query_from_request(json.loads(body or b"{}"))
-                except (json.JSONDecodeError, RequestError, TypeError, ValueError, AttributeError) as exc:
+                    query = query_from_request(parse_body(body), max_prompt_chars=server.config.max_prompt_chars,
+                                               max_tokens=server.config.max_tokens)
+                except (RequestError, TypeError, ValueError, AttributeError, OverflowError) as exc:
                     self._error(400, f"bad request: {exc}")
                     return
                 try:
-                    answer = server.batcher.submit(query).result()
+                    future = server.batcher.submit(query)
+                except queue.Full:
+                    self._error(503, "the model is busy (queue full); retry shortly.", {"Retry-After": "1"})
+                    return
+                try:
+                    answer = future.result()
                 except TargetError as exc:
                     self._error(500, str(exc))
                     return

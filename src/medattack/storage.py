@@ -130,3 +130,20 @@ class JsonlCache:
         self.entries.update(items)
         if self.path is not None and items:
             append_jsonl(self.path, *({"key": k, "value": v} for k, v in items))
+
+
+class FileDigests:
+    """sha256 of files' bytes, each file read once per instance (a stage keys its results by them)."""
+
+    def __init__(self) -> None:
+        self._digests: dict[str, str] = {}
+
+    def __call__(self, path: Path | str | None) -> str:
+        """The digest of the file, or "" when there is no such regular file."""
+        if not path:
+            return ""
+        key = str(path)
+        if key not in self._digests:
+            file = Path(path)
+            self._digests[key] = hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else ""
+        return self._digests[key]

@@ -96,8 +96,11 @@ def progress_bar() -> Iterator[Any]:
 
 
 def drop_unset(flags: Mapping[str, Any]) -> dict[str, Any]:
-    """The flags the user typed (None = not given), nested mappings kept only when something is set."""
-    out = {}
+    """The flags the user typed (None = not given), nested mappings kept only when something is set
+    (as Partial: merged into the file's settings, not replacing them)."""
+    from medattack.config import Partial
+
+    out = Partial()
     for key, value in flags.items():
         if isinstance(value, Mapping):
             value = drop_unset(value)

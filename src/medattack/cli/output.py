@@ -57,7 +57,9 @@ def print_query(result: Any) -> None:
         table.add_row(escape(source), str(count))
     console.print(table)
     console.print(f"{result.asked} asked now; {len(result.failures)} failed" + (
-        f" (see {escape(str(result.folder / 'failures.jsonl'))}; a re-run retries them)" if result.failures else "."))
+        f" (see {escape(str(result.folder / 'failures.jsonl'))}; a re-run retries them)" if result.failures else ".")
+        + (f" {result.stale} stale answer(s) (their input changed) moved to stale.jsonl and asked again."
+           if result.stale else ""))
 
 
 def print_scores(results: dict[str, Any]) -> None:
@@ -68,7 +70,9 @@ def print_scores(results: dict[str, Any]) -> None:
             table.add_row(escape(row["metric"] + (" (proxy)" if row["is_proxy"] else "")), escape(row["condition"]),
                           str(row["n"]), str(row["nulls"]), mean)
         console.print(table)
-        console.print(f"{result.computed} value(s) computed now, {result.cache_hits} from the cache.")
+        console.print(f"{result.computed} value(s) computed now, {result.cache_hits} from the cache"
+                      + (f"; {result.stale} stale value(s) (changed response, inputs or settings) replaced."
+                         if result.stale else "."))
 
 
 def print_run(result: Any) -> None:
@@ -84,6 +88,6 @@ def print_run(result: Any) -> None:
                              f"{len(asked.failures)} failed -> {asked.folder / 'responses.jsonl'}"))
     for target, scored in result.scores.items():
         console.print(escape(f"scores {target}: {len(scored.rows)} row(s), {scored.computed} computed now, "
-                             f"{scored.cache_hits} from the cache."))
+                             f"{scored.cache_hits} from the cache, {scored.stale} stale replaced."))
     if result.report is not None:
         console.print(f"Report: [bold]{escape(str(result.report.html.resolve()))}[/bold]")

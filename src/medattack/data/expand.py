@@ -28,7 +28,7 @@ from medattack.storage import content_hash, write_bytes_atomic
 
 def stable_rng(*parts: object) -> random.Random:
     """A generator seeded from the parts' text (stable across processes, unlike hash())."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8", "surrogatepass")).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
@@ -132,7 +132,12 @@ def sample_records(item: SourceItem, pair: Pair, image: dict[str, Any], taxonomy
                    typographic_file: str | None) -> list[Sample]:
     """The four samples (one per condition) of one image x prompt pair."""
     true = item.category
-    pair_id = content_hash([item.source, item.item_id, image["image_sha256"], pair.prompt_id, pair.task])[:16]
+    # ids derive from everything that defines a sample, so a rebuild that changes a question, a claimed
+    # attribute or the image gives new ids (and old answers and scores are not taken for them): the pair
+    # id from the image and the prompt triple, and a mismatched sample's id also from the claimed attribute
+    pair_id = content_hash([item.source, item.item_id, image, pair.prompt_id, pair.task, pair.normal, pair.harmful,
+                            pair.key_phrase, true.attribute, item.description])[:16]
+    claim = content_hash(pair.claimed.attribute)[:6]
     try:
         task_group = taxonomy.task(pair.task).group
     except ConfigError:
@@ -142,7 +147,8 @@ def sample_records(item: SourceItem, pair: Pair, image: dict[str, Any], taxonomy
         shown = pair.claimed if shows_claim else true
         prompt = pair.harmful if harmful else pair.normal
         samples.append(Sample(
-            sample_id=f"{pair_id}-{condition}", pair_id=pair_id, condition=condition, mismatched=shows_claim,
+            sample_id=f"{pair_id}-{condition}-{claim}" if shows_claim else f"{pair_id}-{condition}",
+            pair_id=pair_id, condition=condition, mismatched=shows_claim,
             harmful=harmful, task=pair.task, task_group=task_group, prompt_id=pair.prompt_id, prompt=prompt,
             question=question_text(shown.attribute, prompt), key_phrase=pair.key_phrase,
             target=target_text(pair.key_phrase), category=true.split_name, modality=true.modality,

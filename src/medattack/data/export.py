@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medattack.records import Sample
+from medattack.rundir import folder_name
 
 EXPORT_DIR = "export"
 
@@ -62,7 +63,7 @@ def export_3mad_layout(benchmark_dir: Path, samples: list[Sample]) -> list[Path]
             {key: datasets.Value("string") for key in rows[0]} | {"image": datasets.Image()}
         )
         dataset = datasets.Dataset.from_dict(columns, features=features)
-        path = out_dir / f"{split}.parquet"
+        path = out_dir / f"{folder_name(split)}.parquet"  # a split name comes from user data: made safe
         tmp = path.with_suffix(".parquet.tmp")
         dataset.to_parquet(str(tmp))
         tmp.replace(path)

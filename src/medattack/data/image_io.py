@@ -63,6 +63,9 @@ def load_image(
         data, label = source, name or "<image bytes>"
     else:
         label = name or str(source)
+        if Path(source).exists() and not Path(source).is_file():
+            raise UnsupportedImageError(label, "not a regular file (a folder, a pipe or a device).",
+                                        "point at an image file.")
         try:
             data = Path(source).read_bytes()
         except FileNotFoundError:

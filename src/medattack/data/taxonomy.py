@@ -58,6 +58,12 @@ class Task:
         return slug(self.name)
 
 
+def _label(name: str) -> str:
+    """An unknown modality or body part as written, trimmed, with undecodable bytes (from a folder name)
+    shown as U+FFFD so that it can be stored and hashed."""
+    return name.strip().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 @dataclass(frozen=True)
 class Taxonomy:
     """Modalities, their body parts, aliases and the clinical tasks."""
@@ -101,8 +107,8 @@ class Taxonomy:
 
     def category(self, modality: str, body_part: str) -> Category:
         """A category with canonical spelling where known; unknown names are kept as written."""
-        mod = self.canonical_modality(modality) or modality.strip()
-        part = self.canonical_body_part(body_part) or body_part.strip()
+        mod = self.canonical_modality(modality) or _label(modality)
+        part = self.canonical_body_part(body_part) or _label(body_part)
         return Category(mod, part)
 
     def parse_attribute(self, attribute: str) -> Category:

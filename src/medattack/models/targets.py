@@ -70,6 +70,18 @@ class TargetConfig:
     def name(self) -> str:
         return self.model if self.kind == "llava" else f"{self.kind}:{self.model}"
 
+    @classmethod
+    def from_text(cls, spec: str) -> TargetConfig:
+        """A target written as 'KIND:MODEL' (or a bare LLaVA name) in a config file."""
+        return parse_target(spec)
+
+    def answer_settings(self) -> dict[str, Any]:
+        """The settings that can change an answer (not batch sizes, devices, retries or concurrency):
+        part of each response's input hash, so changing one re-asks instead of reusing old answers."""
+        return {"kind": self.kind, "model": self.model, "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature, "seed": self.seed, "dtype": self.dtype,
+                "system_prompt": self.system_prompt, "base_url": self.api.base_url if self.kind == "api" else None}
+
 
 def split_target(spec: str) -> tuple[str, str]:
     """'KIND:MODEL' -> (kind, model); a bare name or path is a LLaVA model ("llava", spec)."""

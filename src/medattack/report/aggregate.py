@@ -83,10 +83,12 @@ def load_run(root: Path, name: str | None = None) -> RunData:
     """Read a run's manifest, query responses joined with their scores, and attack results and steps."""
     run = RunDir(root)
     manifest = run.read_manifest()
+    current = {s.sample_id for s in run.samples()} if run.has_samples() else None
     frames, metrics, failures = [], {}, {}
-    for folder in run.responses_folders():
+    for folder in run.responses_folders():  # answers to samples a rebuilt benchmark no longer has are not shown
         scores_folder = run.scores_folder(folder.target)
-        responses = pd.DataFrame([r.to_json() for r in folder.responses()])
+        responses = pd.DataFrame([r.to_json() for r in folder.responses()
+                                  if current is None or r.sample_id in current])
         scores = pd.DataFrame([r.to_json() for r in scores_folder.scores()])
         if scores_folder.summary_path.exists():
             metrics.update(json.loads(scores_folder.summary_path.read_text(encoding="utf-8"))["metrics"])
@@ -107,6 +109,8 @@ def load_run(root: Path, name: str | None = None) -> RunData:
     attack_rows, step_rows = [], []
     for folder in run.attack_folders():
         for row in folder.results():
+            if current is not None and row.sample_id not in current:
+                continue
             attack_rows.append({"sample_id": row.sample_id, "condition": row.condition, "task": row.task,
                                 "method": row.method, "model": row.model, "success": row.success,
                                 "keyword_success": row.keyword_success, "n_steps": row.n_steps,

@@ -90,9 +90,15 @@ def to_html(title: str, sections: list[Section]) -> str:
 # --- Markdown -------------------------------------------------------------------------------------
 
 
+_MD_SPECIAL = re.compile(r"([\\`\[\]|])")  # escapes, code, link/image brackets, table cells
+
+
 def _md_cell(value: str) -> str:
-    text = html.escape(" ".join(value.split()), quote=False)  # inert if a viewer renders inline HTML
-    return text.replace("|", "\\|").replace("`", "\\`")
+    """Text from anywhere as inert Markdown: HTML escaped (a viewer that renders inline HTML shows it as
+    text), and the characters of links, images, code and tables backslash-escaped, so model output
+    such as `![x](http://...)` or `[x](javascript:...)` is shown, never fetched or linked."""
+    text = html.escape(" ".join(value.split()), quote=False)
+    return _MD_SPECIAL.sub(r"\\\1", text)
 
 
 def to_markdown(title: str, sections: list[Section], figure_dir: str = "figures") -> str:

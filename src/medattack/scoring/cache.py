@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from medattack.scoring.base import MetricSpec, Score, ScoreInput
-from medattack.storage import JsonlCache
+from medattack.scoring.base import Score, ScoreInput
+from medattack.storage import FileDigests, JsonlCache
 
 
 class ScoreCache:
@@ -15,23 +14,16 @@ class ScoreCache:
 
     def __init__(self, path: Path | None) -> None:
         self.store = JsonlCache(path)
-        self._image_digests: dict[str, str] = {}
+        self._image_digest = FileDigests()
 
     @property
     def hits(self) -> int:
         return self.store.hits
 
-    def _image_digest(self, image_path: str | None) -> str:
-        if not image_path:
-            return ""
-        if image_path not in self._image_digests:
-            path = Path(image_path)
-            self._image_digests[image_path] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-        return self._image_digests[image_path]
-
-    def key(self, spec: MetricSpec, item: ScoreInput) -> str:
-        return JsonlCache.key(spec.name, spec.description, item.question, item.response, item.true_attribute,
-                              item.description, self._image_digest(item.image_path))
+    def key(self, metric_identity: str, item: ScoreInput) -> str:
+        """Hash of a metric (its spec and settings) and the inputs of one response it reads."""
+        return JsonlCache.key(metric_identity, item.question, item.response, item.true_attribute, item.description,
+                              self._image_digest(item.image_path))
 
     def get(self, key: str) -> Score | None:
         entry = self.store.get(key)

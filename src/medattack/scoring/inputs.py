@@ -57,6 +57,7 @@ def read_responses_file(path: Path, images_root: Path | None = None) -> list[Sco
                     true_attribute=cell(row, "original_attribute"),
                     image_path=_image(root, cell(row, "file_name") or cell(row, "image")),
                 ))
+        _refuse_repeated_ids(path, inputs)
         return inputs
     require_columns(path, rows, [("response",), ("question", "prompt")])
     for number, row in enumerate(rows, start=1):
@@ -71,23 +72,31 @@ def read_responses_file(path: Path, images_root: Path | None = None) -> list[Sco
             true_attribute=cell(row, "true_attribute"), description=cell(row, "description"),
             image_path=_image(root, cell(row, "image") or cell(row, "image_path") or cell(row, "file_name")),
         ))
-    ids = [i.response_id for i in inputs]
-    if len(set(ids)) != len(ids):
-        raise SourceError(str(path), "response ids repeat.", "give each row a unique response_id (or none).")
+    _refuse_repeated_ids(path, inputs)
     return inputs
+
+
+def _refuse_repeated_ids(path: Path, inputs: list[ScoreInput]) -> None:
+    seen: set[str] = set()
+    repeated = sorted({i.response_id for i in inputs if i.response_id in seen or seen.add(i.response_id)})
+    if repeated:
+        raise SourceError(str(path), f"{len(repeated)} response id(s) repeat, e.g. {repeated[0]!r}.",
+                          "give each row a unique id / response_id (or none: rows are then numbered).")
 
 
 def read_run_responses(run: RunDir) -> dict[str, list[ScoreInput]]:
     """Every response a run holds, by the name of its scores folder: the query stage's (one per
     target) and the attack stage's own answers (one per attack folder)."""
-    samples = {s.sample_id: s for s in run.samples()} if run.has_samples() else {}
+    samples = {s.sample_id: s for s in run.samples()} if run.has_samples() else None
+    current = (lambda sample_id: sample_id in samples) if samples is not None else (lambda _: True)
     targets: dict[str, list[ScoreInput]] = {}
-    for folder in run.responses_folders():
-        targets[folder.target] = [_response_input(r, str(run.root / r.image_file)) for r in folder.responses()]
+    for folder in run.responses_folders():  # answers to samples a rebuilt benchmark no longer has are stale
+        targets[folder.target] = [_response_input(r, str(run.root / r.image_file)) for r in folder.responses()
+                                  if current(r.sample_id)]
     for folder in run.attack_folders():
         targets[folder.target_name] = [
-            _attack_input(record, samples.get(record.sample_id), str(folder.path / record.image_file))
-            for record in folder.results()]
+            _attack_input(record, (samples or {}).get(record.sample_id), str(folder.path / record.image_file))
+            for record in folder.results() if current(record.sample_id)]
     return targets
 
 

@@ -54,6 +54,11 @@ class AttackStageConfig:
     options: dict[str, Any] | None = option(None, "Method settings, e.g. {rounds: 5} (see `medattack list attacks`; "
                                             "on the command line --set options.rounds=5).")
 
+    @classmethod
+    def from_text(cls, method: str) -> AttackStageConfig:
+        """An attack written as its method name alone in a config file (`attacks: [mcm]`)."""
+        return cls(method=method)
+
     def __post_init__(self) -> None:
         check_conditions(self.conditions, "attack conditions")
         from_mapping(ATTACKS[self.method].config_class, self.options or {}, f"{self.method} options")

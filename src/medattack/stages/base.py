@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medattack.executor import Pool
-from medattack.rundir import Progress, RunDir, claim_folder, read_jsonl, write_jsonl_atomic
+from medattack.records import Record
+from medattack.rundir import (
+    Progress,
+    RunDir,
+    append_records,
+    canonical_json,
+    claim_folder,
+    read_jsonl,
+    read_records,
+    write_jsonl_atomic,
+)
 
 W = TypeVar("W")
 
@@ -58,6 +68,17 @@ class FailureLog:
 
     def save(self) -> None:
         write_jsonl_atomic(self.path, self.rows)
+
+
+def set_aside_stale(path: Path, stale: Sequence[Record]) -> None:
+    """Move stale records out of a results file into stale.jsonl beside it: rows computed from inputs or
+    settings that have changed since, kept under their old input hash but never read as current."""
+    if not stale:
+        return
+    gone = {canonical_json(r.to_json()) for r in stale}
+    keep = [r for r in read_records(path, type(stale[0])) if canonical_json(r.to_json()) not in gone]
+    append_records(path.with_name("stale.jsonl"), *stale)
+    write_jsonl_atomic(path, (r.to_json() for r in keep))
 
 
 def resumable_map(

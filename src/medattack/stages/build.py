@@ -98,6 +98,25 @@ def failure_record(error: InputError) -> dict[str, Any]:
             "problem": error.problem, "fix": error.fix}
 
 
+def _merge_duplicates(samples: list[Sample]) -> tuple[list[Sample], list[dict[str, Any]]]:
+    """Keep the first of samples with one id (the same image, prompt and attributes given twice: a
+    repeated manifest row or source); one failure row per repeated input says how many were merged."""
+    kept: dict[str, Sample] = {}
+    repeats: Counter[str] = Counter()
+    for sample in samples:
+        if sample.sample_id in kept:
+            repeats[sample.location] += 1
+        else:
+            kept[sample.sample_id] = sample
+    failures = [{"stage": "build", "item": location, "error": "DuplicateInput",
+                 "problem": f"{count} sample(s) repeat others exactly (the same image, prompt and attributes "
+                            "given twice) and were merged.", "fix": "list each image once in the sources."}
+                for location, count in sorted(repeats.items())]
+    if repeats:
+        log.warning("%d duplicate sample(s) merged; see the failures of the build", sum(repeats.values()))
+    return list(kept.values()), failures
+
+
 def summarise(samples: list[Sample], failures: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "samples": len(samples),
@@ -137,9 +156,54 @@ def run(run_dir: RunDir | str | Path, config: BuildConfig | None = None, *, exec
             f"run {run.root} already holds a benchmark built with a different config "
             f"(changed: {', '.join(changed)}). Use another run name, or pass --force to rebuild it."
         )
-    if force and run.benchmark.exists():
-        shutil.rmtree(run.benchmark)
+    _refuse_foreign(run)
+    staging = run.staging()
+    if staging.benchmark.exists():
+        _refuse_foreign(staging)  # a build that crashed half-way: ours to remove
+        shutil.rmtree(staging.benchmark)
+    staging.benchmark.mkdir(parents=True)
+    write_json_atomic(staging.build_stamp_path, {"building": True})
+    samples, failures, summary = _build_into(staging, config, progress)
+    if not samples:
+        where = staging
+        if not run.benchmark.exists():  # nothing to keep: the failures go where a user looks for them
+            staging.benchmark.rename(run.benchmark)
+            where = run
+        first = f" (first: {failures[0]['item']}: {failures[0]['problem']} {failures[0]['fix']})".rstrip() \
+            if failures else ""
+        raise BuildError(f"no sample could be built from {', '.join(config.sources)}: {len(failures)} input(s) "
+                         f"failed{first}; see {where.failures_path}" + ("" if where is run else
+                                                                       f" (the benchmark in {run.benchmark} is kept)."))
+    write_json_atomic(staging.build_stamp_path, {"config": config_record, "config_hash": config_hash})
+    _swap_in(run, staging)
+    run.record_stage("build", config_record, config.seed)
+    return BuildResult(run.root, samples, failures, summary=summary)
 
+
+def _refuse_foreign(run: RunDir) -> None:
+    """Refuse to replace a benchmark folder medattack did not write (no build.json of its own)."""
+    folder = run.benchmark
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not run.build_stamp_path.is_file())):
+        raise RunDirError(f"{folder} holds files medattack did not write (it has no build.json); medattack never "
+                          "deletes them. Move them elsewhere, or use another run name.")
+
+
+def _swap_in(run: RunDir, staging: RunDir) -> None:
+    """Replace the run's benchmark with the staged one: the old one is removed only once the new one is in place."""
+    old = run.root / ".benchmark.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if run.benchmark.exists():
+        run.benchmark.rename(old)
+    staging.benchmark.rename(run.benchmark)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _build_into(run: RunDir, config: BuildConfig, progress: Progress | None,
+                ) -> tuple[list[Sample], list[dict[str, Any]], dict[str, Any]]:
+    """Build the benchmark into `run.benchmark` (a staging folder); (samples, failures, summary), no
+    samples when every input failed."""
     taxonomy = load_taxonomy(config.taxonomy)
     bank = load_prompt_bank(config.prompt_bank, taxonomy)
     tasks = tuple(taxonomy.task(t).name for t in config.tasks) if config.tasks else taxonomy.task_names
@@ -193,20 +257,17 @@ def run(run_dir: RunDir | str | Path, config: BuildConfig | None = None, *, exec
             samples.extend(sample_records(item, pair, image, taxonomy, typo_file))
     if progress:
         progress("images", len(items), len(items))
+    samples, duplicates = _merge_duplicates(samples)
+    failures.extend(duplicates)
 
     write_jsonl_atomic(run.failures_path, failures)
     if not samples:
-        raise BuildError(
-            f"no sample could be built from {', '.join(config.sources)}: "
-            f"{len(failures)} input(s) failed; see {run.failures_path}."
-        )
+        return samples, failures, {}
     write_jsonl_atomic(run.samples_path, (s.to_json() for s in samples))
     summary = summarise(samples, failures)
     summary.update({"prompt_bank": {"source": bank.source, "version": bank.version,
                                     "sha256": bank.sha256}})
     write_json_atomic(run.summary_path, summary)
     export_3mad_layout(run.benchmark, samples)
-    write_json_atomic(stamp, {"config": config_record, "config_hash": config_hash})
-    run.record_stage("build", config_record, config.seed)
-    return BuildResult(run.root, samples, failures, summary=summary)
+    return samples, failures, summary
 

@@ -13,8 +13,11 @@ Sources of a query (the `source` column; `response_id` is "<source>|<sample_id>"
     control:blank|noise     the sample's question with a blank grey or a uniform-noise image: a model
                             whose answers do not change shows that it does not look at the image
 
-A re-run skips every response already written and retries the failed ones, so a killed stage resumes
-with the same command and loses or duplicates nothing.
+A re-run skips every response already written for the same input and retries the failed ones, so a
+killed stage resumes with the same command and loses or duplicates nothing. Each response carries the
+hash of what produced it (question text, image and tensor bytes, the target's answer settings): an
+answer whose input has changed since (a rebuilt benchmark, a re-run attack), or whose sample is no
+longer in the benchmark, is moved to stale.jsonl and the query asked again.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from medattack.errors import ConfigError, InputError, MedattackError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
 from medattack.records import CONDITIONS, CONTROL_DESCRIPTIONS, RESPONSE_SAMPLE_FIELDS, Response, Sample
-from medattack.rundir import Progress, RunDir, append_records, write_bytes_atomic
-from medattack.stages.base import FailureLog, as_run_dir, claim, failure, resumable_map
+from medattack.rundir import Progress, RunDir, append_records, content_hash, write_bytes_atomic
+from medattack.stages.base import FailureLog, as_run_dir, claim, failure, resumable_map, set_aside_stale
+from medattack.storage import FileDigests
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,12 @@ def plan_queries(run: RunDir, samples: list[Sample], config: QueryConfig) -> lis
     return planned
 
 
+def input_hash(run: RunDir, planned: PlannedQuery, settings: dict[str, Any], digest: FileDigests) -> str:
+    """What produces the answer to a planned query: its text, image and tensor bytes, the target's settings."""
+    tensor = digest(run.root / planned.tensor_file) if planned.tensor_file else ""
+    return content_hash([planned.text, digest(run.root / planned.image_file), tensor, settings])
+
+
 def _load_query(run: RunDir, planned: PlannedQuery) -> Query:
     image = load_image(run.root / planned.image_file).pixels
     exact = None
@@ -144,8 +154,9 @@ class QueryWorker:
     def name(self) -> str:
         return self.target.name
 
-    def answer(self, chunk: list[PlannedQuery]) -> list[Response | dict[str, Any]]:
-        """One Response or failure row per planned query, in order."""
+    def answer(self, work: list[tuple[PlannedQuery, str]]) -> list[Response | dict[str, Any]]:
+        """One Response or failure row per (planned query, its input hash), in order."""
+        chunk, hashes = [p for p, _ in work], [h for _, h in work]
         outcomes: list[Response | dict[str, Any] | None] = [None] * len(chunk)
         ready, queries = [], []
         for k, planned in enumerate(chunk):
@@ -171,6 +182,7 @@ class QueryWorker:
                 kind=planned.source.split(":")[0], question=planned.text, image_file=planned.image_file,
                 response=answer, seconds=round(seconds, 3),
                 **{key: getattr(planned.sample, key) for key in RESPONSE_SAMPLE_FIELDS}, **planned.extra,
+                input_hash=hashes[k],
             )
         return outcomes  # type: ignore[return-value]
 
@@ -182,6 +194,7 @@ class QueryStageResult:
     responses: list[Response]
     failures: list[dict[str, Any]]
     asked: int  # queries answered in this call (others were already done)
+    stale: int = 0  # answers set aside because their input or the target's settings changed
 
 
 def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, executor: ExecutorConfig | None = None,
@@ -200,16 +213,28 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
         claim(run_dir, folder.path, {"stage": to_dict(config), "target_name": target_name}, force=force,
               change="the target", stage=f"query/{folder.target}", seed=config.target.seed)
 
-        done = {r.response_id for r in folder.responses()}
         planned = plan_queries(run_dir, samples, config)
-        todo = [p for p in planned if p.response_id not in done]
+        settings, digest = config.target.answer_settings(), FileDigests()
+        hashes = {p.response_id: input_hash(run_dir, p, settings, digest) for p in planned}
+        current = {s.sample_id for s in samples}
+        done, stale = set(), []
+        for row in folder.responses():
+            if row.response_id in hashes and row.input_hash == hashes[row.response_id]:
+                done.add(row.response_id)
+            elif row.response_id in hashes or row.sample_id not in current:
+                stale.append(row)  # asked of another input, or of a sample the benchmark no longer has
+        set_aside_stale(folder.responses_path, stale)
+        if stale:
+            log.warning("%d answer(s) of %s were for inputs that changed since; moved to %s and asked again",
+                        len(stale), target_name, folder.responses_path.with_name("stale.jsonl"))
+        todo = [(p, hashes[p.response_id]) for p in planned if p.response_id not in done]
         size = max(1, config.chunk)
         chunks = [todo[start:start + size] for start in range(0, len(todo), size)]
         failures = FailureLog(folder.failures_path, "response_id", retried=(p.response_id for p in planned))
 
-        def write(chunk: list[PlannedQuery], outcomes: Any) -> None:
+        def write(chunk: list[tuple[PlannedQuery, str]], outcomes: Any) -> None:
             if isinstance(outcomes, Exception):
-                outcomes = [failure("response_id", p.response_id, outcomes) for p in chunk]
+                outcomes = [failure("response_id", p.response_id, outcomes) for p, _ in chunk]
             append_records(folder.responses_path, *(o for o in outcomes if isinstance(o, Response)))
             failures.add(*(o for o in outcomes if not isinstance(o, Response)))
 
@@ -222,4 +247,4 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
         log.warning("%d queries to %s failed; see %s (a re-run retries them)", len(failures.rows), target_name,
                     folder.failures_path)
     return QueryStageResult(folder.path, target_name, folder.responses(), failures.rows,
-                            len(todo) - len(failures.rows))
+                            len(todo) - len(failures.rows), len(stale))

@@ -25,11 +25,11 @@ from medattack.config import from_mapping, option
 from medattack.errors import ConfigError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.records import ScoreRecord
-from medattack.rundir import Progress, RunDir, ScoresFolder, append_records, write_json_atomic
+from medattack.rundir import Progress, RunDir, ScoresFolder, append_records, content_hash, write_json_atomic
 from medattack.scoring.base import DERIVED, SCORERS, DerivedMetric, Encoders, MetricSpec, Score, ScoreInput, Scorer
 from medattack.scoring.cache import ScoreCache
 from medattack.scoring.inputs import read_responses_file, read_run_responses
-from medattack.stages.base import as_run_dir, resumable_map
+from medattack.stages.base import as_run_dir, resumable_map, set_aside_stale
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class ScoreStageResult:
     summary: dict[str, Any]
     computed: int  # (response, metric) values computed now
     cache_hits: int
+    stale: int = 0  # values set aside because their response, inputs or metric settings changed
 
 
 class ScoreWorker:
@@ -131,22 +132,34 @@ def score_inputs(
         metrics = list(specs)
         specs.update({name: metric.spec for name, metric in derived.items()})
         folder.path.mkdir(parents=True, exist_ok=True)
-        done = {(r.response_id, r.metric) for r in folder.scores()}
         cache = ScoreCache(cache_path)
+        identity = {name: content_hash([vars(spec), config.metrics.get(name, {})]) for name, spec in specs.items()}
+        keys = {i.response_id: _input_keys(i, metrics, derived, identity, cache) for i in inputs}
+        done: set[tuple[str, str]] = set()
+        stale = []
+        for row in folder.scores():
+            current = keys.get(row.response_id, {}).get(row.metric)
+            if current is not None and row.input_hash == current:
+                done.add((row.response_id, row.metric))
+            elif current is not None or row.response_id not in keys:
+                stale.append(row)  # computed from other inputs or settings, or for a response no longer here
+        set_aside_stale(folder.scores_path, stale)
+        if stale:
+            log.warning("%d score(s) in %s were computed from inputs or settings that changed; moved to stale.jsonl "
+                        "and computed again", len(stale), folder.path)
         todo = [i for i in inputs if any((i.response_id, m) not in done for m in specs)]
         batches, plans = [], {}
         for start in range(0, len(todo), config.batch_size):
             batch = todo[start:start + config.batch_size]
-            keys = {name: [cache.key(specs[name], i) for i in batch] for name in metrics}
-            cached = {name: [cache.get(k) for k in keys[name]] for name in metrics}
+            cached = {name: [cache.get(keys[i.response_id][name]) for i in batch] for name in metrics}
             missing = {name: [k for k, c in enumerate(cached[name]) if c is None] for name in metrics}
             batches.append({name: [batch[k] for k in missing[name]] for name in metrics})
-            plans[id(batches[-1])] = (batch, keys, cached, missing)
+            plans[id(batches[-1])] = (batch, cached, missing)
         computed = 0
 
         def write(request: dict[str, list[ScoreInput]], fresh: Any) -> None:
             nonlocal computed
-            batch, keys, cached, missing = plans[id(request)]
+            batch, cached, missing = plans[id(request)]
             if isinstance(fresh, Exception):  # the worker was lost for good: these rows wait for a re-run
                 log.warning("a scoring batch of %d responses failed (%s); a re-run scores it", len(batch), fresh)
                 return
@@ -154,7 +167,7 @@ def score_inputs(
             for name in metrics:
                 for k, score in zip(missing[name], fresh[name], strict=True):
                     cached[name][k] = score
-                cache.put_many([(keys[name][k], cached[name][k]) for k in missing[name]])
+                cache.put_many([(keys[batch[k].response_id][name], cached[name][k]) for k in missing[name]])
                 per_metric[name] = cached[name]
                 computed += len(missing[name])
             for name, metric in derived.items():
@@ -163,7 +176,7 @@ def score_inputs(
             append_records(folder.scores_path, *(
                 ScoreRecord(response_id=item.response_id, condition=item.condition, metric=name,
                             value=per_metric[name][k].value, null_reason=per_metric[name][k].null_reason,
-                            detail=per_metric[name][k].detail)
+                            detail=per_metric[name][k].detail, input_hash=keys[item.response_id][name])
                 for k, item in enumerate(batch) for name in specs if (item.response_id, name) not in done))
 
         resumable_map(pool, "score", batches, write, progress=progress, label="scoring", done=0, total=len(todo),
@@ -173,7 +186,16 @@ def score_inputs(
     rows = folder.scores()
     summary = summarise(rows, specs)
     write_json_atomic(folder.summary_path, summary)
-    return ScoreStageResult(folder.path, rows, specs, summary, computed, cache.hits)
+    return ScoreStageResult(folder.path, rows, specs, summary, computed, cache.hits, len(stale))
+
+
+def _input_keys(item: ScoreInput, metrics: list[str], derived: dict[str, DerivedMetric], identity: dict[str, str],
+                cache: ScoreCache) -> dict[str, str]:
+    """Per metric, the hash of what produces its value for this response: the metric's identity and
+    settings and the inputs it reads (a derived metric: the keys of the metrics it combines)."""
+    keys = {name: cache.key(identity[name], item) for name in metrics}
+    keys.update({name: content_hash([identity[name], [keys[n] for n in metrics]]) for name in derived})
+    return keys
 
 
 def summarise(rows: list[ScoreRecord], specs: dict[str, MetricSpec]) -> dict[str, Any]:
@@ -216,8 +238,10 @@ def score_file(responses: str | Path, config: ScoreConfig | None = None, *, imag
     """Score a responses file (long or wide, see scoring/inputs.py) into OUT (default: beside it)."""
     config = config or ScoreConfig()
     path = Path(responses)
-    inputs = read_responses_file(path, Path(images) if images else None)
     out = Path(out_dir) if out_dir else path.parent / f"{path.stem}.scores"
+    if path.resolve() in {(out / name).resolve() for name in ("scores.jsonl", "stale.jsonl", "cache.jsonl")}:
+        raise ConfigError(f"{path} is where the scores would be written; pass another --out folder.")
+    inputs = read_responses_file(path, Path(images) if images else None)
     local = runs_here(executor)
     return {path.stem: score_inputs(inputs, config, out, cache_path=out / "cache.jsonl",
                                     scorers=build_scorers(config) if local else None, progress=progress,

@@ -47,6 +47,12 @@ class SourceItem:
     bbox: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) in pixels, x1/y1 exclusive
     preset: PresetPair | None = None
 
+    def __post_init__(self) -> None:
+        # a file name that is not valid UTF-8 reaches Python with surrogate escapes, which cannot be written
+        # to JSON or hashed as UTF-8: the text fields show them as U+FFFD (the path itself is kept as it is)
+        for name in ("item_id", "location", "description"):
+            object.__setattr__(self, name, printable(getattr(self, name)))
+
     def load(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
         if self.image_bytes is not None:
             return load_image(self.image_bytes, name=self.location, max_pixels=max_pixels)
@@ -80,6 +86,11 @@ def open_source(spec: str, context: SourceContext) -> Source:
     return cls(argument.strip(), context)
 
 
+def printable(text: str) -> str:
+    """Text with undecodable bytes (surrogate escapes from file names) replaced by U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def resolve_inside(root: Path, relative: str, location: str) -> Path:
     """Resolve `relative` against `root`, refusing anything that ends up outside `root`.
 
@@ -87,8 +98,13 @@ def resolve_inside(root: Path, relative: str, location: str) -> Path:
     """
     if not relative.strip():
         raise InputError(location, "the path is empty.", "fill in the path column.")
+    if "\x00" in relative:
+        raise InputError(location, "the path holds a NUL byte.", "fix the path column.")
     root = root.resolve()
-    candidate = (root / relative).resolve()
+    try:
+        candidate = (root / relative).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, an unusable name
+        raise InputError(location, f"path {relative!r} cannot be resolved ({exc}).", "fix the path.") from None
     if not candidate.is_relative_to(root):
         raise PathEscapeError(
             location,

@@ -20,7 +20,7 @@ from medattack.data.sources.base import (
     require_argument,
     resolve_inside,
 )
-from medattack.data.sources.tables import cell, read_table, require_columns
+from medattack.data.sources.tables import cell, read_table, require_columns, require_text
 from medattack.errors import ConfigError, InputError, SourceError
 
 
@@ -28,20 +28,27 @@ def parse_bbox(value: Any, location: str) -> tuple[int, int, int, int] | None:
     """Parse "x0,y0,x1,y1", "[x0, y0, x1, y1]" or a list; empty means no box."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, str):
-        text = value.strip()
-        parts = json.loads(text) if text.startswith("[") else text.split(",")
-    else:
-        parts = list(value)
     try:
-        x0, y0, x1, y1 = (int(float(p)) for p in parts)
-    except (TypeError, ValueError):
-        raise SourceError(location, f"bbox {value!r} is not four numbers.",
+        if isinstance(value, str):
+            text = value.strip()
+            parts = json.loads(text) if text.startswith("[") else text.split(",")
+        elif isinstance(value, list | tuple):
+            parts = list(value)
+        else:  # a bare number, true/false, a mapping
+            raise TypeError
+        if len(parts) != 4 or any(isinstance(p, bool) for p in parts):
+            raise ValueError
+        x0, y0, x1, y1 = (int(float(p)) for p in parts)  # inf and nan raise here too
+    except (TypeError, ValueError, OverflowError, json.JSONDecodeError):
+        raise SourceError(location, f"bbox {value!r} is not four finite numbers.",
                           "write it as x0,y0,x1,y1 in pixels.") from None
     if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
         raise SourceError(location, f"bbox {value!r} is empty or negative.",
                           "x1 must exceed x0 and y1 must exceed y0, all >= 0.")
     return x0, y0, x1, y1
+
+
+TEXT_COLUMNS = ("path", "modality", "body_part", "attribute", "description", "mask_path")  # ids may be numbers
 
 
 @SOURCES.register("manifest")
@@ -57,14 +64,21 @@ class ManifestSource:
 
     def __iter__(self) -> Iterator[SourceItem | InputError]:
         try:
-            rows = read_table(self.path)
-            require_columns(self.path, rows, [("path",), ("modality", "attribute")])
-            if "modality" in rows[0]:
-                require_columns(self.path, rows, [("body_part",)])
+            rows = read_table(self.path, keep_bad_lines=True)
+            good = [r for r in rows if not isinstance(r, InputError)]
+            if not rows:
+                raise SourceError(str(self.path), "the manifest has no rows.", "add one row per image.")
+            if good:
+                require_columns(self.path, good, [("path",), ("modality", "attribute")])
+                if "modality" in good[0]:
+                    require_columns(self.path, good, [("body_part",)])
         except InputError as error:
             yield error
             return
         for number, row in enumerate(rows, start=1):
+            if isinstance(row, InputError):  # one bad line of a JSONL manifest: the others go on
+                yield row
+                continue
             location = f"{self.path}:row {number}"
             try:
                 yield self._item(row, location, number)
@@ -72,6 +86,7 @@ class ManifestSource:
                 yield error
 
     def _item(self, row: dict[str, Any], location: str, number: int) -> SourceItem:
+        require_text(row, TEXT_COLUMNS, location)
         relative = cell(row, "path")
         path = resolve_inside(self.root, relative, location)
         taxonomy = self.context.taxonomy

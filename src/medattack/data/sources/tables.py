@@ -12,13 +12,17 @@ from medattack.errors import SourceError
 TABLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
-def read_table(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV, JSONL or Parquet file as dicts (row 1 is the first data row)."""
+def read_table(path: Path, keep_bad_lines: bool = False) -> list[dict[str, Any]]:
+    """Rows of a CSV, JSONL or Parquet file as dicts (row 1 is the first data row). With
+    `keep_bad_lines`, a JSONL line that is not a JSON object is returned as its SourceError (the caller
+    records it and goes on) instead of failing the file."""
     suffix = path.suffix.lower()
+    if path.exists() and not path.is_file():
+        raise SourceError(str(path), "not a regular file (a folder, a pipe or a device).", "name a table file.")
     try:
         if suffix == ".csv":
             with path.open(newline="", encoding="utf-8-sig") as handle:
-                return [dict(row) for row in csv.DictReader(handle)]
+                return [dict(row) for row in csv.DictReader(handle, strict=True)]
         if suffix in (".jsonl", ".json"):
             rows = []
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -26,11 +30,16 @@ def read_table(path: Path) -> list[dict[str, Any]]:
                     continue
                 try:
                     value = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SourceError(f"{path}:{number}", f"invalid JSON ({exc.msg}).",
-                                      "write one JSON object per line.") from None
-                if not isinstance(value, dict):
-                    raise SourceError(f"{path}:{number}", "each line must be a JSON object.")
+                    if not isinstance(value, dict):
+                        raise SourceError(f"{path}:{number}", "each line must be a JSON object.",
+                                          "write one JSON object per line.")
+                except (json.JSONDecodeError, RecursionError, SourceError) as exc:
+                    error = exc if isinstance(exc, SourceError) else SourceError(
+                        f"{path}:{number}", f"invalid JSON ({getattr(exc, 'msg', 'nested too deeply')}).",
+                        "write one JSON object per line.")
+                    if not keep_bad_lines:
+                        raise error from None
+                    value = error
                 rows.append(value)
             return rows
         if suffix == ".parquet":
@@ -39,7 +48,10 @@ def read_table(path: Path) -> list[dict[str, Any]]:
             return pq.read_table(path).to_pylist()
     except FileNotFoundError:
         raise SourceError(str(path), "file not found.", "check the path.") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except csv.Error as exc:
+        raise SourceError(str(path), f"malformed CSV ({exc}): a quote is probably never closed.",
+                          "close every quoted field, or save the file again from a spreadsheet.") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise SourceError(str(path), f"cannot read the table ({exc}).") from None
     except Exception as exc:  # pyarrow raises its own error types on damaged files
         if type(exc).__module__.startswith("pyarrow"):
@@ -65,3 +77,13 @@ def require_columns(path: Path, rows: list[dict[str, Any]], groups: list[tuple[s
                 str(path), f"missing column {wanted}; found columns: {', '.join(sorted(columns)) or 'none'}.",
                 f"add a {group[0]!r} column.",
             )
+
+
+def require_text(row: dict[str, Any], columns: tuple[str, ...], location: str) -> None:
+    """Refuse a row whose label or prompt column holds a number, a boolean or an object instead of text
+    (JSONL and Parquet can), so that `5` or `{"x": 1}` never becomes part of a question."""
+    for column in columns:
+        value = row.get(column)
+        if value is not None and not isinstance(value, str):
+            raise SourceError(location, f"column {column!r} must be text, got {type(value).__name__} "
+                              f"{str(value)[:40]!r}.", f"write {column} as a string.")

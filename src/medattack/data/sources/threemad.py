@@ -27,7 +27,7 @@ from medattack.data.sources.base import (
     require_argument,
     resolve_inside,
 )
-from medattack.data.sources.tables import TABLE_SUFFIXES, cell, read_table, require_columns
+from medattack.data.sources.tables import TABLE_SUFFIXES, cell, read_table, require_columns, require_text
 from medattack.errors import ConfigError, InputError, MissingDependencyError, SourceError
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,10 @@ REQUIRED_COLUMNS = ("original_attribute", "unmatch_attribute", "normal_prompt", 
 def first_key_phrase(value: Any) -> str:
     """3MAD stores key phrases as text, sometimes as a list literal ("['a', 'b']"): take the first."""
     if isinstance(value, list | tuple):
-        return str(value[0]).strip() if value else ""
-    text = "" if value is None else str(value).strip()
+        return value[0].strip() if value and isinstance(value[0], str) else ""
+    if value is not None and not isinstance(value, str):  # a number or a boolean is no key phrase
+        return ""
+    text = "" if value is None else value.strip()
     if text.startswith("[") and text.endswith("]"):
         try:
             parsed = ast.literal_eval(text)
@@ -49,6 +51,12 @@ def first_key_phrase(value: Any) -> str:
         if isinstance(parsed, list | tuple):
             return str(parsed[0]).strip() if parsed else ""
     return text
+
+
+# columns that must hold text (Parquet and JSON can hold numbers or booleans there); ids may be numbers,
+# key_phrases a list
+TEXT_COLUMNS = ("file_name", "original_attribute", "unmatch_attribute", "normal_prompt", "harmful_prompt",
+                "policy")
 
 
 @SOURCES.register("3mad")
@@ -134,6 +142,7 @@ class ThreeMADSource:
     def _item(
         self, split: str, row: dict[str, Any], location: str, image_root: Path | None
     ) -> SourceItem:
+        require_text(row, TEXT_COLUMNS, location)
         taxonomy = self.context.taxonomy
         try:
             category = taxonomy.parse_attribute(cell(row, "original_attribute"))
@@ -188,6 +197,9 @@ class ThreeMADSource:
         if image_root is None or not name:
             raise SourceError(location, "the row has no image bytes and no usable file_name.",
                               "keep the 'image' column or put the files next to the split files.")
+        if Path(name).is_absolute() or "\x00" in name:
+            raise SourceError(location, f"file_name {name!r} is not a relative path.",
+                              "give file names relative to the split files' folder (or its images/).")
         for folder in (image_root, image_root / "images"):
             candidate = resolve_inside(image_root, (folder / name).relative_to(image_root).as_posix(),
                                        location)
