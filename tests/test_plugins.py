@@ -21,6 +21,7 @@ EXPECTED = {
                                             "occlusion"},
     ("medattack.scoring.base", "SCORERS"): {"keyword_asr", "tto", "tio", "tii", "judge", "moderation"},
     ("medattack.scoring.base", "DERIVED"): {"composite"},
+    ("medattack.scoring.judges.base", "JUDGES"): {"embedded", "api"},
     ("medattack.scoring.backends.text_embedders", "TEXT_EMBEDDERS"): {"minilm", "bge-m3"},
     ("medattack.scoring.backends.image_text", "IMAGE_TEXT_BACKENDS"): {"proxy", "biomedclip", "clip"},
     ("medattack.models.targets", "TARGETS"): {"llava", "hf", "api"},

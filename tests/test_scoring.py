@@ -113,7 +113,8 @@ def scorer_options(name, base_url):
     from medattack.scoring.moderation import ModerationConfig
 
     api = APIConfig(base_url=base_url, max_retries=1, backoff=0.01)
-    return {"judge": {"config": JudgeConfig(api=api)}, "moderation": {"config": ModerationConfig(api=api)}}.get(
+    judge = JudgeConfig(backend="api", options={"api": {"base_url": api.base_url, "max_retries": 1, "backoff": 0.01}})
+    return {"judge": {"config": judge}, "moderation": {"config": ModerationConfig(api=api)}}.get(
         name, {})
 
 

@@ -10,7 +10,7 @@ that config, dotted for nested ones) and its own flags; precedence: file < flags
 libraries (torch, transformers, datasets) are imported lazily inside the commands.
 """
 
-from medattack.cli import stages, tools  # noqa: F401 (registers the commands)
+from medattack.cli import judge, stages, tools  # noqa: F401 (registers the commands)
 from medattack.cli.app import app
 
 __all__ = ["app"]

@@ -56,7 +56,8 @@ class Query:
 class TargetConfig:
     kind: str = option("llava", "llava (white-box adapter), hf (image-text-to-text), api (OpenAI-compatible).")
     model: str = option("embedded", "embedded | tiny | hub id or local path | the API's model name.")
-    max_new_tokens: int = option(64, "Tokens per answer at most.")
+    max_new_tokens: int = option(512, "Tokens per answer at most (HarmBench's standard 512: a judge needs the whole "
+                                 "answer; the report states the cap).")
     batch_size: int = option(8, "Queries per generation batch (local models).")
     temperature: float = option(0.0, "Sampling temperature (0: greedy).")
     seed: int = option(0, "Seed for local sampling and the API's `seed` field.")

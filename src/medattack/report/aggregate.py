@@ -25,6 +25,8 @@ from medattack.rundir import RunDir, read_jsonl
 __all__ = ["CONDITIONS", "HARMFUL_CONDITIONS", "RunData", "build_tables", "load_run"]
 KEY_METRIC = "keyword_asr"  # the success metric of tables that show one number
 RESAMPLES = 1000
+MIN_INTERVAL_N = 5  # below this many values a cell shows no interval (it would only look precise)
+Z95 = 1.959963984540054
 GROUP_COLUMNS = ["n", "nulls", "mean", "ci_low", "ci_high"]
 
 
@@ -45,14 +47,33 @@ def bootstrap_ci(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,
     return float(low), float(high)
 
 
+def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default): honest at small n and at 0 or 1, where a
+    bootstrap of 0/1 values collapses to a point (`1.00 [1.00, 1.00] n=1`)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    """95% interval of the mean: Wilson for 0/1 values (rates), a percentile bootstrap otherwise."""
+    if len(values) and np.isin(values, (0.0, 1.0)).all():
+        return wilson_ci(int(values.sum()), len(values))
+    return bootstrap_ci(values)
+
+
 def summarise_groups(table: pd.DataFrame, keys: Sequence[str], value: str = "value") -> pd.DataFrame:
-    """One row per group: keys + n (rows), nulls, mean and 95% CI of the non-null `value`s."""
+    """One row per group: keys + n (rows), nulls, mean and 95% interval of the non-null `value`s (Wilson
+    for rates, bootstrap otherwise; see `interval`)."""
     rows = []
     if table.empty:
         return pd.DataFrame(columns=[*keys, *GROUP_COLUMNS])
     for group, members in table.groupby(list(keys), sort=True, dropna=False):
         values = members[value].dropna().to_numpy(dtype=float)
-        low, high = bootstrap_ci(values)
+        low, high = interval(values)
         rows.append({**dict(zip(keys, group if isinstance(group, tuple) else (group,), strict=True)),
                      "n": len(members), "nulls": int(members[value].isna().sum()),
                      "mean": float(values.mean()) if len(values) else float("nan"), "ci_low": low, "ci_high": high})

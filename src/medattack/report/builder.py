@@ -24,7 +24,7 @@ import pandas as pd
 
 from medattack.config import option
 from medattack.errors import RunDirError
-from medattack.report.aggregate import CONDITIONS, KEY_METRIC, RunData, build_tables, load_run
+from medattack.report.aggregate import CONDITIONS, KEY_METRIC, MIN_INTERVAL_N, RunData, build_tables, load_run
 from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
 from medattack.rundir import RunDir, write_bytes_atomic
@@ -48,11 +48,14 @@ class ReportResult:
 
 
 def _cell(row: Any, digits: int = 2) -> str:
-    """'mean [low, high]' + counts, or 'null' when nothing could be scored."""
+    """'mean [low, high]' + counts, 'mean' alone below MIN_INTERVAL_N values, or 'null' when nothing
+    could be scored."""
     mean = row["mean"]
     counts = f" n={int(row['n'])}" + (f", {int(row['nulls'])} null" if row["nulls"] else "")
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "null" + counts
+    if int(row["n"]) - int(row["nulls"]) < MIN_INTERVAL_N or math.isnan(row["ci_low"]):
+        return f"{mean:.{digits}f} (too few for an interval)" + counts
     return f"{mean:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]" + counts
 
 
@@ -86,13 +89,16 @@ def _manifest_section(runs: Sequence[RunData], metrics: dict[str, dict[str, Any]
         for stage, record in run.manifest.get("stages", {}).items():
             config = record.get("config", {})
             if "model_name" in config:
-                models.append([run.name, "white-box (attacked)", config["model_name"], stage])
+                cap = config.get("method", {}).get("max_new_tokens", "")
+                models.append([run.name, "white-box (attacked)", config["model_name"], stage, str(cap)])
             if "target_name" in config:
                 target = config.get("stage", {}).get("target", {})
-                models.append([run.name, f"target ({target.get('kind', '?')})", config["target_name"], stage])
-    section.tables.append(Table("Models", ["run", "role", "model", "stage"], models,
+                models.append([run.name, f"target ({target.get('kind', '?')})", config["target_name"], stage,
+                               str(target.get("max_new_tokens", ""))])
+    section.tables.append(Table("Models", ["run", "role", "model", "stage", "answer cap (tokens)"], models,
                                 "Names are the models' own; the embedded target is SmolLM2-135M with a random "
-                                "vision tower and is not a medical model.", "models"))
+                                "vision tower and is not a medical model. Answers longer than the cap were cut: "
+                                "a judge reads only what is there.", "models"))
     proxy_rows = [[name, "yes (proxy)" if spec.get("is_proxy") else "no", spec.get("description", ""),
                    f"[{spec.get('low')}, {spec.get('high')}]", spec.get("higher_means", "")]
                   for name, spec in sorted(metrics.items())]
@@ -148,14 +154,17 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     intro = Section("Summary", [
         f"Runs: {', '.join(r.name for r in runs)}. Responses scored: {scores['response_id'].nunique()}; "
         f"targets: {', '.join(sorted(scores['target'].dropna().unique())) or 'none'}.",
-        "Every cell is mean [95% bootstrap interval] with n (responses) and the null count (responses a metric "
-        "could not score, never dropped). keyword_asr is a refusal-phrase matcher: crude, read it with the "
-        "relevance metrics.",
+        "Every cell is mean [95% interval: Wilson for rates, bootstrap otherwise] with n (responses) and the null "
+        f"count (responses a metric could not score, never dropped); below {MIN_INTERVAL_N} values no interval is "
+        "shown. keyword_asr is the non-refusal rate: a refusal-phrase matcher that counts any answer without a "
+        "refusal, echo or negation opening. It is not a judge of compliance: read it as an upper bound on attack "
+        "success, beside the relevance metrics (and a judge when one ran).",
         f"Proxy metrics in this report: {', '.join(proxies) if proxies else 'none'}.",
     ])
     success = tables.by_condition[tables.by_condition["metric"] == KEY_METRIC]
     headline = Section("Success by method, target and condition", tables=[
-        _pivot(success, ["run", "method", "target"], "condition", CONDITIONS, f"{KEY_METRIC} by condition",
+        _pivot(success, ["run", "method", "target"], "condition", CONDITIONS,
+               f"{KEY_METRIC} (non-refusal rate) by condition",
                "method 'none' = the benchmark sample as built; control:* = the same prompt with a blank or noise "
                "image.", "asr_by_condition"),
         *[_pivot(tables.by_condition[tables.by_condition["metric"] == metric], ["run", "method", "target"],
