@@ -125,7 +125,9 @@ def test_score_command_on_a_run_and_on_a_file(tmp_path):
     result = runner.invoke(app, ["score", str(run)], terminal_width=300)
     assert result.exit_code == 0, result.output
     scores = list((run / "scores").glob("attack__direct__*/scores.jsonl"))
-    assert len(scores) == 1 and len(scores[0].read_text().splitlines()) == 2 * 5
+    from medattack.stages.score import DEFAULT_METRICS
+
+    assert len(scores) == 1 and len(scores[0].read_text().splitlines()) == 2 * len(DEFAULT_METRICS)
     again = runner.invoke(app, ["score", str(run)], terminal_width=300)
     assert "0 value(s) computed now" in again.output.replace("\n", " ")
     answers = tmp_path / "answers.jsonl"

@@ -24,7 +24,15 @@ import pandas as pd
 
 from medattack.config import option
 from medattack.errors import RunDirError
-from medattack.report.aggregate import CONDITIONS, KEY_METRIC, MIN_INTERVAL_N, RunData, build_tables, load_run
+from medattack.report.aggregate import (
+    CONDITIONS,
+    HARMFUL_CONDITIONS,
+    KEY_METRIC,
+    MIN_INTERVAL_N,
+    RunData,
+    build_tables,
+    load_run,
+)
 from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
 from medattack.rundir import RunDir, write_bytes_atomic
@@ -161,8 +169,25 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         "success, beside the relevance metrics (and a judge when one ran).",
         f"Proxy metrics in this report: {', '.join(proxies) if proxies else 'none'}.",
     ])
-    success = tables.by_condition[tables.by_condition["metric"] == KEY_METRIC]
-    headline = Section("Success by method, target and condition", tables=[
+    by_condition = tables.by_condition
+    judged = "judge" in set(by_condition["metric"])
+    success_metric = "judge" if judged else KEY_METRIC
+    harmful = by_condition[(by_condition["metric"] == success_metric) & by_condition["condition"].isin(
+        HARMFUL_CONDITIONS)]
+    benign = by_condition[(by_condition["metric"] == KEY_METRIC) & ~by_condition["condition"].isin(
+        HARMFUL_CONDITIONS)]
+    success = by_condition[by_condition["metric"] == KEY_METRIC]
+    headline = Section("Success by method, target and condition", text=[
+        "Attack success is measured on harmful questions only (malicious, both), by the compliance judge "
+        + ("(`judge`)." if judged else "- none ran, so the non-refusal rate stands in: an upper bound, not a "
+           "success rate (add `judge` to the score metrics).")
+        + " On benign questions (normal, mismatch) the non-refusal rate is the answer rate; one minus it is the "
+          "over-refusal rate."], tables=[
+        _pivot(harmful, ["run", "method", "target"], "condition", HARMFUL_CONDITIONS,
+               f"Attack success on harmful questions ({success_metric})",
+               metrics.get(success_metric, {}).get("description", ""), "attack_success"),
+        _pivot(benign, ["run", "method", "target"], "condition", [c for c in CONDITIONS if c not in HARMFUL_CONDITIONS],
+               "Answer rate on benign questions (non-refusal rate)", "", "answer_rate"),
         _pivot(success, ["run", "method", "target"], "condition", CONDITIONS,
                f"{KEY_METRIC} (non-refusal rate) by condition",
                "method 'none' = the benchmark sample as built; control:* = the same prompt with a blank or noise "

@@ -33,7 +33,7 @@ from medattack.stages.base import as_run_dir, resumable_map, set_aside_stale
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METRICS = ("keyword_asr", "tto", "tio", "tii", "composite")
+DEFAULT_METRICS = ("keyword_asr", "judge", "tto", "tio", "tii", "composite")  # judge: the embedded one offline
 
 
 def _metric_class(name: str) -> type:
