@@ -114,7 +114,7 @@ def test_tables_count_nulls_and_give_intervals(scored_run, report):
     keyword = table[table["metric"] == "keyword_asr"]
     assert keyword["n"].sum() == len(responses)  # every response counted once per metric
     html = report.html.read_text()
-    assert "tio by condition (proxy)" in html and "Proxy metrics in this report: tii, tio." in html
+    assert "tio by condition (proxy)" in html and "Proxy metrics in this report: composite, tii, tio." in html
 
 
 def test_transfer_and_whitebox_tables(report):

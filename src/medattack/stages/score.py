@@ -130,7 +130,9 @@ def score_inputs(
     try:
         specs = dict(pool.call_any("specs"))
         metrics = list(specs)
-        specs.update({name: metric.spec for name, metric in derived.items()})
+        proxy_inputs = any(spec.is_proxy for spec in specs.values())  # a derived metric is a proxy if an input is
+        specs.update({name: dataclasses.replace(metric.spec, is_proxy=metric.spec.is_proxy or proxy_inputs)
+                      for name, metric in derived.items()})
         folder.path.mkdir(parents=True, exist_ok=True)
         cache = ScoreCache(cache_path)
         identity = {name: content_hash([vars(spec), config.metrics.get(name, {})]) for name, spec in specs.items()}
