@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
-from medattack.errors import RecordError
+from medattack.errors import ConfigError, RecordError
 
 Condition = Literal["normal", "mismatch", "malicious", "both"]
 
@@ -54,8 +54,6 @@ def target_text(key_phrase: str) -> str:
 
 def check_conditions(names: tuple[str, ...], where: str) -> None:
     """Raise ConfigError naming `where` when a name is not one of the four conditions."""
-    from medattack.errors import ConfigError
-
     unknown = sorted(set(names) - set(CONDITIONS))
     if unknown:
         raise ConfigError(f"{where}: unknown condition(s) {unknown}; use {', '.join(CONDITIONS)}.")

@@ -24,14 +24,13 @@ from medattack.rundir import (
     Progress,
     RunDir,
     append_records,
-    canonical_json,
     claim_folder,
     read_jsonl,
-    read_records,
     write_jsonl_atomic,
 )
 
 W = TypeVar("W")
+R = TypeVar("R", bound=Record)
 
 
 def as_run_dir(run_dir: RunDir | str | Path) -> RunDir:
@@ -70,15 +69,25 @@ class FailureLog:
         write_jsonl_atomic(self.path, self.rows)
 
 
-def set_aside_stale(path: Path, stale: Sequence[Record]) -> None:
-    """Move stale records out of a results file into stale.jsonl beside it: rows computed from inputs or
-    settings that have changed since, kept under their old input hash but never read as current."""
-    if not stale:
-        return
-    gone = {canonical_json(r.to_json()) for r in stale}
-    keep = [r for r in read_records(path, type(stale[0])) if canonical_json(r.to_json()) not in gone]
-    append_records(path.with_name("stale.jsonl"), *stale)
-    write_jsonl_atomic(path, (r.to_json() for r in keep))
+def set_aside_stale(path: Path, rows: Sequence[R], expected: Callable[[R], str | None],
+                    orphaned: Callable[[R], bool]) -> tuple[list[R], list[R]]:
+    """Sort the rows read from a results file by what produced them. `expected(row)` is the input hash
+    the row's item would have now (None: not planned in this call). A row is current when its hash is
+    that; stale when it differs, or when the item is not planned and `orphaned(row)` (its sample is gone);
+    otherwise kept as it is (e.g. an item a smaller --limit leaves out). Stale rows move to stale.jsonl
+    beside the file, kept under their old hash but never read as current. Returns (current, stale)."""
+    current, stale = [], []
+    for row in rows:
+        hash_now = expected(row)
+        if hash_now is not None and row.input_hash == hash_now:  # type: ignore[attr-defined]
+            current.append(row)
+        elif hash_now is not None or orphaned(row):
+            stale.append(row)
+    if stale:
+        gone = {id(r) for r in stale}
+        append_records(path.with_name("stale.jsonl"), *stale)
+        write_jsonl_atomic(path, (r.to_json() for r in rows if id(r) not in gone))
+    return current, stale
 
 
 def resumable_map(

@@ -46,7 +46,7 @@ from medattack.rundir import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from medattack.stages.base import as_run_dir
+from medattack.stages.base import as_run_dir, failure
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,7 @@ class BuildResult:
 
 
 def failure_record(error: InputError) -> dict[str, Any]:
-    return {"stage": "build", "item": error.item, "error": type(error).__name__,
-            "problem": error.problem, "fix": error.fix}
+    return failure("item", error.item, error, error.problem, fix=error.fix, stage="build")
 
 
 def _merge_duplicates(samples: list[Sample]) -> tuple[list[Sample], list[dict[str, Any]]]:
@@ -108,9 +107,9 @@ def _merge_duplicates(samples: list[Sample]) -> tuple[list[Sample], list[dict[st
             repeats[sample.location] += 1
         else:
             kept[sample.sample_id] = sample
-    failures = [{"stage": "build", "item": location, "error": "DuplicateInput",
-                 "problem": f"{count} sample(s) repeat others exactly (the same image, prompt and attributes "
-                            "given twice) and were merged.", "fix": "list each image once in the sources."}
+    failures = [failure("item", location, "DuplicateInput", f"{count} sample(s) repeat others exactly (the same "
+                        "image, prompt and attributes given twice) and were merged.",
+                        fix="list each image once in the sources.", stage="build")
                 for location, count in sorted(repeats.items())]
     if repeats:
         log.warning("%d duplicate sample(s) merged; see the failures of the build", sum(repeats.values()))

@@ -47,6 +47,14 @@ def _writer(name: str, options: dict[str, Any], out: Path, defaults: dict[str, A
     return generator(config, cache_path=out / "calls.jsonl")
 
 
+def _previous_step(out: Path, name: str, step: str) -> list[dict[str, Any]]:
+    """The rows a previous step wrote to OUT/name (ConfigError naming the step to run when there are none)."""
+    rows = read_jsonl(out / name)
+    if not rows:
+        raise ConfigError(f"{out / name} is missing or empty; run `medattack prompts {step}` first.")
+    return rows
+
+
 @dataclass(frozen=True)
 class AttributesConfig:
     sources: tuple[str, ...] = option(("embedded",), "Image sources (as for build).")
@@ -95,9 +103,7 @@ def normal(out_dir: str | Path, config: NormalConfig) -> dict[str, Any]:
     from medattack.prompts.normal import normal_questions, write_with_model
 
     out = Path(out_dir)
-    records = read_jsonl(out / "attributes.jsonl")
-    if not records:
-        raise ConfigError(f"{out / 'attributes.jsonl'} is missing or empty; run `medattack prompts attributes` first.")
+    records = _previous_step(out, "attributes.jsonl", "attributes")
     taxonomy = load_taxonomy()
     questions = normal_questions(records, taxonomy, config.per_task)
     rejected: list[dict[str, Any]] = []
@@ -126,9 +132,7 @@ def harmful(out_dir: str | Path, config: HarmfulConfig) -> dict[str, Any]:
     from medattack.prompts.harmful import drop_near_duplicates, rewrite_all, to_bank
 
     out = Path(out_dir)
-    normals = read_jsonl(out / "normal.jsonl")
-    if not normals:
-        raise ConfigError(f"{out / 'normal.jsonl'} is missing or empty; run `medattack prompts normal` first.")
+    normals = _previous_step(out, "normal.jsonl", "normal")
     taxonomy = load_taxonomy()
     mode = WRITERS[config.writer][1] if config.writer in WRITERS else "rewrite"
     generator = _writer(config.writer, config.writer_options, out,

@@ -216,14 +216,11 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
         planned = plan_queries(run_dir, samples, config)
         settings, digest = config.target.answer_settings(), FileDigests()
         hashes = {p.response_id: input_hash(run_dir, p, settings, digest) for p in planned}
-        current = {s.sample_id for s in samples}
-        done, stale = set(), []
-        for row in folder.responses():
-            if row.response_id in hashes and row.input_hash == hashes[row.response_id]:
-                done.add(row.response_id)
-            elif row.response_id in hashes or row.sample_id not in current:
-                stale.append(row)  # asked of another input, or of a sample the benchmark no longer has
-        set_aside_stale(folder.responses_path, stale)
+        sample_ids = {s.sample_id for s in samples}
+        current, stale = set_aside_stale(folder.responses_path, folder.responses(),
+                                         lambda row: hashes.get(row.response_id),
+                                         lambda row: row.sample_id not in sample_ids)
+        done = {row.response_id for row in current}
         if stale:
             log.warning("%d answer(s) of %s were for inputs that changed since; moved to %s and asked again",
                         len(stale), target_name, folder.responses_path.with_name("stale.jsonl"))

@@ -137,15 +137,10 @@ def score_inputs(
         cache = ScoreCache(cache_path)
         identity = {name: content_hash([vars(spec), config.metrics.get(name, {})]) for name, spec in specs.items()}
         keys = {i.response_id: _input_keys(i, metrics, derived, identity, cache) for i in inputs}
-        done: set[tuple[str, str]] = set()
-        stale = []
-        for row in folder.scores():
-            current = keys.get(row.response_id, {}).get(row.metric)
-            if current is not None and row.input_hash == current:
-                done.add((row.response_id, row.metric))
-            elif current is not None or row.response_id not in keys:
-                stale.append(row)  # computed from other inputs or settings, or for a response no longer here
-        set_aside_stale(folder.scores_path, stale)
+        current, stale = set_aside_stale(folder.scores_path, folder.scores(),
+                                         lambda row: keys.get(row.response_id, {}).get(row.metric),
+                                         lambda row: row.response_id not in keys)
+        done = {(row.response_id, row.metric) for row in current}
         if stale:
             log.warning("%d score(s) in %s were computed from inputs or settings that changed; moved to stale.jsonl "
                         "and computed again", len(stale), folder.path)
