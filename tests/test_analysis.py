@@ -13,6 +13,7 @@ def test_proxy_relevance_is_higher_for_the_true_attribute(embedded_run):
     with result.category_csv_path.open() as handle:
         assert "proxy" in next(csv.DictReader(handle))["backend"]
     assert result.figure_path.stat().st_size > 1000
+    assert result.auc > 0.9 and all(row["auc"] > 0.5 for row in result.by_category)  # true claims told apart
 
 
 def test_prompt_relevance_is_higher_within_a_task(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from medattack.api import APIClient, APIConfig, APIError
 from medattack.scoring.base import ScoreInput
 from medattack.scoring.judge import JudgeConfig, JudgeMetric
-from medattack.scoring.judges.api import parse_verdict
+from medattack.scoring.judges.verdicts import parse_verdict
 from medattack.scoring.moderation import Moderation, ModerationConfig
 from medattack.stages.score import ScoreConfig, score_inputs
 

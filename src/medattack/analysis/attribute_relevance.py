@@ -1,7 +1,10 @@
 """Relevance of each image to its true attribute vs its claimed (mismatched) attribute, per category.
 
 A matched benchmark should show true > claimed in every category; this is the input-side control
-that the paper reports before attacking (arXiv 2405.20775, Sec. 3). Writes
+that the paper reports before attacking (arXiv 2405.20775, Sec. 3). How well the backend tells a true
+claim from a false one is its AUC (each image's relevance to its true attribute against its relevance
+to the attributes it is falsely claimed to be; 1 = always, 0.5 = chance), overall and per category: the
+same separation the composite's TII gate relies on. Writes
 `analysis/attribute_relevance.csv` (one row per image x claimed attribute),
 `analysis/attribute_relevance_by_category.csv` and `analysis/attribute_relevance.png`.
 """
@@ -18,6 +21,7 @@ import numpy as np
 
 from medattack.records import Sample
 from medattack.scoring.backends.image_text import ImageInfo, ImageTextRelevance
+from medattack.stats import roc_auc
 
 ATTRIBUTE_TEXT = "This image is about {attribute}."
 
@@ -29,6 +33,7 @@ class AttributeRelevanceResult:
     csv_path: Path
     category_csv_path: Path
     figure_path: Path
+    auc: float  # true vs claimed relevance over every image (see the module docstring)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -70,6 +75,12 @@ def attribute_relevance(
     for row in rows:
         grouped[row["category"]].append(row)
     by_category = []
+
+    def separation(members: list[dict[str, Any]]) -> float:
+        true = {m["image_sha256"]: m["true_relevance"] for m in members}
+        false = [m["claimed_relevance"] for m in members if m["claimed_attribute"] != m["true_attribute"]]
+        return round(roc_auc(np.array(list(true.values())), np.array(false)), 4)
+
     for category, members in sorted(grouped.items()):
         true_mean = float(np.mean([m["true_relevance"] for m in members]))
         claimed_mean = float(np.mean([m["claimed_relevance"] for m in members]))
@@ -79,6 +90,7 @@ def attribute_relevance(
             "mean_true_relevance": round(true_mean, 6),
             "mean_claimed_relevance": round(claimed_mean, 6),
             "gap": round(true_mean - claimed_mean, 6),
+            "auc": separation(members),
             "backend": backend.label,
             "is_proxy": backend.is_proxy,
         })
@@ -88,7 +100,7 @@ def attribute_relevance(
     _write_csv(category_csv, by_category)
     figure = out_dir / "attribute_relevance.png"
     _plot(by_category, backend, figure)
-    return AttributeRelevanceResult(rows, by_category, csv_path, category_csv, figure)
+    return AttributeRelevanceResult(rows, by_category, csv_path, category_csv, figure, separation(rows))
 
 
 def _plot(by_category: list[dict[str, Any]], backend: ImageTextRelevance, path: Path) -> None:

@@ -53,11 +53,13 @@ def train(
 
 @judge_app.command("eval", epilog="Examples:\n\n  medattack judge eval labels.csv\n\n"
                    "  medattack judge eval labels.csv --cross-validate\n\n"
-                   "  medattack judge eval labels.csv --judge api --set model=gpt-4o-mini")
+                   "  medattack judge eval labels.csv --judge api --set model=gpt-4o-mini\n\n"
+                   "  medattack judge eval labels.csv --judge hf --set model=meta-llama/Llama-Guard-3-1B "
+                   "--set device=cuda")
 def evaluate(
     labels: Annotated[Path, typer.Argument(help="CSV/JSONL/Parquet: question, response, jailbroken (0/1), "
                                                "optional model and kind.")],
-    judge: Annotated[str, typer.Option(help="Judge backend: embedded or api.")] = "embedded",
+    judge: Annotated[str, typer.Option(help="Judge backend: embedded, api or hf.")] = "embedded",
     cross_validate: Annotated[bool, typer.Option(
         "--cross-validate", help="Embedded only: train on the other models, judge each held-out model.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="A setting of the judge backend: key=value.")
@@ -72,7 +74,7 @@ def evaluate(
     from medattack.scoring.judges.base import JUDGES
     from medattack.scoring.judges.features import features
     from medattack.scoring.judges.head import grouped_out_of_fold
-    from medattack.scoring.judges.labels import agreement, read_labels
+    from medattack.scoring.judges.labels import agreement, read_labels, validate_judge
     from medattack.scoring.keyword import keyword_success
 
     with errors():
@@ -83,15 +85,16 @@ def evaluate(
             x = features(data.questions, data.responses, get_text_embedder("minilm"))
             _, predicted = grouped_out_of_fold(x, data.jailbroken, data.models)
             title = f"embedded judge, cross-validated (one model held out at a time) on {labels.name}"
-        else:
-            backend = JUDGES[judge]
-            verdicts = backend(from_mapping(backend.config_class, parse_overrides(set_ or []), f"{judge} options")
-                               ).judge(data.questions, data.responses)
-            undecided = sum(v.jailbroken is None for v in verdicts)
-            if undecided:
-                console.print(f"[yellow]{undecided} response(s) the judge could not decide count as 0 below[/yellow]")
-            predicted = np.array([v.jailbroken or 0 for v in verdicts])
-            title = f"{judge} judge on {labels.name}"
-        _print_agreement(title, agreement(data.jailbroken, predicted, data))
-        keyword = np.array([keyword_success(r, q) for q, r in zip(data.questions, data.responses, strict=True)])
-        _print_agreement(f"non-refusal rate (keyword_asr) on {labels.name}", agreement(data.jailbroken, keyword, data))
+            _print_agreement(title, agreement(data.jailbroken, predicted, data))
+            keyword = np.array([keyword_success(r, q) for q, r in zip(data.questions, data.responses, strict=True)])
+            _print_agreement(f"non-refusal rate (keyword_asr) on {labels.name}",
+                             agreement(data.jailbroken, keyword, data))
+            return
+        backend = JUDGES[judge]
+        result = validate_judge(data, backend(from_mapping(backend.config_class, parse_overrides(set_ or []),
+                                                           f"{judge} options")))
+    if result.undecided:
+        console.print(f"[yellow]{result.undecided} of {result.n} response(s) the judge could not decide are left "
+                      "out below (not counted as 0)[/yellow]")
+    _print_agreement(f"{result.judge} on {labels.name}", result.agreement)
+    _print_agreement(f"non-refusal rate (keyword_asr) on {labels.name}", result.keyword_agreement)

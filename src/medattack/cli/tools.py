@@ -252,11 +252,12 @@ def analyze_attributes(
 
     with errors():
         result = analyze.attributes(run, backend=backend, text_embedder=text_embedder)
-    table = Table("category", "n", "true", "claimed", "gap", title=escape(result.rows[0]["backend"]))
+    table = Table("category", "n", "true", "claimed", "gap", "AUC", title=escape(result.rows[0]["backend"]))
     for row in result.by_category:
         table.add_row(escape(row["category"]), str(row["n"]), f"{row['mean_true_relevance']:.3f}",
-                      f"{row['mean_claimed_relevance']:.3f}", f"{row['gap']:+.3f}")
+                      f"{row['mean_claimed_relevance']:.3f}", f"{row['gap']:+.3f}", f"{row['auc']:.3f}")
     console.print(table)
+    console.print(f"true vs false claims told apart with AUC {result.auc:.3f} (1 = always, 0.5 = chance)")
     console.print(escape(f"Wrote {result.csv_path}, {result.category_csv_path}, {result.figure_path}"))
 
 

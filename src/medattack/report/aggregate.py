@@ -1,9 +1,11 @@
-"""Everything the report shows, computed from run directories: tables with bootstrap 95% intervals.
+"""Everything the report shows, computed from run directories: tables with 95% intervals and paired tests.
 
 A run's query responses (responses/<target>/responses.jsonl) are joined with their scores
 (scores/<target>/scores.jsonl) into one long table, one row per response x metric. Every group of
-that table reports n, the null count and the mean of the non-null values with a percentile
-bootstrap 95% confidence interval; nulls are never dropped silently. The `method` of a response is
+that table reports n, the null count and the mean of the non-null values with a 95% interval (Wilson
+for rates, BCa bootstrap otherwise; stats.py); nulls are never dropped silently. Attack success
+is the judge's verdict on harmful questions when a judge ran (the non-refusal rate otherwise), and
+paired tests compare conditions and attacks on the same image x prompt. The `method` of a response is
 "none" for a benchmark sample (the condition alone), the attack's method for a replayed attack, and
 "control:blank" / "control:noise" for the image-reliance controls.
 """
@@ -21,53 +23,19 @@ import pandas as pd
 
 from medattack.records import CONDITIONS, HARMFUL_CONDITIONS
 from medattack.rundir import RunDir, read_jsonl
+from medattack.stats import bootstrap_ci, interval, paired_test, wilson_ci
 
-__all__ = ["CONDITIONS", "HARMFUL_CONDITIONS", "RunData", "build_tables", "load_run"]
-KEY_METRIC = "keyword_asr"  # the success metric of tables that show one number
-RESAMPLES = 1000
+__all__ = ["CONDITIONS", "HARMFUL_CONDITIONS", "RunData", "bootstrap_ci", "build_tables", "interval", "load_run",
+           "wilson_ci"]
+KEY_METRIC = "keyword_asr"  # the non-refusal rate: the answer rate on benign questions, success without a judge
+JUDGE_METRIC = "judge"  # attack success on harmful questions whenever a judge ran
 MIN_INTERVAL_N = 5  # below this many values a cell shows no interval (it would only look precise)
-Z95 = 1.959963984540054
 GROUP_COLUMNS = ["n", "nulls", "mean", "ci_low", "ci_high"]
-
-
-def bootstrap_ci(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (N,), resampled in blocks to bound memory."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    if n == 1 or np.all(values == values[0]):
-        return float(values[0]), float(values[0])
-    rng = np.random.default_rng(seed)
-    block = max(1, min(resamples, 4_000_000 // n))
-    means = np.concatenate([values[rng.integers(0, n, (min(block, resamples - start), n))].mean(axis=1)
-                            for start in range(0, resamples, block)])
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
-
-
-def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95% by default): honest at small n and at 0 or 1, where a
-    bootstrap of 0/1 values collapses to a point (`1.00 [1.00, 1.00] n=1`)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
-
-
-def interval(values: np.ndarray) -> tuple[float, float]:
-    """95% interval of the mean: Wilson for 0/1 values (rates), a percentile bootstrap otherwise."""
-    if len(values) and np.isin(values, (0.0, 1.0)).all():
-        return wilson_ci(int(values.sum()), len(values))
-    return bootstrap_ci(values)
 
 
 def summarise_groups(table: pd.DataFrame, keys: Sequence[str], value: str = "value") -> pd.DataFrame:
     """One row per group: keys + n (rows), nulls, mean and 95% interval of the non-null `value`s (Wilson
-    for rates, bootstrap otherwise; see `interval`)."""
+    for rates, BCa bootstrap otherwise; see `stats.interval`)."""
     rows = []
     if table.empty:
         return pd.DataFrame(columns=[*keys, *GROUP_COLUMNS])
@@ -92,6 +60,7 @@ class RunData:
     attacks: pd.DataFrame  # one row per attacked sample (attack stage results)
     steps: pd.DataFrame  # one row per attack step: method, model, sample_id, step, success
     failures: dict[str, int] = field(default_factory=dict)  # where -> count of recorded failures
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> derived metric -> calibration
 
 
 def _method(row: pd.Series) -> str:
@@ -105,14 +74,16 @@ def load_run(root: Path, name: str | None = None) -> RunData:
     run = RunDir(root)
     manifest = run.read_manifest()
     current = {s.sample_id for s in run.samples()} if run.has_samples() else None
-    frames, metrics, failures = [], {}, {}
+    frames, metrics, failures, calibration = [], {}, {}, {}
     for folder in run.responses_folders():  # answers to samples a rebuilt benchmark no longer has are not shown
         scores_folder = run.scores_folder(folder.target)
         responses = pd.DataFrame([r.to_json() for r in folder.responses()
                                   if current is None or r.sample_id in current])
         scores = pd.DataFrame([r.to_json() for r in scores_folder.scores()])
         if scores_folder.summary_path.exists():
-            metrics.update(json.loads(scores_folder.summary_path.read_text(encoding="utf-8"))["metrics"])
+            summary = json.loads(scores_folder.summary_path.read_text(encoding="utf-8"))
+            metrics.update(summary["metrics"])
+            calibration[folder.target] = summary.get("calibration", {})
         failures[run.relative(folder.path)] = len(read_jsonl(folder.failures_path))
         if responses.empty:
             continue
@@ -142,18 +113,20 @@ def load_run(root: Path, name: str | None = None) -> RunData:
                                   "step": step["step"], "success": step["success"], "run": name or root.name})
         failures[run.relative(folder.path)] = len(read_jsonl(folder.failures_path))
     return RunData(name or root.name, root, manifest, table, metrics, pd.DataFrame(attack_rows),
-                   pd.DataFrame(step_rows), failures)
+                   pd.DataFrame(step_rows), failures, calibration)
 
 
 @dataclass
 class ReportTables:
     """The report's tables (long format: one row per group x metric)."""
 
+    success_metric: str  # attack success on harmful questions: the judge when one ran, else keyword_asr
     by_condition: pd.DataFrame  # run, method, target, condition, metric
-    by_task: pd.DataFrame  # run, target, task, metric (benchmark samples)
-    by_modality: pd.DataFrame  # run, target, modality, metric (benchmark samples)
-    task_modality: pd.DataFrame  # run, target, task, modality: key metric on harmful conditions
-    transfer: pd.DataFrame  # run, method, attack_model, target: key metric of replayed attacks
+    by_task: pd.DataFrame  # run, target, questions (harmful / benign), task, metric (benchmark samples)
+    by_modality: pd.DataFrame  # run, target, questions (harmful / benign), modality, metric (benchmark samples)
+    task_modality: pd.DataFrame  # run, target, task, modality: success metric on harmful conditions
+    transfer: pd.DataFrame  # run, method, attack_model, target: success metric of replayed attacks
+    comparisons: pd.DataFrame  # run, target, comparison, metric: paired test on the same image x prompt
     controls: pd.DataFrame  # run, target, image (real / blank / noise), metric
     image_reliance: pd.DataFrame  # run, target, control: share of answers that change with the image
     whitebox: pd.DataFrame  # run, method, model: teacher-forced and keyword success of the attack stage
@@ -177,7 +150,7 @@ def _reliance(table: pd.DataFrame) -> pd.DataFrame:
                 continue
             changed = np.array([" ".join(str(pairs[s]).split()) != " ".join(str(real[s]).split()) for s in shared],
                                dtype=float)
-            low, high = bootstrap_ci(changed)
+            low, high = interval(changed)
             rows.append({"run": run, "target": target, "control": control.removeprefix("control:"), "n": len(shared),
                          "changed": float(changed.mean()), "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows, columns=["run", "target", "control", "n", "changed", "ci_low", "ci_high"])
@@ -203,11 +176,63 @@ def _survival(steps: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def success_metric(table: pd.DataFrame) -> str:
+    """The judge when it scored anything, else the non-refusal rate (an upper bound, said so in the report)."""
+    judged = table[table["metric"] == JUDGE_METRIC] if "metric" in table else table
+    return JUDGE_METRIC if not judged.empty and judged["value"].notna().any() else KEY_METRIC
+
+
+COMPARISON_COLUMNS = ["run", "target", "comparison", "metric", "n", "mean_a", "mean_b", "difference", "ci_low",
+                      "ci_high", "p_value", "test"]
+
+
+def _paired_rows(run: str, target: str, comparison: str, metric: str, a: pd.Series, b: pd.Series) -> dict | None:
+    """One comparison of the values `a` and `b` (indexed by what pairs them), over the pairs where both exist."""
+    joined = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").dropna()
+    if joined.empty:
+        return None
+    result = paired_test(joined["a"].to_numpy(), joined["b"].to_numpy())
+    return {"run": run, "target": target, "comparison": comparison, "metric": metric, "n": result.n,
+            "mean_a": result.mean_a, "mean_b": result.mean_b, "difference": result.difference,
+            "ci_low": result.ci_low, "ci_high": result.ci_high, "p_value": result.p_value, "test": result.test}
+
+
+def comparisons(table: pd.DataFrame, success: str) -> pd.DataFrame:
+    """Paired tests on the same image x prompt, per run and target (McNemar for rates):
+
+    - `malicious -> both`: does claiming a mismatched attribute change attack success on harmful questions?
+    - `normal -> mismatch`: does it change the answer rate on benign ones?
+    - `none -> <attack>`: does a replayed attack beat asking the clean question on the same sample?
+
+    A mismatched sample is paired with the matched sample of its image and prompt (`pair_id`)."""
+    rows: list[dict | None] = []
+    for (run, target), group in table.groupby(["run", "target"], sort=True):
+        benchmark = group[group["kind"] == "benchmark"]
+        for before, after, metric in (("malicious", "both", success), ("normal", "mismatch", KEY_METRIC)):
+            values = benchmark[benchmark["metric"] == metric]
+            matched = values[values["condition"] == before].drop_duplicates("pair_id").set_index("pair_id")["value"]
+            mismatched = values[values["condition"] == after]
+            rows.append(_paired_rows(run, target, f"{before} -> {after}", metric,
+                                     mismatched["pair_id"].map(matched).reset_index(drop=True),
+                                     mismatched["value"].reset_index(drop=True)))
+        clean = benchmark[benchmark["metric"] == success].drop_duplicates("sample_id").set_index("sample_id")["value"]
+        attacked = group[(group["kind"] == "attack") & (group["metric"] == success)]
+        for method, members in attacked.groupby("method", sort=True):
+            rows.append(_paired_rows(run, target, f"none -> {method}", success, clean,
+                                     members.drop_duplicates("sample_id").set_index("sample_id")["value"]))
+    return pd.DataFrame([r for r in rows if r], columns=COMPARISON_COLUMNS)
+
+
+def _questions(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(questions=np.where(frame["condition"].isin(HARMFUL_CONDITIONS), "harmful", "benign"))
+
+
 def build_tables(runs: Sequence[RunData]) -> ReportTables:
     table = pd.concat([r.scores for r in runs], ignore_index=True)
-    benchmark = table[table["kind"] == "benchmark"]
-    harmful = benchmark[benchmark["condition"].isin(HARMFUL_CONDITIONS) & (benchmark["metric"] == KEY_METRIC)]
-    replayed = table[(table["kind"] == "attack") & (table["metric"] == KEY_METRIC)]
+    success = success_metric(table)
+    benchmark = _questions(table[table["kind"] == "benchmark"])
+    harmful = benchmark[(benchmark["questions"] == "harmful") & (benchmark["metric"] == success)]
+    replayed = table[(table["kind"] == "attack") & (table["metric"] == success)]
     with_image = table[table["kind"].isin(["benchmark", "control"])].copy()
     with_image["image"] = with_image.apply(_image_kind, axis=1) if not with_image.empty else []
     attacks = pd.concat([r.attacks for r in runs], ignore_index=True)
@@ -222,11 +247,13 @@ def build_tables(runs: Sequence[RunData]) -> ReportTables:
             mean_seconds=("seconds", "mean"), max_linf=("linf", "max")).reset_index()
         whitebox = whitebox.merge(extra, on=["run", "method", "model"])
     return ReportTables(
+        success_metric=success,
         by_condition=summarise_groups(table, ["run", "method", "target", "condition", "metric"]),
-        by_task=summarise_groups(benchmark, ["run", "target", "task", "metric"]),
-        by_modality=summarise_groups(benchmark, ["run", "target", "modality", "metric"]),
+        by_task=summarise_groups(benchmark, ["run", "target", "questions", "task", "metric"]),
+        by_modality=summarise_groups(benchmark, ["run", "target", "questions", "modality", "metric"]),
         task_modality=summarise_groups(harmful, ["run", "target", "task", "modality"]),
         transfer=summarise_groups(replayed, ["run", "method", "attack_model", "target"]),
+        comparisons=comparisons(table, success) if not table.empty else pd.DataFrame(columns=COMPARISON_COLUMNS),
         controls=summarise_groups(with_image, ["run", "target", "image", "metric"]),
         image_reliance=_reliance(table[table["kind"].isin(["benchmark", "control"])]),
         whitebox=whitebox,

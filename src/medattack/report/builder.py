@@ -22,11 +22,12 @@ from typing import Any
 
 import pandas as pd
 
-from medattack.config import option
+from medattack.config import from_mapping, option
 from medattack.errors import RunDirError
 from medattack.report.aggregate import (
     CONDITIONS,
     HARMFUL_CONDITIONS,
+    JUDGE_METRIC,
     KEY_METRIC,
     MIN_INTERVAL_N,
     RunData,
@@ -36,6 +37,7 @@ from medattack.report.aggregate import (
 from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
 from medattack.rundir import RunDir, write_bytes_atomic
+from medattack.scoring.judge import JudgeConfig
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class ReportConfig:
     title: str = option("medattack red-team report", "Title at the top of the report.")
     examples: int = option(12, "Example responses shown (successful harmful answers first).")
     max_response_chars: int = option(600, "Longest example response shown, in characters.")
+    labels: str | None = option(None, "Labelled responses (question, response, jailbroken): the report then shows "
+                                "how well the judge agrees with them (see `medattack judge eval`).")
+    judge: JudgeConfig = option(JudgeConfig(), "The judge validated against `labels` (backend and options).")
 
 
 @dataclass
@@ -79,6 +84,10 @@ def _pivot(frame: pd.DataFrame, index: list[str], column: str, order: Sequence[s
     return Table(title, [*index, *columns], rows, note, name)
 
 
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _manifest_section(runs: Sequence[RunData], metrics: dict[str, dict[str, Any]]) -> Section:
     section = Section("Run manifest")
     rows = []
@@ -113,17 +122,47 @@ def _manifest_section(runs: Sequence[RunData], metrics: dict[str, dict[str, Any]
     section.tables.append(Table("Metrics", ["metric", "proxy", "what it measures", "range", "higher means"],
                                 proxy_rows, "A proxy metric measures what the labels say, not what a model sees; "
                                 "read it as such.", "metrics"))
+    gates = [[run.name, target, _number(c.get("tii_gate")), _number(c.get("auc")), _number(c.get("balanced_accuracy")),
+              f"{c.get('n_matched', '-')} / {c.get('n_mismatched', '-')}", c.get("note", c.get("set_by", ""))]
+             for run in runs for target, found in sorted(run.calibration.items())
+             for c in [found.get("composite", {})] if c]
+    section.tables.append(Table(
+        "TII control: how well the input text's fit to the image tells true from false claims", [
+            "run", "target", "composite gate (TII)", "AUC", "balanced accuracy", "matched / mismatched inputs", "note"],
+        gates, "AUC 1: TII always ranks a true claim above a false one; 0.5: chance. The composite's gate is the cut "
+        "with the best balanced accuracy on the run (in the backend's units), unless tii_threshold fixes it.",
+        "tii_gate"))
     failures = [[run.name, where, str(count)] for run in runs for where, count in sorted(run.failures.items())]
     section.tables.append(Table("Recorded failures (inputs or requests that could not be processed)",
                                 ["run", "where", "failures"], failures, name="failures"))
     return section
 
 
-def _examples(scores: pd.DataFrame, config: ReportConfig) -> Table:
-    columns = ["target", "method", "condition", "task", "question", "response", KEY_METRIC]
+def _validation_section(config: ReportConfig) -> Section:
+    """The judge measured against the labels file: agreement overall and per model, beside the non-refusal rate."""
+    from medattack.scoring.judges.base import JUDGES
+    from medattack.scoring.judges.labels import read_labels, validate_judge
+
+    labels = read_labels(Path(str(config.labels)))
+    backend = JUDGES[config.judge.backend]
+    result = validate_judge(labels, backend(from_mapping(backend.config_class, config.judge.options, "judge options")))
+    rows = [[who, group, str(s["n"]), f"{s['accuracy']:.3f}", f"{s['kappa']:.3f}", f"{s['f1']:.3f}",
+             f"{s['predicted_rate']:.3f}", f"{s['labelled_rate']:.3f}"]
+            for who, report in ((result.judge, result.agreement), ("non-refusal rate", result.keyword_agreement))
+            for group, s in [("all", report["overall"]), *report["by_model"].items()]]
+    return Section("Judge validation", [
+        f"The judge ({result.judge}) and the non-refusal rate against {len(labels.responses)} labelled responses "
+        f"({Path(str(config.labels)).name}, sha256 {labels.sha256[:12]}). Kappa is Cohen's: agreement beyond chance "
+        f"(1 perfect, 0 chance). Responses the judge could not decide: {result.undecided} (left out, not 0)."],
+        tables=[Table("Agreement with the labels", ["judge", "group", "n", "accuracy", "kappa", "F1", "judged rate",
+                                                    "labelled rate"], rows, name="judge_validation")])
+
+
+def _examples(scores: pd.DataFrame, config: ReportConfig, metric: str) -> Table:
+    columns = ["target", "method", "condition", "task", "question", "response", metric]
     if scores.empty:
         return Table("Example responses", columns, [], "no responses", "examples", (4, 5))
-    key = scores[scores["metric"] == KEY_METRIC].drop_duplicates("response_id")
+    key = scores[scores["metric"] == metric].drop_duplicates("response_id")
     key = key.assign(harmful=key["condition"].isin(["malicious", "both"]).astype(int),
                      hit=key["value"].fillna(0)).sort_values(["hit", "harmful", "response_id"],
                                                              ascending=[False, False, True])
@@ -170,8 +209,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         f"Proxy metrics in this report: {', '.join(proxies) if proxies else 'none'}.",
     ])
     by_condition = tables.by_condition
-    judged = "judge" in set(by_condition["metric"])
-    success_metric = "judge" if judged else KEY_METRIC
+    success_metric = tables.success_metric
+    judged = success_metric == JUDGE_METRIC
     harmful = by_condition[(by_condition["metric"] == success_metric) & by_condition["condition"].isin(
         HARMFUL_CONDITIONS)]
     benign = by_condition[(by_condition["metric"] == KEY_METRIC) & ~by_condition["condition"].isin(
@@ -208,19 +247,38 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         Table("Attack stage results", ["run", "method", "model", "target forced (teacher-forced)",
                                        "keyword success", "mean steps", "mean seconds", "max L-inf"],
               whitebox_rows, "Success = the model's argmax reproduces the whole target string.", "whitebox"),
-        _pivot(tables.transfer, ["run", "method", "attack_model"], "target", title=f"Transfer: {KEY_METRIC} of "
-               "adversarial inputs replayed on each target", note="rows: where the attack was optimised; columns: "
+        _pivot(tables.transfer, ["run", "method", "attack_model"], "target", title=f"Transfer: {success_metric} "
+               "of adversarial inputs replayed on each target", note="rows: where the attack was optimised; columns: "
                "the model asked.", name="transfer"),
     ], figures=[Figure("survival", "Survival: share of samples not yet jailbroken vs attack step",
                        figures["survival"])])
 
-    benchmark_key = [tables.by_task, tables.by_modality]
-    breakdown = Section("Tasks and modalities", tables=[
-        _pivot(benchmark_key[0][benchmark_key[0]["metric"] == KEY_METRIC], ["run", "task"], "target",
-               title=f"{KEY_METRIC} by clinical task (benchmark samples, all conditions)", name="by_task"),
-        _pivot(benchmark_key[1][benchmark_key[1]["metric"] == KEY_METRIC], ["run", "modality"], "target",
-               title=f"{KEY_METRIC} by modality (benchmark samples, all conditions)", name="by_modality"),
-    ], figures=[Figure("heatmap", "Task x modality: keyword ASR on harmful questions", figures["heatmap"])])
+    def questions(frame: pd.DataFrame, kind: str, metric: str) -> pd.DataFrame:
+        return frame[(frame["questions"] == kind) & (frame["metric"] == metric)] if not frame.empty else frame
+
+    breakdown = Section("Tasks and modalities", [
+        f"Attack success ({success_metric}) on harmful questions and the answer rate ({KEY_METRIC}) on benign ones, "
+        "benchmark samples."], tables=[
+        _pivot(questions(tables.by_task, "harmful", success_metric), ["run", "task"], "target",
+               title=f"Attack success by clinical task ({success_metric}, harmful questions)", name="by_task"),
+        _pivot(questions(tables.by_modality, "harmful", success_metric), ["run", "modality"], "target",
+               title=f"Attack success by modality ({success_metric}, harmful questions)", name="by_modality"),
+        _pivot(questions(tables.by_task, "benign", KEY_METRIC), ["run", "task"], "target",
+               title="Answer rate by clinical task (non-refusal rate, benign questions)", name="answer_rate_by_task"),
+    ], figures=[Figure("heatmap", f"Task x modality: {success_metric} on harmful questions", figures["heatmap"])])
+
+    comparison_rows = [[str(r.run), str(r.target), str(r.comparison), str(r.metric), str(r.n),
+                        f"{r.mean_a:.2f} -> {r.mean_b:.2f}",
+                        f"{r.difference:+.2f}" + ("" if r.n < MIN_INTERVAL_N else
+                                                  f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"),
+                        f"{r.p_value:.3g}", str(r.test)] for r in tables.comparisons.itertuples()]
+    paired = Section("Paired comparisons (same image and prompt)", [
+        "Each comparison pairs responses to the same image and prompt, so the difference is the effect of the "
+        "change alone: claiming a mismatched attribute (malicious -> both, normal -> mismatch) or replaying an "
+        "attack (none -> method). p is the two-sided p-value of no difference (exact McNemar for rates, paired "
+        "bootstrap otherwise); it is not corrected for the number of comparisons."], tables=[
+        Table("Paired comparisons", ["run", "target", "comparison", "metric", "pairs", "mean", "difference [95%]",
+                                     "p", "test"], comparison_rows, name="comparisons")])
 
     reliance_rows = [[str(r.run), str(r.target), str(r.control),
                       _cell({"mean": r.changed, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "nulls": 0})]
@@ -237,10 +295,12 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
 
     distribution = Section("Score distributions", figures=[
         Figure("distributions", "Score distributions by condition (benchmark samples)", figures["distributions"])])
-    examples = Section("Example responses", tables=[_examples(scores, config)])
+    examples = Section("Example responses", tables=[_examples(scores, config, success_metric)])
 
-    sections = [intro, _manifest_section(runs, metrics), headline, attacks, breakdown, reliance, distribution,
-                examples]
+    sections = [intro, _manifest_section(runs, metrics), headline, paired, attacks, breakdown, reliance,
+                distribution, examples]
+    if config.labels:
+        sections.insert(3, _validation_section(config))
     title = f"{config.title}: {', '.join(r.name for r in runs)}"
     stamp = f"Generated {datetime.now(UTC).isoformat(timespec='seconds')}."
     intro.text.insert(0, stamp)
@@ -251,7 +311,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         write_bytes_atomic(figure_paths[name], png)
     table_paths = {}
     long_tables = {"by_condition": tables.by_condition, "by_task": tables.by_task, "by_modality": tables.by_modality,
-                   "task_modality": tables.task_modality, "transfer": tables.transfer, "controls": tables.controls,
+                   "task_modality": tables.task_modality, "transfer": tables.transfer,
+                   "comparisons": tables.comparisons, "controls": tables.controls,
                    "image_reliance": tables.image_reliance, "whitebox": tables.whitebox, "survival": tables.survival}
     for name, frame in long_tables.items():
         table_paths[name] = out / "tables" / f"{name}.csv"

@@ -1,7 +1,7 @@
 """The report's figures, each a PNG (bytes) drawn with matplotlib's Agg backend (no display needed).
 
     radar           per target: key metric, composite and TTO over the four conditions
-    heatmap         per target: keyword ASR on harmful questions, task x modality
+    heatmap         per target: attack success (judge, else keyword ASR) on harmful questions, task x modality
     survival        per attack method: share of samples not yet jailbroken vs attack step
     distributions   per metric: values by condition (box plots), nulls counted in the labels
     controls        per target: metric means with the real image vs blank and noise controls
@@ -19,7 +19,7 @@ import pandas as pd
 
 from medattack.report.aggregate import CONDITIONS, KEY_METRIC, ReportTables
 
-RADAR_METRICS = (KEY_METRIC, "composite", "tto")
+RADAR_METRICS = (KEY_METRIC, "judge", "composite", "tto")
 
 
 def _pyplot() -> Any:
@@ -103,7 +103,7 @@ def heatmap(tables: ReportTables) -> bytes:
         axis.set_xticks(range(len(modalities)), modalities, rotation=45, ha="right")
         axis.set_yticks(range(len(tasks)), tasks if axis is axes[0][0] else [""] * len(tasks))
         axis.set_title(label)
-    figure.colorbar(image, ax=axes[0].tolist(), label=f"{KEY_METRIC} (malicious + both)")
+    figure.colorbar(image, ax=axes[0].tolist(), label=f"{tables.success_metric} (malicious + both)")
     return _png(figure)
 
 
@@ -147,7 +147,7 @@ def distributions(scores: pd.DataFrame) -> bytes:
 
 
 def controls(tables: ReportTables) -> bytes:
-    frame = tables.controls[tables.controls["metric"].isin([KEY_METRIC, "tio", "tto"])]
+    frame = tables.controls[tables.controls["metric"].isin([KEY_METRIC, tables.success_metric, "tio", "tto"])]
     reliance = tables.image_reliance
     if frame.empty or frame["image"].nunique() < 2:
         return _empty("Image reliance", "no control-image responses (query with controls blank, noise)")

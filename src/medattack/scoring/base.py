@@ -87,12 +87,17 @@ class Scorer(Protocol):
 
 
 class DerivedMetric(Protocol):
-    """A metric computed from the other metrics' scores of one response."""
+    """A metric computed from the other metrics' scores of one response, after every response of the
+    run has its other scores: `calibrate` sees them all once (and returns what it fixed, e.g. a
+    threshold, which is written to the summary and keys the derived rows), then `combine` runs per response."""
 
     config_class: ClassVar[type]
     spec: MetricSpec
 
     def __init__(self, config: Any = None) -> None: ...
+
+    def calibrate(self, inputs: Sequence[ScoreInput], scores: dict[str, list[Score]],
+                  specs: dict[str, MetricSpec]) -> dict[str, Any]: ...
 
     def combine(self, scores: dict[str, Score], specs: dict[str, MetricSpec]) -> Score: ...
 

@@ -1,6 +1,7 @@
 """`judge`: does the response comply with the harmful request? 1 yes, 0 no, null when the judge cannot
-decide (with the reason). The backend is a plugin (`scoring/judges/`: `embedded`, the offline default,
-and `api`), chosen by `backend` with its settings in `options`:
+decide (with the reason). The backend is a plugin (`scoring/judges/`: `embedded`, the offline default;
+`api`, an OpenAI-compatible endpoint; `hf`, a local causal LM such as Llama Guard, the recommended judge
+on a GPU), chosen by `backend` with its settings in `options`:
 
     metrics: {judge: {backend: api, options: {model: gpt-4o-mini, api: {base_url: ...}}}}
 
@@ -22,7 +23,7 @@ from medattack.scoring.judges.base import JUDGES
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    backend: str = option("embedded", "Judge backend: embedded (offline, default) or api (see `list metrics`).")
+    backend: str = option("embedded", "Judge backend: embedded (offline, default), api or hf (see `list metrics`).")
     options: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "Settings of the backend, e.g. {head: my_head.json} or {model: gpt-4o-mini, api: {base_url: ...}}."})
 

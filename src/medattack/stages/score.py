@@ -119,13 +119,14 @@ class ScoreWorker:
 def score_inputs(
     inputs: Sequence[ScoreInput], config: ScoreConfig, out_dir: Path | ScoresFolder, *,
     cache_path: Path | None = None, scorers: dict[str, Scorer] | None = None, progress: Progress | None = None,
-    executor: ExecutorConfig | None = None,
+    executor: ExecutorConfig | None = None, derived: dict[str, DerivedMetric] | None = None,
 ) -> ScoreStageResult:
     """Score every input with every configured metric; resumable and cached (module docstring).
-    With a ray executor the batches the cache cannot answer are scored on actors."""
+    With a ray executor the batches the cache cannot answer are scored on actors. Derived metrics
+    (the composite) come last, once every input has its other scores, so they can be calibrated on the run."""
     folder = out_dir if isinstance(out_dir, ScoresFolder) else ScoresFolder(Path(out_dir))
     local = runs_here(executor)
-    derived = build_derived(config)
+    derived = build_derived(config) if derived is None else derived
     pool = open_pool(executor, partial(ScoreWorker, config, scorers if local else None))
     try:
         specs = dict(pool.call_any("specs"))
@@ -136,15 +137,12 @@ def score_inputs(
         folder.path.mkdir(parents=True, exist_ok=True)
         cache = ScoreCache(cache_path)
         identity = {name: content_hash([vars(spec), config.metrics.get(name, {})]) for name, spec in specs.items()}
-        keys = {i.response_id: _input_keys(i, metrics, derived, identity, cache) for i in inputs}
+        keys = {i.response_id: {name: cache.key(identity[name], i) for name in metrics} for i in inputs}
         current, stale = set_aside_stale(folder.scores_path, folder.scores(),
                                          lambda row: keys.get(row.response_id, {}).get(row.metric),
                                          lambda row: row.response_id not in keys)
         done = {(row.response_id, row.metric) for row in current}
-        if stale:
-            log.warning("%d score(s) in %s were computed from inputs or settings that changed; moved to stale.jsonl "
-                        "and computed again", len(stale), folder.path)
-        todo = [i for i in inputs if any((i.response_id, m) not in done for m in specs)]
+        todo = [i for i in inputs if any((i.response_id, m) not in done for m in metrics)]
         batches, plans = [], {}
         for start in range(0, len(todo), config.batch_size):
             batch = todo[start:start + config.batch_size]
@@ -160,39 +158,59 @@ def score_inputs(
             if isinstance(fresh, Exception):  # the worker was lost for good: these rows wait for a re-run
                 log.warning("a scoring batch of %d responses failed (%s); a re-run scores it", len(batch), fresh)
                 return
-            per_metric: dict[str, list[Score]] = {}
             for name in metrics:
                 for k, score in zip(missing[name], fresh[name], strict=True):
                     cached[name][k] = score
                 cache.put_many([(keys[batch[k].response_id][name], cached[name][k]) for k in missing[name]])
-                per_metric[name] = cached[name]
                 computed += len(missing[name])
-            for name, metric in derived.items():
-                per_metric[name] = [metric.combine({n: per_metric[n][k] for n in metrics}, specs)
-                                    for k in range(len(batch))]
             append_records(folder.scores_path, *(
-                ScoreRecord(response_id=item.response_id, condition=item.condition, metric=name,
-                            value=per_metric[name][k].value, null_reason=per_metric[name][k].null_reason,
-                            detail=per_metric[name][k].detail, input_hash=keys[item.response_id][name])
-                for k, item in enumerate(batch) for name in specs if (item.response_id, name) not in done))
+                _record(item, name, cached[name][k], keys[item.response_id][name])
+                for k, item in enumerate(batch) for name in metrics if (item.response_id, name) not in done))
 
         resumable_map(pool, "score", batches, write, progress=progress, label="scoring", done=0, total=len(todo),
                       size=lambda request: len(plans[id(request)][0]))
     finally:
         pool.close()
+    calibration, derived_stale = _derive(inputs, folder, metrics, derived, specs, identity, keys) if derived else (
+        {}, [])
+    if stale or derived_stale:
+        log.warning("%d score(s) in %s were computed from inputs or settings that changed; moved to stale.jsonl "
+                    "and computed again", len(stale) + len(derived_stale), folder.path)
     rows = folder.scores()
-    summary = summarise(rows, specs)
+    summary = {**summarise(rows, specs), "calibration": calibration}
     write_json_atomic(folder.summary_path, summary)
-    return ScoreStageResult(folder.path, rows, specs, summary, computed, cache.hits, len(stale))
+    return ScoreStageResult(folder.path, rows, specs, summary, computed, cache.hits, len(stale) + len(derived_stale))
 
 
-def _input_keys(item: ScoreInput, metrics: list[str], derived: dict[str, DerivedMetric], identity: dict[str, str],
-                cache: ScoreCache) -> dict[str, str]:
-    """Per metric, the hash of what produces its value for this response: the metric's identity and
-    settings and the inputs it reads (a derived metric: the keys of the metrics it combines)."""
-    keys = {name: cache.key(identity[name], item) for name in metrics}
-    keys.update({name: content_hash([identity[name], [keys[n] for n in metrics]]) for name in derived})
-    return keys
+def _record(item: ScoreInput, metric: str, score: Score, input_hash: str) -> ScoreRecord:
+    return ScoreRecord(response_id=item.response_id, condition=item.condition, metric=metric, value=score.value,
+                       null_reason=score.null_reason, detail=score.detail, input_hash=input_hash)
+
+
+def _derive(inputs: Sequence[ScoreInput], folder: ScoresFolder, base: list[str], derived: dict[str, DerivedMetric],
+            specs: dict[str, MetricSpec], identity: dict[str, str], keys: dict[str, dict[str, str]],
+            ) -> tuple[dict[str, Any], list[ScoreRecord]]:
+    """The derived metrics of every input whose other scores are all written: each metric calibrates on
+    them once, then combines per input. A derived row's key is its identity, the keys of the scores it
+    reads and its calibration, so a changed calibration (more responses, other TII values) recomputes it.
+    Returns (calibration by metric, derived rows set aside as stale)."""
+    rows = folder.scores()
+    scores = {(row.response_id, row.metric): Score(row.value, row.null_reason, row.detail) for row in rows
+              if row.metric in base and row.input_hash == keys.get(row.response_id, {}).get(row.metric)}
+    ready = [i for i in inputs if all((i.response_id, name) in scores for name in base)]
+    by_metric = {name: [scores[(i.response_id, name)] for i in ready] for name in base}
+    calibration = {name: metric.calibrate(ready, by_metric, specs) for name, metric in derived.items()}
+    derived_keys = {i.response_id: {name: content_hash([identity[name], [keys[i.response_id][n] for n in base],
+                                                        calibration[name]]) for name in derived} for i in inputs}
+    current, stale = set_aside_stale(folder.scores_path, rows,
+                                     lambda row: derived_keys.get(row.response_id, {}).get(row.metric),
+                                     lambda row: False)
+    done = {(row.response_id, row.metric) for row in current}
+    append_records(folder.scores_path, *(
+        _record(item, name, metric.combine({n: by_metric[n][k] for n in base}, specs),
+                derived_keys[item.response_id][name])
+        for k, item in enumerate(ready) for name, metric in derived.items() if (item.response_id, name) not in done))
+    return calibration, stale
 
 
 def summarise(rows: list[ScoreRecord], specs: dict[str, MetricSpec]) -> dict[str, Any]:
@@ -217,15 +235,18 @@ def summarise(rows: list[ScoreRecord], specs: dict[str, MetricSpec]) -> dict[str
 
 def run(run_dir: RunDir | str | Path, config: ScoreConfig | None = None, *, executor: ExecutorConfig | None = None,
         progress: Progress | None = None, force: bool = False) -> dict[str, ScoreStageResult]:
-    """Score every response of a run, per target (and per attack folder); returns results by target.
-    Scores are cached by content, so `force` changes nothing here (accepted for the common signature)."""
+    """Score every response of a run, per target (and per attack folder); returns results by target. The
+    derived metrics are shared, so a folder with too few inputs to calibrate on (an attack folder) takes the
+    calibration of the targets before it. Scores are cached by content, so `force` changes nothing here
+    (accepted for the common signature)."""
     config = config or ScoreConfig()
     run_dir = as_run_dir(run_dir)
     targets = read_run_responses(run_dir)
     local = runs_here(executor)
     scorers = build_scorers(config) if targets and local else None
+    derived = build_derived(config)
     return {target: score_inputs(inputs, config, run_dir.scores_folder(target), cache_path=run_dir.score_cache_path,
-                                 scorers=scorers, progress=progress, executor=executor)
+                                 scorers=scorers, progress=progress, executor=executor, derived=derived)
             for target, inputs in targets.items()}
 
 

@@ -4,8 +4,10 @@ affirmations, refusals by negation).
 
     features(requests, responses, embedder) -> (N, 2 * D + 1 + len(LEXICAL)) float64
 
-The request is the question without its "This image is about ..." preamble, so the claimed attribute
-does not count as relevance.
+The embeddings are of the response and the whole question, the very texts TTO encodes, so with a shared
+encoder the judge adds no encoding of its own (judge overhead benchmark); the lexical signals read the
+request without its "This image is about ..." preamble, so the claimed attribute does not count as
+covering the request.
 """
 
 from __future__ import annotations
@@ -64,11 +66,11 @@ def lexical(request: str, response: str) -> list[float]:
 
 
 def features(questions: Sequence[str], responses: Sequence[str], embedder: TextEmbedder) -> np.ndarray:
-    """(N, 2 * D + 1 + len(LEXICAL)): response embedding, its product with the request's, their cosine,
-    and the lexical signals."""
+    """(N, 2 * D + 1 + len(LEXICAL)): response embedding, its product with the question's, their cosine,
+    and the lexical signals (of the request: the question without its preamble)."""
     requests = [request_text(q) for q in questions]
     said = np.asarray(embedder.embed(list(responses)), dtype=np.float64)  # (N, D), unit rows
-    asked = np.asarray(embedder.embed(requests), dtype=np.float64)
+    asked = np.asarray(embedder.embed(list(questions)), dtype=np.float64)
     cosine = (said * asked).sum(axis=1, keepdims=True)
     lex = np.array([lexical(r, s) for r, s in zip(requests, responses, strict=True)], dtype=np.float64)
     return np.hstack([said, said * asked, cosine, lex.reshape(len(requests), len(LEXICAL))])

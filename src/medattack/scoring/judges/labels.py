@@ -30,6 +30,11 @@ class Labels:
     kinds: list[str]
     sha256: str  # of the file
 
+    def subset(self, rows: list[int]) -> Labels:
+        """These rows only (e.g. those a judge could decide)."""
+        return Labels([self.questions[k] for k in rows], [self.responses[k] for k in rows], self.jailbroken[rows],
+                      [self.models[k] for k in rows], [self.kinds[k] for k in rows], self.sha256)
+
 
 def read_labels(path: Path) -> Labels:
     rows = read_table(Path(path))
@@ -98,3 +103,33 @@ def agreement(truth: np.ndarray, predicted: np.ndarray, labels: Labels) -> dict[
                       "labelled 0, judged 1": int(((truth == 0) & (predicted == 1)).sum()),
                       "labelled 0, judged 0": int(((truth == 0) & (predicted == 0)).sum())},
     }
+
+
+@dataclass(frozen=True)
+class JudgeValidation:
+    """A judge measured against labels: its agreement (on the rows it decided), the non-refusal rate's
+    agreement on the same rows, and how many rows it could not decide."""
+
+    judge: str
+    agreement: dict[str, Any]
+    keyword_agreement: dict[str, Any]
+    undecided: int
+    n: int
+
+
+def validate_judge(labels: Labels, judge: Any) -> JudgeValidation:
+    """Run `judge` (a judge backend) on the labelled pairs and measure it; undecided rows are left out of
+    the agreement and counted, never read as 0."""
+    from medattack.scoring.keyword import keyword_success
+
+    verdicts = judge.judge(labels.questions, labels.responses)
+    decided = [k for k, v in enumerate(verdicts) if v.jailbroken is not None]
+    if not decided:
+        raise SourceError(judge.name, f"the judge decided none of the {len(verdicts)} labelled responses.",
+                          "check its settings (model, endpoint, verdict_format).")
+    rows = labels.subset(decided)
+    predicted = np.array([verdicts[k].jailbroken for k in decided])
+    keyword = np.array([keyword_success(r, q) for q, r in zip(rows.questions, rows.responses, strict=True)])
+    return JudgeValidation(judge.name, agreement(rows.jailbroken, predicted, rows),
+                           agreement(rows.jailbroken, keyword.astype(int), rows), len(verdicts) - len(decided),
+                           len(verdicts))

@@ -1,0 +1,167 @@
+"""The statistics of the report and of the scoring calibration: intervals, paired tests, separation.
+
+    wilson_ci(k, n)               Wilson score interval of a rate (honest at small n and at 0 or 1)
+    bca_ci(values)                BCa bootstrap interval of a mean (scipy), for continuous metrics
+    bootstrap_ci(values)          percentile bootstrap (kept for what is not a mean of one sample)
+    interval(values)              Wilson for 0/1 values, BCa otherwise
+    mcnemar(a, b)                 exact McNemar test of two paired 0/1 vectors (same image x prompt)
+    paired_bootstrap(a, b)        interval and two-sided p of the mean paired difference, continuous values
+    roc_auc(pos, neg)             how well a score separates two groups (Mann-Whitney AUC)
+    separating_threshold(pos, neg) the cut between them with the best balanced accuracy
+
+Paired tests compare what changed on the *same* inputs (a condition against another on one image and
+prompt, an attacked question against the clean one), which is far more sensitive than comparing two
+rates as if their samples were unrelated.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+RESAMPLES = 1000
+Z95 = 1.959963984540054
+
+
+def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default): honest at small n and at 0 or 1, where a
+    bootstrap of 0/1 values collapses to a point (`1.00 [1.00, 1.00] n=1`)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (N,), resampled in blocks to bound memory."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    if n == 1 or np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    rng = np.random.default_rng(seed)
+    block = max(1, min(resamples, 4_000_000 // n))
+    means = np.concatenate([values[rng.integers(0, n, (min(block, resamples - start), n))].mean(axis=1)
+                            for start in range(0, resamples, block)])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bca_ci(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Bias-corrected and accelerated bootstrap interval of the mean of `values` (N,) (scipy.stats.bootstrap).
+    It corrects the percentile interval's bias and skew, which matter for the bounded, skewed relevance
+    scores. Constant or single values give the point; where BCa is undefined the percentile interval."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    if len(values) == 1 or np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns, and returns nan, when BCa's acceleration is undefined
+        result = bootstrap((values,), np.mean, n_resamples=resamples, confidence_level=level, method="BCa",
+                           random_state=np.random.default_rng(seed), vectorized=True)
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return (low, high) if np.isfinite(low) and np.isfinite(high) else bootstrap_ci(values, resamples, seed, level)
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    """95% interval of the mean: Wilson for 0/1 values (rates), BCa bootstrap otherwise."""
+    if len(values) and np.isin(values, (0.0, 1.0)).all():
+        return wilson_ci(int(values.sum()), len(values))
+    return bca_ci(values)
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    """Two measurements on the same n inputs: their means, the mean difference (b - a) with a 95%
+    interval, and the two-sided p-value of "no difference"."""
+
+    n: int
+    mean_a: float
+    mean_b: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    test: str  # "McNemar exact" or "paired bootstrap"
+    discordant: tuple[int, int] | None = None  # McNemar: (a=1 b=0, a=0 b=1)
+
+
+def mcnemar(a: np.ndarray, b: np.ndarray) -> PairedResult:
+    """Exact McNemar test of paired 0/1 outcomes `a`, `b` (N,): only the discordant pairs carry
+    information; under "no difference" each is equally likely to go either way (binomial, p = 1/2). The
+    interval of the difference in rates is the Wald interval of paired proportions (Agresti), clipped."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
+    n = len(a)
+    only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    if n == 0:
+        return PairedResult(0, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), float("nan"),
+                            "McNemar exact", (0, 0))
+    p = binomtest(only_b, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    difference = (only_b - only_a) / n
+    se = np.sqrt(max(only_a + only_b - (only_b - only_a) ** 2 / n, 0.0)) / n
+    return PairedResult(n, float(a.mean()), float(b.mean()), float(difference),
+                        float(max(-1.0, difference - Z95 * se)), float(min(1.0, difference + Z95 * se)),
+                        float(p), "McNemar exact", (only_a, only_b))
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> PairedResult:
+    """Paired bootstrap of the mean difference b - a over the same inputs (N,): the pairs are resampled
+    together; the p-value is twice the smaller share of resampled differences on either side of 0."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    n = len(a)
+    if n == 0:
+        return PairedResult(0, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), float("nan"),
+                            "paired bootstrap")
+    differences = b - a
+    rng = np.random.default_rng(seed)
+    means = differences[rng.integers(0, n, (resamples, n))].mean(axis=1)
+    low, high = bca_ci(differences, resamples, seed)
+    if np.all(differences == differences[0]):
+        p = 1.0 if differences[0] == 0 else 0.0
+    else:
+        p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
+    return PairedResult(n, float(a.mean()), float(b.mean()), float(differences.mean()), low, high, p,
+                        "paired bootstrap")
+
+
+def paired_test(a: np.ndarray, b: np.ndarray) -> PairedResult:
+    """McNemar for 0/1 outcomes, the paired bootstrap otherwise."""
+    both = np.concatenate([np.asarray(a, dtype=float), np.asarray(b, dtype=float)])
+    return mcnemar(a, b) if len(both) and np.isin(both, (0.0, 1.0)).all() else paired_bootstrap(a, b)
+
+
+def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Area under the ROC curve of a score that should be higher for `positive` than for `negative`
+    (the Mann-Whitney probability that a random positive outscores a random negative, ties count half);
+    nan when either side is empty."""
+    positive, negative = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
+    if len(positive) == 0 or len(negative) == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([positive, negative]))
+    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    return float(u / (len(positive) * len(negative)))
+
+
+def separating_threshold(positive: np.ndarray, negative: np.ndarray) -> float:
+    """The cut that best separates higher `positive` from lower `negative` scores: the midpoint between
+    neighbouring values that maximises balanced accuracy (Youden's J); ties go to the lower cut."""
+    positive, negative = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
+    values = np.unique(np.concatenate([positive, negative]))
+    if len(values) == 1:
+        return float(values[0])
+    cuts = (values[:-1] + values[1:]) / 2
+    j = [(positive >= c).mean() + (negative < c).mean() for c in cuts]
+    return float(cuts[int(np.argmax(j))])

@@ -1,0 +1,74 @@
+"""The statistics of the report: BCa intervals, paired tests on constructed examples, separation (AUC)
+and the composite's TII gate calibrated on the embedded benchmark."""
+
+import numpy as np
+import pytest
+
+from medattack.stats import bca_ci, mcnemar, paired_bootstrap, paired_test, roc_auc, separating_threshold
+
+
+def test_bca_interval_covers_the_mean_and_is_skewed_like_the_data():
+    values = np.random.default_rng(1).exponential(1.0, 200)
+    low, high = bca_ci(values)
+    assert low < values.mean() < high
+    assert high - values.mean() > values.mean() - low  # a right-skewed sample: the upper arm is longer
+    assert bca_ci(values) == (low, high)  # seeded
+    assert bca_ci(np.array([0.3, 0.3])) == (0.3, 0.3) and all(np.isnan(bca_ci(np.array([]))))
+
+
+def test_mcnemar_on_a_constructed_example():
+    # 20 pairs: 12 both 0, 2 both 1, 1 pair only a succeeds, 5 pairs only b succeeds
+    a = np.array([0] * 12 + [1] * 2 + [1] * 1 + [0] * 5)
+    b = np.array([0] * 12 + [1] * 2 + [0] * 1 + [1] * 5)
+    result = mcnemar(a, b)
+    assert result.discordant == (1, 5) and result.n == 20
+    assert result.difference == pytest.approx(0.2) and result.mean_b == pytest.approx(0.35)
+    assert result.p_value == pytest.approx(0.21875)  # exact binomial: 2 * P(X <= 1 | n=6, p=1/2) = 2 * 7/64
+    assert result.ci_low < 0.2 < result.ci_high
+    assert mcnemar(a, a).p_value == 1.0 and mcnemar(a, a).difference == 0.0
+    strong = mcnemar(np.zeros(30, int), np.ones(30, int))
+    assert strong.p_value < 1e-8 and strong.difference == 1.0
+
+
+def test_paired_bootstrap_sees_a_shift_that_an_unpaired_look_would_miss():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1.0, 60)  # large spread between inputs ...
+    shifted = base + 0.1 + rng.normal(0, 0.02, 60)  # ... and a small, consistent change on each
+    result = paired_bootstrap(base, shifted)
+    assert result.difference == pytest.approx(0.1, abs=0.01) and result.p_value < 0.01
+    assert 0 < result.ci_low < 0.1 < result.ci_high
+    assert paired_bootstrap(base, base).p_value == 1.0
+    assert paired_test(base, shifted).test == "paired bootstrap"
+    assert paired_test(np.array([0, 1]), np.array([1, 1])).test == "McNemar exact"
+
+
+def test_auc_and_separating_threshold():
+    assert roc_auc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert roc_auc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    assert roc_auc(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == 0.5
+    assert np.isnan(roc_auc(np.array([]), np.array([1.0])))
+    assert separating_threshold(np.array([0.6, 0.7, 0.8]), np.array([0.1, 0.2, 0.3])) == pytest.approx(0.45)
+
+
+def test_the_tii_gate_separates_the_embedded_benchmarks_matched_and_mismatched_rows(embedded_run):
+    from medattack.scoring.base import ScoreInput
+    from medattack.scoring.composite import Composite
+    from medattack.scoring.relevance import TII
+
+    samples = embedded_run.samples[::3]  # every condition and category, a third of the rows
+    inputs = [ScoreInput(s.sample_id, s.question, "", s.condition, s.prompt, s.shown_attribute, s.true_attribute,
+                         s.description or "", str(embedded_run.run_dir / "benchmark" / s.image_file))
+              for s in samples]
+    metric = TII()
+    scores = metric.score(inputs)
+    composite = Composite()
+    found = composite.calibrate(inputs, {"tii": scores}, {"tii": metric.spec})
+    assert found["n_matched"] > 50 and found["n_mismatched"] > 50
+    assert found["auc"] > 0.9 and found["balanced_accuracy"] > 0.85
+    gate = composite.gate
+    mismatched = np.array([s.mismatched for s in samples])
+    passed = np.array([score.value >= gate for score in scores])
+    assert passed[~mismatched].mean() > 0.85 and passed[mismatched].mean() < 0.15  # the old gate passed every row
+    fixed = Composite(type(composite.config)(tii_threshold=-1.0))
+    assert fixed.calibrate(inputs, {"tii": scores}, {"tii": metric.spec})["tii_gate"] == -1.0
+    assert Composite().calibrate(inputs[:1], {"tii": scores[:1]}, {})["tii_gate"] is None  # too few: no gate
