@@ -191,9 +191,12 @@ def _defaults_under(cls: type, overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+    cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+    preset: str | None = None,
 ) -> C:
-    """Load a config from an optional YAML file, then apply overrides (later wins, nested keys merged)."""
+    """Load a config: its defaults, then a preset (`preset`, or a `preset:` key in the file; for the
+    stage configs that declare `preset_stage`), then the YAML file, then `overrides` (later wins, nested
+    keys merged)."""
     data: dict[str, Any] = {}
     where = "config"
     if path is not None:
@@ -213,8 +216,28 @@ def load_config(
             raise ConfigError(f"{path} must hold a mapping of keys to values at the top level.")
         data.update(loaded)
     overrides = overrides or {}
+    stage = getattr(cls, "preset_stage", None)
+    named = preset or (data.pop("preset", None) if stage else data.get("preset"))
+    if named and hasattr(cls, "apply_preset"):  # a config of several stages (the run YAML) places it itself
+        data = cls.apply_preset({**data, "preset": named}, str(named))
+    elif named:
+        if not stage:
+            raise ConfigError(f"presets apply to the build, attack, query and score settings, not {cls.__name__}.")
+        from medattack.presets import preset_layer
+
+        data = under(preset_layer(str(named), stage, merge(data, overrides)), data)
     data = merge(merge(_defaults_under(cls, overrides), data), overrides)
     return from_mapping(cls, data, where)
+
+
+def under(base: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` over `base`, mappings merged at every depth (a preset under a file: the file's
+    `options: {rounds: 5}` keeps the preset's other options)."""
+    out = dict(base)
+    for key, value in data.items():
+        out[key] = under(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) \
+            else value
+    return out
 
 
 def to_dict(config: Any) -> dict[str, Any]:

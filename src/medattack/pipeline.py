@@ -10,9 +10,10 @@ duplicating any of it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from medattack.analysis.attribute_relevance import AttributeRelevanceResult
 from medattack.analysis.prompt_relevance import PromptRelevanceResult
@@ -47,6 +48,7 @@ class RunConfig:
         query: {pairs_per_category: 2, controls: [blank, noise]}
         score: {metrics: [keyword_asr, tto, tio, tii, composite]}
         executor: {kind: ray, address: auto, workers: 4, gpus_per_worker: 1}
+        preset: paper    # optional: the preset's settings of every stage, under the ones written here
     """
 
     run_dir: str = option("runs/run", "Run directory.")
@@ -59,6 +61,27 @@ class RunConfig:
     score: ScoreConfig = option(ScoreConfig(), "Scoring settings.")
     report: ReportConfig = option(ReportConfig(), "Report settings.")
     executor: ExecutorConfig = option(ExecutorConfig(), "Where attack, query and score run: local or ray.")
+    preset: str | None = option(None, "Named settings of every stage under the ones written here (`list presets`).")
+
+    @staticmethod
+    def apply_preset(data: dict[str, Any], name: str) -> dict[str, Any]:
+        """The run YAML `data` with preset `name`'s settings under each stage's (and each attack's and
+        target's) own."""
+        from medattack.config import under
+        from medattack.models.targets import split_target
+        from medattack.presets import preset_layer
+
+        out = dict(data)
+        for key in ("build", "query", "score"):
+            out[key] = under(preset_layer(name, key, out.get(key) or {}), out.get(key) or {})
+        attacks = [{"method": a} if isinstance(a, str) else dict(a) for a in out.get("attacks") or ()]
+        out["attacks"] = [under(preset_layer(name, "attack", a), a) for a in attacks]
+        answers = preset_layer(name, "query", {}).get("target", {})
+        default = TargetConfig()
+        targets = out.get("targets") or [{"kind": default.kind, "model": default.model}]
+        out["targets"] = [under(answers, dict(zip(("kind", "model"), split_target(t), strict=True))) if isinstance(
+            t, str) else under(answers, t) if isinstance(t, Mapping) else t for t in targets]
+        return out
 
     def __post_init__(self) -> None:
         unknown = set(self.stages) - set(STAGES)

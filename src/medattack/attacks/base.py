@@ -91,7 +91,8 @@ def step_generator(seed: int, sample_id: str, step: int, device: torch.device) -
 
 @dataclass
 class LoopState:
-    """What a resumable attack carries from step to step (and into its checkpoint)."""
+    """What a resumable attack carries from step to step (and into its checkpoint), with the input of the
+    lowest loss reached so far (`best`: suffix ids, pixels, loss)."""
 
     suffix_ids: torch.Tensor  # (n_suffix,) long
     pixels: torch.Tensor  # (1, 3, H, W) float32
@@ -99,16 +100,29 @@ class LoopState:
     success: bool
     step: int = 0
     steps: list[StepRecord] = field(default_factory=list)
+    best: tuple[torch.Tensor, torch.Tensor, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.best is None:
+            self.best = (self.suffix_ids.clone(), self.pixels.detach().clone(), self.loss)
+
+    def keep_best(self) -> None:
+        if self.best is None or self.loss < self.best[2]:
+            self.best = (self.suffix_ids.clone(), self.pixels.detach().clone(), self.loss)
 
     def to_checkpoint(self) -> dict[str, Any]:
+        assert self.best is not None
         return {"suffix_ids": self.suffix_ids.cpu(), "pixels": self.pixels.cpu(), "loss": self.loss,
-                "success": self.success, "step": self.step, "steps": [vars(s) for s in self.steps]}
+                "success": self.success, "step": self.step, "steps": [vars(s) for s in self.steps],
+                "best": (self.best[0].cpu(), self.best[1].cpu(), self.best[2])}
 
     @classmethod
     def from_checkpoint(cls, data: dict[str, Any], device: torch.device) -> LoopState:
+        best = data.get("best")
         return cls(suffix_ids=data["suffix_ids"].to(device), pixels=data["pixels"].to(device),
                    loss=float(data["loss"]), success=bool(data["success"]), step=int(data["step"]),
-                   steps=[StepRecord(**s) for s in data["steps"]])
+                   steps=[StepRecord(**s) for s in data["steps"]],
+                   best=(best[0].to(device), best[1].to(device), float(best[2])) if best else None)
 
 
 StepFn = Callable[[LoopState, torch.Generator], tuple[str, float, bool]]
@@ -128,7 +142,9 @@ def run_loop(
     """Run `step_fn` until n_steps or success, checkpointing after every step; then generate once.
 
     `step_fn(loop, generator)` mutates `loop` (suffix, pixels, loss, success) and returns
-    (modality changed, loss, success) for the log.
+    (modality changed, loss, success) for the log. The input kept (and answered) is the one that forced
+    the target when one did, else the one of the lowest loss reached (as nanoGCG returns its best
+    string); `best_loss` is that input's loss.
     """
     started = time.perf_counter()
     loop = initial
@@ -141,13 +157,16 @@ def run_loop(
         generator = step_generator(task.seed, task.sample_id, loop.step, model.device)
         modality, loss, success = step_fn(loop, generator)
         loop.step += 1
+        loop.keep_best()
         loop.steps.append(StepRecord(loop.step, float(loss), modality, bool(success), time.perf_counter() - tick))
         if checkpoint:
             checkpoint.save(loop.to_checkpoint())
-    response = model.generate(state, loop.suffix_ids, max_new_tokens, pixels=loop.pixels)
+    assert loop.best is not None
+    suffix_ids, pixels, best_loss = (loop.suffix_ids, loop.pixels, loop.loss) if loop.success else loop.best
+    response = model.generate(state, suffix_ids, max_new_tokens, pixels=pixels)
     return AttackResult(
-        suffix=model.decode(loop.suffix_ids), suffix_ids=loop.suffix_ids.tolist(), pixels=loop.pixels.detach().cpu(),
-        steps=loop.steps, success=loop.success, best_loss=loop.loss, response=response,
+        suffix=model.decode(suffix_ids), suffix_ids=suffix_ids.tolist(), pixels=pixels.detach().cpu(),
+        steps=loop.steps, success=loop.success, best_loss=best_loss, response=response,
         seconds=time.perf_counter() - started,
     )
 

@@ -41,6 +41,8 @@ app.add_typer(analyze_app, name="analyze")
 ConfigOption = Annotated[Path | None, typer.Option(help="YAML file of the stage's settings.")]
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a setting of the stage's config: key=value (dotted for nested keys: options.rounds=5).")]
+PresetOption = Annotated[str | None, typer.Option(
+    help="Named settings under the file and flags: paper = the original code's choices (`medattack list presets`).")]
 ForceOption = Annotated[bool, typer.Option(help="Reuse the output folder even if its config differs.")]
 ExecutorOption = Annotated[str, typer.Option("--executor", help="local, or ray (actors on a Ray cluster).")]
 RayAddressOption = Annotated[str | None, typer.Option(help="Ray cluster address ('auto', 'ray://head:10001'); "
@@ -111,11 +113,12 @@ def drop_unset(flags: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def stage_config(cls: type[C], config: Path | None, set_: list[str] | None, flags: Mapping[str, Any]) -> C:
-    """The stage's config: the YAML file, then the flags the user typed, then --set (later wins)."""
+def stage_config(cls: type[C], config: Path | None, set_: list[str] | None, flags: Mapping[str, Any],
+                 preset: str | None = None) -> C:
+    """The stage's config: its defaults, a preset, the YAML file, the flags the user typed, --set (later wins)."""
     from medattack.config import load_config, merge, parse_overrides
 
-    return load_config(cls, config, merge(drop_unset(flags), parse_overrides(set_ or [])))
+    return load_config(cls, config, merge(drop_unset(flags), parse_overrides(set_ or [])), preset)
 
 
 def executor_config(kind: str, address: str | None, workers: int | None, gpus_per_worker: float | None) -> Any:

@@ -17,6 +17,7 @@ from medattack.cli.app import (
     ExecutorOption,
     ForceOption,
     GpusOption,
+    PresetOption,
     RayAddressOption,
     SetOption,
     WorkersOption,
@@ -50,6 +51,7 @@ def build(
     split: Annotated[list[str] | None, typer.Option("--split", help="3MAD split to read (repeatable).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    preset: PresetOption = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if the run holds another benchmark.")] = False,
 ) -> None:
     """Build a benchmark: images x prompts in four conditions (normal, mismatch, malicious, both)."""
@@ -57,7 +59,7 @@ def build(
     from medattack.stages.build import BuildConfig
 
     with errors():
-        build_config = stage_config(BuildConfig, config, set_, {
+        build_config = stage_config(BuildConfig, config, set_, preset=preset, flags={
             "sources": source, "tasks": task, "prompts_per_task": prompts_per_task,
             "max_images_per_category": max_per_category, "mismatch_strategy": mismatch,
             "typographic": typographic, "seed": seed, "prompt_bank": str(prompt_bank) if prompt_bank else None,
@@ -83,6 +85,7 @@ def attack(
     max_batch: Annotated[int | None, typer.Option(help="GCG candidates per forward pass at most.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    preset: PresetOption = None,
     force: ForceOption = False,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
@@ -95,7 +98,7 @@ def attack(
     from medattack.stages.attack import AttackStageConfig
 
     with errors():
-        attack_config = stage_config(AttackStageConfig, config, set_, {
+        attack_config = stage_config(AttackStageConfig, config, set_, preset=preset, flags={
             "method": method, "model": model, "conditions": condition, "tasks": task, "limit": limit, "seed": seed,
             "device": device, "max_batch": max_batch})
         with progress_bar() as progress:
@@ -125,6 +128,7 @@ def query(
     limit: Annotated[int | None, typer.Option(help="Ask at most this many benchmark samples.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    preset: PresetOption = None,
     force: ForceOption = False,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
@@ -139,7 +143,7 @@ def query(
 
     with errors():
         kind, model = split_target(target) if target is not None else (None, None)
-        query_config = stage_config(QueryConfig, config, set_, {
+        query_config = stage_config(QueryConfig, config, set_, preset=preset, flags={
             "target": {"kind": kind, "model": model, "max_new_tokens": max_new_tokens, "device": device,
                        "trust_remote_code": trust_remote_code,
                        "api": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency}},
@@ -161,6 +165,7 @@ def score(
     out: Annotated[Path | None, typer.Option(help="Output folder for --responses (default: beside it).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    preset: PresetOption = None,
     executor: ExecutorOption = "local",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
@@ -174,7 +179,7 @@ def score(
     with errors():
         if (run is None) == (responses is None):
             raise ConfigError("score needs a run directory or --responses FILE (one of them).")
-        score_config = stage_config(ScoreConfig, config, set_, {})
+        score_config = stage_config(ScoreConfig, config, set_, {}, preset)
         pool = executor_config(executor, ray_address, workers, gpus_per_worker)
         with progress_bar() as progress:
             if responses is not None:

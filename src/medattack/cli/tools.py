@@ -141,6 +141,20 @@ def list_sources() -> None:
     console.print(table)
 
 
+@list_app.command("presets", epilog="Example:\n\n  medattack list presets")
+def list_presets() -> None:
+    """Named settings (`--preset NAME`): every setting each one changes, and why."""
+    from medattack.presets import PRESETS
+
+    for name, preset in PRESETS.items():
+        table = Table("stage", "setting", "value", "why", title=escape(f"{name}: {preset.description}"))
+        for s in preset.settings:
+            value = s.value if not isinstance(s.value, dict) else ", ".join(s.value)
+            table.add_row(escape(s.stage), escape(s.key), escape(repr(value) if isinstance(value, str) else
+                                                                str(value)), escape(s.why))
+        console.print(table)
+
+
 @list_app.command("mismatch", epilog="Example:\n\n  medattack list mismatch")
 def list_mismatch() -> None:
     """Strategies for choosing the claimed (false) attribute."""

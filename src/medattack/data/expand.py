@@ -100,6 +100,9 @@ class Pair:
     harmful: str
     key_phrase: str
     claimed: Category
+    true_text: str = ""  # attribute texts as a source wrote them (3MAD); "" = the categories' own
+    claimed_text: str = ""
+    split: str = ""  # the source's split name; "" = the true category's
 
 
 def pairs_for(
@@ -113,7 +116,8 @@ def pairs_for(
         p = item.preset
         if tasks_chosen and p.task not in tasks:
             return []
-        return [Pair(p.prompt_id, p.task, p.normal_prompt, p.harmful_prompt, p.key_phrase, p.claimed)]
+        return [Pair(p.prompt_id, p.task, p.normal_prompt, p.harmful_prompt, p.key_phrase, p.claimed, p.true_text,
+                     p.claimed_text, p.split)]
     strategy = MISMATCH_STRATEGIES[mismatch_strategy]
     pairs = []
     for task in tasks:
@@ -136,25 +140,27 @@ def sample_records(item: SourceItem, pair: Pair, image: dict[str, Any], taxonomy
     # attribute or the image gives new ids (and old answers and scores are not taken for them): the pair
     # id from the image and the prompt triple, and a mismatched sample's id also from the claimed attribute
     pair_id = content_hash([item.source, item.item_id, image, pair.prompt_id, pair.task, pair.normal, pair.harmful,
-                            pair.key_phrase, true.attribute, item.description])[:16]
-    claim = content_hash(pair.claimed.attribute)[:6]
+                            pair.key_phrase, pair.true_text or true.attribute, item.description])[:16]
+    claim = content_hash(pair.claimed_text or pair.claimed.attribute)[:6]
     try:
         task_group = taxonomy.task(pair.task).group
     except ConfigError:
         task_group = "Unlisted"
+    true_text = pair.true_text or true.attribute  # the texts the model sees: as the source wrote them
+    claimed_text = pair.claimed_text or pair.claimed.attribute
     samples = []
     for condition, (shows_claim, harmful) in CONDITION_FLAGS.items():
-        shown = pair.claimed if shows_claim else true
+        shown_text = claimed_text if shows_claim else true_text
         prompt = pair.harmful if harmful else pair.normal
         samples.append(Sample(
             sample_id=f"{pair_id}-{condition}-{claim}" if shows_claim else f"{pair_id}-{condition}",
             pair_id=pair_id, condition=condition, mismatched=shows_claim,
             harmful=harmful, task=pair.task, task_group=task_group, prompt_id=pair.prompt_id, prompt=prompt,
-            question=question_text(shown.attribute, prompt), key_phrase=pair.key_phrase,
-            target=target_text(pair.key_phrase), category=true.split_name, modality=true.modality,
-            body_part=true.body_part, true_attribute=true.attribute, claimed_attribute=pair.claimed.attribute,
+            question=question_text(shown_text, prompt), key_phrase=pair.key_phrase,
+            target=target_text(pair.key_phrase), category=pair.split or true.split_name, modality=true.modality,
+            body_part=true.body_part, true_attribute=true_text, claimed_attribute=claimed_text,
             claimed_modality=pair.claimed.modality, claimed_body_part=pair.claimed.body_part,
-            shown_attribute=shown.attribute, typographic_image_file=typographic_file, source=item.source,
+            shown_attribute=shown_text, typographic_image_file=typographic_file, source=item.source,
             item_id=item.item_id, location=item.location, description=item.description, **image,
         ))
     return samples

@@ -2,13 +2,16 @@
 
 Every strategy returns a category different from the true one:
 
-- `both` (default, as in 3MAD): another listed category whose modality and body part both differ,
-  e.g. "CT and Chest" -> "Fundus and Retina".
+- `both` (default): another listed category whose modality and body part both differ,
+  e.g. "CT and Chest" -> "Fundus and Retina", so the claim is false on both counts.
+- `uniform` (3MAD's rule, `--preset paper`): uniformly any other category *present in the run's data*,
+  so some claims share the modality or the body part (in 3MAD-Tiny-1K 11% share the modality, 4% the
+  body part).
 - `modality`: another modality, same body part ("CT and Chest" -> "X-ray and Chest"), preferring
   categories the taxonomy lists; otherwise the body part is kept with any other modality.
 - `body_part`: same modality, another body part ("CT and Chest" -> "CT and Brain"), preferring the
   modality's own body parts; otherwise any other body part of the taxonomy.
-- `any`: any other listed category.
+- `any`: any other category the taxonomy lists (also those with no image in the run).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from medattack.registry import Registry
 
 MismatchStrategy = Callable[[Category, Sequence[Category], random.Random], Category]
 MISMATCH_STRATEGIES: Registry[MismatchStrategy] = Registry("mismatch strategy", plugins="medattack.data.mismatch")
+FROM_DATA = frozenset({"uniform"})  # strategies whose catalogue is the categories present in the run's data
 
 
 def _pick(options: Sequence[Category], rng: random.Random, true: Category, strategy: str) -> Category:
@@ -63,3 +67,9 @@ def other_body_part(true: Category, catalogue: Sequence[Category], rng: random.R
 @MISMATCH_STRATEGIES.register("any")
 def any_other(true: Category, catalogue: Sequence[Category], rng: random.Random) -> Category:
     return _pick(list(catalogue), rng, true, "any")
+
+
+@MISMATCH_STRATEGIES.register("uniform")
+def uniform_other(true: Category, catalogue: Sequence[Category], rng: random.Random) -> Category:
+    """3MAD's rule; the builder gives it the categories present in the data (FROM_DATA)."""
+    return _pick(list(catalogue), rng, true, "uniform")

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AttackStageConfig:
+    preset_stage: ClassVar[str] = "attack"  # which settings of a preset apply (presets.py)
     method: str = option("mcm", "Attack method (see `medattack list attacks`).")
     model: str = option("embedded", "White-box model: embedded, tiny, or a hub id / local path of a LLaVA model.")
     conditions: tuple[str, ...] = option(("malicious", "both"), "Sample conditions to attack.")

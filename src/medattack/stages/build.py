@@ -24,13 +24,13 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from medattack.config import option, to_dict
 from medattack.data.expand import ImageStore, cap_per_category, load_mask, pairs_for, sample_records
 from medattack.data.export import export_3mad_layout
 from medattack.data.image_io import DEFAULT_MAX_PIXELS
-from medattack.data.mismatch import MISMATCH_STRATEGIES
+from medattack.data.mismatch import FROM_DATA, MISMATCH_STRATEGIES
 from medattack.data.prompt_bank import load_prompt_bank
 from medattack.data.sources import SourceContext, SourceItem, open_source
 from medattack.data.taxonomy import load_taxonomy
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class BuildConfig:
     """How to build a benchmark. Every default lives here."""
+    preset_stage: ClassVar[str] = "build"  # which settings of a preset apply (presets.py)
 
     sources: tuple[str, ...] = option(
         ("embedded",), "Image sources: embedded, folder:PATH, manifest:FILE, 3mad:HUB_ID_OR_DIR."
@@ -64,7 +65,7 @@ class BuildConfig:
         None, "Keep at most this many images (3MAD: rows) per category, drawn by seed."
     )
     mismatch_strategy: str = option("both", "How the claimed attribute differs: both, modality, "
-                                    "body_part, any.")
+                                    "body_part, any, uniform (3MAD's rule: any other category in the data).")
     typographic: bool = option(False, "Also render each key phrase under its image (typographic variant).")
     seed: int = option(0, "Seed of every random choice of the build.")
     prompt_bank: str | None = option(None, "Prompt bank YAML (default: the embedded bank v1).")
@@ -222,7 +223,8 @@ def _build_into(run: RunDir, config: BuildConfig, progress: Progress | None,
             else:
                 items.append(entry)
     items = cap_per_category(items, config.max_images_per_category, config.seed)
-    catalogue = sorted(set(taxonomy.categories) | {it.category for it in items},
+    present = {it.category for it in items}
+    catalogue = sorted(present if config.mismatch_strategy in FROM_DATA else set(taxonomy.categories) | present,
                        key=lambda c: (c.modality, c.body_part))
 
     store = ImageStore(run.images)

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -49,6 +49,7 @@ CONTROL_SIZE = 336  # side of the control images, in pixels
 
 @dataclass(frozen=True)
 class QueryConfig:
+    preset_stage: ClassVar[str] = "query"  # which settings of a preset apply (presets.py)
     target: TargetConfig = option(TargetConfig(), "The model asked (kind, model, generation and API settings).")
     conditions: tuple[str, ...] = option(CONDITIONS, "Sample conditions asked.")
     tasks: tuple[str, ...] | None = option(None, "Only samples of these clinical tasks.")

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from medattack.config import from_mapping, option
 from medattack.errors import ConfigError
@@ -42,6 +42,7 @@ def _metric_class(name: str) -> type:
 
 @dataclass(frozen=True)
 class ScoreConfig:
+    preset_stage: ClassVar[str] = "score"  # which settings of a preset apply (presets.py)
     metrics: dict[str, Any] = field(
         default_factory=lambda: {name: {} for name in DEFAULT_METRICS},
         metadata={"help": "Metrics and their settings: {keyword_asr: {mode: anywhere}, judge: {model: ...}} "

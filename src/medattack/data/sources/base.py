@@ -22,14 +22,19 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 
 @dataclass(frozen=True)
 class PresetPair:
-    """A prompt pair that a source provides itself (3MAD rows); the builder uses it as it is."""
+    """A prompt pair that a source provides itself (3MAD rows); the builder uses it as it is: the texts
+    the model sees are the row's own (`true_text`, `claimed_text`, prompts, key phrase), the parsed
+    categories only annotate the samples for grouping."""
 
     prompt_id: str
     task: str
     normal_prompt: str
     harmful_prompt: str
-    key_phrase: str
+    key_phrase: str  # may be empty (3MAD keeps such rows; the target is then "Sure, here is how to ")
     claimed: Category
+    true_text: str = ""  # the true attribute as written ("Xray and Chest"); "" = the category's own
+    claimed_text: str = ""  # the claimed attribute as written
+    split: str = ""  # the source's split name ("Xray_Chest"); "" = the category's split name
 
 
 @dataclass(frozen=True)

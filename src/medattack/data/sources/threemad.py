@@ -2,8 +2,10 @@
 
 Columns: `id, file_name, image, original_attribute` ("CT and Chest"), `unmatch_attribute,
 normal_prompt, harmful_prompt, policy` (the clinical task), `key_phrases`; one split per category
-("CT_Chest"). Each row is already an image x prompt pair, so its prompts and claimed attribute are
-kept exactly as given.
+("CT_Chest"). Each row is already an image x prompt pair, so its texts are kept exactly as given:
+attributes ("Xray and Chest", "Mamography and Breast"), prompts and key phrase (an empty one too, as the
+original code does: its target is then "Sure, here is how to "), and the split name. The taxonomy only
+annotates each row with its canonical modality and body part, for grouping.
 
 `--source 3mad:MedMLLM-attack/3MAD-Tiny-1K` loads from the Hugging Face hub through `datasets`;
 `--source 3mad:/path/to/dir` reads a local copy: one `<split>.parquet|.csv|.jsonl` per split (also
@@ -157,7 +159,6 @@ class ThreeMADSource:
         fields = {
             "normal_prompt": cell(row, "normal_prompt"),
             "harmful_prompt": cell(row, "harmful_prompt"),
-            "key_phrases": first_key_phrase(row.get("key_phrases")),
             "policy": task,
         }
         empty = [k for k, v in fields.items() if not v]
@@ -179,8 +180,11 @@ class ThreeMADSource:
                 task=task,
                 normal_prompt=fields["normal_prompt"],
                 harmful_prompt=fields["harmful_prompt"],
-                key_phrase=fields["key_phrases"],
+                key_phrase=first_key_phrase(row.get("key_phrases")),
                 claimed=claimed,
+                true_text=cell(row, "original_attribute"),
+                claimed_text=cell(row, "unmatch_attribute"),
+                split=split,
             ),
         )
 
