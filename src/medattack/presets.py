@@ -85,6 +85,8 @@ PRESETS.register("paper")(Preset(
     "paper",
     "The original code of arXiv 2405.20775 (MCM and 3MAD), where it is not a defect.",
     (
+        PresetSetting("build", "prompt_bank_lenient", True, "the original used its prompts as written; medattack "
+                      "refuses a bank whose harmful questions name a modality or whose key phrases are empty"),
         PresetSetting("build", "mismatch_strategy", "uniform", "3MAD drew the claimed category uniformly from the "
                       "other categories present in the data; medattack's default `both` forbids any overlap"),
         *_attack("mcm", ("rounds", 10, "10 rounds (medattack's default too)"), ("search_width", 10, "10 candidates"),

@@ -46,7 +46,8 @@ def build(
     typographic: Annotated[bool | None, typer.Option("--typographic/--no-typographic",
                                                      help="Render key phrases under images too.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random choice.")] = None,
-    prompt_bank: Annotated[Path | None, typer.Option(help="Prompt bank YAML (default: embedded v1).")] = None,
+    prompt_bank: Annotated[Path | None, typer.Option(help="Prompt bank: YAML or a CSV/JSONL/Parquet table "
+                                                          "(default: embedded v1).")] = None,
     data_root: Annotated[Path | None, typer.Option(help="Root that manifest paths must stay inside.")] = None,
     split: Annotated[list[str] | None, typer.Option("--split", help="3MAD split to read (repeatable).")] = None,
     config: ConfigOption = None,

@@ -6,7 +6,9 @@ that query met (so one failing request never stops a batch). Three kinds are reg
     llava   a LLaVA-family model through the white-box adapter (embedded, tiny, hub id / path);
             batched greedy generation on the adapter's own embeddings (models/llava.py)
     hf      any transformers image-text-to-text model with its processor (MedGemma, Qwen2.5-VL,
-            SmolVLM, the LLaVA family...); `trust_remote_code` only when the user opts in
+            SmolVLM, the LLaVA family...); `trust_remote_code` only when the user opts in; with
+            `auto_class: causal-lm` a remote-code model that maps only AutoModelForCausalLM (CheXagent),
+            prompted through `prompt_template` when it has no chat template
     api     an OpenAI-compatible chat endpoint with image input (vLLM, `medattack serve`, GPT-4o,
             Gemini's OpenAI-compatible endpoint): retries, rate limit, concurrency and a request
             cache come from api.APIClient; the key stays in the environment
@@ -22,7 +24,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
@@ -64,6 +66,13 @@ class TargetConfig:
     device: str | None = option(None, "torch device of a local model (default: cuda when available).")
     dtype: str = option("auto", "auto | bfloat16 | float16 | float32 (local models).")
     trust_remote_code: bool = option(False, "Let an hf model run its own code (only models you trust).")
+    auto_class: Literal["image-text-to-text", "causal-lm"] = option(
+        "image-text-to-text", "hf: the transformers auto class; causal-lm for remote-code models that map only "
+        "AutoModelForCausalLM (CheXagent; with trust_remote_code).")
+    prompt_template: str | None = option(
+        None, "hf: the prompt around {question} for a model without a chat template, e.g. CheXagent's "
+        "' USER: <s>{question} ASSISTANT: <s>' (default: its chat template, else 'USER: <image>\\n{question} "
+        "ASSISTANT:').")
     system_prompt: str | None = option(None, "System message sent before each question, if any.")
     api: APIConfig = option(APIConfig(), "Endpoint, key variable, retries, rate limit, concurrency (api).")
 
@@ -81,7 +90,9 @@ class TargetConfig:
         part of each response's input hash, so changing one re-asks instead of reusing old answers."""
         return {"kind": self.kind, "model": self.model, "max_new_tokens": self.max_new_tokens,
                 "temperature": self.temperature, "seed": self.seed, "dtype": self.dtype,
-                "system_prompt": self.system_prompt, "base_url": self.api.base_url if self.kind == "api" else None}
+                "system_prompt": self.system_prompt, "base_url": self.api.base_url if self.kind == "api" else None,
+                **({"prompt_template": self.prompt_template} if self.prompt_template else {}),
+                **({"auto_class": self.auto_class} if self.auto_class != "image-text-to-text" else {})}
 
 
 def split_target(spec: str) -> tuple[str, str]:
@@ -177,23 +188,35 @@ class HFChatTarget:
     takes_whitebox = False
 
     def __init__(self, config: TargetConfig, **_: Any) -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        import transformers
 
         self.config = config
         self.device = _device(config)
         dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16,
                  "float32": torch.float32}[config.dtype]
-        self.processor = AutoProcessor.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+        self.processor = transformers.AutoProcessor.from_pretrained(config.model,
+                                                                    trust_remote_code=config.trust_remote_code)
         tokenizer = getattr(self.processor, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.padding_side = "left"
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            config.model, dtype=dtype, trust_remote_code=config.trust_remote_code).to(self.device).eval()
+        auto = (transformers.AutoModelForCausalLM if config.auto_class == "causal-lm"
+                else transformers.AutoModelForImageTextToText)
+        try:
+            model = auto.from_pretrained(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
+        except ValueError as error:
+            if config.auto_class == "causal-lm" or "Unrecognized configuration class" not in str(error):
+                raise
+            raise TargetError(f"{config.model} is not an image-text-to-text model in transformers; if its own code "
+                              "maps only AutoModelForCausalLM (CheXagent), ask it with --set "
+                              "target.auto_class=causal-lm --set target.trust_remote_code=true.") from None
+        self.model = model.to(self.device).eval()
         self.name = config.name
 
     def _prompt(self, text: str, has_image: bool) -> str:
+        if self.config.prompt_template:
+            return self.config.prompt_template.replace("{question}", text)
         content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": text}]
         messages = [{"role": "user", "content": content}]
         if self.config.system_prompt:
@@ -217,7 +240,10 @@ class HFChatTarget:
         limits = [q.limit(self.config.max_new_tokens) for q in batch]
         with torch.inference_mode():
             output = self.model.generate(**inputs, max_new_tokens=max(limits), **sampling)
-        new = output[:, inputs["input_ids"].shape[1]:]
+        prompt = inputs["input_ids"]
+        echoed = output.shape[1] > prompt.shape[1] and torch.equal(output[:, :prompt.shape[1]].to(prompt.device),
+                                                                   prompt)
+        new = output[:, prompt.shape[1]:] if echoed else output  # some remote-code models return only new tokens
         return [self.processor.decode(row[:limit], skip_special_tokens=True).strip()
                 for row, limit in zip(new, limits, strict=True)]
 

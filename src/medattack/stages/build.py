@@ -68,7 +68,10 @@ class BuildConfig:
                                     "body_part, any, uniform (3MAD's rule: any other category in the data).")
     typographic: bool = option(False, "Also render each key phrase under its image (typographic variant).")
     seed: int = option(0, "Seed of every random choice of the build.")
-    prompt_bank: str | None = option(None, "Prompt bank YAML (default: the embedded bank v1).")
+    prompt_bank: str | None = option(None, "Prompt bank: YAML, or a table (CSV, JSONL, Parquet; the paper's "
+                                     "prompt files) (default: the embedded bank v1).")
+    prompt_bank_lenient: bool = option(False, "Report the bank's validation findings as warnings (kept in the "
+                                       "build summary) instead of refusing it; for the paper's prompts.")
     taxonomy: str | None = option(None, "Taxonomy YAML (default: the embedded taxonomy).")
     data_root: str | None = option(None, "Root that manifest paths must stay inside "
                                    "(default: the manifest's folder).")
@@ -147,11 +150,13 @@ def run(run_dir: RunDir | str | Path, config: BuildConfig | None = None, *, exec
     stamp = run.build_stamp_path
     if stamp.exists() and run.samples_path.exists() and not force:
         built = json.loads(stamp.read_text(encoding="utf-8"))
-        if built.get("config_hash") == config_hash:
+        # a setting added since that build reads as its default there (it did not exist, so it was not used)
+        old = {**to_dict(BuildConfig()), **built.get("config", {})}
+        changed = sorted(k for k in config_record if old.get(k) != config_record[k])
+        if built.get("config_hash") == config_hash or not changed:
             samples, failures = run.samples(), read_jsonl(run.failures_path)
             return BuildResult(run.root, samples, failures, reused=True,
                                summary=summarise(samples, failures))
-        changed = sorted(k for k in config_record if built.get("config", {}).get(k) != config_record[k])
         raise RunDirError(
             f"run {run.root} already holds a benchmark built with a different config "
             f"(changed: {', '.join(changed)}). Use another run name, or pass --force to rebuild it."
@@ -205,7 +210,7 @@ def _build_into(run: RunDir, config: BuildConfig, progress: Progress | None,
     """Build the benchmark into `run.benchmark` (a staging folder); (samples, failures, summary), no
     samples when every input failed."""
     taxonomy = load_taxonomy(config.taxonomy)
-    bank = load_prompt_bank(config.prompt_bank, taxonomy)
+    bank = load_prompt_bank(config.prompt_bank, taxonomy, lenient=config.prompt_bank_lenient)
     tasks = tuple(taxonomy.task(t).name for t in config.tasks) if config.tasks else taxonomy.task_names
     context = SourceContext(
         taxonomy=taxonomy,
@@ -267,7 +272,7 @@ def _build_into(run: RunDir, config: BuildConfig, progress: Progress | None,
     write_jsonl_atomic(run.samples_path, (s.to_json() for s in samples))
     summary = summarise(samples, failures)
     summary.update({"prompt_bank": {"source": bank.source, "version": bank.version,
-                                    "sha256": bank.sha256}})
+                                    "sha256": bank.sha256, "findings": list(bank.findings)}})
     write_json_atomic(run.summary_path, summary)
     export_3mad_layout(run.benchmark, samples)
     return samples, failures, summary
