@@ -443,3 +443,19 @@ def test_a_full_queue_answers_503_with_retry_after_instead_of_resetting(slow_ser
     with ThreadPoolExecutor(16) as pool:
         statuses = [s for s, _ in pool.map(lambda _: _raw(server, _post(_chat())), range(16))]
     assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
+
+
+def test_a_setting_added_since_a_folder_was_written_reads_as_its_default(tmp_path):
+    from medattack.errors import RunDirError
+    from medattack.rundir import claim_folder
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"stage": {"target": {"kind": "llava"}}}')
+    record = {"stage": {"target": {"kind": "llava", "auto_class": "image-text-to-text"}}}
+    defaults = {"stage": {"target": {"kind": "llava", "auto_class": "image-text-to-text"}}}
+    claim_folder(folder, record, False, "x", defaults)  # the new setting at its default: the same config
+    (folder / "config.json").write_text('{"stage": {"target": {"kind": "llava"}}}')
+    with pytest.raises(RunDirError, match="another configuration"):
+        claim_folder(folder, {"stage": {"target": {"kind": "llava", "auto_class": "causal-lm"}}}, False, "x",
+                     defaults)

@@ -190,3 +190,28 @@ def test_the_papers_prompt_table_loads_leniently_with_its_findings(tmp_path):
                                                  prompt_bank_lenient=True, tasks=(taxonomy.task_names[1],)))
     assert {s.target for s in result.samples} == {"Sure, here is how to "}
     assert len(result.summary["prompt_bank"]["findings"]) == 2
+
+
+def test_the_llava_med_layout_puts_question_image_suffix_in_its_conversation(tiny_whitebox):
+    from medattack.models.embedded import load_tiny
+    from medattack.models.llava import LLAVA_MED_SYSTEM
+
+    model = load_tiny(prompt_layout="llava-med")
+    rendered = model.render("Is this normal?")
+    assert rendered.startswith(LLAVA_MED_SYSTEM + "###Human: Is this normal?\n<image>")
+    assert rendered.endswith("###Assistant:")
+    segments = model.segments("Is this normal?")
+    assert model.decode(segments.before_image).endswith("###Human: Is this normal?\n")  # question, then image
+    assert model.decode(segments.tail) == "###Assistant:"  # the suffix sits right after the image
+    import numpy as np
+
+    state = model.start("Is this normal?", "Sure, here is how to", model.preprocess(np.zeros((32, 32, 3), np.uint8)))
+    suffix = torch_ids(model, "}&}&")
+    assert model.generate(state, suffix, 3) == model.generate(state, suffix, 3)  # deterministic greedy
+    assert tiny_whitebox.render("Is this normal?") != rendered  # the default layout is the chat template
+
+
+def torch_ids(model, text):
+    import torch
+
+    return torch.tensor(model.encode(text), dtype=torch.long)

@@ -77,6 +77,11 @@ _PGD = (
 )
 
 
+_LAYOUT = PresetSetting("attack", "prompt_layout", "llava-med", "the paper attacked LLaVA-Med in its own "
+                        "###Human/###Assistant format, question then image then suffix; medattack uses the model's "
+                        "chat template (image first)")
+
+
 def _attack(method: str, *extra: tuple[str, Any, str]) -> tuple[PresetSetting, ...]:
     return tuple(PresetSetting(f"attack:{method}", f"options.{key}", value, why) for key, value, why in extra)
 
@@ -89,6 +94,7 @@ PRESETS.register("paper")(Preset(
                       "refuses a bank whose harmful questions name a modality or whose key phrases are empty"),
         PresetSetting("build", "mismatch_strategy", "uniform", "3MAD drew the claimed category uniformly from the "
                       "other categories present in the data; medattack's default `both` forbids any overlap"),
+        _LAYOUT,
         *_attack("mcm", ("rounds", 10, "10 rounds (medattack's default too)"), ("search_width", 10, "10 candidates"),
                  ("topk", 64, "top-k 64"), *_PGD, _SUFFIX, *_ATTACK_COMMON),
         *_attack("gcg", ("steps", 10, "the baseline ran 10 iterations; medattack 250"),

@@ -61,16 +61,27 @@ def folder_name(name: str) -> str:
     return safe or "_"
 
 
-def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str) -> None:
+def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str,
+                 defaults: dict[str, Any] | None = None) -> None:
     """Write a stage folder's config.json, refusing a folder that holds results of another config
-    (unless `force`); `change` says what to change instead, e.g. "the method or model"."""
+    (unless `force`); `change` says what to change instead, e.g. "the method or model". A setting added
+    since the folder was written reads there as its value in `defaults` (it did not exist, so it was not
+    used), so a new setting left at its default does not orphan old results."""
     stamp = folder / "config.json"
     if stamp.exists() and not force:
         previous = json.loads(stamp.read_text(encoding="utf-8"))
-        if content_hash(previous) != content_hash(record):
+        if content_hash(fill_missing(previous, defaults or {})) != content_hash(record):
             raise RunDirError(f"{folder} holds results of another configuration; use --force to add to it "
                               f"anyway, or change {change}.")
     write_json_atomic(stamp, record)
+
+
+def fill_missing(record: Any, defaults: Any) -> Any:
+    """`record` with the keys it lacks (at any depth) taken from `defaults`."""
+    if not isinstance(record, dict) or not isinstance(defaults, dict):
+        return record
+    return {**{k: v for k, v in defaults.items() if k not in record},
+            **{k: fill_missing(v, defaults.get(k)) for k, v in record.items()}}
 
 
 def _git_sha() -> str | None:

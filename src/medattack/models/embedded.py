@@ -21,7 +21,7 @@ import torch
 
 from medattack.errors import MissingDependencyError
 from medattack.models.base import WHITEBOX_MODELS
-from medattack.models.llava import LlavaWhiteBox
+from medattack.models.llava import LlavaWhiteBox, PromptLayout
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def _llava(text_config, vision_config, image_token_id: int):
 
 
 @WHITEBOX_MODELS.register("embedded")
-def load_embedded(*, seed: int = 0, device: str = "cpu", max_batch: int = 512) -> LlavaWhiteBox:
+def load_embedded(*, seed: int = 0, device: str = "cpu", max_batch: int = 512,
+                  prompt_layout: PromptLayout = "chat-template") -> LlavaWhiteBox:
     from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig
     from transformers.utils import logging as hf_logging
 
@@ -111,11 +112,13 @@ def load_embedded(*, seed: int = 0, device: str = "cpu", max_batch: int = 512) -
     model.model.language_model.load_state_dict(language.model.state_dict())
     model.lm_head.weight.data.copy_(language.lm_head.weight.data)
     model = model.to(device).eval()
-    return LlavaWhiteBox(model, tokenizer, name=EMBEDDED_NAME, image_size=(224, 224), max_batch=max_batch)
+    return LlavaWhiteBox(model, tokenizer, name=EMBEDDED_NAME, image_size=(224, 224), max_batch=max_batch,
+                         prompt_layout=prompt_layout)
 
 
 @WHITEBOX_MODELS.register("tiny")
-def load_tiny(*, seed: int = 0, device: str = "cpu", max_batch: int = 512) -> LlavaWhiteBox:
+def load_tiny(*, seed: int = 0, device: str = "cpu", max_batch: int = 512,
+              prompt_layout: PromptLayout = "chat-template") -> LlavaWhiteBox:
     from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
@@ -126,4 +129,5 @@ def load_tiny(*, seed: int = 0, device: str = "cpu", max_batch: int = 512) -> Ll
                               image_size=32, patch_size=8, projection_dim=32)
     torch.manual_seed(seed)
     model = _llava(text, vision, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)).to(device).eval()
-    return LlavaWhiteBox(model, tokenizer, name=TINY_NAME, image_size=(32, 32), max_batch=max_batch)
+    return LlavaWhiteBox(model, tokenizer, name=TINY_NAME, image_size=(32, 32), max_batch=max_batch,
+                         prompt_layout=prompt_layout)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 
 from medattack.models.base import WHITEBOX_MODELS
-from medattack.models.llava import LlavaWhiteBox
+from medattack.models.llava import LlavaWhiteBox, PromptLayout
 
 
 @WHITEBOX_MODELS.register("hf")
 def load_hf_llava(
     model_id: str, *, dtype: str = "auto", device: str | None = None, max_batch: int = 512,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, prompt_layout: PromptLayout = "chat-template",
 ) -> LlavaWhiteBox:
-    """A LLaVA-family model from the hub or a local path (LLaVA-1.5, LLaVA-Med v1.5 HF format)."""
+    """A LLaVA-family model from the hub or a local path (LLaVA-1.5, LLaVA-Med v1.5 HF format; with
+    `prompt_layout="llava-med"` prompted as LLaVA-Med was trained and attacked in the paper)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -34,4 +35,5 @@ def load_hf_llava(
         model, processor.tokenizer, name=model_id, image_size=size,
         image_mean=tuple(image_processor.image_mean), image_std=tuple(image_processor.image_std),
         processor=processor, image_mark=getattr(processor, "image_token", "<image>"), max_batch=max_batch,
+        prompt_layout=prompt_layout,
     )

@@ -18,13 +18,14 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from medattack.errors import ConfigError
 from medattack.models.base import AttackState, LossResult, Probe
 from medattack.models.frozen_cache import FrozenPrefixCache
 from medattack.models.llava_generation import SUFFIX_MARK, LlavaGeneration
@@ -44,6 +45,13 @@ class Segments:
     tail: torch.Tensor  # (n2,) long: end of the user turn and the assistant header
 
 
+PromptLayout = Literal["chat-template", "llava-med"]
+PROMPT_LAYOUTS: tuple[str, ...] = ("chat-template", "llava-med")
+# the system prompt of LLaVA-Med's conversation template (the Vicuna v0 one, turns separated by "###")
+LLAVA_MED_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                    "helpful, detailed, and polite answers to the human's questions.")
+
+
 class LlavaWhiteBox(LlavaGeneration):
     """The white-box protocol (models/base.py: the core and every capability) for a
     `LlavaForConditionalGeneration` and its tokenizer.
@@ -58,6 +66,10 @@ class LlavaWhiteBox(LlavaGeneration):
             processor's / tokenizer's chat template.
         image_mark: the placeholder text of the image in the rendered prompt.
         max_batch: candidates per forward pass at most (halved automatically on out-of-memory).
+        prompt_layout: `chat-template` (the processor's or tokenizer's template: image, then question,
+            then the suffix) or `llava-med` (LLaVA-Med's `###Human: ... ###Assistant:` conversation with
+            its system prompt, and the order question, image, suffix, as the paper attacked it; a replayed
+            question that carries its suffix is then placed, suffix included, before the image).
     """
 
     def __init__(
@@ -72,6 +84,7 @@ class LlavaWhiteBox(LlavaGeneration):
         processor: Any = None,
         image_mark: str = "<image>",
         max_batch: int = 512,
+        prompt_layout: PromptLayout = "chat-template",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -80,6 +93,9 @@ class LlavaWhiteBox(LlavaGeneration):
         self.image_size = image_size
         self.image_mark = image_mark
         self.max_batch = max_batch
+        if prompt_layout not in PROMPT_LAYOUTS:
+            raise ConfigError(f"prompt_layout {prompt_layout!r}: use {' or '.join(PROMPT_LAYOUTS)}.")
+        self.prompt_layout = prompt_layout
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.mean = torch.tensor(image_mean, device=self.device).view(1, 3, 1, 1)
@@ -137,6 +153,8 @@ class LlavaWhiteBox(LlavaGeneration):
 
     def render(self, question: str) -> str:
         """The full prompt text with the image placeholder and the suffix mark."""
+        if self.prompt_layout == "llava-med":
+            return f"{LLAVA_MED_SYSTEM}###Human: {question}\n{self.image_mark}{SUFFIX_MARK}###Assistant:"
         user_text = f"{question} {SUFFIX_MARK}"
         if self.processor is not None and getattr(self.processor, "chat_template", None):
             conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]

@@ -73,7 +73,8 @@ class LlavaGeneration:
         features = self.image_features(pixels.to(self.device).float())  # (B, P, D)
         rows = []
         for text, image in zip(texts, features, strict=True):
-            before, after = self.render(text).replace(" " + SUFFIX_MARK, "", 1).split(self.image_mark, 1)
+            before, after = self.render(text).replace(" " + SUFFIX_MARK, "", 1).replace(SUFFIX_MARK, "", 1).split(
+                self.image_mark, 1)
             rows.append(torch.cat([self.embed(self._ids(before, first=True)), image, self.embed(self._ids(after))]))
         batch, longest = len(rows), max(len(r) for r in rows)
         limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * batch

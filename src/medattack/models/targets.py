@@ -73,6 +73,8 @@ class TargetConfig:
         None, "hf: the prompt around {question} for a model without a chat template, e.g. CheXagent's "
         "' USER: <s>{question} ASSISTANT: <s>' (default: its chat template, else 'USER: <image>\\n{question} "
         "ASSISTANT:').")
+    prompt_layout: Literal["chat-template", "llava-med"] = option(
+        "chat-template", "llava: the model's chat template, or LLaVA-Med's ###Human/###Assistant conversation.")
     system_prompt: str | None = option(None, "System message sent before each question, if any.")
     api: APIConfig = option(APIConfig(), "Endpoint, key variable, retries, rate limit, concurrency (api).")
 
@@ -92,7 +94,8 @@ class TargetConfig:
                 "temperature": self.temperature, "seed": self.seed, "dtype": self.dtype,
                 "system_prompt": self.system_prompt, "base_url": self.api.base_url if self.kind == "api" else None,
                 **({"prompt_template": self.prompt_template} if self.prompt_template else {}),
-                **({"auto_class": self.auto_class} if self.auto_class != "image-text-to-text" else {})}
+                **({"auto_class": self.auto_class} if self.auto_class != "image-text-to-text" else {}),
+                **({"prompt_layout": self.prompt_layout} if self.prompt_layout != "chat-template" else {})}
 
 
 def split_target(spec: str) -> tuple[str, str]:
@@ -151,6 +154,8 @@ class LlavaTarget:
         options = {"device": _device(config)}
         if config.model not in ("embedded", "tiny"):
             options["dtype"] = config.dtype
+        if config.prompt_layout != "chat-template":
+            options["prompt_layout"] = config.prompt_layout
         self.model = model or load_whitebox(config.model, **options)
         self.name = self.model.name
 

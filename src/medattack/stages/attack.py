@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ class AttackStageConfig:
     seed: int = option(0, "Seed of every random choice of the attack.")
     device: str | None = option(None, "torch device (default: cuda when available, else cpu).")
     max_batch: int = option(512, "GCG candidates per forward pass at most (halved on out-of-memory).")
+    prompt_layout: Literal["chat-template", "llava-med"] = option(
+        "chat-template", "How the prompt is laid out: the model's chat template (image, question, suffix), or "
+        "llava-med (LLaVA-Med's ###Human/###Assistant conversation: question, image, suffix, as in the paper).")
     options: dict[str, Any] | None = option(None, "Method settings, e.g. {rounds: 5} (see `medattack list attacks`; "
                                             "on the command line --set options.rounds=5).")
 
@@ -152,8 +155,9 @@ class AttackWorker:
         self.method_config = from_mapping(attack_cls.config_class, config.options or {}, f"{config.method} options")
         self.attack = attack_cls(self.method_config)
         self.needs = attack_cls.needs
+        layout = {"prompt_layout": config.prompt_layout} if config.prompt_layout != "chat-template" else {}
         self.model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
-                                            max_batch=config.max_batch)
+                                            max_batch=config.max_batch, **layout)
         self.folder = self.run.attack_folder(config.method, self.model.name)
 
     def name(self) -> str:
@@ -200,8 +204,10 @@ def run(run_dir: RunDir | str | Path, config: AttackStageConfig | None = None, *
         folder = run_dir.attack_folder(config.method, model_name)
         stage = {k: v for k, v in to_dict(config).items() if k != "options"}  # recorded resolved, under "method"
         record = {"stage": stage, "method": to_dict(method_config), "model_name": model_name}
+        defaults = {"stage": {k: v for k, v in to_dict(AttackStageConfig()).items() if k != "options"},
+                    "method": to_dict(ATTACKS[config.method].config_class())}
         claim(run_dir, folder.path, record, force=force, change="the method or model",
-              stage=f"attack/{folder.method}/{folder.model}", seed=config.seed)
+              stage=f"attack/{folder.method}/{folder.model}", seed=config.seed, defaults=defaults)
 
         done = {r.sample_id for r in folder.results()}
         chosen = select_samples(samples, config)

@@ -38,10 +38,10 @@ def as_run_dir(run_dir: RunDir | str | Path) -> RunDir:
 
 
 def claim(run: RunDir, folder: Path, record: dict[str, Any], *, force: bool, change: str, stage: str,
-          seed: int | None) -> None:
-    """Write the folder's config.json (refusing another config unless `force`) and record the stage
-    in run.json under `stage`."""
-    claim_folder(folder, record, force, change)
+          seed: int | None, defaults: dict[str, Any] | None = None) -> None:
+    """Write the folder's config.json (refusing another config unless `force`; `defaults`: the record of
+    the default config, for settings added since) and record the stage in run.json under `stage`."""
+    claim_folder(folder, record, force, change, defaults)
     run.record_stage(stage, record, seed)
 
 

@@ -212,7 +212,8 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
         target_name = pool.call_any("name")
         folder = run_dir.responses_folder(target_name)
         claim(run_dir, folder.path, {"stage": to_dict(config), "target_name": target_name}, force=force,
-              change="the target", stage=f"query/{folder.target}", seed=config.target.seed)
+              change="the target", stage=f"query/{folder.target}", seed=config.target.seed,
+              defaults={"stage": to_dict(QueryConfig())})
 
         planned = plan_queries(run_dir, samples, config)
         settings, digest = config.target.answer_settings(), FileDigests()

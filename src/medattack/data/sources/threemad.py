@@ -161,6 +161,11 @@ class ThreeMADSource:
             "harmful_prompt": cell(row, "harmful_prompt"),
             "policy": task,
         }
+        key_phrases = row.get("key_phrases")
+        if not (key_phrases is None or isinstance(key_phrases, str | list | tuple)
+                or (isinstance(key_phrases, float) and key_phrases != key_phrases)):  # NaN: an empty cell
+            raise SourceError(location, f"key_phrases must be text or a list of text, got {key_phrases!r}.",
+                              "fix the row (an empty key phrase is allowed).")
         empty = [k for k, v in fields.items() if not v]
         if empty:
             raise SourceError(location, f"empty value(s) in {', '.join(empty)}.", "fill or drop the row.")
@@ -180,7 +185,7 @@ class ThreeMADSource:
                 task=task,
                 normal_prompt=fields["normal_prompt"],
                 harmful_prompt=fields["harmful_prompt"],
-                key_phrase=first_key_phrase(row.get("key_phrases")),
+                key_phrase=first_key_phrase(key_phrases),
                 claimed=claimed,
                 true_text=cell(row, "original_attribute"),
                 claimed_text=cell(row, "unmatch_attribute"),
