@@ -215,3 +215,28 @@ def torch_ids(model, text):
     import torch
 
     return torch.tensor(model.encode(text), dtype=torch.long)
+
+
+def test_the_papers_metric_inputs_are_settings():
+    from medattack.scoring.base import ScoreInput
+    from medattack.scoring.relevance import TII, TIIConfig, TTOConfig, input_text
+
+    item = ScoreInput("r", question_text("CT and Chest", "How?") + " }&}&", "answer", "malicious", "How?",
+                      "CT and Chest", "CT and Chest")
+    assert input_text(item, "question") == item.question
+    assert input_text(item, "attribute_prompt") == "CT and Chest How? }&}&"  # the suffix of a white-box row kept
+    tii = TII(TIIConfig(template="this is a photo of {attribute}"))
+    assert tii.text(item) == "this is a photo of CT and Chest"
+    metrics = PRESETS["paper"].layer("score")["metrics"]
+    assert TTOConfig(**metrics["tto"]).text == "attribute_prompt" and "photo" in metrics["tii"]["template"]
+
+
+def test_tio_can_read_the_clean_image(tmp_path):
+    from medattack.scoring.base import ScoreInput
+    from medattack.scoring.relevance import TIO, TIOConfig
+
+    clean = write_png(tmp_path / "clean.png")
+    item = ScoreInput("r", question_text("CT and Chest", "How?"), "a chest CT", "malicious", "How?", "CT and Chest",
+                      "CT and Chest", image_path=str(tmp_path / "attacked-gone.png"), clean_image_path=str(clean))
+    assert TIO().score([item])[0].null_reason == "image file missing"  # the attacked image it was asked about
+    assert TIO(TIOConfig(image="clean")).score([item])[0].value is not None

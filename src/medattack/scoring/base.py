@@ -37,6 +37,7 @@ class ScoreInput:
     true_attribute: str = ""  # what the image really is
     description: str = ""  # known description of the image (metadata)
     image_path: str | None = None  # absolute path of the image file, when there is one
+    clean_image_path: str | None = None  # the benchmark's own image when `image_path` is an attacked one
 
 
 @dataclass(frozen=True)

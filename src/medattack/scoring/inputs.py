@@ -90,17 +90,23 @@ def read_run_responses(run: RunDir) -> dict[str, list[ScoreInput]]:
     samples = {s.sample_id: s for s in run.samples()} if run.has_samples() else None
     current = (lambda sample_id: sample_id in samples) if samples is not None else (lambda _: True)
     targets: dict[str, list[ScoreInput]] = {}
+    def clean(sample_id: str) -> str | None:
+        sample = (samples or {}).get(sample_id)
+        return str(run.benchmark / sample.image_file) if sample else None
+
     for folder in run.responses_folders():  # answers to samples a rebuilt benchmark no longer has are stale
-        targets[folder.target] = [_response_input(r, str(run.root / r.image_file)) for r in folder.responses()
-                                  if current(r.sample_id)]
+        targets[folder.target] = [_response_input(r, str(run.root / r.image_file),
+                                                   clean(r.sample_id) if r.kind == "attack" else None)
+                                  for r in folder.responses() if current(r.sample_id)]
     for folder in run.attack_folders():
         targets[folder.target_name] = [
-            _attack_input(record, (samples or {}).get(record.sample_id), str(folder.path / record.image_file))
+            _attack_input(record, (samples or {}).get(record.sample_id), str(folder.path / record.image_file),
+                          clean(record.sample_id))
             for record in folder.results() if current(record.sample_id)]
     return targets
 
 
-def _response_input(row: Response, image: str) -> ScoreInput:
+def _response_input(row: Response, image: str, clean_image: str | None = None) -> ScoreInput:
     """A query response as ScoreInput. A control image has no known attribute: the controls' own
     description stands in (so a metadata proxy gives null, and a pixel backend scores it)."""
     control = row.source.removeprefix("control:") if row.kind == "control" else ""
@@ -110,16 +116,16 @@ def _response_input(row: Response, image: str) -> ScoreInput:
         prompt=row.prompt or "", shown_attribute=row.shown_attribute or "",
         true_attribute="" if is_control else row.true_attribute or "",
         description=CONTROL_DESCRIPTIONS[control] if is_control else row.description or "",
-        image_path=image,
+        image_path=image, clean_image_path=clean_image,
     )
 
 
-def _attack_input(record: AttackRecord, sample: Sample | None, image: str) -> ScoreInput:
+def _attack_input(record: AttackRecord, sample: Sample | None, image: str, clean_image: str | None) -> ScoreInput:
     """An attack's own answer (to its question, not the replayed text) as ScoreInput."""
     return ScoreInput(
         response_id=record.sample_id, question=record.question, response=record.response or "",
         condition=record.condition, prompt=sample.prompt if sample else "",
         shown_attribute=sample.shown_attribute if sample else "",
         true_attribute=sample.true_attribute if sample else "", description=sample.description if sample else "",
-        image_path=image,
+        image_path=image, clean_image_path=clean_image,
     )
