@@ -116,6 +116,31 @@ def load_run(root: Path, name: str | None = None) -> RunData:
                    pd.DataFrame(step_rows), failures, calibration)
 
 
+def is_scores_folder(root: Path) -> bool:
+    """A folder `medattack score --responses FILE` wrote (scores.jsonl and summary.json, no run)."""
+    return (root / "scores.jsonl").is_file() and (root / "summary.json").is_file() and not RunDir(root).has_samples()
+
+
+def load_scores_folder(root: Path, name: str | None = None) -> RunData:
+    """A scored responses file as a run of one target (the file's name, without `.scores`): every row a
+    benchmark response whose condition the file gave; rows of one file row (wide files: `ROW:condition`)
+    share a pair id, so the paired comparisons work. No texts, tasks or modalities: the file's scores only."""
+    from medattack.records import ScoreRecord
+
+    target = root.name.removesuffix(".scores")
+    name = (name or target).removesuffix(".scores")
+    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    rows = [r.to_json() for r in (ScoreRecord.from_json(row, f"{root / 'scores.jsonl'}:{k}")
+                                  for k, row in enumerate(read_jsonl(root / "scores.jsonl"), start=1))]
+    table = pd.DataFrame(rows, columns=["response_id", "condition", "metric", "value", "null_reason"])
+    table["value"] = pd.to_numeric(table["value"], errors="coerce")
+    table = table.assign(target=target, method="none", kind="benchmark", source="benchmark", run=name,
+                         sample_id=table["response_id"], pair_id=table["response_id"].str.rsplit(":", n=1).str[0],
+                         task="-", modality="-", question="", response="", attack_model=None)
+    return RunData(name, root, {}, table, summary.get("metrics", {}), pd.DataFrame(), pd.DataFrame(), {},
+                   {target: summary.get("calibration", {})})
+
+
 @dataclass
 class ReportTables:
     """The report's tables (long format: one row per group x metric)."""

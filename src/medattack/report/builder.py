@@ -32,7 +32,9 @@ from medattack.report.aggregate import (
     MIN_INTERVAL_N,
     RunData,
     build_tables,
+    is_scores_folder,
     load_run,
+    load_scores_folder,
 )
 from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
@@ -183,12 +185,14 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     config = config or ReportConfig()
     roots = [Path(r) for r in run_dirs]
     for root in roots:
-        if not RunDir(root).has_samples() and not RunDir(root).manifest_path.exists():
-            raise RunDirError(f"{root} is not a run directory (no run.json); pass the folder `medattack build` made.")
+        if not RunDir(root).has_samples() and not RunDir(root).manifest_path.exists() and not is_scores_folder(root):
+            raise RunDirError(f"{root} is not a run directory (no run.json) nor a scored responses file's folder (no "
+                              "scores.jsonl); pass the folder `medattack build` or `medattack score --responses` made.")
     names = [root.name for root in roots]
     if len(set(names)) != len(names):  # two runs with one folder name: tell them apart by their parents
         names = [f"{root.parent.name}/{root.name}" for root in roots]
-    runs = [load_run(root, name) for root, name in zip(roots, names, strict=True)]
+    runs = [load_scores_folder(root, name) if is_scores_folder(root) else load_run(root, name)
+            for root, name in zip(roots, names, strict=True)]
     out = Path(out_dir) if out_dir else RunDir(roots[0]).report
     tables = build_tables(runs)
     scores = pd.concat([r.scores for r in runs], ignore_index=True)
