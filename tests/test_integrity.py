@@ -303,7 +303,8 @@ def test_a_key_echoed_by_a_server_never_reaches_disk(tmp_path, monkeypatch):
         assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
         result = invoke("query", run, "--target", "api:gpt-4o", "--base-url",
                         f"http://127.0.0.1:{server.server_address[1]}/v1", "--limit", "2", "--controls", "none")
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 1, result.output  # every query failed: the command says so
+        assert "every query of this call failed" in result.output
     finally:
         server.shutdown()
     failures = read_jsonl(next((run / "responses").iterdir()) / "failures.jsonl")

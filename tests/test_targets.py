@@ -21,6 +21,7 @@ from medattack.models.targets import (
     load_target,
     parse_target,
 )
+from medattack.rundir import folder_name
 from medattack.serve import ChatServer, ServeConfig
 
 
@@ -152,9 +153,9 @@ def test_serve_rejects_bad_requests_with_a_reason(serve, tiny_whitebox):
         status, body = _post(url, payload)
         assert status == 400 and reason in body["error"]["message"]
     status, body = _post(url, {"messages": [{"role": "user", "content": "no image here"}]})
-    assert status == 500 and "needs an image" in body["error"]["message"]  # the target's own error, passed on
+    assert status == 400 and "no image" in body["error"]["message"]  # the model needs one: the client's mistake
     models = json.loads(urllib.request.urlopen(f"{server.base_url}/models", timeout=10).read())
-    assert models["data"][0]["id"] == tiny_whitebox.name
+    assert models["data"][0]["id"] == folder_name(tiny_whitebox.name) and " " not in models["data"][0]["id"]
 
 
 def test_serve_requires_the_key_when_asked(serve, tiny_whitebox, monkeypatch):
@@ -168,3 +169,49 @@ def test_serve_requires_the_key_when_asked(serve, tiny_whitebox, monkeypatch):
     assert _post(f"{server.base_url}/chat/completions", payload)[0] == 401
     status, body = _post(f"{server.base_url}/chat/completions", payload, {"Authorization": "Bearer sk-serve-123"})
     assert status == 200 and isinstance(body["choices"][0]["message"]["content"], str)
+
+
+def _image_payload(text: str, **fields) -> dict:
+    url = image_data_url(np.full((32, 32, 3), 90, dtype=np.uint8))
+    return {"messages": [{"role": "user", "content": [{"type": "text", "text": text},
+                                                      {"type": "image_url", "image_url": {"url": url}}]}], **fields}
+
+
+def test_serve_speaks_the_api(serve, tiny_whitebox):
+    seen: list[Query] = []
+
+    class Recording(LlavaTarget):
+        def answer(self, queries):
+            seen.extend(queries)
+            return super().answer(queries)
+
+    server = serve(Recording(TargetConfig(model="tiny", max_new_tokens=8), model=tiny_whitebox))
+    url = f"{server.base_url}/chat/completions"
+    status, body = _post(url, {**_image_payload("What is shown?", max_tokens=3),
+                               "messages": [{"role": "system", "content": "Answer as a radiologist."},
+                                            *_image_payload("What is shown?")["messages"]]})
+    assert status == 200 and seen[-1].text == "Answer as a radiologist.\n\nWhat is shown?"  # the system message
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "length"  # cut at max_tokens = 3
+    assert body["usage"]["completion_tokens"] >= 3 and body["usage"]["prompt_tokens"] > 0
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    status, body = _post(url, _image_payload("Describe it.", n=3))
+    assert status == 200 and [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert len({c["message"]["content"] for c in body["choices"]}) == 1  # greedy: the same answer three times
+    sampled = [_post(url, _image_payload("Describe it.", temperature=1.5, seed=seed, max_tokens=6))[1]
+               for seed in (1, 1, 2)]
+    texts = [s["choices"][0]["message"]["content"] for s in sampled]
+    assert texts[0] == texts[1]  # the same seed samples the same answer
+    assert seen[-1].temperature == 1.5 and seen[-1].seed == 2
+    status, body = _post(url, _image_payload("Describe it.", temperature=3))
+    assert status == 400 and "temperature" in body["error"]["message"]
+
+
+def test_sampling_follows_the_seed_and_the_nucleus(tiny_whitebox):
+    target = LlavaTarget(TargetConfig(model="tiny", max_new_tokens=6), model=tiny_whitebox)
+    image = np.full((32, 32, 3), 90, dtype=np.uint8)
+    greedy = target.answer([Query("g", "Describe it.", image)])[0]
+    nucleus = target.answer([Query("n", "Describe it.", image, temperature=1.0, top_p=1e-6, seed=5)])[0]
+    assert nucleus == greedy  # a nucleus of one token is the argmax
+    runs = {target.answer([Query(f"s{k}", "Describe it.", image, temperature=2.0, seed=k)])[0] for k in range(6)}
+    assert len(runs) > 1  # different seeds sample different answers

@@ -16,6 +16,7 @@ import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from medattack.config import option
-from medattack.errors import APIError
+from medattack.errors import APIError, ConfigError
 from medattack.rundir import JsonlCache
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,26 @@ class APIConfig:
     concurrency: int = option(4, "Requests in flight at once.")
 
 
+# hosted APIs refuse every request without a key; a local server (vLLM, `medattack serve`) needs none
+HOSTED_API_SUFFIXES = ("api.openai.com", "openai.azure.com", "generativelanguage.googleapis.com",
+                       "api.anthropic.com", "openrouter.ai", "api.together.xyz", "api.mistral.ai", "api.groq.com")
+
+
+def is_hosted(base_url: str) -> bool:
+    host = (urllib.parse.urlsplit(base_url).hostname or "").lower()
+    return any(host == suffix or host.endswith("." + suffix) for suffix in HOSTED_API_SUFFIXES)
+
+
 class APIClient:
-    """POST JSON to `{base_url}/{path}` with retries, rate limit, concurrency and a response cache."""
+    """POST JSON to `{base_url}/{path}` with retries, rate limit, concurrency and a response cache.
+    A hosted endpoint without its key in the environment is refused at once (`require_key`), before any
+    request: without it every request would fail after its retries."""
 
     def __init__(self, config: APIConfig, cache_path: Path | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, require_key: bool = True) -> None:
+        if require_key and is_hosted(config.base_url) and not os.environ.get(config.api_key_env):
+            raise ConfigError(f"{config.base_url} needs an API key and ${config.api_key_env} is not set: export it "
+                              "(or name another variable with --api-key-env / api.api_key_env).")
         self.config = config
         self._cache = JsonlCache(cache_path)
         self._lock = threading.Lock()

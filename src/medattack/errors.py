@@ -9,6 +9,7 @@
     +-- RunDirError              the run directory is missing, or holds another config
     |   +-- RecordError          a stored row is not the record it should be (names file and line)
     +-- BuildError               nothing could be built (every input failed)
+    +-- NothingToDoError         a stage found no input (no responses to score, no scores to report)
     +-- InputError               one input item is bad; the stage records it and goes on
         +-- ImageError           an image file cannot be used (names the file)
         |   +-- CorruptImageError       truncated, empty or undecodable
@@ -56,6 +57,10 @@ class PromptBankError(MedattackError):
 
 class RunDirError(MedattackError):
     """The run directory cannot be used as asked."""
+
+
+class NothingToDoError(MedattackError):
+    """A stage found nothing to work on; the message names the stage to run first."""
 
 
 class RecordError(RunDirError):

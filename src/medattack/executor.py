@@ -36,7 +36,8 @@ class ExecutorConfig:
     address: str | None = option(None, "Ray cluster address ('auto', 'ray://head:10001'); none: start a local Ray.")
     workers: int = option(2, "Ray actors, each with its own copy of the model.")
     cpus_per_worker: float = option(1.0, "CPUs reserved per actor.")
-    gpus_per_worker: float = option(0.0, "GPUs per actor (1: one model per GPU).")
+    gpus_per_worker: float | None = option(None, "GPUs per actor (1: one model per GPU); unset: one each when the "
+                                           "cluster has a GPU per actor, a share when fewer, none on a CPU cluster.")
     max_retries: int = option(2, "Retries of an item whose actor died (the actor itself is restarted).")
     in_flight: int = option(1, "Items sent to an actor at once (1: a crash costs only the item it was on).")
 
@@ -92,6 +93,14 @@ class _RayWorker:
         return os.getpid()
 
 
+def gpu_share(cluster_gpus: float, workers: int) -> float:
+    """GPUs per actor when the user set none: one each when there is a GPU per actor, an equal share
+    of fewer GPUs (several models per GPU), 0 on a cluster without GPUs."""
+    if cluster_gpus <= 0:
+        return 0.0
+    return 1.0 if cluster_gpus >= workers else round(cluster_gpus / workers, 4)
+
+
 class RayPool:
     """`workers` actors, each given `in_flight` items at a time. Ray restarts an actor whose process
     dies; the item it was running goes back in the queue until it has been tried `max_retries + 1`
@@ -107,8 +116,13 @@ class RayPool:
         if not ray.is_initialized():
             ray.init(address=config.address, ignore_reinit_error=True, include_dashboard=False,
                      log_to_driver=False, logging_level=logging.WARNING)
+        gpus = config.gpus_per_worker
+        if gpus is None:
+            gpus = gpu_share(float(ray.cluster_resources().get("GPU", 0.0)), max(1, config.workers))
+            log.warning("ray: %d actor(s) with %s GPU each (the cluster has %s); set gpus_per_worker to choose",
+                        max(1, config.workers), f"{gpus:g}", f"{ray.cluster_resources().get('GPU', 0):g}")
         actor_class = ray.remote(_RayWorker).options(
-            num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker, max_restarts=-1, max_task_retries=0)
+            num_cpus=config.cpus_per_worker, num_gpus=gpus, max_restarts=-1, max_task_retries=0)
         self.actors = [actor_class.remote(factory) for _ in range(max(1, config.workers))]
 
     def call_any(self, method: str, *args: Any) -> Any:

@@ -3,7 +3,8 @@
 A preset sits between the defaults and everything the user writes: defaults < preset < config file <
 flags typed < --set. `paper` restores the choices of the original code of arXiv 2405.20775 (3MAD's
 mismatch rule, the MCM and baseline attack settings, 300-token answers, the refusal-list ASR), each with
-why medattack's default differs; `medattack list presets` prints them. Where the original had a defect,
+why medattack's default differs; `gpu` turns on what a GPU machine should use (cuda, BGE-M3, BiomedCLIP,
+a Llama Guard judge); `medattack list presets` prints them. Where the original had a defect,
 the preset keeps medattack's correct behaviour and the README's differences table says so.
 
 Each setting names its stage (`build`, `attack`, `query`, `score`), or `attack:<method>` for one attack
@@ -114,6 +115,24 @@ PRESETS.register("paper")(Preset(
             "{prompt}' (+ suffix), TIO with the clean image, TII the image with 'this is a photo of {attribute}'; "
             "medattack compares the response and the image with the whole question, and TIO with the image the "
             "model saw"),
+    ),
+))
+
+
+PRESETS.register("gpu")(Preset(
+    "gpu",
+    "A GPU machine with the real scoring models: BGE-M3, BiomedCLIP and a Llama Guard judge, all on cuda.",
+    (
+        PresetSetting("attack", "device", "cuda", "the attack's model on the GPU"),
+        PresetSetting("query", "target.device", "cuda", "a local target on the GPU"),
+        PresetSetting("score", "device", "cuda", "the scoring encoders on the GPU"),
+        PresetSetting("score", "text_embedder", "bge-m3", "TTO with BGE-M3 (colbert + sparse + dense), not MiniLM"),
+        PresetSetting("score", "image_text", "biomedclip", "TIO and TII with BiomedCLIP, not the metadata proxy "
+                      "(needs the clip extra)"),
+        PresetSetting("score", "metrics", {
+            "keyword_asr": {}, "tto": {}, "tio": {}, "tii": {}, "composite": {},
+            "judge": {"backend": "hf", "options": {"model": "meta-llama/Llama-Guard-3-8B", "device": "cuda"}}},
+            "the judge: Llama Guard 3 8B on the GPU (gated: HF_TOKEN), not the embedded head"),
     ),
 ))
 

@@ -25,6 +25,7 @@ import platform
 import re
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -59,6 +60,19 @@ def folder_name(name: str) -> str:
     so nothing named from data is ever written outside its folder."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_").lstrip(".")[:80].rstrip(".")
     return safe or "_"
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if needed) for the block (POSIX flock)."""
+    import fcntl
+
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str,
@@ -232,18 +246,18 @@ class RunDir:
         return json.loads(self.manifest_path.read_text(encoding="utf-8"))
 
     def record_stage(self, stage: str, config: dict[str, Any], seed: int | None) -> None:
-        """Store a stage's resolved config and the environment in run.json (no secrets)."""
-        manifest = self.read_manifest()
-        manifest.setdefault("name", self.root.name)
-        manifest.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
-        manifest.setdefault("stages", {})[stage] = {
-            "config": config,
-            "config_hash": content_hash(config),
-            "seed": seed,
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-            **environment_manifest(),
-        }
-        write_json_atomic(self.manifest_path, manifest)
+        """Store a stage's resolved config and the environment in run.json (no secrets). The read, change
+        and write hold an exclusive lock on run.json.lock, so two processes recording stages at once (a
+        query per GPU) both keep their record."""
+        record = {"config": config, "config_hash": content_hash(config), "seed": seed,
+                  "finished": datetime.now(UTC).isoformat(timespec="seconds"), **environment_manifest()}
+        self.root.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self.root / "run.json.lock"):
+            manifest = self.read_manifest()
+            manifest.setdefault("name", self.root.name)
+            manifest.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+            manifest.setdefault("stages", {})[stage] = record
+            write_json_atomic(self.manifest_path, manifest)
 
     # --- benchmark/ -------------------------------------------------------------------------------
 

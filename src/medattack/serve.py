@@ -1,8 +1,16 @@
 """`medattack serve MODEL`: a local model behind the OpenAI chat-completions API.
 
-    POST /v1/chat/completions   messages with text and images as data URLs -> one assistant message
+    POST /v1/chat/completions   messages with text and images as data URLs -> `n` assistant messages
     GET  /v1/models             the one model served
     GET  /health                "ok"
+
+A request is read as the OpenAI API defines it: the system message (prepended to the question: the
+served adapters have no system turn), `temperature`, `top_p` and `seed` (sampling; 0 = greedy), `n`
+answers, `max_tokens` (an answer cut there says `finish_reason: "length"`) and `usage` (text tokens of
+the question and the answers, counted by the served model's tokenizer when it has one; image tokens are
+not counted). A request without an image is refused (400) when the served model needs one (the LLaVA
+adapters do).
+The model id is the served model's name with spaces and other odd characters replaced.
 
 Requests that arrive together are answered together: a batcher thread takes up to `max_batch`
 waiting requests (waiting `batch_wait_ms` for company) and runs them as one generation batch, so a
@@ -28,7 +36,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -36,6 +44,7 @@ from medattack.config import option
 from medattack.data.image_io import load_image
 from medattack.errors import InputError, MedattackError, RequestError
 from medattack.models.targets import ChatTarget, Query, TargetError
+from medattack.rundir import folder_name
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -91,18 +100,49 @@ def _max_tokens(payload: dict[str, Any], limit: int) -> int | None:
     return int(value)
 
 
+MAX_CHOICES = 16
+
+
+def _number(payload: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or not low <= value <= high:
+        raise RequestError(f"{key} must be a number from {low:g} to {high:g}, got {str(value)[:40]}.")
+    return float(value)
+
+
+def _text(content: Any) -> str:
+    """The text of a message's content (a string, or the text parts of a list)."""
+    if isinstance(content, str):
+        return content
+    return "\n".join(str(part.get("text", "")) for part in content or [] if isinstance(part, dict)
+                     and part.get("type") == "text")
+
+
+def choices_asked(payload: dict[str, Any]) -> int:
+    """`n`: how many answers the request asks for (1 to MAX_CHOICES)."""
+    n = _number(payload, "n", 1, MAX_CHOICES)
+    if n is not None and n != int(n):
+        raise RequestError(f"n must be a whole number from 1 to {MAX_CHOICES}.")
+    return int(n or 1)
+
+
 def query_from_request(payload: dict[str, Any], max_pixels: int = 16_000_000, max_prompt_chars: int = 32_000,
-                       max_tokens: int = 4096) -> Query:
-    """The last user message of a chat-completions request -> Query (text parts joined, first image)."""
+                       max_tokens: int = 4096, needs_image: bool = False) -> Query:
+    """The last user message of a chat-completions request -> Query (system message and text parts joined,
+    first image, sampling settings)."""
     if payload.get("stream"):
         raise RequestError("streaming is not supported; send stream=false.")
     messages = payload.get("messages")
     users = [m for m in messages or [] if isinstance(m, dict) and m.get("role") == "user"]
     if not users:
         raise RequestError("the request has no user message.")
+    system = "\n".join(_text(m.get("content")) for m in messages if isinstance(m, dict)
+                       and m.get("role") in ("system", "developer"))
     content = users[-1].get("content")
     parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
-    texts, image = [], None
+    texts, image = [system] if system.strip() else [], None
     for part in parts:
         if part.get("type") == "text":
             texts.append(str(part.get("text", "")))
@@ -116,10 +156,17 @@ def query_from_request(payload: dict[str, Any], max_pixels: int = 16_000_000, ma
                 image = load_image(data, name="request image", max_pixels=max_pixels).pixels
             except (binascii.Error, InputError) as exc:
                 raise RequestError(f"the image could not be read: {exc}") from None
-    text = "\n".join(texts)
+    text = "\n\n".join(texts)
     if len(text) > max_prompt_chars:
         raise RequestError(f"the prompt has {len(text)} characters; this server takes at most {max_prompt_chars}.")
-    return Query(uuid.uuid4().hex, text, image, max_new_tokens=_max_tokens(payload, max_tokens))
+    seed = _number(payload, "seed", -(2**63), 2**63 - 1)
+    query = Query(uuid.uuid4().hex, text, image, max_new_tokens=_max_tokens(payload, max_tokens),
+                  temperature=_number(payload, "temperature", 0, 2), top_p=_number(payload, "top_p", 0, 1),
+                  seed=None if seed is None else int(seed))
+    if image is None and needs_image:
+        raise RequestError("the request has no image; this server's model answers about an image: add an "
+                           "image_url part (a base64 data URL) to the user message.")
+    return query
 
 
 class Batcher:
@@ -208,11 +255,29 @@ class ChatServer:
                 return True
             return False
 
-    def _completion(self, answer: str) -> dict[str, Any]:
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.target.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                             "finish_reason": "stop"}]}
+    @property
+    def model_id(self) -> str:
+        return folder_name(self.target.name)
+
+    def _tokens(self, text: str) -> int | None:
+        model = getattr(self.target, "model", None)
+        encode = getattr(model, "encode", None) or getattr(getattr(model, "tokenizer", None), "encode", None)
+        return len(encode(text)) if callable(encode) else None
+
+    def _completion(self, query: Query, answers: list[str]) -> dict[str, Any]:
+        limit = query.limit(getattr(getattr(self.target, "config", None), "max_new_tokens", self.config.max_tokens))
+        counts = [self._tokens(answer) for answer in answers]
+        prompt = self._tokens(query.text)
+        choices = [{"index": k, "message": {"role": "assistant", "content": answer},
+                    "finish_reason": "length" if count is not None and count >= limit else "stop"}
+                   for k, (answer, count) in enumerate(zip(answers, counts, strict=True))]
+        completion = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
+                      "created": int(time.time()), "model": self.model_id, "choices": choices}
+        if prompt is not None and None not in counts:
+            used = sum(c for c in counts if c is not None)
+            completion["usage"] = {"prompt_tokens": prompt, "completion_tokens": used,
+                                   "total_tokens": prompt + used}
+        return completion
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -259,7 +324,7 @@ class ChatServer:
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 if self.path.rstrip("/") in ("/v1/models", "/models"):
                     self._send(200, {"object": "list", "data": [
-                        {"id": server.target.name, "object": "model", "owned_by": "medattack"}]})
+                        {"id": server.model_id, "object": "model", "owned_by": "medattack"}]})
                 elif self.path.rstrip("/") == "/health":
                     self._send(200, {"status": "ok"})
                 else:
@@ -291,21 +356,27 @@ class ChatServer:
                     self._error(503, "failing on purpose (--fail-first).", {"Retry-After": "0"})
                     return
                 try:
-                    query = query_from_request(parse_body(body), max_prompt_chars=server.config.max_prompt_chars,
-                                               max_tokens=server.config.max_tokens)
+                    payload = parse_body(body)
+                    query = query_from_request(payload, max_prompt_chars=server.config.max_prompt_chars,
+                                               max_tokens=server.config.max_tokens,
+                                               needs_image=getattr(server.target, "needs_image", False))
+                    n = choices_asked(payload)
                 except (RequestError, TypeError, ValueError, AttributeError, OverflowError) as exc:
                     self._error(400, f"bad request: {exc}")
                     return
+                # n answers: the same query n times; sampled ones with seeds seed, seed + 1, ...
+                seed = query.seed if query.seed is not None else 0
+                copies = [replace(query, query_id=f"{query.query_id}-{k}", seed=seed + k) for k in range(n)]
                 try:
-                    future = server.batcher.submit(query)
+                    futures = [server.batcher.submit(copy) for copy in copies]
                 except queue.Full:
                     self._error(503, "the model is busy (queue full); retry shortly.", {"Retry-After": "1"})
                     return
                 try:
-                    answer = future.result()
+                    answers = [future.result() for future in futures]
                 except TargetError as exc:
                     self._error(500, str(exc))
                     return
-                self._send(200, server._completion(answer))
+                self._send(200, server._completion(query, answers))
 
         return Handler

@@ -26,11 +26,23 @@ def content_hash(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
 
 
+def _umask() -> int:
+    """The process's umask (read once at import, when nothing else runs yet)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file: colleagues and workers can read results
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old or the complete new content."""
+    """Write a file so that readers see either the old or the complete new content (with the mode a new
+    file gets under the user's umask, not the private 0600 of a temporary file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

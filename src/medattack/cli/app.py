@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from medattack import __version__
-from medattack.errors import BuildError, MedattackError
+from medattack.errors import BuildError, MedattackError, NothingToDoError
 
 C = TypeVar("C")
 
@@ -72,10 +72,11 @@ def main(
 
 @contextmanager
 def errors() -> Iterator[None]:
-    """Turn medattack errors into a one-line message and an exit code (1: nothing built, 2: usage)."""
+    """Turn medattack errors into a one-line message and an exit code (1: nothing built or nothing to
+    work on, 2: usage)."""
     try:
         yield
-    except BuildError as exc:
+    except (BuildError, NothingToDoError) as exc:
         err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from None
     except MedattackError as exc:
@@ -90,9 +91,11 @@ def progress_bar() -> Iterator[Any]:
         tasks: dict[str, Any] = {}
 
         def update(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total)
-            bar.update(tasks[phase], completed=done, total=total)
+            """One bar per phase; a phase written "KEY | detail" keeps its bar and shows the new detail."""
+            key = phase.partition(" | ")[0]
+            if key not in tasks:
+                tasks[key] = bar.add_task(phase, total=total)
+            bar.update(tasks[key], completed=done, total=total, description=phase)
 
         yield update
 

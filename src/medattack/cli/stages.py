@@ -23,6 +23,7 @@ from medattack.cli.app import (
     WorkersOption,
     app,
     console,
+    err_console,
     errors,
     executor_config,
     progress_bar,
@@ -123,7 +124,9 @@ def query(
     device: Annotated[str | None, typer.Option(help="torch device of a local model.")] = None,
     trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code",
                                                            help="Let an hf model run its own code.")] = None,
-    controls: Annotated[str | None, typer.Option(help="Image controls: 'blank,noise' (default) or 'none'.")] = None,
+    controls: Annotated[list[str] | None, typer.Option(
+        "--controls", help="An image control to ask too (repeatable): blank, noise (default: both); none for no "
+                           "controls.")] = None,
     attacks: Annotated[bool | None, typer.Option("--attacks/--no-attacks",
                                                  help="Replay the run's attacks (default: yes).")] = None,
     limit: Annotated[int | None, typer.Option(help="Ask at most this many benchmark samples.")] = None,
@@ -148,11 +151,23 @@ def query(
             "target": {"kind": kind, "model": model, "max_new_tokens": max_new_tokens, "device": device,
                        "trust_remote_code": trust_remote_code,
                        "api": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency}},
-            "controls": [] if controls == "none" else controls, "replay_attacks": attacks, "limit": limit})
+            "controls": _controls(controls), "replay_attacks": attacks, "limit": limit})
         with progress_bar() as progress:
             result = stage.run(run, query_config, force=force, progress=progress,
                                executor=executor_config(executor, ray_address, workers, gpus_per_worker))
     print_query(result)
+    if result.failures and not result.asked:
+        err_console.print(f"[red]error:[/red] every query of this call failed; the first: "
+                          f"{escape(str(result.failures[0].get('problem', result.failures[0])))}")
+        raise typer.Exit(1)
+
+
+def _controls(values: list[str] | None) -> list[str] | None:
+    """--controls as typed: repeated (--controls blank --controls noise), or comma-separated; none = no controls."""
+    if values is None:
+        return None
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    return [] if names == ["none"] else names
 
 
 @app.command(epilog="Examples:\n\n  medattack score runs/demo\n\n"
@@ -173,7 +188,7 @@ def score(
     gpus_per_worker: GpusOption = None,
 ) -> None:
     """Score responses: keyword ASR, TTO, TIO, TII and the composite; nulls are counted, never dropped."""
-    from medattack.errors import ConfigError
+    from medattack.errors import ConfigError, NothingToDoError
     from medattack.stages import score as stage
     from medattack.stages.score import ScoreConfig
 
@@ -188,8 +203,9 @@ def score(
                                            progress=progress)
             else:
                 results = stage.run(run, score_config, executor=pool, progress=progress)  # type: ignore[arg-type]
-    if not results:
-        console.print(f"no responses in {escape(str(run))} yet (run `medattack query` or `medattack attack` first).")
+        if not results:
+            raise NothingToDoError(f"no responses in {run} yet: ask a target first (`medattack query {run}`), or "
+                                   f"attack (`medattack attack {run}`).")
     print_scores(results)
 
 

@@ -21,7 +21,7 @@ model has it and falls back on the core otherwise, so a new VLM family can start
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -153,9 +153,10 @@ class PixelLoss(Protocol):
 
 @runtime_checkable
 class BatchGeneration(Protocol):
-    def generate_batch(self, texts: list[str], pixels: torch.Tensor,
-                       max_new_tokens: int | list[int] = 64) -> list[str]:
-        """Greedy answers to B user texts about B images (B, 3, H, W) in [0, 1]."""
+    def generate_batch(self, texts: list[str], pixels: torch.Tensor, max_new_tokens: int | list[int] = 64,
+                       sampling: Sequence[tuple[float, float, int]] | None = None) -> list[str]:
+        """Answers to B user texts about B images (B, 3, H, W) in [0, 1]: greedy, or per row sampled at
+        (temperature, top_p, seed) where the temperature is above 0."""
         ...
 
 

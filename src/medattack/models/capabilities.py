@@ -6,8 +6,11 @@ implements the core; an adapter that offers a capability gets its speed-up witho
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from medattack.errors import TargetError
 from medattack.models.base import (
     AttackState,
     BatchGeneration,
@@ -62,10 +65,14 @@ def loss_with_pixels(model: WhiteBoxTarget, state: AttackState, suffix_ids: torc
 
 
 def generate_batch(model: WhiteBoxTarget, texts: list[str], pixels: torch.Tensor,
-                   max_new_tokens: int | list[int] = 64) -> list[str]:
-    """Greedy answers to B texts about B images (B, 3, H, W); one by one without the capability."""
+                   max_new_tokens: int | list[int] = 64,
+                   sampling: Sequence[tuple[float, float, int]] | None = None) -> list[str]:
+    """Answers to B texts about B images (B, 3, H, W); one by one, greedy, without the capability
+    (sampling, per row (temperature, top_p, seed), needs it)."""
     if isinstance(model, BatchGeneration):
-        return model.generate_batch(texts, pixels, max_new_tokens)
+        return model.generate_batch(texts, pixels, max_new_tokens, sampling)
+    if sampling and any(temperature > 0 for temperature, _, _ in sampling):
+        raise TargetError(f"{model.name} decodes greedily only (no batch generation); ask with temperature 0.")
     limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(texts)
     empty = torch.empty(0, dtype=torch.long, device=model.device)
     return [model.generate(model.start(text, "", pixels[k:k + 1]), empty, limits[k])

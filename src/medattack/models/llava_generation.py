@@ -1,10 +1,11 @@
-"""Greedy generation for the LLaVA adapter: one answer on an attack's state, or many replayed queries
-in one left-padded batch (the `BatchGeneration` capability). Mixed into `LlavaWhiteBox`, whose
-embeddings, decoder, image features and chat template it uses.
+"""Generation for the LLaVA adapter: one greedy answer on an attack's state, or many replayed queries
+in one left-padded batch, greedy or sampled per row (the `BatchGeneration` capability). Mixed into
+`LlavaWhiteBox`, whose embeddings, decoder, image features and chat template it uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,6 +15,7 @@ from medattack.models.base import AttackState
 if TYPE_CHECKING:
     from medattack.models.llava import Segments
 
+Sampling = tuple[float, float, int]  # (temperature, top_p, seed) of one row; temperature 0 = greedy
 SUFFIX_MARK = "\u2063MEDATTACK_SUFFIX\u2063"  # invisible separators around a word no template contains
 
 
@@ -62,11 +64,13 @@ class LlavaGeneration:
         return self.decode(out)
 
     @torch.no_grad()
-    def generate_batch(self, texts: list[str], pixels: torch.Tensor, max_new_tokens: int | list[int] = 64) -> list[str]:
-        """Greedy answers to B user texts about B images, batched with left padding.
+    def generate_batch(self, texts: list[str], pixels: torch.Tensor, max_new_tokens: int | list[int] = 64,
+                       sampling: Sequence[Sampling] | None = None) -> list[str]:
+        """Answers to B user texts about B images, batched with left padding: greedy, or sampled per row.
 
         texts: B user messages (question, plus any suffix); pixels: (B, 3, H, W) in [0, 1];
-        max_new_tokens: one limit for all, or one per text.
+        max_new_tokens: one limit for all, or one per text; sampling: per row (temperature, top_p, seed),
+        temperature 0 = greedy (None: greedy for all).
         """
         from transformers import DynamicCache
 
@@ -90,8 +94,12 @@ class LlavaGeneration:
         stop = torch.tensor(sorted(self._stop_ids) or [-1], device=self.device)
         done = torch.tensor([limit <= 0 for limit in limits], device=self.device)
         out: list[list[int]] = [[] for _ in range(batch)]
+        generators = sampling_generators(sampling, self.device)
         for step in range(max(limits)):
-            tokens = self.lm_head(hidden[:, -1]).argmax(-1)  # (B,)
+            logits = self.lm_head(hidden[:, -1])  # (B, V)
+            tokens = logits.argmax(-1)  # (B,)
+            if generators:
+                tokens = sample_tokens(logits, tokens, sampling or [], generators)
             done |= torch.isin(tokens, stop) | torch.tensor([step >= limit for limit in limits], device=self.device)
             if bool(done.all()):
                 break
@@ -103,3 +111,28 @@ class LlavaGeneration:
                                   position_ids=positions, use_cache=True,
                                   **{self._cache_kw: cache}).last_hidden_state
         return [self.decode(ids) for ids in out]
+
+
+def sampling_generators(sampling: Sequence[Sampling] | None, device: torch.device) -> dict[int, torch.Generator]:
+    """One seeded generator per sampled row (temperature > 0): the same seed gives the same answer."""
+    generators = {}
+    for row, (temperature, _, seed) in enumerate(sampling or []):
+        if temperature > 0:
+            generators[row] = torch.Generator(device=device)
+            generators[row].manual_seed(int(seed))
+    return generators
+
+
+def sample_tokens(logits: torch.Tensor, greedy: torch.Tensor, sampling: Sequence[Sampling],
+                  generators: dict[int, torch.Generator]) -> torch.Tensor:
+    """(B, V) logits -> (B,) tokens: rows with a generator sampled at their temperature from their top-p
+    nucleus (the smallest set of tokens whose probability reaches top_p), the others greedy."""
+    tokens = greedy.clone()
+    for row, generator in generators.items():
+        temperature, top_p, _ = sampling[row]
+        probs = torch.softmax(logits[row].float() / temperature, dim=-1)
+        ordered, order = probs.sort(descending=True)
+        keep = ordered.cumsum(0) - ordered < top_p  # tokens before the nucleus is full, and the one that fills it
+        nucleus = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+        tokens[row] = order.new_tensor(int(torch.multinomial(nucleus, 1, generator=generator)))
+    return tokens

@@ -34,6 +34,7 @@ from medattack.config import option
 from medattack.data.image_io import encode_png
 from medattack.errors import TargetError
 from medattack.models.capabilities import generate_batch
+from medattack.models.loading import hub_errors
 from medattack.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,17 @@ class Query:
     exact_pixels: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1]: an attack's exact float image,
     # used by a local model whose input resolution it matches (others take `image`, the PNG's pixels)
     max_new_tokens: int | None = None  # this query's answer length limit (default: the target's)
+    temperature: float | None = None  # this query's sampling (default: the target's); 0 = greedy
+    top_p: float | None = None  # nucleus of the sampling (default 1: the whole vocabulary)
+    seed: int | None = None  # seed of the sampling (default: the target's)
 
     def limit(self, default: int) -> int:
         return default if self.max_new_tokens is None else min(self.max_new_tokens, default)
+
+    def sampling(self, temperature: float, seed: int) -> tuple[float, float, int]:
+        """(temperature, top_p, seed) of this query, the target's where the query sets none."""
+        return (temperature if self.temperature is None else self.temperature,
+                1.0 if self.top_p is None else self.top_p, seed if self.seed is None else self.seed)
 
 
 @dataclass(frozen=True)
@@ -99,10 +108,14 @@ class TargetConfig:
 
 
 def split_target(spec: str) -> tuple[str, str]:
-    """'KIND:MODEL' -> (kind, model); a bare name or path is a LLaVA model ("llava", spec)."""
+    """'KIND:MODEL' -> (kind, model); a bare name or path is a LLaVA model ("llava", spec). A word before
+    a colon that is no target kind (nor a drive letter or an existing path) is a typo of one, not a model
+    id: refused with the kinds there are (hub ids never hold a colon)."""
     kind, sep, model = spec.partition(":")
     if sep and kind in TARGETS:
         return kind, model
+    if sep and len(kind) > 1 and kind.isidentifier() and not Path(spec).exists():  # one letter: a drive
+        TARGETS[kind]  # raises: unknown target kind, did you mean ...
     return "llava", spec
 
 
@@ -143,9 +156,11 @@ def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 
 @TARGETS.register("llava")
 class LlavaTarget:
-    """A LLaVA-family model through the white-box adapter, answering in batches (greedy)."""
+    """A LLaVA-family model through the white-box adapter, answering in batches (greedy, or sampled at the
+    target's or the query's temperature)."""
 
     takes_whitebox = True
+    needs_image = True  # every query is about an image
 
     def __init__(self, config: TargetConfig, model: Any = None, **_: Any) -> None:
         from medattack.models.base import load_whitebox
@@ -167,6 +182,11 @@ class LlavaTarget:
             raise TargetError(f"query {query.query_id}: this model needs an image.")
         return self.model.preprocess(query.image)
 
+    def _sampling(self, batch: Sequence[Query]) -> list[tuple[float, float, int]] | None:
+        """Per query (temperature, top_p, seed); None when every one decodes greedily."""
+        rows = [q.sampling(self.config.temperature, self.config.seed) for q in batch]
+        return rows if any(temperature > 0 for temperature, _, _ in rows) else None
+
     def answer(self, queries: Sequence[Query]) -> list[str | TargetError]:
         out: list[str | TargetError] = []
         torch.manual_seed(self.config.seed)
@@ -174,12 +194,13 @@ class LlavaTarget:
             try:
                 pixels = torch.cat([self._pixels(q) for q in batch])
                 limits = [q.limit(self.config.max_new_tokens) for q in batch]
-                out.extend(generate_batch(self.model, [q.text for q in batch], pixels, limits))
+                out.extend(generate_batch(self.model, [q.text for q in batch], pixels, limits, self._sampling(batch)))
             except TargetError as error:  # answer one by one so only the bad query fails
                 for query in batch:
                     try:
                         out.extend(generate_batch(self.model, [query.text], self._pixels(query),
-                                                  [query.limit(self.config.max_new_tokens)]))
+                                                  [query.limit(self.config.max_new_tokens)],
+                                                  self._sampling([query])))
                     except TargetError as single:
                         out.append(single)
                 log.debug("batch fell back to single queries: %s", error)
@@ -199,8 +220,9 @@ class HFChatTarget:
         self.device = _device(config)
         dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16,
                  "float32": torch.float32}[config.dtype]
-        self.processor = transformers.AutoProcessor.from_pretrained(config.model,
-                                                                    trust_remote_code=config.trust_remote_code)
+        with hub_errors(config.model):
+            self.processor = transformers.AutoProcessor.from_pretrained(config.model,
+                                                                        trust_remote_code=config.trust_remote_code)
         tokenizer = getattr(self.processor, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.padding_side = "left"
@@ -209,7 +231,8 @@ class HFChatTarget:
         auto = (transformers.AutoModelForCausalLM if config.auto_class == "causal-lm"
                 else transformers.AutoModelForImageTextToText)
         try:
-            model = auto.from_pretrained(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
+            with hub_errors(config.model):
+                model = auto.from_pretrained(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
         except ValueError as error:
             if config.auto_class == "causal-lm" or "Unrecognized configuration class" not in str(error):
                 raise

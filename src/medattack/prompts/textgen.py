@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from medattack.api import APIClient, APIConfig, APIError, chat_text
 from medattack.config import option
+from medattack.models.loading import hub_errors
 from medattack.registry import Registry
 from medattack.rundir import JsonlCache
 
@@ -54,8 +55,10 @@ class LocalChat:
         self.config = config or LocalChatConfig()
         source = self.config.model or str(smollm2_dir())
         self.name = f"local:{self.config.model or 'SmolLM2-135M-Instruct'}"
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(self.config.device).eval()
+        with hub_errors(source):
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(
+                self.config.device).eval()
         self.cache = JsonlCache(cache_path)
         self._torch = torch
 

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from medattack.config import from_mapping, option
-from medattack.errors import RunDirError
+from medattack.errors import NothingToDoError, RunDirError
 from medattack.report.aggregate import (
     CONDITIONS,
     HARMFUL_CONDITIONS,
@@ -194,6 +194,9 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     runs = [load_scores_folder(root, name) if is_scores_folder(root) else load_run(root, name)
             for root, name in zip(roots, names, strict=True)]
     out = Path(out_dir) if out_dir else RunDir(roots[0]).report
+    if all(run.scores.empty for run in runs):
+        raise NothingToDoError(f"no scored responses in {', '.join(map(str, roots))}: score them first "
+                               f"(`medattack score {roots[0]}`).")
     tables = build_tables(runs)
     scores = pd.concat([r.scores for r in runs], ignore_index=True)
     metrics: dict[str, dict[str, Any]] = {}

@@ -31,7 +31,7 @@ class Moderation:
     def __init__(self, config: ModerationConfig | None = None, *, encoders: Encoders | None = None,
                  cache_path: Path | None = None) -> None:
         self.config = config or ModerationConfig()
-        self.client = APIClient(self.config.api, cache_path)
+        self.client = APIClient(self.config.api, cache_path, require_key=False)  # no key: null scores
         self.spec = MetricSpec(
             name="moderation", low=0.0, high=1.0, higher_means="the response is more likely harmful content",
             description=f"moderation model {self.config.model} at {self.config.api.base_url} (max category score)",

@@ -94,6 +94,31 @@ class FileCheckpoint:
         self.path.unlink(missing_ok=True)
 
 
+class StepReporter:
+    """A checkpoint that also reports each step as the attack saves it: the loss, the best loss so far
+    and whether the target has been forced, on the progress line and in the log (`-v`)."""
+
+    def __init__(self, inner: FileCheckpoint, sample_id: str, budget: int | None, progress: Progress | None) -> None:
+        self.inner, self.sample_id, self.budget, self.progress = inner, sample_id, budget, progress
+
+    def load(self) -> dict[str, Any] | None:
+        return self.inner.load()
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.inner.save(state)
+        step, loss = int(state.get("step", 0)), float(state.get("loss", float("nan")))
+        best = state.get("best")
+        line = (f"{self.sample_id}: step {step}{f'/{self.budget}' if self.budget else ''}, loss {loss:.4f}"
+                + (f" (best {float(best[2]):.4f})" if best else "") + (", target forced" if state.get("success")
+                                                                        else ""))
+        log.info("%s", line)
+        if self.progress:
+            self.progress(f"  steps | {line}", step, self.budget or step)
+
+    def clear(self) -> None:
+        self.inner.clear()
+
+
 def select_samples(samples: list[Sample], config: AttackStageConfig) -> list[Sample]:
     chosen = [s for s in samples if s.condition in config.conditions
               and (config.tasks is None or s.task in config.tasks)]
@@ -148,24 +173,33 @@ class AttackWorker:
     Checkpoints go to the run directory as the attack runs, so a lost worker's sample resumes.
     """
 
-    def __init__(self, config: AttackStageConfig, run_root: str, model: WhiteBoxTarget | None = None) -> None:
+    def __init__(self, config: AttackStageConfig, run_root: str, model: WhiteBoxTarget | None = None,
+                 progress: Progress | None = None) -> None:
         self.config = config
         self.run = RunDir(run_root)
+        self.progress = progress  # local runs: model loading and every step are shown as they happen
         attack_cls = ATTACKS[config.method]
         self.method_config = from_mapping(attack_cls.config_class, config.options or {}, f"{config.method} options")
         self.attack = attack_cls(self.method_config)
         self.needs = attack_cls.needs
         layout = {"prompt_layout": config.prompt_layout} if config.prompt_layout != "chat-template" else {}
+        if model is None and progress:
+            progress(f"loading {config.model}", 0, 1)
         self.model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
                                             max_batch=config.max_batch, **layout)
+        if progress:
+            progress(f"loading {config.model}", 1, 1)
         self.folder = self.run.attack_folder(config.method, self.model.name)
+        self.budget = next((getattr(self.method_config, k) for k in ("steps", "rounds") if hasattr(
+            self.method_config, k)), None)  # steps at most, for the progress line
 
     def name(self) -> str:
         return self.model.name
 
     def run_sample(self, sample: Sample) -> dict[str, Any]:
         sample_id = sample.sample_id
-        checkpoint = FileCheckpoint(self.folder.checkpoint_path(sample_id))
+        checkpoint: FileCheckpoint | StepReporter = FileCheckpoint(self.folder.checkpoint_path(sample_id))
+        checkpoint = StepReporter(checkpoint, sample_id, self.budget, self.progress)
         try:
             task = build_task(self.model, self.run, sample, self.config.seed, self.needs)
             result = self.attack.run(self.model, task, checkpoint)
@@ -198,7 +232,8 @@ def run(run_dir: RunDir | str | Path, config: AttackStageConfig | None = None, *
     method_config = from_mapping(ATTACKS[config.method].config_class, config.options or {},
                                  f"{config.method} options")
     local = runs_here(executor)
-    pool = open_pool(executor, partial(AttackWorker, config, str(run_dir.root), model if local else None))
+    pool = open_pool(executor, partial(AttackWorker, config, str(run_dir.root), model if local else None,
+                                       progress if local else None))
     try:
         model_name = pool.call_any("name")
         folder = run_dir.attack_folder(config.method, model_name)

@@ -148,9 +148,14 @@ class QueryWorker:
     """Holds the target and answers one chunk of planned queries per call (a local or a Ray worker):
     it loads their images from the run directory and returns one Response or failure per query."""
 
-    def __init__(self, config: TargetConfig, run_root: str, target: ChatTarget | None = None) -> None:
+    def __init__(self, config: TargetConfig, run_root: str, target: ChatTarget | None = None,
+                 progress: Progress | None = None) -> None:
         self.run = RunDir(run_root)
+        if target is None and progress:
+            progress(f"loading {config.name}", 0, 1)
         self.target = target or load_target(config, cache_path=self.run.api_cache_path)
+        if progress:
+            progress(f"loading {config.name}", 1, 1)
 
     def name(self) -> str:
         return self.target.name
@@ -207,7 +212,8 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
     run_dir = as_run_dir(run_dir)
     samples = run_dir.samples()
     local = runs_here(executor)
-    pool = open_pool(executor, partial(QueryWorker, config.target, str(run_dir.root), target if local else None))
+    pool = open_pool(executor, partial(QueryWorker, config.target, str(run_dir.root), target if local else None,
+                                       progress if local else None))
     try:
         target_name = pool.call_any("name")
         folder = run_dir.responses_folder(target_name)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from medattack.errors import MissingDependencyError
+from medattack.models.loading import hub_errors
 from medattack.registry import Registry
 from medattack.scoring.backends.memo import EncodingMemo
 from medattack.scoring.backends.text_embedders import (
@@ -97,7 +98,8 @@ class OpenClipRelevance:
                     f"the {self.name} backend needs open_clip: pip install 'medattack[clip]' "
                     "(it brings torchvision; keep it out of an environment with PyPI's CPU torch)."
                 ) from exc
-            model, preprocess = open_clip.create_model_from_pretrained(self.model_id)
+            with hub_errors(self.model_id):
+                model, preprocess = open_clip.create_model_from_pretrained(self.model_id)
             parts = (model, preprocess, open_clip.get_tokenizer(self.model_id))
         self.model, self.preprocess, self.tokenizer = parts
         self.model = self.model.to(device).eval()

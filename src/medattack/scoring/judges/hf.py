@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from medattack.config import option
 from medattack.errors import ConfigError
+from medattack.models.loading import hub_errors
 from medattack.scoring.judges.base import JUDGES, Verdict
 from medattack.scoring.judges.verdicts import VerdictFormat, judge_messages, verdict
 
@@ -53,7 +54,8 @@ class HFJudge:
         on_gpu = c.device.startswith("cuda")
         dtype: Any = {"auto": torch.bfloat16 if on_gpu else torch.float32, "bfloat16": torch.bfloat16,
                       "float16": torch.float16, "float32": torch.float32}[c.dtype]
-        self.tokenizer = AutoTokenizer.from_pretrained(c.model, trust_remote_code=c.trust_remote_code)
+        with hub_errors(c.model):
+            self.tokenizer = AutoTokenizer.from_pretrained(c.model, trust_remote_code=c.trust_remote_code)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -61,8 +63,9 @@ class HFJudge:
         if self.template is None and not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(f"the judge model {c.model} has no chat template; pass its prompt as "
                               "prompt_template (a text or file with {request} and {response}).")
-        self.model = AutoModelForCausalLM.from_pretrained(c.model, dtype=dtype,
-                                                          trust_remote_code=c.trust_remote_code).to(c.device).eval()
+        with hub_errors(c.model):
+            self.model = AutoModelForCausalLM.from_pretrained(
+                c.model, dtype=dtype, trust_remote_code=c.trust_remote_code).to(c.device).eval()
         self.name = f"hf:{c.model} ({c.verdict_format})"
 
     def prompt(self, request: str, response: str) -> str:
