@@ -171,3 +171,14 @@ def test_one_preset_turns_on_the_gpu_models():
     assert score.metrics["judge"] == {"backend": "hf", "options": {"model": "/models/guard", "device": "cuda"}}
     assert "tto" in score.metrics and "composite" in score.metrics
     assert stage_config(QueryConfig, None, None, {}, preset="gpu").target.device == "cuda"
+
+
+def test_quiet_silences_the_progress_bars(tmp_path, monkeypatch):
+    import importlib
+
+    cli_app = importlib.import_module("medattack.cli.app")  # the module (medattack.cli.app is also the Typer app)
+    result = invoke("-q", "build", tmp_path / "run", "--task", "Matching", "--max-per-category", "1")
+    assert result.exit_code == 0 and cli_app.QUIET["on"] is True
+    with cli_app.progress_bar() as progress:
+        assert progress("phase", 1, 2) is None  # a no-op
+    monkeypatch.setitem(cli_app.QUIET, "on", False)

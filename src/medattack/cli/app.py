@@ -11,7 +11,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from medattack import __version__
 from medattack.errors import BuildError, MedattackError, NothingToDoError
@@ -57,12 +64,18 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+QUIET = {"on": False}  # -q: no progress bars (set by the callback before any command runs)
+
+
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (results and errors still print).")
+                     ] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
+    QUIET["on"] = quiet
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
@@ -86,7 +99,13 @@ def errors() -> Iterator[None]:
 
 @contextmanager
 def progress_bar() -> Iterator[Any]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    """A progress callback `(phase, done, total)` drawing one bar per phase with elapsed time and ETA (a
+    no-op with -q)."""
+    if QUIET["on"]:
+        yield lambda phase, done, total: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         tasks: dict[str, Any] = {}
 
