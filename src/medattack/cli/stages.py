@@ -173,7 +173,8 @@ def _controls(values: list[str] | None) -> list[str] | None:
 @app.command(epilog="Examples:\n\n  medattack score runs/demo\n\n"
              "  medattack score --responses answers.csv --images images/ --out scores/\n\n"
              "  medattack score runs/demo --set text_embedder=bge-m3 --set image_text=biomedclip\n\n"
-             "  medattack score runs/demo --set metrics.keyword_asr.mode=anywhere")
+             "  medattack score runs/demo --set metrics.keyword_asr.mode=anywhere\n\n"
+             "  medattack score --responses chexagent.csv --preset paper")
 def score(
     run: Annotated[Path | None, typer.Argument(help="A run directory: scores every response it holds.")] = None,
     responses: Annotated[Path | None, typer.Option(help="CSV/JSONL/Parquet of responses (long or wide).")] = None,
@@ -187,7 +188,8 @@ def score(
     workers: WorkersOption = None,
     gpus_per_worker: GpusOption = None,
 ) -> None:
-    """Score responses: keyword ASR, TTO, TIO, TII and the composite; nulls are counted, never dropped."""
+    """Score responses: non-refusal rate, compliance judge, TTO, TIO, TII and the composite; nulls are counted,
+    never dropped."""
     from medattack.errors import ConfigError, NothingToDoError
     from medattack.stages import score as stage
     from medattack.stages.score import ScoreConfig
@@ -210,9 +212,12 @@ def score(
 
 
 @app.command(epilog="Examples:\n\n  medattack report runs/demo\n\n"
-             "  medattack report runs/llava-med runs/gpt-4o --out reports/compare")
+             "  medattack report runs/llava-med runs/gpt-4o --out reports/compare\n\n"
+             "  medattack report chexagent.scores radfm.scores --out reports/paper\n\n"
+             "  medattack report runs/demo --set labels=labels.csv")
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="One or more run directories (several are compared).")],
+    runs: Annotated[list[Path], typer.Argument(help="One or more run directories, or folders `score --responses` "
+                                                    "wrote (several are compared).")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default: FIRST_RUN/report).")] = None,
     title: Annotated[str | None, typer.Option(help="Title of the report.")] = None,
     config: ConfigOption = None,
