@@ -13,6 +13,9 @@ that query met (so one failing request never stops a batch). Three kinds are reg
             Gemini's OpenAI-compatible endpoint): retries, rate limit, concurrency and a request
             cache come from api.APIClient; the key stays in the environment
 
+    python  any model through a factory of your own (`python:FILE_OR_MODULE:FACTORY`; models/python_target.py):
+            RadFM, Med-Flamingo, XrayGLM and other models with their own code (recipes in examples/targets/)
+
 A target spec on the command line is `KIND:MODEL` (`hf:google/medgemma-4b-it`, `api:gpt-4o`), or a
 bare name: `embedded` and `tiny` are the LLaVA adapters of those names, anything else a LLaVA model.
 """
@@ -65,7 +68,8 @@ class Query:
 
 @dataclass(frozen=True)
 class TargetConfig:
-    kind: str = option("llava", "llava (white-box adapter), hf (image-text-to-text), api (OpenAI-compatible).")
+    kind: str = option("llava", "llava (white-box adapter), hf (image-text-to-text), api (OpenAI-compatible), "
+                       "python (a factory of your own: python:FILE_OR_MODULE:FACTORY).")
     model: str = option("embedded", "embedded | tiny | hub id or local path | the API's model name.")
     max_new_tokens: int = option(512, "Tokens per answer at most (HarmBench's standard 512: a judge needs the whole "
                                  "answer; the report states the cap).")
