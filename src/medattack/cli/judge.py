@@ -66,16 +66,13 @@ def evaluate(
                     ] = None,
 ) -> None:
     """Agreement of a judge with labelled responses; the non-refusal rate (keyword_asr) beside it."""
-    import numpy as np
-
-    from medattack.config import from_mapping, parse_overrides
+    from medattack.config import parse_overrides
     from medattack.errors import ConfigError
     from medattack.scoring.backends.text_embedders import get_text_embedder
-    from medattack.scoring.judges.base import JUDGES
+    from medattack.scoring.judge import JudgeConfig
     from medattack.scoring.judges.features import features
     from medattack.scoring.judges.head import grouped_out_of_fold
-    from medattack.scoring.judges.labels import agreement, read_labels, validate_judge
-    from medattack.scoring.keyword import keyword_success
+    from medattack.scoring.judges.labels import agreement, keyword_agreement, read_labels, validate_judge
 
     with errors():
         data = read_labels(labels)
@@ -86,13 +83,9 @@ def evaluate(
             _, predicted = grouped_out_of_fold(x, data.jailbroken, data.models)
             title = f"embedded judge, cross-validated (one model held out at a time) on {labels.name}"
             _print_agreement(title, agreement(data.jailbroken, predicted, data))
-            keyword = np.array([keyword_success(r, q) for q, r in zip(data.questions, data.responses, strict=True)])
-            _print_agreement(f"non-refusal rate (keyword_asr) on {labels.name}",
-                             agreement(data.jailbroken, keyword, data))
+            _print_agreement(f"non-refusal rate (keyword_asr) on {labels.name}", keyword_agreement(data))
             return
-        backend = JUDGES[judge]
-        result = validate_judge(data, backend(from_mapping(backend.config_class, parse_overrides(set_ or []),
-                                                           f"{judge} options")))
+        result = validate_judge(data, JudgeConfig(judge, parse_overrides(set_ or [])).build())
     if result.undecided:
         console.print(f"[yellow]{result.undecided} of {result.n} response(s) the judge could not decide are left "
                       "out below (not counted as 0)[/yellow]")

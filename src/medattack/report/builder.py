@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from medattack.config import from_mapping, option
+from medattack.config import option
 from medattack.errors import NothingToDoError, RunDirError
 from medattack.report.aggregate import (
     CONDITIONS,
@@ -142,12 +142,10 @@ def _manifest_section(runs: Sequence[RunData], metrics: dict[str, dict[str, Any]
 
 def _validation_section(config: ReportConfig) -> Section:
     """The judge measured against the labels file: agreement overall and per model, beside the non-refusal rate."""
-    from medattack.scoring.judges.base import JUDGES
     from medattack.scoring.judges.labels import read_labels, validate_judge
 
     labels = read_labels(Path(str(config.labels)))
-    backend = JUDGES[config.judge.backend]
-    result = validate_judge(labels, backend(from_mapping(backend.config_class, config.judge.options, "judge options")))
+    result = validate_judge(labels, config.judge.build())
     rows = [[who, group, str(s["n"]), f"{s['accuracy']:.3f}", f"{s['kappa']:.3f}", f"{s['f1']:.3f}",
              f"{s['predicted_rate']:.3f}", f"{s['labelled_rate']:.3f}"]
             for who, report in ((result.judge, result.agreement), ("non-refusal rate", result.keyword_agreement))

@@ -18,7 +18,7 @@ from typing import Any
 
 from medattack.config import from_mapping, option
 from medattack.scoring.base import SCORERS, Encoders, MetricSpec, Score, ScoreInput
-from medattack.scoring.judges.base import JUDGES
+from medattack.scoring.judges.base import JUDGES, Judge
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,12 @@ class JudgeConfig:
         backend = JUDGES[self.backend]  # "did you mean" on a typo
         from_mapping(backend.config_class, self.options, f"judge {self.backend} options")
 
+    def build(self, cache_path: Path | None = None) -> Judge:
+        """The backend this config names, built with its options."""
+        backend = JUDGES[self.backend]
+        return backend(from_mapping(backend.config_class, self.options, f"judge {self.backend} options"),
+                       cache_path=cache_path)
+
 
 @SCORERS.register("judge")
 class JudgeMetric:
@@ -41,9 +47,7 @@ class JudgeMetric:
     def __init__(self, config: JudgeConfig | None = None, *, encoders: Encoders | None = None,
                  cache_path: Path | None = None) -> None:
         self.config = config or JudgeConfig()
-        backend = JUDGES[self.config.backend]
-        self.judge = backend(from_mapping(backend.config_class, self.config.options, "judge options"),
-                             cache_path=cache_path)
+        self.judge = self.config.build(cache_path)
         self.spec = MetricSpec(
             name="judge", low=0.0, high=1.0, higher_means="the response complies with the harmful request",
             description=f"compliance judge {self.judge.name}",

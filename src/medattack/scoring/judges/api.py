@@ -48,7 +48,7 @@ class APIJudge:
     def judge(self, requests: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         ready = [k for k, r in enumerate(responses) if r.strip()]
         answers = self.client.map("chat/completions", [self._payload(requests[k], responses[k]) for k in ready])
-        out = [Verdict(0, "empty", 0.0, "empty response") for _ in responses]
+        out = [Verdict.empty() for _ in responses]
         for k, answer in zip(ready, answers, strict=True):
             if isinstance(answer, APIError):
                 out[k] = Verdict.undecided(f"judge request failed: {answer}")

@@ -31,6 +31,11 @@ class Verdict:
     def undecided(cls, reason: str) -> Verdict:
         return cls(None, None, None, reason)
 
+    @classmethod
+    def empty(cls) -> Verdict:
+        """An empty response: never a jailbreak, whatever the backend."""
+        return cls(0, "empty", 0.0, "empty response")
+
 
 class Judge(Protocol):
     """A registered judge backend, built as `cls(config, cache_path=...)`."""

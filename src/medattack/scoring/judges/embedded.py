@@ -56,7 +56,7 @@ class EmbeddedJudge:
         for request, response, p in zip(requests, responses, probability, strict=True):
             text = response.strip()
             if not text:
-                out.append(Verdict(0, "empty", 0.0, "empty response"))
+                out.append(Verdict.empty())
                 continue
             jailbroken = int(p >= self.head.threshold)
             kind = None

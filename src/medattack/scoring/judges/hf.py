@@ -87,7 +87,7 @@ class HFJudge:
         return self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def judge(self, requests: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
-        out = [Verdict(0, "empty", 0.0, "empty response") for _ in responses]
+        out = [Verdict.empty() for _ in responses]
         ready = [k for k, r in enumerate(responses) if r.strip()]
         size = self.config.batch_size
         for start in range(0, len(ready), size):

@@ -120,8 +120,6 @@ class JudgeValidation:
 def validate_judge(labels: Labels, judge: Any) -> JudgeValidation:
     """Run `judge` (a judge backend) on the labelled pairs and measure it; undecided rows are left out of
     the agreement and counted, never read as 0."""
-    from medattack.scoring.keyword import keyword_success
-
     verdicts = judge.judge(labels.questions, labels.responses)
     decided = [k for k, v in enumerate(verdicts) if v.jailbroken is not None]
     if not decided:
@@ -129,7 +127,13 @@ def validate_judge(labels: Labels, judge: Any) -> JudgeValidation:
                           "check its settings (model, endpoint, verdict_format).")
     rows = labels.subset(decided)
     predicted = np.array([verdicts[k].jailbroken for k in decided])
-    keyword = np.array([keyword_success(r, q) for q, r in zip(rows.questions, rows.responses, strict=True)])
-    return JudgeValidation(judge.name, agreement(rows.jailbroken, predicted, rows),
-                           agreement(rows.jailbroken, keyword.astype(int), rows), len(verdicts) - len(decided),
-                           len(verdicts))
+    return JudgeValidation(judge.name, agreement(rows.jailbroken, predicted, rows), keyword_agreement(rows),
+                           len(verdicts) - len(decided), len(verdicts))
+
+
+def keyword_agreement(labels: Labels) -> dict[str, Any]:
+    """The agreement of the non-refusal rate (keyword_asr with its defaults) with the labels."""
+    from medattack.scoring.keyword import keyword_success
+
+    keyword = np.array([keyword_success(r, q) for q, r in zip(labels.questions, labels.responses, strict=True)])
+    return agreement(labels.jailbroken, keyword.astype(int), labels)
