@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from medattack.errors import TargetError
-from medattack.models.targets import TARGETS, Query, TargetConfig, _batches, _device
+from medattack.models.targets import TARGETS, Query, TargetConfig, answer_in_batches, target_device
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -102,7 +102,7 @@ class PythonTarget:
             raise TargetError(f"python target: {source} has no function {factory_name!r}; name the factory that "
                               "loads the model.")
         try:
-            self.model = factory(device=_device(config), dtype=config.dtype)
+            self.model = factory(device=target_device(config), dtype=config.dtype)
         except TargetError:
             raise
         except Exception as error:
@@ -123,15 +123,5 @@ class PythonTarget:
         return list(answers)
 
     def answer(self, queries: Sequence[Query]) -> list[str | TargetError]:
-        out: list[str | TargetError] = []
-        for batch in _batches(queries, self.config.batch_size):
-            try:
-                out.extend(self._generate(batch))
-            except Exception as error:  # noqa: BLE001 - the user's code: any failure is this batch's
-                if len(batch) > 1:  # one query at a time, so only the bad one fails
-                    for query in batch:
-                        out.extend(self.answer([query]))
-                    continue
-                out.append(error if isinstance(error, TargetError) else TargetError(
-                    f"query {batch[0].query_id}: {type(error).__name__}: {error}"))
-        return out
+        # the user's code: any failure is its batch's
+        return answer_in_batches(queries, self.config.batch_size, self._generate, (Exception,), self.answer)

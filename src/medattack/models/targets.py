@@ -150,12 +150,33 @@ def load_target(config: TargetConfig, cache_path: Path | None = None, model: Any
     return kind(config, cache_path=cache_path, model=model if kind.takes_whitebox else None)
 
 
-def _device(config: TargetConfig) -> str:
+def target_device(config: TargetConfig) -> str:
+    """The torch device of a local target: its setting, else cuda when available."""
     return config.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i:i + max(1, size)] for i in range(0, len(items), max(1, size))]
+
+
+def answer_in_batches(queries: Sequence[Query], size: int, generate: Callable[[Sequence[Query]], list[str]],
+                      catch: tuple[type[BaseException], ...],
+                      retry: Callable[[Sequence[Query]], list[str | TargetError]]) -> list[str | TargetError]:
+    """`generate` on batches of at most `size` queries. A batch that fails with one of `catch` is asked
+    again one query at a time through `retry` (the target's own `answer`), so only the bad query fails; a
+    single query that fails gives its error as a TargetError naming the query."""
+    out: list[str | TargetError] = []
+    for batch in _batches(queries, size):
+        try:
+            out.extend(generate(batch))
+        except catch as error:
+            if len(batch) > 1:
+                for query in batch:
+                    out.extend(retry([query]))
+                continue
+            out.append(error if isinstance(error, TargetError) else TargetError(
+                f"query {batch[0].query_id}: {type(error).__name__}: {error}"))
+    return out
 
 
 @TARGETS.register("llava")
@@ -170,7 +191,7 @@ class LlavaTarget:
         from medattack.models.base import load_whitebox
 
         self.config = config
-        options = {"device": _device(config)}
+        options = {"device": target_device(config)}
         if config.model not in ("embedded", "tiny"):
             options["dtype"] = config.dtype
         if config.prompt_layout != "chat-template":
@@ -221,7 +242,7 @@ class HFChatTarget:
         import transformers
 
         self.config = config
-        self.device = _device(config)
+        self.device = target_device(config)
         dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16,
                  "float32": torch.float32}[config.dtype]
         with hub_errors(config.model):
@@ -281,17 +302,8 @@ class HFChatTarget:
 
     def answer(self, queries: Sequence[Query]) -> list[str | TargetError]:
         torch.manual_seed(self.config.seed)
-        out: list[str | TargetError] = []
-        for batch in _batches(queries, self.config.batch_size):
-            try:
-                out.extend(self._generate(batch))
-            except (TargetError, ValueError, RuntimeError) as error:
-                if len(batch) == 1:
-                    out.append(error if isinstance(error, TargetError) else TargetError(
-                        f"query {batch[0].query_id}: {type(error).__name__}: {error}"))
-                else:  # one query at a time, so only the bad one fails
-                    out.extend(a for query in batch for a in self.answer([query]))
-        return out
+        return answer_in_batches(queries, self.config.batch_size, self._generate,
+                                 (TargetError, ValueError, RuntimeError), self.answer)
 
 
 def image_data_url(image: np.ndarray) -> str:
