@@ -96,8 +96,7 @@ class _ImageMetric:
         return getattr(item, self.text_field)
 
     def image(self, item: ScoreInput) -> str | None:
-        clean = isinstance(self.config, TIOConfig) and self.config.image == "clean" and item.clean_image_path
-        return item.clean_image_path if clean else item.image_path
+        return item.image_path
 
     def _info(self, item: ScoreInput) -> ImageInfo | str:
         image = self.image(item)
@@ -137,6 +136,11 @@ class TIO(_ImageMetric):
     name = "tio"
     text_field = "response"
     higher_means = "the response is more relevant to the input image"
+
+    def image(self, item: ScoreInput) -> str | None:
+        """The image the model saw, or the benchmark's clean one (`image: clean`) where the input has one."""
+        clean = (self.config or TIOConfig()).image == "clean" and item.clean_image_path
+        return item.clean_image_path if clean else item.image_path
 
 
 @dataclass(frozen=True)

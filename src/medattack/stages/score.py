@@ -172,12 +172,13 @@ def score_inputs(
                       size=lambda request: len(plans[id(request)][0]))
     finally:
         pool.close()
-    calibration, derived_stale = _derive(inputs, folder, metrics, derived, specs, identity, keys) if derived else (
-        {}, [])
+    if derived:
+        calibration, derived_stale, rows = _derive(inputs, folder, metrics, derived, specs, identity, keys)
+    else:
+        calibration, derived_stale, rows = {}, [], folder.scores()
     if stale or derived_stale:
         log.warning("%d score(s) in %s were computed from inputs or settings that changed; moved to stale.jsonl "
                     "and computed again", len(stale) + len(derived_stale), folder.path)
-    rows = folder.scores()
     summary = {**summarise(rows, specs), "calibration": calibration}
     write_json_atomic(folder.summary_path, summary)
     return ScoreStageResult(folder.path, rows, specs, summary, computed, cache.hits, len(stale) + len(derived_stale))
@@ -190,11 +191,11 @@ def _record(item: ScoreInput, metric: str, score: Score, input_hash: str) -> Sco
 
 def _derive(inputs: Sequence[ScoreInput], folder: ScoresFolder, base: list[str], derived: dict[str, DerivedMetric],
             specs: dict[str, MetricSpec], identity: dict[str, str], keys: dict[str, dict[str, str]],
-            ) -> tuple[dict[str, Any], list[ScoreRecord]]:
+            ) -> tuple[dict[str, Any], list[ScoreRecord], list[ScoreRecord]]:
     """The derived metrics of every input whose other scores are all written: each metric calibrates on
     them once, then combines per input. A derived row's key is its identity, the keys of the scores it
     reads and its calibration, so a changed calibration (more responses, other TII values) recomputes it.
-    Returns (calibration by metric, derived rows set aside as stale)."""
+    Returns (calibration by metric, derived rows set aside as stale, every row of the file now)."""
     rows = folder.scores()
     scores = {(row.response_id, row.metric): Score(row.value, row.null_reason, row.detail) for row in rows
               if row.metric in base and row.input_hash == keys.get(row.response_id, {}).get(row.metric)}
@@ -207,11 +208,13 @@ def _derive(inputs: Sequence[ScoreInput], folder: ScoresFolder, base: list[str],
                                      lambda row: derived_keys.get(row.response_id, {}).get(row.metric),
                                      lambda row: False)
     done = {(row.response_id, row.metric) for row in current}
-    append_records(folder.scores_path, *(
-        _record(item, name, metric.combine({n: by_metric[n][k] for n in base}, specs),
-                derived_keys[item.response_id][name])
-        for k, item in enumerate(ready) for name, metric in derived.items() if (item.response_id, name) not in done))
-    return calibration, stale
+    added = [_record(item, name, metric.combine({n: by_metric[n][k] for n in base}, specs),
+                     derived_keys[item.response_id][name])
+             for k, item in enumerate(ready) for name, metric in derived.items()
+             if (item.response_id, name) not in done]
+    append_records(folder.scores_path, *added)
+    gone = {id(row) for row in stale}
+    return calibration, stale, [row for row in rows if id(row) not in gone] + added
 
 
 def summarise(rows: list[ScoreRecord], specs: dict[str, MetricSpec]) -> dict[str, Any]:
