@@ -58,10 +58,10 @@ class Task:
         return slug(self.name)
 
 
-def _label(name: str) -> str:
-    """An unknown modality or body part as written, trimmed, with undecodable bytes (from a folder name)
-    shown as U+FFFD so that it can be stored and hashed."""
-    return name.strip().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+def printable(text: str) -> str:
+    """Text with undecodable bytes (surrogate escapes from file and folder names) replaced by U+FFFD, so
+    that it can be stored as JSON and hashed as UTF-8."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,8 @@ class Taxonomy:
 
     def category(self, modality: str, body_part: str) -> Category:
         """A category with canonical spelling where known; unknown names are kept as written."""
-        mod = self.canonical_modality(modality) or _label(modality)
-        part = self.canonical_body_part(body_part) or _label(body_part)
+        mod = self.canonical_modality(modality) or printable(modality.strip())  # unknown: kept as written
+        part = self.canonical_body_part(body_part) or printable(body_part.strip())
         return Category(mod, part)
 
     def parse_attribute(self, attribute: str) -> Category:

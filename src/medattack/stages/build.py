@@ -42,6 +42,7 @@ from medattack.rundir import (
     Progress,
     RunDir,
     content_hash,
+    fill_missing,
     read_jsonl,
     write_json_atomic,
     write_jsonl_atomic,
@@ -151,7 +152,7 @@ def run(run_dir: RunDir | str | Path, config: BuildConfig | None = None, *, exec
     if stamp.exists() and run.samples_path.exists() and not force:
         built = json.loads(stamp.read_text(encoding="utf-8"))
         # a setting added since that build reads as its default there (it did not exist, so it was not used)
-        old = {**to_dict(BuildConfig()), **built.get("config", {})}
+        old = fill_missing(built.get("config", {}), to_dict(BuildConfig()))
         changed = sorted(k for k in config_record if old.get(k) != config_record[k])
         if built.get("config_hash") == config_hash or not changed:
             samples, failures = run.samples(), read_jsonl(run.failures_path)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from medattack.data.image_io import DEFAULT_MAX_PIXELS, LoadedImage, load_image
-from medattack.data.taxonomy import Category, Taxonomy
+from medattack.data.taxonomy import Category, Taxonomy, printable
 from medattack.errors import ConfigError, InputError, PathEscapeError
 from medattack.registry import Registry
 
@@ -89,11 +89,6 @@ def open_source(spec: str, context: SourceContext) -> Source:
     kind, _, argument = spec.partition(":")
     cls = SOURCES[kind.strip()]
     return cls(argument.strip(), context)
-
-
-def printable(text: str) -> str:
-    """Text with undecodable bytes (surrogate escapes from file names) replaced by U+FFFD."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def resolve_inside(root: Path, relative: str, location: str) -> Path:
