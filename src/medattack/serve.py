@@ -364,9 +364,10 @@ class ChatServer:
                 except (RequestError, TypeError, ValueError, AttributeError, OverflowError) as exc:
                     self._error(400, f"bad request: {exc}")
                     return
-                # n answers: the same query n times; sampled ones with seeds seed, seed + 1, ...
+                # n answers: the query itself, then copies sampled with seeds seed + 1, seed + 2, ...
                 seed = query.seed if query.seed is not None else 0
-                copies = [replace(query, query_id=f"{query.query_id}-{k}", seed=seed + k) for k in range(n)]
+                copies = [query, *(replace(query, query_id=f"{query.query_id}-{k}", seed=seed + k)
+                                   for k in range(1, n))]
                 try:
                     futures = [server.batcher.submit(copy) for copy in copies]
                 except queue.Full:
