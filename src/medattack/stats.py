@@ -36,6 +36,15 @@ def wilson_ci(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
+def bootstrap_means(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """(resamples,) means of `values` (N,) resampled with replacement, drawn in blocks to bound memory."""
+    n = len(values)
+    rng = np.random.default_rng(seed)
+    block = max(1, min(resamples, 4_000_000 // n))
+    return np.concatenate([values[rng.integers(0, n, (min(block, resamples - start), n))].mean(axis=1)
+                           for start in range(0, resamples, block)])
+
+
 def bootstrap_ci(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of `values` (N,), resampled in blocks to bound memory."""
@@ -44,10 +53,7 @@ def bootstrap_ci(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,
         return float("nan"), float("nan")
     if n == 1 or np.all(values == values[0]):
         return float(values[0]), float(values[0])
-    rng = np.random.default_rng(seed)
-    block = max(1, min(resamples, 4_000_000 // n))
-    means = np.concatenate([values[rng.integers(0, n, (min(block, resamples - start), n))].mean(axis=1)
-                            for start in range(0, resamples, block)])
+    means = bootstrap_means(values, resamples, seed)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
@@ -124,8 +130,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, s
         return PairedResult(0, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), float("nan"),
                             "paired bootstrap")
     differences = b - a
-    rng = np.random.default_rng(seed)
-    means = differences[rng.integers(0, n, (resamples, n))].mean(axis=1)
+    means = bootstrap_means(differences, resamples, seed)
     low, high = bca_ci(differences, resamples, seed)
     if np.all(differences == differences[0]):
         p = 1.0 if differences[0] == 0 else 0.0

@@ -35,7 +35,7 @@ from medattack.models.base import WhiteBoxTarget, load_whitebox
 from medattack.records import AttackRecord, Sample, check_conditions
 from medattack.rundir import AttackFolder, Progress, RunDir, append_records, write_bytes_atomic, write_jsonl_atomic
 from medattack.scoring.keyword import keyword_success
-from medattack.stages.base import FailureLog, as_run_dir, claim, failure, resumable_map
+from medattack.stages.base import FailureLog, as_run_dir, claim, failure, loading, resumable_map
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +183,9 @@ class AttackWorker:
         self.attack = attack_cls(self.method_config)
         self.needs = attack_cls.needs
         layout = {"prompt_layout": config.prompt_layout} if config.prompt_layout != "chat-template" else {}
-        if model is None and progress:
-            progress(f"loading {config.model}", 0, 1)
-        self.model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
-                                            max_batch=config.max_batch, **layout)
-        if progress:
-            progress(f"loading {config.model}", 1, 1)
+        with loading(progress if model is None else None, config.model):
+            self.model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
+                                                max_batch=config.max_batch, **layout)
         self.folder = self.run.attack_folder(config.method, self.model.name)
         self.budget = next((getattr(self.method_config, k) for k in ("steps", "rounds") if hasattr(
             self.method_config, k)), None)  # steps at most, for the progress line
@@ -198,8 +195,8 @@ class AttackWorker:
 
     def run_sample(self, sample: Sample) -> dict[str, Any]:
         sample_id = sample.sample_id
-        checkpoint: FileCheckpoint | StepReporter = FileCheckpoint(self.folder.checkpoint_path(sample_id))
-        checkpoint = StepReporter(checkpoint, sample_id, self.budget, self.progress)
+        checkpoint = StepReporter(FileCheckpoint(self.folder.checkpoint_path(sample_id)), sample_id, self.budget,
+                                  self.progress)
         try:
             task = build_task(self.model, self.run, sample, self.config.seed, self.needs)
             result = self.attack.run(self.model, task, checkpoint)

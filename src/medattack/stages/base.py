@@ -14,7 +14,8 @@ same call, and nothing is lost or written twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +68,16 @@ class FailureLog:
 
     def save(self) -> None:
         write_jsonl_atomic(self.path, self.rows)
+
+
+@contextmanager
+def loading(progress: Progress | None, name: str) -> Iterator[None]:
+    """Show the loading of a model on the progress line (a bar that fills when it is loaded)."""
+    if progress:
+        progress(f"loading {name}", 0, 1)
+    yield
+    if progress:
+        progress(f"loading {name}", 1, 1)
 
 
 def set_aside_stale(path: Path, rows: Sequence[R], expected: Callable[[R], str | None],

@@ -39,7 +39,7 @@ from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
 from medattack.records import CONDITIONS, CONTROL_DESCRIPTIONS, RESPONSE_SAMPLE_FIELDS, Response, Sample
 from medattack.rundir import Progress, RunDir, append_records, content_hash, write_bytes_atomic
-from medattack.stages.base import FailureLog, as_run_dir, claim, failure, resumable_map, set_aside_stale
+from medattack.stages.base import FailureLog, as_run_dir, claim, failure, loading, resumable_map, set_aside_stale
 from medattack.storage import FileDigests
 
 log = logging.getLogger(__name__)
@@ -151,11 +151,8 @@ class QueryWorker:
     def __init__(self, config: TargetConfig, run_root: str, target: ChatTarget | None = None,
                  progress: Progress | None = None) -> None:
         self.run = RunDir(run_root)
-        if target is None and progress:
-            progress(f"loading {config.name}", 0, 1)
-        self.target = target or load_target(config, cache_path=self.run.api_cache_path)
-        if progress:
-            progress(f"loading {config.name}", 1, 1)
+        with loading(progress if target is None else None, config.name):
+            self.target = target or load_target(config, cache_path=self.run.api_cache_path)
 
     def name(self) -> str:
         return self.target.name
