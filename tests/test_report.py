@@ -80,7 +80,7 @@ def test_model_outputs_are_inert_text(report):
     assert "<script" not in html.lower()
     assert not re.search(r"<img[^>]*onerror", html, re.IGNORECASE)
     assert "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in html
-    assert "onerror=&quot;window.__xss = 2&quot;" in html
+    assert "onerror=&#34;window.__xss = 2&#34;" in html  # quotes escaped too: no attribute can open
     assert "<script" not in report.markdown.read_text()
 
 

@@ -2,32 +2,20 @@
 
 Sections are format-neutral (`Section`: title, text, tables, figures); each renderer escapes every
 string it did not write itself - model outputs, questions, file and model names - so a response
-holding `<script>` or `onerror=` shows as text. The HTML has no JavaScript and embeds its figures as
-data URLs, so it opens anywhere, offline, as one file.
+holding `<script>` or `onerror=` shows as text. The HTML is a Jinja2 template with autoescape
+(templates/report.html.j2); it has no JavaScript and embeds its figures as data URLs, so it opens
+anywhere, offline, as one file.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import re
 from dataclasses import dataclass, field
 
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
-       color: #1d1d1f; line-height: 1.45; padding: 0 1em; }
-h1 { border-bottom: 2px solid #8b0000; padding-bottom: .3em; }
-h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 1em 0; font-size: .86em; }
-th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: left; vertical-align: top; }
-th { background: #f2f2f4; }
-td.response { max-width: 38em; white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: .9em; }
-figure { margin: 1em 0; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: .85em; color: #555; }
-.note { color: #555; font-size: .9em; }
-.proxy { background: #fff4d6; padding: .1em .3em; border-radius: 3px; }
-"""
+import jinja2
 
 
 @dataclass
@@ -58,33 +46,17 @@ class Section:
 # --- HTML -----------------------------------------------------------------------------------------
 
 
-def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = []
-    for row in table.rows:
-        cells = "".join(f'<td class="response">{html.escape(v)}</td>' if k in table.wide_text
-                        else f"<td>{html.escape(v)}</td>" for k, v in enumerate(row))
-        body.append(f"<tr>{cells}</tr>")
-    note = f'<p class="note">{html.escape(table.note)}</p>' if table.note else ""
-    return (f"<h3>{html.escape(table.title)}</h3>{note}<table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
+@functools.cache
+def _html_template() -> jinja2.Template:
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("medattack.report", "templates"),
+                                     autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True)
+    environment.filters["base64"] = lambda data: base64.b64encode(data).decode("ascii")
+    return environment.get_template("report.html.j2")
 
 
 def to_html(title: str, sections: list[Section]) -> str:
-    parts = [f"<h1>{html.escape(title)}</h1>"]
-    for section in sections:
-        parts.append(f"<h2>{html.escape(section.title)}</h2>")
-        parts += [f"<p>{html.escape(paragraph)}</p>" for paragraph in section.text]
-        parts += [_html_table(t) for t in section.tables]
-        for figure in section.figures:
-            data = base64.b64encode(figure.png).decode("ascii")
-            parts.append(f'<figure><img alt="{html.escape(figure.caption)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-            "style-src 'unsafe-inline'\">"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+    """The report as one HTML page (templates/report.html.j2, autoescaped)."""
+    return _html_template().render(title=title, sections=sections)
 
 
 # --- Markdown -------------------------------------------------------------------------------------
