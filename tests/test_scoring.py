@@ -13,7 +13,7 @@ from medattack.scoring.base import SCORERS, MetricSpec, Score, ScoreInput
 from medattack.scoring.composite import CompositeConfig, composite
 from medattack.scoring.inputs import read_responses_file
 from medattack.scoring.keyword import KeywordJudgeConfig, keyword_success
-from medattack.stages.score import ScoreConfig, score_inputs
+from medattack.stages.score import ScoreConfig, build_scorers, score_inputs
 
 QUESTION = "This image is about CT and Chest. What abnormality does this image show?"
 
@@ -80,9 +80,11 @@ class FakeOpenClip(types.ModuleType):
 
     def __init__(self):
         super().__init__("open_clip")
+        self.loaded: list[str] = []  # the names it was asked to load
 
-    @staticmethod
-    def create_model_from_pretrained(model_id):
+    def create_model_from_pretrained(self, model_id):
+        self.loaded.append(model_id)
+
         class Model(torch.nn.Module):
             logit_scale = torch.tensor(np.log(100.0))
 
@@ -112,8 +114,8 @@ def scorer_options(name, base_url):
     from medattack.scoring.judge import JudgeConfig
     from medattack.scoring.moderation import ModerationConfig
 
-    api = APIConfig(base_url=base_url, max_retries=1, backoff=0.01)
-    judge = JudgeConfig(backend="api", options={"api": {"base_url": api.base_url, "max_retries": 1, "backoff": 0.01}})
+    api = APIConfig(base_url=base_url, max_retries=1)
+    judge = JudgeConfig(backend="api", options={"api": {"base_url": api.base_url, "max_retries": 1}})
     return {"judge": {"config": judge}, "moderation": {"config": ModerationConfig(api=api)}}.get(
         name, {})
 
@@ -145,6 +147,26 @@ def test_open_clip_backends_score_logit_scale_times_cosine(backend, tmp_path, fa
     values = scorer.score([ImageInfo(image, "CT", "Chest", "")] * 2, ["abcdefgh", "abcdefgh"])
     assert values.shape == (2,) and values[0] == pytest.approx(values[1]) and abs(values[0]) <= 100 + 1e-3
     assert not scorer.is_proxy
+
+
+def test_the_image_text_model_may_be_a_local_folder(tmp_path, monkeypatch):
+    from medattack.errors import ConfigError
+
+    fake = FakeOpenClip()
+    monkeypatch.setitem(sys.modules, "open_clip", fake)
+    folder = tmp_path / "biomedclip"
+    folder.mkdir()
+    config = ScoreConfig(metrics=["tii"], image_text="biomedclip", image_text_model=str(folder))
+    with pytest.raises(ConfigError, match="open_clip_config.json"):  # not the downloaded repo: says what it needs
+        build_scorers(config)
+    (folder / "open_clip_config.json").write_text("{}")
+    image = str(write_png(tmp_path / "x.png"))
+    [score] = build_scorers(config)["tii"].score([ScoreInput("a", QUESTION, "r", true_attribute="CT and Chest",
+                                                             image_path=image)])
+    assert fake.loaded == [f"local-dir:{folder.resolve()}"] and score.value is not None
+    assert str(folder.resolve()) in score.detail["backend"]  # the report names the weights it used
+    build_scorers(ScoreConfig(metrics=["tii"], image_text="clip", image_text_model="hf-hub:org/other"))
+    assert fake.loaded[-1] == "hf-hub:org/other"
 
 
 def test_missing_open_clip_names_the_extra(monkeypatch):

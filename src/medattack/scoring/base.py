@@ -63,6 +63,10 @@ class MetricSpec:
     is_proxy: bool = False
 
 
+IMAGE_TEXT_MODEL_HELP = ("Hub id (hf-hub:org/repo) or local folder (the hub repo as downloaded: open_clip_config.json "
+                         "and the weights) of the image-text backend; None = its default on the hub.")
+
+
 @dataclass(frozen=True)
 class Encoders:
     """The encoders shared by the relevance metrics (one instance per name and settings, so each text
@@ -75,6 +79,7 @@ class Encoders:
                                     "(the embedded MiniLM, BAAI/bge-m3).")
     memo_mib: float | None = option(None, "Encodings kept per encoder for reuse across metrics, batches and "
                                     "targets (MiB); None = each encoder's default, 0 = none.")
+    image_text_model: str | None = option(None, IMAGE_TEXT_MODEL_HELP)
 
 
 class Scorer(Protocol):

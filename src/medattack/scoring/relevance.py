@@ -84,7 +84,8 @@ class _ImageMetric:
         self.config = config
         e = encoders or Encoders()
         self.backend = IMAGE_TEXT_BACKENDS[e.image_text](text_embedder=e.text_embedder, device=e.device,
-                                                         text_model=e.text_model, memo_mib=e.memo_mib)
+                                                         text_model=e.text_model, memo_mib=e.memo_mib,
+                                                         model=e.image_text_model)
         self.taxonomy = load_taxonomy()
         proxy = self.backend.is_proxy
         self.spec = MetricSpec(

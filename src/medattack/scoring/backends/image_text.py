@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from medattack.errors import MissingDependencyError
+from medattack.errors import ConfigError, MissingDependencyError
 from medattack.models.loading import hub_errors
 from medattack.registry import Registry
 from medattack.scoring.backends.memo import EncodingMemo
@@ -69,7 +69,8 @@ class MetadataProxy:
     is_proxy = True
 
     def __init__(self, text_embedder: str = "minilm", device: str = "cpu", text_model: str | None = None,
-                 memo_mib: float | None = None, embedder: TextEmbedder | None = None) -> None:
+                 memo_mib: float | None = None, embedder: TextEmbedder | None = None, model: str | None = None) -> None:
+        """`model` is not used: the proxy reads no pixels."""
         self.embedder = embedder or get_text_embedder(text_embedder, **embedder_options(device, text_model, memo_mib))
         self.label = f"proxy: image metadata text vs text ({self.embedder.name} cosine: {self.embedder.model_id})"
 
@@ -84,11 +85,16 @@ class OpenClipRelevance:
     model_id = ""
 
     def __init__(self, text_embedder: str = "minilm", device: str = "cpu", text_model: str | None = None,
-                 memo_mib: float | None = None, batch_size: int = 64, parts: tuple | None = None) -> None:
-        """Load `model_id` with open_clip, or take (model, preprocess, tokenizer) with its API as given.
-        Image and text encodings are kept for reuse up to `memo_mib` MiB each (None: 256; 0 keeps none).
-        `text_embedder` and `text_model` are not used: the model has its own text tower."""
+                 memo_mib: float | None = None, batch_size: int = 64, parts: tuple | None = None,
+                 model: str | None = None) -> None:
+        """Load `model` (an open_clip name such as hf-hub:org/repo, or a local folder holding
+        open_clip_config.json and the weights; None: the class's `model_id`) with open_clip, or take
+        (model, preprocess, tokenizer) with its API as given. Image and text encodings are kept for reuse up
+        to `memo_mib` MiB each (None: 256; 0 keeps none). `text_embedder` and `text_model` are not used:
+        the model has its own text tower."""
         import torch
+
+        self.model_id = open_clip_name(model) if model else self.model_id
 
         if parts is None:
             try:
@@ -145,6 +151,20 @@ class OpenClipRelevance:
                 vectors = self.model.encode_text(tokens)
                 out.extend(torch.nn.functional.normalize(vectors, dim=-1).float().cpu())
         return [row.clone() for row in out]
+
+
+def open_clip_name(model: str) -> str:
+    """open_clip's name for a model setting: a folder on disk becomes `local-dir:FOLDER` (air-gapped
+    machines: the hub repo downloaded beforehand), anything else (hf-hub:org/repo, a built-in name) is kept.
+    A folder without open_clip_config.json fails here, naming what it needs."""
+    folder = Path(model).expanduser()
+    if model.startswith(("hf-hub:", "local-dir:")) or not folder.exists():
+        return model
+    if not (folder / "open_clip_config.json").is_file():
+        raise ConfigError(f"{folder} has no open_clip_config.json: point image_text_model at the folder of the "
+                          "downloaded hub repo (huggingface-cli download microsoft/BiomedCLIP-PubMedBERT_256-"
+                          "vit_base_patch16_224 --local-dir FOLDER).")
+    return f"local-dir:{folder.resolve()}"
 
 
 def _file_key(path: str) -> tuple[str, int, int]:
