@@ -19,6 +19,8 @@ class FakeOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self.authorization: list[str | None] = []
+        self.paths: list[str] = []  # each request's path with its query string
+        self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         server = self
 
@@ -34,6 +36,8 @@ class FakeOpenAI:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     server.authorization.append(self.headers.get("Authorization"))
+                    server.paths.append(self.path)
+                    server.headers.append(dict(self.headers))
                     failing = server.fail_next > 0
                     if failing:
                         server.fail_next -= 1
@@ -41,12 +45,13 @@ class FakeOpenAI:
                     time.sleep(server.delay)
                     if failing:
                         self.send_response(server.fail_status)
-                        self.send_header("Retry-After", "0")
+                        self.send_header("retry-after-ms", "1")  # the SDK waits 1 ms, not its backoff
                         self.end_headers()
                         return
-                    if self.path.endswith("/chat/completions"):
+                    path = self.path.split("?", 1)[0]
+                    if path.endswith("/chat/completions"):
                         body = server.chat(payload)
-                    elif self.path.endswith("/moderations"):
+                    elif path.endswith("/moderations"):
                         body = server.moderate(payload)
                     else:
                         self.send_response(404)

@@ -16,7 +16,7 @@ SECRET = "sk-test-secret-0123456789"
 
 
 def client(server, **kw):
-    return APIClient(APIConfig(base_url=server.base_url, backoff=0.001, max_backoff=0.01, **kw))
+    return APIClient(APIConfig(base_url=server.base_url, **kw))
 
 
 def test_retries_on_429_and_5xx_then_succeeds(fake_api):
@@ -55,13 +55,49 @@ def test_cache_hits_and_persistence_without_the_key(fake_api, tmp_path, monkeypa
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
     payload = {"messages": [{"role": "user", "content": "RESPONSE: Sure"}]}
-    api = APIClient(APIConfig(base_url=fake_api.base_url), cache_path=tmp_path / "cache.jsonl")
+    api = APIClient(APIConfig(base_url=fake_api.base_url), cache_path=tmp_path / "cache.sqlite")
     first = api.post("chat/completions", payload)
     assert api.post("chat/completions", payload) == first and api.stats["cache_hits"] == 1
-    again = APIClient(APIConfig(base_url=fake_api.base_url), cache_path=tmp_path / "cache.jsonl")
+    again = APIClient(APIConfig(base_url=fake_api.base_url), cache_path=tmp_path / "cache.sqlite")
     assert again.post("chat/completions", payload) == first and fake_api.requests == 1
     assert fake_api.authorization[0] == f"Bearer {SECRET}"
-    assert SECRET not in (tmp_path / "cache.jsonl").read_text() and SECRET not in caplog.text
+    assert SECRET.encode() not in (tmp_path / "cache.sqlite").read_bytes() and SECRET not in caplog.text
+
+
+def test_without_a_key_no_authorization_header_is_sent(fake_api, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    client(fake_api).post("chat/completions", {"messages": [{"role": "user", "content": "RESPONSE: no"}]})
+    assert fake_api.authorization == [None]
+
+
+def test_the_base_url_comes_from_openai_base_url_when_not_given(fake_api, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_api.base_url)
+    api = APIClient(APIConfig())
+    assert api.config.base_url == fake_api.base_url  # resolved once: the stage records the endpoint it used
+    api.post("chat/completions", {"messages": [{"role": "user", "content": "RESPONSE: no"}]})
+    assert fake_api.requests == 1
+
+
+def test_azure_endpoints_route_to_the_deployment_with_the_api_version(fake_api, monkeypatch):
+    monkeypatch.setenv("AZURE_TEST_KEY", SECRET)
+    api = APIClient(APIConfig(base_url=fake_api.base_url.removesuffix("/v1"), api_key_env="AZURE_TEST_KEY",
+                              azure_api_version="2024-10-21"))
+    payload = {"model": "my-gpt4o", "messages": [{"role": "user", "content": "RESPONSE: no"}]}
+    answer = api.post("chat/completions", payload)
+    assert "safe" in answer["choices"][0]["message"]["content"]
+    assert fake_api.paths == ["/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21"]
+    assert fake_api.headers[0].get("api-key") == SECRET
+
+
+def test_token_counts_are_summed_from_the_answers(fake_api, monkeypatch):
+    original = fake_api.chat
+    monkeypatch.setattr(fake_api, "chat", lambda payload: {**original(payload),
+                                                            "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
+    api = client(fake_api)
+    payload = {"messages": [{"role": "user", "content": "RESPONSE: no"}]}
+    api.post("chat/completions", payload)
+    api.post("chat/completions", payload)  # a cache hit costs nothing
+    assert (api.stats["prompt_tokens"], api.stats["completion_tokens"], api.stats["cache_hits"]) == (7, 3, 1)
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -315,23 +315,23 @@ def test_a_key_echoed_by_a_server_never_reaches_disk(tmp_path, monkeypatch):
     assert SECRET not in result.output
 
 
-def test_retry_after_is_capped_by_max_backoff(monkeypatch):
-    import io
-    import urllib.error
-    import urllib.request
+def test_a_retry_after_longer_than_a_minute_fails_at_once_instead_of_stalling(fake_api):
+    import time
 
     from medattack.api import APIClient, APIConfig, APIError
 
-    def busy(request, timeout):
-        raise urllib.error.HTTPError(request.full_url, 429, "busy", {"Retry-After": "3600"}, io.BytesIO(b""))
+    fake_api.fail_next, fake_api.fail_status = 10, 429
+    original = fake_api.httpd.RequestHandlerClass.send_header
 
-    monkeypatch.setattr(urllib.request, "urlopen", busy)
-    waits: list[float] = []
-    client = APIClient(APIConfig(base_url="http://127.0.0.1:9/v1", max_retries=2, max_backoff=2.0),
-                       sleep=waits.append)
-    with pytest.raises(APIError):
-        client.post("chat/completions", {})
-    assert len(waits) == 2 and max(waits) <= 2.0
+    def hour(handler, name, value):
+        original(handler, "Retry-After", "3600") if name == "retry-after-ms" else original(handler, name, value)
+
+    fake_api.httpd.RequestHandlerClass.send_header = hour
+    started = time.monotonic()
+    client = APIClient(APIConfig(base_url=fake_api.base_url, max_retries=3))
+    with pytest.raises(APIError, match="429"):
+        client.post("chat/completions", {"messages": [{"role": "user", "content": "x"}]})
+    assert fake_api.requests == 1 and client.stats["retries"] == 0 and time.monotonic() - started < 10
 
 
 def test_report_markdown_neutralises_links_and_images_from_model_output():

@@ -133,7 +133,7 @@ def test_api_writer_against_a_local_server(attributes_dir, fake_api, tmp_path, m
     assert all(t["harmful"].endswith("using this image?") for t in bank["tasks"]["Matching"])  # template stood in
     assert result["origins"]
     for path in out.iterdir():
-        assert "sk-prompts-secret" not in path.read_text()
+        assert "sk-prompts-secret" not in path.read_bytes().decode("utf-8", "replace")
     requests = fake_api.requests
     steps.harmful(out, HarmfulConfig(writer="api", writer_options=_api_writer(fake_api)))
     assert fake_api.requests == requests  # every call answered from the cache on a re-run

@@ -128,8 +128,7 @@ def test_api_target_run_keeps_the_key_off_disk_and_out_of_logs(run, fake_api, mo
     monkeypatch.setenv("MEDATTACK_TEST_KEY", secret)
     fake_api.fail_next = 2  # retries are logged: the key must not be in those lines either
     config = QueryConfig(limit=4, controls=("blank",), target=TargetConfig(
-        kind="api", model="vision-model", api=APIConfig(base_url=fake_api.base_url, api_key_env="MEDATTACK_TEST_KEY",
-                                                        backoff=0.01)))
+        kind="api", model="vision-model", api=APIConfig(base_url=fake_api.base_url, api_key_env="MEDATTACK_TEST_KEY")))
     with caplog.at_level("DEBUG"):
         result = run_query_stage(run, config)
     assert len(result.responses) == 4 + 4 + 2 and result.failures == []

@@ -116,7 +116,7 @@ def test_serve_retries_concurrency_and_cache(serve, tiny_whitebox, tmp_path):
     server = serve(LlavaTarget(TargetConfig(max_new_tokens=4), model=tiny_whitebox), max_batch=8, fail_first=3,
                    batch_wait_ms=50)
     config = TargetConfig(kind="api", model="tiny", api=APIConfig(base_url=server.base_url, concurrency=6,
-                                                                    backoff=0.01, max_retries=5))
+                                                                    max_retries=5))
     remote = APIChatTarget(config, cache_path=tmp_path / "cache.jsonl")
     queries = _queries(12)
     first = remote.answer(queries)

@@ -1,47 +1,52 @@
-"""A small client for OpenAI-compatible HTTP APIs (chat completions, moderations).
+"""The client for OpenAI-compatible HTTP APIs (chat completions, moderations), on the `openai` SDK.
 
-Used by the judges now and by black-box targets and prompt generation later. It retries 429, 5xx,
-timeouts and dropped connections with exponential backoff and jitter (honouring Retry-After), spaces
-requests to a rate limit, runs up to `concurrency` requests at once, and caches answers by a content
-hash of the endpoint and payload. The API key is read from the environment variable the config
-names; it is sent in a header and never written to the cache, the run directory or the logs.
+Used by API targets, judges, moderation, prompt generation and the black-box attacker. The SDK does the
+transport: retries of 408/409/429/5xx, timeouts and dropped connections with backoff and jitter, Retry-After
+(a server asking for more than a minute is not retried), connection reuse, `OPENAI_BASE_URL`, Azure
+endpoints. Around it this client adds a content-hash cache of answers (the endpoint and payload; a repeat
+costs nothing, across runs and processes), a rate limit over every attempt, `concurrency` requests at
+once, token counts, and one error type naming the URL. The API key is read from the environment variable
+the config names; it is sent in a header and never written to the cache, the run directory or the logs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
+
 from medattack.config import option
 from medattack.errors import APIError, ConfigError
-from medattack.rundir import JsonlCache
+from medattack.storage import SqliteCache
 
 log = logging.getLogger(__name__)
-RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+OPENAI_URL = "https://api.openai.com/v1"
 
 
 @dataclass(frozen=True)
 class APIConfig:
-    base_url: str = option("https://api.openai.com/v1", "Base URL of the OpenAI-compatible API.")
+    base_url: str = option("", f"Base URL of the OpenAI-compatible API (empty: $OPENAI_BASE_URL, else {OPENAI_URL}); "
+                               "with azure_api_version, the Azure resource endpoint.")
     api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the API key (the key is never stored).")
+    azure_api_version: str = option("", "Azure OpenAI API version (e.g. 2024-10-21): talk to an Azure endpoint, "
+                                        "the model name being the deployment.")
     timeout: float = option(60.0, "Seconds per request.")
-    max_retries: int = option(5, "Retries on 429 / 5xx / timeouts before giving up.")
-    backoff: float = option(1.0, "First retry delay in seconds; doubles each retry, with jitter.")
-    max_backoff: float = option(30.0, "Longest single retry delay in seconds.")
-    requests_per_second: float = option(0.0, "Rate limit across threads (0: none).")
+    max_retries: int = option(5, "Retries on 408/409/429/5xx, timeouts and dropped connections before giving up.")
+    requests_per_second: float = option(0.0, "Rate limit over every attempt, across threads (0: none).")
     concurrency: int = option(4, "Requests in flight at once.")
+
+    def __post_init__(self) -> None:
+        if not self.base_url:  # resolved once, so a stage's recorded settings name the endpoint it used
+            object.__setattr__(self, "base_url", os.environ.get("OPENAI_BASE_URL") or OPENAI_URL)
 
 
 # hosted APIs refuse every request without a key; a local server (vLLM, `medattack serve`) needs none
@@ -55,85 +60,98 @@ def is_hosted(base_url: str) -> bool:
 
 
 class APIClient:
-    """POST JSON to `{base_url}/{path}` with retries, rate limit, concurrency and a response cache.
+    """POST JSON to `{base_url}/{path}` through the SDK, with the answer cache, a rate limit and concurrency.
     A hosted endpoint without its key in the environment is refused at once (`require_key`), before any
-    request: without it every request would fail after its retries."""
+    request: without it every request would fail after its retries. `stats` counts requests (every
+    attempt), retries, cache hits and the tokens the API reported."""
 
-    def __init__(self, config: APIConfig, cache_path: Path | None = None,
-                 sleep: Callable[[float], None] = time.sleep, require_key: bool = True) -> None:
-        if require_key and is_hosted(config.base_url) and not os.environ.get(config.api_key_env):
+    def __init__(self, config: APIConfig, cache_path: Path | None = None, require_key: bool = True,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.api_key = os.environ.get(config.api_key_env) or None
+        if require_key and is_hosted(config.base_url) and not self.api_key:
             raise ConfigError(f"{config.base_url} needs an API key and ${config.api_key_env} is not set: export it "
                               "(or name another variable with --api-key-env / api.api_key_env).")
         self.config = config
-        self._cache = JsonlCache(cache_path)
+        self._cache = SqliteCache(cache_path)
         self._lock = threading.Lock()
         self._next_slot = 0.0
         self._sleep = sleep
-        self.stats = {"requests": 0, "retries": 0, "cache_hits": 0}
+        self._attempts = threading.local()  # attempts of the request in flight on this thread
+        self.stats = {"requests": 0, "retries": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self._http = openai.DefaultHttpxClient(event_hooks={"request": [self._before_each_attempt]})
+        self._sdk: openai.OpenAI | None = None
+
+    def _client(self) -> tuple[openai.OpenAI, dict[str, Any]]:
+        """The SDK client for the key the environment holds now (read per request, never stored on disk),
+        and the request options: without a key no Authorization header is sent (a local server needs
+        none; a placeholder would reach its logs as a "key")."""
+        key = os.environ.get(self.config.api_key_env) or None
+        with self._lock:
+            if self._sdk is None or key != self.api_key:
+                common = {"api_key": key or "unused", "max_retries": self.config.max_retries,
+                          "timeout": self.config.timeout, "http_client": self._http}
+                if self.config.azure_api_version:
+                    self._sdk = openai.AzureOpenAI(azure_endpoint=self.config.base_url,
+                                                   api_version=self.config.azure_api_version, **common)
+                else:
+                    self._sdk = openai.OpenAI(base_url=self.config.base_url, **common)
+                self.api_key = key
+            return self._sdk, ({} if key else {"headers": {"Authorization": openai.omit}})
 
     @property
     def has_key(self) -> bool:
         return bool(os.environ.get(self.config.api_key_env))
 
-    def _wait_for_slot(self) -> None:
-        if self.config.requests_per_second <= 0:
-            return
+    def _before_each_attempt(self, request: Any) -> None:
+        """The HTTP client's hook before every attempt, retries included: count it and keep the rate."""
+        self._attempts.count = getattr(self._attempts, "count", 0) + 1
         with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + 1.0 / self.config.requests_per_second
-        if slot > now:
-            self._sleep(slot - now)
+            self.stats["requests"] += 1
+            if request.headers.get("x-stainless-retry-count", "0") != "0":  # the SDK numbers its attempts
+                self.stats["retries"] += 1
+            wait = 0.0
+            if self.config.requests_per_second > 0:
+                now = time.monotonic()
+                slot = max(now, self._next_slot)
+                self._next_slot = slot + 1.0 / self.config.requests_per_second
+                wait = slot - now
+        if wait > 0:
+            self._sleep(wait)
 
     def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        key = JsonlCache.key(self.config.base_url.rstrip("/"), path, payload)  # the API key is not part of it
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None:
+        key = SqliteCache.key(self.config.base_url.rstrip("/"), path, payload)  # the API key is not part of it
+        cached = self._cache.get(key)
+        if cached is not None:
+            with self._lock:
                 self.stats["cache_hits"] += 1
-                return cached
-        response = self._post_with_retries(path, payload)
-        with self._lock:
-            self._cache.put(key, response)
+            return cached
+        response = self._post_once(path, payload)
+        self._cache.put(key, response)
         return response
 
-    def _post_with_retries(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def _post_once(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.config.base_url.rstrip('/')}/{path.lstrip('/')}"
-        headers = {"Content-Type": "application/json"}
-        api_key = os.environ.get(self.config.api_key_env)
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        body = json.dumps(payload).encode("utf-8")
-        delay = self.config.backoff
-        for attempt in range(self.config.max_retries + 1):
-            self._wait_for_slot()
-            with self._lock:
-                self.stats["requests"] += 1
-            retry_after = None
-            try:
-                request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.config.timeout) as handle:
-                    return json.loads(handle.read().decode("utf-8"))
-            except urllib.error.HTTPError as exc:
-                if exc.code not in RETRY_STATUS:
-                    detail = redact(exc.read().decode("utf-8", "replace"), api_key)[:300]
-                    if exc.code in (401, 403) and not api_key:
-                        detail += f" (no key: set the environment variable {self.config.api_key_env})"
-                    raise APIError(f"{url} answered {exc.code}: {detail}", exc.code) from None
-                problem, retry_after = f"status {exc.code}", exc.headers.get("Retry-After")
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
-                problem = type(exc).__name__
-            if attempt == self.config.max_retries:
-                raise APIError(f"{url}: gave up after {attempt + 1} attempts ({problem}).")
-            wait = min(self.config.max_backoff, delay) * (0.5 + random.random())
-            if retry_after and retry_after.replace(".", "", 1).isdigit():  # honoured up to max_backoff
-                wait = min(max(wait, float(retry_after)), self.config.max_backoff)
-            log.info("retrying %s in %.1fs (%s)", url, wait, problem)
-            with self._lock:
-                self.stats["retries"] += 1
-            self._sleep(wait)
-            delay *= 2
-        raise AssertionError("unreachable")
+        self._attempts.count = 0
+        sdk, options = self._client()
+        try:
+            response = sdk.post("/" + path.lstrip("/"), body=payload, cast_to=object, options=options)
+        except openai.APIStatusError as exc:
+            detail = redact(_error_text(exc), self.api_key)[:300]
+            if exc.status_code in (401, 403) and not self.api_key:
+                detail += f" (no key: set the environment variable {self.config.api_key_env})"
+            tries = f" (gave up after {self._attempts.count} attempts)" if self._attempts.count > 1 else ""
+            raise APIError(f"{url} answered {exc.status_code}{tries}: {detail}", exc.status_code) from None
+        except openai.APIConnectionError as exc:
+            raise APIError(f"{url}: gave up after {self._attempts.count} attempts ({type(exc).__name__}: "
+                           f"{redact(str(exc), self.api_key)[:200]}).") from None
+        if not isinstance(response, dict):
+            raise APIError(f"{url} answered something that is not a JSON object: {str(response)[:200]}")
+        usage = response.get("usage") or {}
+        with self._lock:
+            for field in ("prompt_tokens", "completion_tokens"):
+                if isinstance(usage.get(field), int):
+                    self.stats[field] += usage[field]
+        return response
 
     def map(self, path: str, payloads: Sequence[dict[str, Any]]) -> list[dict[str, Any] | APIError]:
         """POST many payloads with `concurrency` threads; failures come back as APIError values."""
@@ -146,6 +164,21 @@ class APIClient:
 
         with ThreadPoolExecutor(max_workers=max(1, self.config.concurrency)) as pool:
             return list(pool.map(one, payloads))
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _error_text(exc: openai.APIStatusError) -> str:
+    """The server's own words for an error status: its JSON error message, else the body's text."""
+    body = exc.body
+    if isinstance(body, dict):
+        message = body.get("message") if "message" in body else body.get("error", body)
+        return message if isinstance(message, str) else str(message)
+    try:
+        return exc.response.text or exc.message
+    except Exception:  # a streamed or closed body
+        return exc.message
 
 
 def redact(text: str, *secrets: str | None) -> str:

@@ -8,10 +8,10 @@
                                        steps/<sample>.jsonl, images/<sample>.png,
                                        tensors/<sample>.safetensors, checkpoints/<sample>.pt
       responses/<target>/              query: config.json, responses.jsonl (Response), failures.jsonl
-      responses/api_cache.jsonl        API answers by request hash, shared by every API target
+      responses/api_cache.sqlite       API answers by request hash, shared by every API target
       controls/blank.png, noise.png    the image-reliance control images
       scores/<target>/                 score: scores.jsonl (ScoreRecord), summary.json
-      scores/cache.jsonl               scores by content hash, shared by every target of the run
+      scores/cache.sqlite              scores by content hash, shared by every target of the run
       report/                          report.html, report.md, figures/, tables/
       analysis/                        the dataset analyses (CSV + PNG)
 
@@ -36,7 +36,7 @@ import medattack
 from medattack.errors import RunDirError
 from medattack.records import AttackRecord, Response, Sample, ScoreRecord
 from medattack.storage import (  # noqa: F401 (re-exported: the run directory's file helpers)
-    JsonlCache,
+    SqliteCache,
     append_jsonl,
     append_records,
     canonical_json,
@@ -338,7 +338,7 @@ class RunDir:
 
     @property
     def api_cache_path(self) -> Path:
-        return self.root / "responses" / "api_cache.jsonl"
+        return self.root / "responses" / "api_cache.sqlite"
 
     def control_image(self, name: str) -> Path:
         return self.root / "controls" / f"{name}.png"
@@ -354,7 +354,7 @@ class RunDir:
 
     @property
     def score_cache_path(self) -> Path:
-        return self.root / "scores" / "cache.jsonl"
+        return self.root / "scores" / "cache.sqlite"
 
     def iter_scores(self) -> Iterator[tuple[ScoresFolder, ScoreRecord]]:
         for path in sorted((self.root / "scores").glob("*/scores.jsonl")):

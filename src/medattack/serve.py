@@ -353,7 +353,7 @@ class ChatServer:
                     self._error(401, "missing or wrong API key.")
                     return
                 if server._take_failure():
-                    self._error(503, "failing on purpose (--fail-first).", {"Retry-After": "0"})
+                    self._error(503, "failing on purpose (--fail-first).", {"Retry-After": "0", "retry-after-ms": "1"})
                     return
                 try:
                     payload = parse_body(body)

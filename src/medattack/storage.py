@@ -1,4 +1,4 @@
-"""Durable files: atomic writes, append-only JSONL records, content hashes and the JSONL cache.
+"""Durable files: atomic writes, append-only JSONL records, content hashes and the SQLite cache.
 
 Every file medattack writes goes through these helpers, so a reader sees either the old or the whole new
 content, and a crash mid-append leaves at most a torn last line, which readers skip and the next append cuts.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,35 +115,97 @@ def append_records(path: Path, *records: Record) -> None:
     append_jsonl(path, *(r.to_json() for r in records))
 
 
-class JsonlCache:
-    """Content-hash cache: key -> JSON value, one JSONL line per entry, reloaded on start.
+class SqliteCache:
+    """Content-hash cache: key -> JSON value, one row each in an SQLite file (WAL journal).
 
-    Shared by the API client, the model-call caches of prompt generation and the score cache.
+    Shared by the API client, the model-call caches of prompt generation and the score cache. Several
+    threads and processes on one machine may read and write it at once (each process opens its own
+    connection; a writer waits up to a minute for another's transaction). A lookup reads one row, so a
+    large cache costs nothing to open. Network file systems do not give SQLite its locks: keep caches on
+    local disk or on one node. A cache written by earlier versions as JSONL beside it (`NAME.jsonl`) is
+    imported the first time the SQLite file is made. The file is made by the first write; with no path
+    the cache lives in memory.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.entries: dict[str, Any] = {e["key"]: e["value"] for e in read_jsonl(path)} if path else {}
         self.hits = 0
+        self._memory: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._pid = 0
 
     @staticmethod
     def key(*parts: object) -> str:
         """sha256 of the parts in canonical JSON."""
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
+    def _open(self) -> sqlite3.Connection:
+        """This process's connection (made anew after a fork or unpickling: one must not cross processes)."""
+        assert self.path is not None
+        if self._connection is None or self._pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists()
+            connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; a crash keeps the file whole
+            connection.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._connection, self._pid = connection, os.getpid()
+            legacy = self.path.with_suffix(".jsonl")
+            if new and legacy != self.path and legacy.is_file():
+                self._write([(entry["key"], entry["value"]) for entry in read_jsonl(legacy)
+                             if isinstance(entry, dict) and "key" in entry and "value" in entry])
+        return self._connection
+
     def get(self, key: str) -> Any | None:
-        if key not in self.entries:
-            return None
-        self.hits += 1
-        return self.entries[key]
+        with self._lock:
+            if self.path is None:
+                value = self._memory.get(key)
+            elif self._connection is None and not self.path.exists() and not self.path.with_suffix(".jsonl").is_file():
+                value = None  # nothing cached yet: the file is made by the first write
+            else:
+                row = self._open().execute("SELECT value FROM cache WHERE key = ?", (key,)).fetchone()
+                value = None if row is None else json.loads(row[0])
+            if value is not None:
+                self.hits += 1
+            return value
 
     def put(self, key: str, value: Any) -> None:
         self.put_many([(key, value)])
 
     def put_many(self, items: list[tuple[str, Any]]) -> None:
-        self.entries.update(items)
-        if self.path is not None and items:
-            append_jsonl(self.path, *({"key": k, "value": v} for k, v in items))
+        if items:
+            with self._lock:
+                self._write(items)
+
+    def _write(self, items: list[tuple[str, Any]]) -> None:
+        if self.path is None:
+            self._memory.update(items)
+            return
+        connection = self._open()
+        rows = [(k, json.dumps(v, ensure_ascii=False)) for k, v in items]
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany("INSERT OR REPLACE INTO cache (key, value) VALUES (?, ?)", rows)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def __len__(self) -> int:
+        with self._lock:
+            if self.path is None:
+                return len(self._memory)
+            if self._connection is None and not self.path.exists():
+                return 0
+            return self._open().execute("SELECT COUNT(*) FROM cache").fetchone()[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_connection": None, "_lock": None, "_pid": 0}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
 
 class FileDigests:

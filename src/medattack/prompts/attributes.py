@@ -25,7 +25,7 @@ from medattack.data.image_io import LoadedImage
 from medattack.data.sources import SourceItem
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
 from medattack.registry import Registry
-from medattack.rundir import JsonlCache
+from medattack.rundir import SqliteCache
 
 DEFAULT_QUESTIONS: tuple[str, ...] = (
     "colour: Is this image in colour or greyscale?",
@@ -101,12 +101,12 @@ class MetadataReader:
 
 class ModelReader:
     """Shared by the readers that ask a model (a black-box target, models/targets.py): one question at
-    a time, answers cached by content hash (reader, image pixels, question) in the step's calls.jsonl,
+    a time, answers cached by content hash (reader, image pixels, question) in the step's calls.sqlite,
     blank answers and failed requests dropped."""
 
     name = ""
     suffix = " Answer in a few words."
-    cache: JsonlCache = JsonlCache(None)
+    cache: SqliteCache = SqliteCache(None)
     target: ChatTarget
 
     def ask(self, image: np.ndarray, question: str) -> str:
@@ -122,7 +122,7 @@ class ModelReader:
         out = []
         for entry in questions:
             name, question = split_question(entry)
-            key = JsonlCache.key(self.name, image_hash, question)
+            key = SqliteCache.key(self.name, image_hash, question)
             answer = self.cache.get(key)
             if answer is None:
                 answer = " ".join(self.ask(image.pixels, question + self.suffix).split())
@@ -144,7 +144,7 @@ class WhiteboxReader(ModelReader):
     config_class = WhiteboxReaderConfig
 
     def __init__(self, config: WhiteboxReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
-        self.cache = JsonlCache(cache_path)
+        self.cache = SqliteCache(cache_path)
         self.config = config or WhiteboxReaderConfig()
         self.target = load_target(TargetConfig("llava", self.config.model, self.config.max_new_tokens))
         self.name = f"whitebox:{self.target.name}"
@@ -164,7 +164,7 @@ class HFReader(ModelReader):
     config_class = HFReaderConfig
 
     def __init__(self, config: HFReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
-        self.cache = JsonlCache(cache_path)
+        self.cache = SqliteCache(cache_path)
         self.config = config or HFReaderConfig()
         self.target = load_target(TargetConfig("hf", self.config.model, self.config.max_new_tokens,
                                                device=self.config.device,
@@ -184,7 +184,7 @@ class APIReader(ModelReader):
     config_class = APIReaderConfig
 
     def __init__(self, config: APIReaderConfig | None = None, cache_path: Path | None = None, **_: Any) -> None:
-        self.cache = JsonlCache(cache_path)
+        self.cache = SqliteCache(cache_path)
         self.config = config or APIReaderConfig()
         self.target = load_target(TargetConfig("api", self.config.model, 60, api=self.config.api))
         self.name = self.target.name

@@ -1,6 +1,6 @@
 """Text generators for prompt writing: a local transformers chat model, or an OpenAI-compatible API.
 
-Every call is cached by a content hash of (generator, prompt, settings) in a JSONL file (JsonlCache), so a
+Every call is cached by a content hash of (generator, prompt, settings) in an SQLite file (SqliteCache), so a
 re-run costs nothing and a killed run resumes. API keys come from the environment only.
 """
 
@@ -14,7 +14,7 @@ from medattack.api import APIClient, APIConfig, APIError, chat_text
 from medattack.config import option
 from medattack.models.loading import hub_errors
 from medattack.registry import Registry
-from medattack.rundir import JsonlCache
+from medattack.rundir import SqliteCache
 
 
 class TextGenerator(Protocol):
@@ -59,11 +59,11 @@ class LocalChat:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(
                 self.config.device).eval()
-        self.cache = JsonlCache(cache_path)
+        self.cache = SqliteCache(cache_path)
         self._torch = torch
 
     def generate(self, system: str, user: str) -> str:
-        key = JsonlCache.key(self.name, system, user, self.config.max_new_tokens)
+        key = SqliteCache.key(self.name, system, user, self.config.max_new_tokens)
         cached = self.cache.get(key)
         if cached is not None:
             return cached

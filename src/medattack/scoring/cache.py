@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from medattack.scoring.base import Score, ScoreInput
-from medattack.storage import FileDigests, JsonlCache
+from medattack.storage import FileDigests, SqliteCache
 
 
 class ScoreCache:
-    """Scores by content hash on a JsonlCache. Each image file is read and hashed once per stage,
+    """Scores by content hash on a SqliteCache. Each image file is read and hashed once per stage,
     however many metrics and responses use it."""
 
     def __init__(self, path: Path | None) -> None:
-        self.store = JsonlCache(path)
+        self.store = SqliteCache(path)
         self._image_digest = FileDigests()
 
     @property
@@ -22,7 +22,7 @@ class ScoreCache:
 
     def key(self, metric_identity: str, item: ScoreInput) -> str:
         """Hash of a metric (its spec and settings) and the inputs of one response it reads."""
-        return JsonlCache.key(metric_identity, item.question, item.response, item.true_attribute, item.description,
+        return SqliteCache.key(metric_identity, item.question, item.response, item.true_attribute, item.description,
                               self._image_digest(item.image_path))
 
     def get(self, key: str) -> Score | None:

@@ -5,7 +5,7 @@
     harmful(out, HarmfulConfig)         normal questions -> bank.yaml (validated, builder-ready) + rejected.jsonl
 
 Readers and writers are plugins (`ATTRIBUTE_READERS`, `TEXT_GENERATORS`), each built from its
-`config_class` and the options the config names. Every model call is cached in OUT/calls.jsonl.
+`config_class` and the options the config names. Every model call is cached in OUT/calls.sqlite.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _writer(name: str, options: dict[str, Any], out: Path, defaults: dict[str, A
     generator = TEXT_GENERATORS[plugin]
     known = {k: v for k, v in defaults.items() if k in generator.config_class.__dataclass_fields__}
     config = from_mapping(generator.config_class, {**known, **options}, f"{name} writer options")
-    return generator(config, cache_path=out / "calls.jsonl")
+    return generator(config, cache_path=out / "calls.sqlite")
 
 
 def _previous_step(out: Path, name: str, step: str) -> list[dict[str, Any]]:
@@ -77,7 +77,7 @@ def attributes(out_dir: str | Path, config: AttributesConfig, *, progress: Progr
             (failures if isinstance(entry, InputError) else items).append(entry)
     reader_cls = ATTRIBUTE_READERS[config.reader]
     reader_config = from_mapping(reader_cls.config_class, config.reader_options, f"{config.reader} reader options")
-    reader = reader_cls(config=reader_config, cache_path=out / "calls.jsonl")
+    reader = reader_cls(config=reader_config, cache_path=out / "calls.sqlite")
     records = []
     for index, record in enumerate(read_attributes(items, reader, config.questions or DEFAULT_QUESTIONS,
                                                    DEFAULT_MAX_PIXELS)):

@@ -2,7 +2,7 @@
 
     runs/<name>/scores/<target>/scores.jsonl   one ScoreRecord per response x metric (value or null + reason)
     runs/<name>/scores/<target>/summary.json   mean, n and null count per metric x condition
-    runs/<name>/scores/cache.jsonl             content-hash cache shared by every target of the run
+    runs/<name>/scores/cache.sqlite            content-hash cache shared by every target of the run
 
 Inputs are scored in batches (each distinct text and image encoded once per batch); rows are appended
 batch by batch, and a re-run skips every (response, metric) already written, so a killed run resumes
@@ -26,7 +26,17 @@ from medattack.errors import ConfigError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.records import ScoreRecord
 from medattack.rundir import Progress, RunDir, ScoresFolder, append_records, content_hash, write_json_atomic
-from medattack.scoring.base import DERIVED, SCORERS, DerivedMetric, Encoders, MetricSpec, Score, ScoreInput, Scorer
+from medattack.scoring.base import (
+    DERIVED,
+    IMAGE_TEXT_MODEL_HELP,
+    SCORERS,
+    DerivedMetric,
+    Encoders,
+    MetricSpec,
+    Score,
+    ScoreInput,
+    Scorer,
+)
 from medattack.scoring.cache import ScoreCache
 from medattack.scoring.inputs import read_responses_file, read_run_responses
 from medattack.stages.base import as_run_dir, resumable_map, set_aside_stale
@@ -55,6 +65,7 @@ class ScoreConfig:
                                     "default (the embedded MiniLM, BAAI/bge-m3).")
     memo_mib: float | None = option(Encoders.memo_mib, "Encodings kept per encoder for reuse across metrics, "
                                     "batches and targets (MiB); None = each encoder's default, 0 = none.")
+    image_text_model: str | None = option(Encoders.image_text_model, IMAGE_TEXT_MODEL_HELP)
     batch_size: int = option(256, "Responses per scoring batch.")
 
     def __post_init__(self) -> None:
@@ -76,7 +87,7 @@ class ScoreConfig:
     @property
     def encoders(self) -> Encoders:
         return Encoders(text_embedder=self.text_embedder, image_text=self.image_text, device=self.device,
-                        text_model=self.text_model, memo_mib=self.memo_mib)
+                        text_model=self.text_model, memo_mib=self.memo_mib, image_text_model=self.image_text_model)
 
     def metric_config(self, name: str) -> Any:
         return from_mapping(_metric_class(name).config_class, self.metrics[name], f"metrics.{name}")
@@ -261,10 +272,10 @@ def score_file(responses: str | Path, config: ScoreConfig | None = None, *, imag
     config = config or ScoreConfig()
     path = Path(responses)
     out = Path(out_dir) if out_dir else path.parent / f"{path.stem}.scores"
-    if path.resolve() in {(out / name).resolve() for name in ("scores.jsonl", "stale.jsonl", "cache.jsonl")}:
+    if path.resolve() in {(out / name).resolve() for name in ("scores.jsonl", "stale.jsonl", "cache.sqlite")}:
         raise ConfigError(f"{path} is where the scores would be written; pass another --out folder.")
     inputs = read_responses_file(path, Path(images) if images else None)
     local = runs_here(executor)
-    return {path.stem: score_inputs(inputs, config, out, cache_path=out / "cache.jsonl",
+    return {path.stem: score_inputs(inputs, config, out, cache_path=out / "cache.sqlite",
                                     scorers=build_scorers(config) if local else None, progress=progress,
                                     executor=executor)}
