@@ -319,8 +319,9 @@ def chat_payload(config: TargetConfig, query: Query) -> dict[str, Any]:
     messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
     if config.system_prompt:
         messages.insert(0, {"role": "system", "content": config.system_prompt})
-    return {"model": config.model, "messages": messages, "temperature": config.temperature,
-            "max_tokens": query.limit(config.max_new_tokens), "seed": config.seed}
+    temperature, top_p, seed = query.sampling(config.temperature, config.seed)
+    return {"model": config.model, "messages": messages, "temperature": temperature,
+            "max_tokens": query.limit(config.max_new_tokens), "seed": seed, **({"top_p": top_p} if top_p < 1 else {})}
 
 
 @TARGETS.register("api")
