@@ -7,6 +7,9 @@
       attacks/<method>/<model>/        attack: config.json, results.jsonl (AttackRecord), failures.jsonl,
                                        steps/<sample>.jsonl, images/<sample>.png,
                                        tensors/<sample>.safetensors, checkpoints/<sample>.pt
+      blackbox/<method>/<target>/      blackbox: config.json, results.jsonl (BlackBoxRecord), failures.jsonl,
+                                       nodes/<sample>.jsonl (SearchNode), images/<sample>/<node>.png,
+                                       attacker.sqlite, judge.sqlite (the attacker's and judge's caches)
       responses/<target>/              query: config.json, responses.jsonl (Response), failures.jsonl
       responses/api_cache.sqlite       API answers by request hash, shared by every API target
       controls/blank.png, noise.png    the image-reliance control images
@@ -34,7 +37,7 @@ from typing import Any
 
 import medattack
 from medattack.errors import RunDirError
-from medattack.records import AttackRecord, Response, Sample, ScoreRecord
+from medattack.records import AttackRecord, BlackBoxRecord, Response, Sample, ScoreRecord, SearchNode
 from medattack.storage import (  # noqa: F401 (re-exported: the run directory's file helpers)
     SqliteCache,
     append_jsonl,
@@ -120,15 +123,38 @@ def environment_manifest() -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class AttackFolder:
-    """attacks/<method>/<model>/: one attack method run on one white-box model."""
+class StageFolder:
+    """A stage's output folder: its config.json (the settings it holds) and failures.jsonl."""
 
     path: Path
-    run_root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def failures_path(self) -> Path:
+        return self.path / "failures.jsonl"
+
+
+@dataclass(frozen=True)
+class MethodFolder(StageFolder):
+    """<kind>/<method>/<model or target>/: one attack method's results.jsonl, one row per sample."""
 
     @property
     def method(self) -> str:
         return self.path.parent.name
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / "results.jsonl"
+
+
+@dataclass(frozen=True)
+class AttackFolder(MethodFolder):
+    """attacks/<method>/<model>/: one attack method run on one white-box model."""
+
+    run_root: Path
 
     @property
     def model(self) -> str:
@@ -143,18 +169,6 @@ class AttackFolder:
     def target_name(self) -> str:
         """The name its own responses are scored under: "attack__<method>__<model>"."""
         return f"attack__{self.method}__{self.model}"
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def results_path(self) -> Path:
-        return self.path / "results.jsonl"
-
-    @property
-    def failures_path(self) -> Path:
-        return self.path / "failures.jsonl"
 
     def steps_path(self, sample_id: str) -> Path:
         return self.path / "steps" / f"{sample_id}.jsonl"
@@ -181,26 +195,43 @@ class AttackFolder:
 
 
 @dataclass(frozen=True)
-class ResponsesFolder:
-    """responses/<target>/: every answer of one target."""
+class SearchFolder(MethodFolder):
+    """blackbox/<method>/<target>/: one black-box attack method run against one target."""
 
-    path: Path
+    @property
+    def target(self) -> str:
+        return self.path.name
+
+    def nodes_path(self, sample_id: str) -> Path:
+        return self.path / "nodes" / f"{sample_id}.jsonl"
+
+    @staticmethod
+    def image_name(sample_id: str, node_id: str) -> str:
+        """An attempt's moved image, relative to the folder (as SearchNode.image_file holds it)."""
+        return f"images/{sample_id}/{node_id}.png"
+
+    def cache_path(self, role: str) -> Path:
+        """The content-hash cache of the attacker's or the judge's calls."""
+        return self.path / f"{role}.sqlite"
+
+    def nodes(self, sample_id: str) -> list[SearchNode]:
+        return read_records(self.nodes_path(sample_id), SearchNode)
+
+    def results(self) -> list[BlackBoxRecord]:
+        return read_records(self.results_path, BlackBoxRecord)
+
+
+@dataclass(frozen=True)
+class ResponsesFolder(StageFolder):
+    """responses/<target>/: every answer of one target."""
 
     @property
     def target(self) -> str:
         return self.path.name
 
     @property
-    def config_path(self) -> Path:
-        return self.path / "config.json"
-
-    @property
     def responses_path(self) -> Path:
         return self.path / "responses.jsonl"
-
-    @property
-    def failures_path(self) -> Path:
-        return self.path / "failures.jsonl"
 
     def responses(self) -> list[Response]:
         return read_records(self.responses_path, Response)
@@ -321,6 +352,15 @@ class RunDir:
         for folder in self.attack_folders():
             for record in folder.results():
                 yield folder, record
+
+    # --- blackbox/ -----------------------------------------------------------------------------------
+
+    def search_folder(self, method: str, target_name: str) -> SearchFolder:
+        return SearchFolder(self.root / "blackbox" / method / folder_name(target_name))
+
+    def search_folders(self) -> list[SearchFolder]:
+        """Every black-box folder that holds results, in name order."""
+        return [SearchFolder(p.parent) for p in sorted((self.root / "blackbox").glob("*/*/results.jsonl"))]
 
     # --- responses/ and controls/ ----------------------------------------------------------------
 
