@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medattack.blackbox.attacker import AttackerConfig
 from medattack.models.targets import LlavaTarget, TargetConfig
 from medattack.report import ReportConfig, build_report
 from medattack.report.aggregate import bootstrap_ci, summarise_groups
@@ -17,6 +18,8 @@ from medattack.report.render import Section, Table, latex_escape, to_latex, to_m
 from medattack.rundir import read_jsonl
 from medattack.stages.attack import AttackStageConfig
 from medattack.stages.attack import run as run_attack_stage
+from medattack.stages.blackbox import BlackBoxConfig
+from medattack.stages.blackbox import run as run_blackbox
 from medattack.stages.build import BuildConfig
 from medattack.stages.build import run as build_benchmark
 from medattack.stages.query import QueryConfig
@@ -51,6 +54,8 @@ def scored_run(tmp_path_factory, tiny_whitebox):
     target = _PayloadTarget(LlavaTarget(TargetConfig(model="tiny", max_new_tokens=6), model=tiny_whitebox))
     run_query_stage(root, QueryConfig(pairs_per_category=1), target=target)
     score(root)
+    run_blackbox(root, BlackBoxConfig(limit=2, attacker=AttackerConfig(options={"max_new_tokens": 16}),
+                                      options={"streams": 1, "depth": 2}), target=target)
     return root
 
 
@@ -64,7 +69,7 @@ def test_every_output_is_written(report):
     assert set(report.figures) == FIGURES
     for path in report.figures.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("by_condition", "transfer", "controls", "image_reliance", "whitebox", "survival"):
+    for name in ("by_condition", "transfer", "controls", "image_reliance", "whitebox", "survival", "blackbox"):
         assert not pd.read_csv(report.tables[name]).empty, name
     assert (report.out_dir / "tables" / "asr_by_condition.tex").read_text().startswith(r"\begin{table}")
     html = report.html.read_text()
@@ -73,6 +78,9 @@ def test_every_output_is_written(report):
     assert all(f"figures/{name}.png" in markdown for name in FIGURES)
     assert "| white-box (attacked) | tiny-random-llava (unit tests) |" in markdown  # the manifest names the models
     assert "| target (llava) | tiny-random-llava (unit tests) |" in markdown
+    blackbox = pd.read_csv(report.tables["blackbox"])  # the black-box section: one row per method x target
+    assert list(blackbox["method"]) == ["pair"] and int(blackbox["n"].iloc[0]) == 2
+    assert "Black-box attacks (medattack blackbox)" in markdown and "| pair | tiny-random-llava" in markdown
 
 
 def test_model_outputs_are_inert_text(report):

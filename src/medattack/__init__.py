@@ -10,6 +10,7 @@ The stage functions and their configs are importable from here (loaded on first 
     ma.build(run, ma.BuildConfig(tasks=("Disease Classification",)))
     ma.attack(run, ma.AttackStageConfig(method="mcm", model="embedded", limit=2, options={"rounds": 3}))
     ma.query(run, ma.QueryConfig(target=ma.TargetConfig(model="embedded"), pairs_per_category=1))
+    ma.blackbox(run, ma.BlackBoxConfig(method="pair", target=ma.TargetConfig(kind="api", model="gpt-4o"), limit=2))
     scores = ma.score(run, ma.ScoreConfig(metrics=["keyword_asr", "tto"]))
     ma.write_report(run, ma.ReportConfig(title="Notebook run"))
 
@@ -27,6 +28,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 _API: dict[str, tuple[str, str]] = {  # public name -> (module, attribute)
     "build": ("medattack.stages.build", "run"),
     "attack": ("medattack.stages.attack", "run"),
+    "blackbox": ("medattack.stages.blackbox", "run"),
     "query": ("medattack.stages.query", "run"),
     "score": ("medattack.stages.score", "run"),
     "score_file": ("medattack.stages.score", "score_file"),
@@ -36,6 +38,8 @@ _API: dict[str, tuple[str, str]] = {  # public name -> (module, attribute)
     "RunDir": ("medattack.rundir", "RunDir"),
     "BuildConfig": ("medattack.stages.build", "BuildConfig"),
     "AttackStageConfig": ("medattack.stages.attack", "AttackStageConfig"),
+    "BlackBoxConfig": ("medattack.stages.blackbox", "BlackBoxConfig"),
+    "AttackerConfig": ("medattack.blackbox.attacker", "AttackerConfig"),
     "QueryConfig": ("medattack.stages.query", "QueryConfig"),
     "TargetConfig": ("medattack.models.targets", "TargetConfig"),
     "ScoreConfig": ("medattack.stages.score", "ScoreConfig"),

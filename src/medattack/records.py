@@ -2,6 +2,8 @@
 
     build  -> Sample          benchmark/samples.jsonl            one image x prompt x condition
     attack -> AttackRecord    attacks/<method>/<model>/results.jsonl
+    blackbox -> SearchNode    blackbox/<method>/<target>/nodes/<sample>.jsonl   one attempt of a search
+             -> BlackBoxRecord  blackbox/<method>/<target>/results.jsonl      one searched sample
     query  -> Response        responses/<target>/responses.jsonl one sample x source asked of a target
     score  -> ScoreRecord     scores/<target>/scores.jsonl       one response x metric (value or null)
     every  -> Failure         <stage folder>/failures.jsonl      an input that could not be used, and why
@@ -166,7 +168,7 @@ RESPONSE_SAMPLE_FIELDS = ("sample_id", "pair_id", "condition", "task", "task_gro
 class Response(Record):
     """One answer of a target: a benchmark sample, a replayed attack or an image control."""
 
-    response_id: str  # "<source>|<sample_id>"
+    response_id: str  # "<source>|<sample_id>", then "#<k>" for the k-th extra sampled answer (k >= 1)
     target: str  # the target's name
     source: str  # "benchmark", "attack:<method>/<model>" or "control:<name>"
     kind: str  # "benchmark", "attack" or "control"
@@ -191,6 +193,67 @@ class Response(Record):
     attack_model: str | None = None
     attack_success: bool | None = None
     input_hash: str = ""  # of what produced the answer: text, image bytes, target settings ("" = unknown: stale)
+    generation: int = 0  # which of the query's sampled answers (query --generations N: 0..N-1)
+
+
+@dataclass(frozen=True)
+class SearchNode(Record):
+    """One attempt of a black-box search: what the attacker proposed, what the target answered (one answer
+    per generation), what the judge said. `node_id` names its place in the tree ("2" at depth 1, "2.0" a
+    child of it), so a resumed search finds the attempts it has made and asks nothing again."""
+
+    node_id: str
+    parent: str | None
+    depth: int
+    question: str  # the text the target was asked
+    move: dict[str, Any]  # the image move ({"name": ..., parameters})
+    rationale: str  # the attacker's reason
+    proposer: str  # "attacker" or "fallback:<strategy>"
+    image_file: str  # relative to the search folder; "" when the sample's own image was shown
+    responses: list[str]  # one per generation
+    verdicts: list[int | None]  # the judge's per generation: 1 complies, 0 not, None undecided
+    score: float  # what the search ranks by: mean judge harm (0-1) over the decided generations
+    jailbroken_rate: float | None  # share of decided generations judged jailbroken (None: none decided)
+    success: bool  # jailbroken_rate reached the method's success rate
+    on_topic: bool  # kept by the off-topic check (always true without one)
+    target_queries: int  # answers asked of the target for this attempt
+    tokens: dict[str, int]  # estimated tokens by role: attacker, target, judge
+    seconds: float
+    problem: str | None = None  # why the target gave no answer (it counts as a failed attempt)
+
+
+@dataclass(frozen=True)
+class BlackBoxRecord(Record):
+    """One sample searched by a black-box attack: the best attempt and what the search cost."""
+
+    sample_id: str
+    pair_id: str
+    condition: Condition
+    task: str
+    category: str
+    method: str
+    target: str  # the target's name
+    attacker: str
+    judge: str
+    seed: int
+    goal: str  # the harmful question searched for
+    success: bool
+    best_node: str | None
+    question: str  # of the best attempt
+    move: dict[str, Any]
+    image_file: str  # relative to the search folder ("" = the sample's own image)
+    response: str  # first generation's answer to the best attempt
+    score: float | None
+    jailbroken_rate: float | None
+    queries: int  # target answers asked in all
+    queries_to_success: int | None  # target answers asked up to and including the first success
+    nodes: int
+    depth: int  # deepest level reached
+    stop_reason: str  # success, depth, queries, tokens
+    proposals_parsed: int  # attempts written by the attacker model (the rest by built-in strategies)
+    tokens: dict[str, int]  # estimated, by role
+    cost_usd: float | None  # from the configured prices; None when a role in use has no price
+    seconds: float
 
 
 @dataclass(frozen=True)

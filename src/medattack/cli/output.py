@@ -50,6 +50,44 @@ def print_attack(result: Any, method: str) -> None:
     console.print(f"{result.attempted} sample(s) attacked now; results in {escape(str(result.folder))}/results.jsonl")
 
 
+def _tokens(tokens: dict[str, int]) -> str:
+    return ", ".join(f"{role} {n:,}" for role, n in tokens.items() if n) or "0"
+
+
+def _dollars(cost: float | None) -> str:
+    return "unknown (set prices.<role> in USD per million tokens)" if cost is None else f"${cost:,.4f}"
+
+
+def print_blackbox_budget(budget: dict[str, Any]) -> None:
+    """The most a black-box call can use, before it starts."""
+    console.print(f"At most {budget['target_queries']:,} target answers and {budget['attacker_calls']:,} attacker "
+                  f"calls for {budget['samples']} sample(s); about {_tokens(budget['tokens'])} tokens (estimated), "
+                  f"cost at most {_dollars(budget['cost_usd'])}.")
+
+
+def print_blackbox(result: Any, method: str) -> None:
+    rows = result.results
+    table = Table("samples", "jailbroken", "queries (mean)", "queries to success (median)", "attacker-written",
+                  "failed", title=escape(f"{method} -> {result.folder}"))
+    if rows:
+        to_success = sorted(r.queries_to_success for r in rows if r.queries_to_success is not None)
+        attempts = sum(r.nodes for r in rows)
+        table.add_row(str(len(rows)), f"{sum(r.success for r in rows)}/{len(rows)}",
+                      f"{sum(r.queries for r in rows) / len(rows):.1f}",
+                      str(to_success[len(to_success) // 2]) if to_success else "-",
+                      f"{sum(r.proposals_parsed for r in rows)}/{attempts}", str(len(result.failures)))
+    console.print(table)
+    tokens = {role: sum(r.tokens.get(role, 0) for r in rows) for role in ("attacker", "target", "judge")}
+    costs = [r.cost_usd for r in rows]
+    console.print(f"{result.attempted} sample(s) searched now; used {_tokens(tokens)} tokens (estimated), cost "
+                  f"{_dollars(None if None in costs else sum(costs))}; results in "
+                  f"{escape(str(result.folder))}/results.jsonl")
+    for role, stats in result.api_usage.items():
+        console.print(f"  {role} API this call: {stats['requests']} requests ({stats['retries']} retries), "
+                      f"{stats['cache_hits']} cache hits, {stats['prompt_tokens']:,} prompt + "
+                      f"{stats['completion_tokens']:,} completion tokens reported")
+
+
 def print_query(result: Any) -> None:
     kinds = Counter(row.source for row in result.responses)
     table = Table("source", "responses", title=escape(f"{result.target} -> {result.folder}"))

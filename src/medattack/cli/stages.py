@@ -109,6 +109,57 @@ def attack(
     print_attack(result, attack_config.method)
 
 
+@app.command(epilog="Examples:\n\n  medattack blackbox runs/demo --method pair --target api:llava-med "
+             "--base-url http://localhost:8000/v1 --limit 2 --set options.streams=2\n\n"
+             "  medattack blackbox runs/demo --method tap --target api:gpt-4o --attacker api --attacker-model gpt-4o "
+             "--judge api --judge-model gpt-4o-mini --set prices.target=10 --set prices.attacker=10\n\n"
+             "  medattack blackbox runs/demo --method pair --target hf:google/medgemma-4b-it --generations 5")
+def blackbox(
+    run: Annotated[Path, typer.Argument(help="A built run directory.")],
+    method: Annotated[str | None, typer.Option(help="pair or tap (default pair; see `list attacks`).")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="The model attacked: embedded | tiny | LLAVA_ID_OR_PATH | hf:ID | api:MODEL | python:FILE:FUNC.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL of an api target.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Environment variable of the target's API key.")] = None,
+    attacker: Annotated[str | None, typer.Option(help="local (default: the embedded SmolLM2) or api.")] = None,
+    attacker_model: Annotated[str | None, typer.Option(help="The attacker's model: a hub id or folder (local), a "
+                                                            "model name (api).")] = None,
+    attacker_base_url: Annotated[str | None, typer.Option(help="Base URL of an api attacker.")] = None,
+    judge: Annotated[str | None, typer.Option(help="embedded (default), api or hf.")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="The judge's model (api name or hf id/folder).")] = None,
+    judge_base_url: Annotated[str | None, typer.Option(help="Base URL of an api judge.")] = None,
+    generations: Annotated[int | None, typer.Option(help="Answers per attempt, sampled (a distribution).")] = None,
+    max_queries: Annotated[int | None, typer.Option(help="Target answers at most per sample.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Search at most this many samples.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per target answer at most.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Black-box attack of any target: an attacker model rewrites the question and moves the image, a judge
+    scores each answer, the search keeps what works (PAIR, TAP); resumable, every attempt logged."""
+    from medattack.cli.output import print_blackbox, print_blackbox_budget
+    from medattack.models.targets import split_target
+    from medattack.stages import blackbox as stage
+    from medattack.stages.blackbox import BlackBoxConfig
+
+    with errors():
+        kind, model = split_target(target) if target is not None else (None, None)
+        attacker_options = {"model": attacker_model, **({"api": {"base_url": attacker_base_url}}
+                                                         if attacker_base_url else {})}
+        judge_options = {"model": judge_model, **({"api": {"base_url": judge_base_url}} if judge_base_url else {})}
+        blackbox_config = stage_config(BlackBoxConfig, config, set_, flags={
+            "method": method, "limit": limit, "generations": generations,
+            "target": {"kind": kind, "model": model, "max_new_tokens": max_new_tokens,
+                       "api": {"base_url": base_url, "api_key_env": api_key_env}},
+            "attacker": {"generator": attacker, "options": attacker_options},
+            "judge": {"backend": judge, "options": judge_options},
+            "options": {"max_queries": max_queries}})
+        with progress_bar() as progress:
+            result = stage.run(run, blackbox_config, force=force, progress=progress, announce=print_blackbox_budget)
+    print_blackbox(result, blackbox_config.method)
+
+
 @app.command(epilog="Examples:\n\n  medattack query runs/demo --target embedded\n\n"
              "  medattack query runs/demo --target hf:google/medgemma-4b-it --set pairs_per_category=5\n\n"
              "  medattack query runs/demo --target api:gpt-4o --api-key-env OPENAI_API_KEY\n\n"
@@ -130,6 +181,8 @@ def query(
     attacks: Annotated[bool | None, typer.Option("--attacks/--no-attacks",
                                                  help="Replay the run's attacks (default: yes).")] = None,
     limit: Annotated[int | None, typer.Option(help="Ask at most this many benchmark samples.")] = None,
+    generations: Annotated[int | None, typer.Option(
+        help="Answers per query, sampled (temperature 0.7, seeds seed..seed+N-1): a distribution.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     preset: PresetOption = None,
@@ -151,7 +204,7 @@ def query(
             "target": {"kind": kind, "model": model, "max_new_tokens": max_new_tokens, "device": device,
                        "trust_remote_code": trust_remote_code,
                        "api": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency}},
-            "controls": _controls(controls), "replay_attacks": attacks, "limit": limit})
+            "controls": _controls(controls), "replay_attacks": attacks, "limit": limit, "generations": generations})
         with progress_bar() as progress:
             result = stage.run(run, query_config, force=force, progress=progress,
                                executor=executor_config(executor, ray_address, workers, gpus_per_worker))

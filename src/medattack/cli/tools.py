@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,14 +60,16 @@ def serve(
 # --- list -----------------------------------------------------------------------------------------
 
 
-def _print_plugins(registry: Any, with_settings: bool = True) -> None:
-    """Each plugin of a registry: its first docstring line and, with `with_settings`, its settings."""
+def _print_plugins(registry: Any, with_settings: bool = True,
+                   settings_of: Callable[[Any], Any] = lambda cls: getattr(cls, "config_class", None)) -> None:
+    """Each plugin of a registry: its first docstring line and, with `with_settings`, its settings
+    (the dataclass `settings_of(entry)` gives)."""
     from medattack.config import config_help
 
     for name, cls in registry.items():
         doc = (cls.__doc__ or "").strip().splitlines()
         console.print(f"[bold]{escape(name)}[/bold]: {escape(doc[0]) if doc else ''}")
-        config_class = getattr(cls, "config_class", None)
+        config_class = settings_of(cls)
         if with_settings and config_class is not None:
             for f in dataclasses.fields(config_class):
                 default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -75,10 +78,15 @@ def _print_plugins(registry: Any, with_settings: bool = True) -> None:
 
 @list_app.command("attacks", epilog="Example:\n\n  medattack list attacks")
 def list_attacks() -> None:
-    """Attack methods and their settings (change with --set options.KEY=VALUE)."""
+    """Attack methods and their settings (change with --set options.KEY=VALUE): white-box (`attack`),
+    then black-box (`blackbox`)."""
     from medattack.attacks import ATTACKS
+    from medattack.blackbox.base import BLACKBOX_ATTACKS
 
+    console.print("[bold]White-box[/bold] (medattack attack RUN --method NAME --model MODEL)")
     _print_plugins(ATTACKS)
+    console.print("\n[bold]Black-box[/bold] (medattack blackbox RUN --method NAME --target KIND:MODEL)")
+    _print_plugins(BLACKBOX_ATTACKS, settings_of=lambda cls: cls)
 
 
 @list_app.command("metrics", epilog="Example:\n\n  medattack list metrics")

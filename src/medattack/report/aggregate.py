@@ -61,6 +61,7 @@ class RunData:
     steps: pd.DataFrame  # one row per attack step: method, model, sample_id, step, success
     failures: dict[str, int] = field(default_factory=dict)  # where -> count of recorded failures
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> derived metric -> calibration
+    searches: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per black-box searched sample
 
 
 def _method(row: pd.Series) -> str:
@@ -112,8 +113,17 @@ def load_run(root: Path, name: str | None = None) -> RunData:
                 step_rows.append({"method": row.method, "model": row.model, "sample_id": row.sample_id,
                                   "step": step["step"], "success": step["success"], "run": name or root.name})
         failures[run.relative(folder.path)] = len(read_jsonl(folder.failures_path))
+    search_rows = []
+    for search in run.search_folders():
+        search_rows += [{"run": name or root.name, "method": r.method, "target": r.target, "judge": r.judge,
+                         "attacker": r.attacker, "sample_id": r.sample_id, "success": float(r.success),
+                         "queries": r.queries, "queries_to_success": r.queries_to_success,
+                         "tokens": sum(r.tokens.values()), "cost_usd": r.cost_usd,
+                         "attacker_written": r.proposals_parsed, "attempts": r.nodes}
+                        for r in search.results() if current is None or r.sample_id in current]
+        failures[run.relative(search.path)] = len(read_jsonl(search.failures_path))
     return RunData(name or root.name, root, manifest, table, metrics, pd.DataFrame(attack_rows),
-                   pd.DataFrame(step_rows), failures, calibration)
+                   pd.DataFrame(step_rows), failures, calibration, pd.DataFrame(search_rows))
 
 
 def is_scores_folder(root: Path) -> bool:
@@ -156,16 +166,22 @@ class ReportTables:
     image_reliance: pd.DataFrame  # run, target, control: share of answers that change with the image
     whitebox: pd.DataFrame  # run, method, model: teacher-forced and keyword success of the attack stage
     survival: pd.DataFrame  # run, method, model, step, surviving (share not yet jailbroken)
+    blackbox: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, method, target: success, queries, cost
 
 
 def _image_kind(row: pd.Series) -> str:
     return row["source"].removeprefix("control:") if row["kind"] == "control" else "real"
 
 
+def first_answers(table: pd.DataFrame) -> pd.DataFrame:
+    """The first sampled answer of each query (query --generations N), for the tests that pair answers."""
+    return table[table["generation"].fillna(0) == 0] if "generation" in table else table
+
+
 def _reliance(table: pd.DataFrame) -> pd.DataFrame:
     """Share of prompts whose answer with a control image differs from the answer with the real one."""
     rows = []
-    answers = table.drop_duplicates("response_id")
+    answers = first_answers(table).drop_duplicates("response_id")
     for (run, target), group in answers.groupby(["run", "target"], sort=True):
         real = group[group["kind"] == "benchmark"].set_index("sample_id")["response"]
         for control, members in group[group["kind"] == "control"].groupby("source"):
@@ -229,8 +245,10 @@ def comparisons(table: pd.DataFrame, success: str) -> pd.DataFrame:
     - `normal -> mismatch`: does it change the answer rate on benign ones?
     - `none -> <attack>`: does a replayed attack beat asking the clean question on the same sample?
 
-    A mismatched sample is paired with the matched sample of its image and prompt (`pair_id`)."""
+    A mismatched sample is paired with the matched sample of its image and prompt (`pair_id`). With sampled
+    answers (query --generations N) the pairs are of the first answers (the tables above average them all)."""
     rows: list[dict | None] = []
+    table = first_answers(table)
     for (run, target), group in table.groupby(["run", "target"], sort=True):
         benchmark = group[group["kind"] == "benchmark"]
         for before, after, metric in (("malicious", "both", success), ("normal", "mismatch", KEY_METRIC)):
@@ -283,4 +301,20 @@ def build_tables(runs: Sequence[RunData]) -> ReportTables:
         image_reliance=_reliance(table[table["kind"].isin(["benchmark", "control"])]),
         whitebox=whitebox,
         survival=_survival(pd.concat([r.steps for r in runs], ignore_index=True)),
+        blackbox=_blackbox(pd.concat([r.searches for r in runs], ignore_index=True)),
     )
+
+
+def _blackbox(searches: pd.DataFrame) -> pd.DataFrame:
+    """Per run, method and target: the judge's success rate (Wilson interval), the queries it took (median
+    over the successes), queries and estimated tokens per sample, and dollars (None when unpriced)."""
+    keys = ["run", "method", "target"]
+    if searches.empty:
+        return pd.DataFrame(columns=[*keys, *GROUP_COLUMNS])
+    summary = summarise_groups(searches, keys, "success")
+    extra = searches.groupby(keys, sort=True).agg(
+        judge=("judge", "first"), median_queries_to_success=("queries_to_success", "median"),
+        mean_queries=("queries", "mean"), mean_tokens=("tokens", "mean"),
+        attacker_written=("attacker_written", "sum"), attempts=("attempts", "sum"),
+        cost_usd=("cost_usd", lambda v: None if v.isna().any() else float(v.sum()))).reset_index()
+    return summary.merge(extra, on=keys)

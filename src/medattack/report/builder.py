@@ -248,7 +248,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                              "n": r["n"], "nulls": r["nulls"]}),
                       f"{r['keyword_success']:.2f}", f"{r['mean_steps']:.1f}", f"{r['mean_seconds']:.1f}",
                       f"{r['max_linf'] * 255:.1f}/255"] for _, r in tables.whitebox.iterrows()]
-    attacks = Section("White-box attacks", tables=[
+    attacks = Section("Attacks", tables=[
         Table("Attack stage results", ["run", "method", "model", "target forced (teacher-forced)",
                                        "keyword success", "mean steps", "mean seconds", "max L-inf"],
               whitebox_rows, "Success = the model's argmax reproduces the whole target string.", "whitebox"),
@@ -257,6 +257,24 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                "the model asked.", name="transfer"),
     ], figures=[Figure("survival", "Survival: share of samples not yet jailbroken vs attack step",
                        figures["survival"])])
+
+    blackbox_rows = [[str(r.run), str(r.method), str(r.target),
+                      _cell({"mean": r.mean, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "nulls": r.nulls}),
+                      "-" if pd.isna(r.median_queries_to_success) else f"{r.median_queries_to_success:.0f}",
+                      f"{r.mean_queries:.1f}", f"{r.mean_tokens:,.0f}",
+                      "-" if r.cost_usd is None or pd.isna(r.cost_usd) else f"${r.cost_usd:,.2f}",
+                      f"{r.attacker_written}/{r.attempts}", str(r.judge)]
+                     for r in tables.blackbox.itertuples()]
+    if blackbox_rows:
+        attacks.tables.insert(1, Table(
+            "Black-box attacks (medattack blackbox)", ["run", "method", "target", "jailbroken (search judge)",
+                                                       "queries to success (median)", "queries per sample",
+                                                       "tokens per sample (est.)", "cost", "attacker-written",
+                                                       "judge"],
+            blackbox_rows, "Success is the search's own judge on the best attempt (harmful samples); queries are "
+            "target answers (generations included); tokens are estimated from text length; cost '-' = no price "
+            "set for a paid role. attacker-written: attempts the attacker model wrote (the rest: built-in "
+            "strategies). Transfer below: white-box inputs replayed on each target.", "blackbox"))
 
     def questions(frame: pd.DataFrame, kind: str, metric: str) -> pd.DataFrame:
         return frame[(frame["questions"] == kind) & (frame["metric"] == metric)] if not frame.empty else frame
@@ -318,7 +336,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     long_tables = {"by_condition": tables.by_condition, "by_task": tables.by_task, "by_modality": tables.by_modality,
                    "task_modality": tables.task_modality, "transfer": tables.transfer,
                    "comparisons": tables.comparisons, "controls": tables.controls,
-                   "image_reliance": tables.image_reliance, "whitebox": tables.whitebox, "survival": tables.survival}
+                   "image_reliance": tables.image_reliance, "whitebox": tables.whitebox, "survival": tables.survival,
+                   "blackbox": tables.blackbox}
     for name, frame in long_tables.items():
         table_paths[name] = out / "tables" / f"{name}.csv"
         write_bytes_atomic(table_paths[name], frame.to_csv(index=False).encode("utf-8"))
