@@ -137,3 +137,19 @@ def test_api_target_run_keeps_the_key_off_disk_and_out_of_logs(run, fake_api, mo
     for path in run.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_generations_ask_each_query_n_times_with_one_seed_each_and_cost_nothing_again(run, fake_api):
+    asked = []
+    original = fake_api.chat
+    fake_api.chat = lambda payload: (asked.append((payload["seed"], payload["temperature"])), original(payload))[1]
+    config = QueryConfig(limit=2, controls=(), replay_attacks=False, generations=3, temperature=0.8,
+                         target=TargetConfig(kind="api", model="vision-model", seed=5,
+                                             api=APIConfig(base_url=fake_api.base_url)))
+    result = run_query_stage(run, config)
+    ids = sorted(r.response_id for r in result.responses)
+    assert len(ids) == 6 and sum(i.endswith("#1") for i in ids) == 2 and sum(i.endswith("#2") for i in ids) == 2
+    assert sorted({r.generation for r in result.responses}) == [0, 1, 2]
+    assert sorted(asked) == [(5, 0.8), (5, 0.8), (6, 0.8), (6, 0.8), (7, 0.8), (7, 0.8)]  # seed + k per answer
+    again = run_query_stage(run, config)
+    assert again.asked == 0 and len(asked) == 6  # every sampled answer kept: nothing asked twice

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,9 +58,14 @@ class QueryConfig:
                                             "category (all their conditions), drawn in a fixed hash order.")
     replay_attacks: bool = option(True, "Also ask every attack's adversarial inputs found in the run (transfer).")
     controls: tuple[str, ...] = option(("blank", "noise"), "Image-reliance controls: blank, noise (or none).")
+    generations: int = option(1, "Answers per query; > 1 samples each at `temperature` with seeds seed..seed+N-1 "
+                                 "(a stochastic target measured as a distribution).")
+    temperature: float = option(0.7, "Sampling temperature of the answers when generations > 1.")
     chunk: int = option(32, "Queries answered and written per step of the stage.")
 
     def __post_init__(self) -> None:
+        if self.generations < 1:
+            raise ConfigError(f"generations must be 1 or more, got {self.generations}.")
         unknown = (set(self.conditions) - set(CONDITIONS)) | (set(self.controls) - set(CONTROL_DESCRIPTIONS))
         if unknown:
             raise ConfigError(f"unknown condition or control {sorted(unknown)}; conditions: {', '.join(CONDITIONS)}; "
@@ -78,6 +83,18 @@ class PlannedQuery:
     image_file: str  # relative to the run root
     tensor_file: str | None = None  # exact adversarial pixels (safetensors), relative to the run root
     extra: dict[str, Any] = field(default_factory=dict)
+    generation: int = 0  # which sampled answer (--generations N)
+    sampling: tuple[float, int] | None = None  # (temperature, seed) when answers are sampled; None: the target's
+
+
+def with_generations(planned: list[PlannedQuery], config: QueryConfig) -> list[PlannedQuery]:
+    """Each query N times when `generations` N > 1, sampled at `temperature` with the seed of the target plus
+    the answer's index; the k-th extra answer's id ends in "#k", so the first keeps the id of a single one."""
+    if config.generations == 1:
+        return planned
+    return [replace(p, response_id=p.response_id + (f"#{k}" if k else ""), generation=k,
+                    sampling=(config.temperature, config.target.seed + k))
+            for p in planned for k in range(config.generations)]
 
 
 def control_images(run: RunDir) -> dict[str, str]:
@@ -125,13 +142,14 @@ def plan_queries(run: RunDir, samples: list[Sample], config: QueryConfig) -> lis
                 f"{folder.source}|{row.sample_id}", folder.source, sample, row.replay_text,
                 folder.relative(row.image_file), folder.relative(row.tensor_file) if row.tensor_file else None,
                 {"attack_method": row.method, "attack_model": row.model, "attack_success": row.success}))
-    return planned
+    return with_generations(planned, config)
 
 
 def input_hash(run: RunDir, planned: PlannedQuery, settings: dict[str, Any], digest: FileDigests) -> str:
     """What produces the answer to a planned query: its text, image and tensor bytes, the target's settings."""
     tensor = digest(run.root / planned.tensor_file) if planned.tensor_file else ""
-    return content_hash([planned.text, digest(run.root / planned.image_file), tensor, settings])
+    parts = [planned.text, digest(run.root / planned.image_file), tensor, settings]
+    return content_hash(parts + [list(planned.sampling)] if planned.sampling else parts)
 
 
 def _load_query(run: RunDir, planned: PlannedQuery) -> Query:
@@ -141,7 +159,8 @@ def _load_query(run: RunDir, planned: PlannedQuery) -> Query:
         from safetensors.torch import load_file
 
         exact = load_file(run.root / planned.tensor_file)["pixels"]
-    return Query(planned.response_id, planned.text, image, exact)
+    temperature, seed = planned.sampling or (None, None)
+    return Query(planned.response_id, planned.text, image, exact, temperature=temperature, seed=seed)
 
 
 class QueryWorker:
@@ -185,7 +204,7 @@ class QueryWorker:
                 kind=planned.source.split(":")[0], question=planned.text, image_file=planned.image_file,
                 response=answer, seconds=round(seconds, 3),
                 **{key: getattr(planned.sample, key) for key in RESPONSE_SAMPLE_FIELDS}, **planned.extra,
-                input_hash=hashes[k],
+                input_hash=hashes[k], generation=planned.generation,
             )
         return outcomes  # type: ignore[return-value]
 
