@@ -4,6 +4,7 @@ their stand-ins answer through the kind."""
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,15 @@ def wrong_type(device="cpu", dtype="auto"):
         def generate(self, images, questions, max_new_tokens):
             return "one string for all"
     return Bad()
+
+
+class Sampler:
+    def generate(self, images, questions, max_new_tokens, temperature=0.0, top_p=1.0, seed=0):
+        return [f"t={temperature} p={top_p} s={seed}" for _ in questions]
+
+
+def sampler(device="cpu", dtype="auto"):
+    return Sampler()
 
 
 def crashes(device="cpu", dtype="auto"):
@@ -117,3 +127,13 @@ def test_recipes_import_without_their_packages_and_their_stand_ins_answer(recipe
     answers = target.answer([_query(1), _query(2)])
     assert all(isinstance(a, str) and "stand-in" in a for a in answers) and answers[0] != answers[1]
     assert target.needs_image
+
+
+def test_sampled_queries_reach_a_generate_that_takes_the_settings_and_fail_clearly_otherwise(factory_file):
+    queries = [_query(0), replace(_query(1), temperature=0.7, seed=3), replace(_query(2), temperature=0.7, seed=4)]
+    target = load_target(TargetConfig(kind="python", model=f"{factory_file}:sampler", batch_size=3))
+    assert target.answer(queries) == ["t=0.0 p=1.0 s=0", "t=0.7 p=1.0 s=3", "t=0.7 p=1.0 s=4"]  # one call per seed
+    greedy_only = load_target(TargetConfig(kind="python", model=f"{factory_file}:load", batch_size=3))
+    first, second, third = greedy_only.answer(queries)
+    assert isinstance(first, str)  # greedy queries are still answered
+    assert isinstance(second, TargetError) and "cannot give sampled answers" in str(second)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -94,6 +95,10 @@ def test_hf_image_text_to_text_target(saved_tiny_vlm):
     assert target.name == f"hf:{saved_tiny_vlm}"
     assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
     assert answers == [target.answer([q])[0] for q in queries]  # left padding does not change greedy answers
+    sampled = [replace(q, temperature=1.0, seed=k) for k, q in enumerate(queries)]
+    mixed = [queries[0], *sampled[1:]]
+    assert target.answer(mixed) == [answers[0], *target.answer(sampled)[1:]]  # each seed answered on its own
+    assert target.answer(sampled) == target.answer(sampled)  # a seed reproduces its answer
 
 
 def test_api_target_sends_text_and_a_png_data_url(fake_api):

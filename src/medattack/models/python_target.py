@@ -8,8 +8,10 @@ object with
 
     generate(images, questions, max_new_tokens) -> list[str]
 
-`images` are PIL images (RGB; None for a text-only query) and `questions` strings, one per query of a
-batch of at most `batch_size`; the answer is one string per question. The object is checked when it is
+(and, to give sampled answers - `--generations N`, a temperature - keyword parameters `temperature`,
+`top_p` and `seed`, passed only when a query is sampled). `images` are PIL images (RGB; None for a
+text-only query) and `questions` strings, one per query of a batch of at most `batch_size`; the answer is
+one string per question. The object is checked when it is
 loaded, the answers on every batch; a factory that fails, an object without `generate`, or answers of the
 wrong type or number are one-line `TargetError`s naming the file and the fix, and a failed batch is
 retried one query at a time so only the bad query fails. The kind works wherever a target does: `query`,
@@ -28,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from medattack.errors import TargetError
-from medattack.models.targets import TARGETS, Query, TargetConfig, answer_in_batches, target_device
+from medattack.models.targets import (
+    TARGETS,
+    Query,
+    Sampling,
+    TargetConfig,
+    answer_in_batches,
+    by_sampling,
+    target_device,
+)
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -111,10 +121,24 @@ class PythonTarget:
         check_model(self.model, f"python target {self.where}")
         self.name = config.name
         self.needs_image = bool(getattr(self.model, "needs_image", False))
+        parameters = inspect.signature(self.model.generate).parameters
+        self._samples = {"temperature", "top_p", "seed"} <= set(parameters) or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
     def _generate(self, batch: Sequence[Query]) -> list[str]:
+        return by_sampling(batch, self.config, self._generate_with)
+
+    def _generate_with(self, batch: Sequence[Query], sampling: Sampling) -> list[str]:
         limit = max(q.limit(self.config.max_new_tokens) for q in batch)
-        answers = self.model.generate([_pil(q) for q in batch], [q.text for q in batch], limit)
+        temperature, top_p, seed = sampling
+        options = {}
+        if temperature > 0:  # sampled answers (--generations, a temperature): the object must take the settings
+            if not self._samples:
+                raise TargetError(f"python target {self.where}: its generate takes no temperature/top_p/seed, so it "
+                                  "cannot give sampled answers; add those keyword parameters to generate, or ask "
+                                  "greedily (temperature 0, one generation).")
+            options = {"temperature": temperature, "top_p": top_p, "seed": seed}
+        answers = self.model.generate([_pil(q) for q in batch], [q.text for q in batch], limit, **options)
         if not isinstance(answers, list | tuple) or len(answers) != len(batch) or not all(
                 isinstance(a, str) for a in answers):
             raise TargetError(f"python target {self.where}: generate returned {type(answers).__name__}"

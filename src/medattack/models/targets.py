@@ -159,6 +159,23 @@ def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i:i + max(1, size)] for i in range(0, len(items), max(1, size))]
 
 
+Sampling = tuple[float, float, int]  # (temperature, top_p, seed); temperature 0 = greedy
+
+
+def by_sampling(batch: Sequence[Query], config: TargetConfig,
+                generate: Callable[[Sequence[Query], Sampling], list[str]]) -> list[str]:
+    """`generate(queries, sampling)` once per distinct sampling of the batch (a model's generate call
+    takes one temperature and one seed), the answers put back in the batch's order."""
+    groups: dict[Sampling, list[int]] = {}
+    for k, query in enumerate(batch):
+        groups.setdefault(query.sampling(config.temperature, config.seed), []).append(k)
+    out: list[str] = [""] * len(batch)
+    for sampling, members in groups.items():
+        for k, answer in zip(members, generate([batch[k] for k in members], sampling), strict=True):
+            out[k] = answer
+    return out
+
+
 def answer_in_batches(queries: Sequence[Query], size: int, generate: Callable[[Sequence[Query]], list[str]],
                       catch: tuple[type[BaseException], ...],
                       retry: Callable[[Sequence[Query]], list[str | TargetError]]) -> list[str | TargetError]:
@@ -280,6 +297,9 @@ class HFChatTarget:
         return f"USER: {image}{text} ASSISTANT:"
 
     def _generate(self, batch: Sequence[Query]) -> list[str]:
+        return by_sampling(batch, self.config, self._generate_with)
+
+    def _generate_with(self, batch: Sequence[Query], sampling: Sampling) -> list[str]:
         from PIL import Image
 
         images = [Image.fromarray(q.image) for q in batch if q.image is not None]
@@ -288,11 +308,13 @@ class HFChatTarget:
         prompts = [self._prompt(q.text, q.image is not None) for q in batch]
         inputs = self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt").to(
             self.device)
-        sampling = ({"do_sample": True, "temperature": self.config.temperature} if self.config.temperature > 0
-                    else {"do_sample": False})
+        temperature, top_p, seed = sampling
+        options = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
+            "do_sample": False}
         limits = [q.limit(self.config.max_new_tokens) for q in batch]
+        torch.manual_seed(seed)
         with torch.inference_mode():
-            output = self.model.generate(**inputs, max_new_tokens=max(limits), **sampling)
+            output = self.model.generate(**inputs, max_new_tokens=max(limits), **options)
         prompt = inputs["input_ids"]
         echoed = output.shape[1] > prompt.shape[1] and torch.equal(output[:, :prompt.shape[1]].to(prompt.device),
                                                                    prompt)
