@@ -151,5 +151,6 @@ def test_generations_ask_each_query_n_times_with_one_seed_each_and_cost_nothing_
     assert len(ids) == 6 and sum(i.endswith("#1") for i in ids) == 2 and sum(i.endswith("#2") for i in ids) == 2
     assert sorted({r.generation for r in result.responses}) == [0, 1, 2]
     assert sorted(asked) == [(5, 0.8), (5, 0.8), (6, 0.8), (6, 0.8), (7, 0.8), (7, 0.8)]  # seed + k per answer
+    assert result.api_usage["requests"] == 6 and result.api_usage["cache_hits"] == 0  # printed after the stage
     again = run_query_stage(run, config)
     assert again.asked == 0 and len(asked) == 6  # every sampled answer kept: nothing asked twice

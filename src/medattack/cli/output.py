@@ -83,9 +83,13 @@ def print_blackbox(result: Any, method: str) -> None:
                   f"{_dollars(None if None in costs else sum(costs))}; results in "
                   f"{escape(str(result.folder))}/results.jsonl")
     for role, stats in result.api_usage.items():
-        console.print(f"  {role} API this call: {stats['requests']} requests ({stats['retries']} retries), "
-                      f"{stats['cache_hits']} cache hits, {stats['prompt_tokens']:,} prompt + "
-                      f"{stats['completion_tokens']:,} completion tokens reported")
+        _print_api_usage(f"{role} API this call", stats)
+
+
+def _print_api_usage(what: str, stats: dict[str, int]) -> None:
+    console.print(f"  {what}: {stats['requests']} requests ({stats['retries']} retries), {stats['cache_hits']} "
+                  f"cache hits, {stats['prompt_tokens']:,} prompt + {stats['completion_tokens']:,} completion "
+                  "tokens reported")
 
 
 def print_query(result: Any) -> None:
@@ -98,6 +102,8 @@ def print_query(result: Any) -> None:
         f" (see {escape(str(result.folder / 'failures.jsonl'))}; a re-run retries them)" if result.failures else ".")
         + (f" {result.stale} stale answer(s) (their input changed) moved to stale.jsonl and asked again."
            if result.stale else ""))
+    if result.api_usage:
+        _print_api_usage("API this call", result.api_usage)
 
 
 def print_scores(results: dict[str, Any]) -> None:

@@ -176,6 +176,11 @@ class QueryWorker:
     def name(self) -> str:
         return self.target.name
 
+    def api_usage(self) -> dict[str, int]:
+        """What the target's API reported to this worker: requests, retries, cache hits, tokens ({} locally)."""
+        client = getattr(self.target, "client", None)
+        return dict(client.stats) if client is not None else {}
+
     def answer(self, work: list[tuple[PlannedQuery, str]]) -> list[Response | dict[str, Any]]:
         """One Response or failure row per (planned query, its input hash), in order."""
         chunk, hashes = [p for p, _ in work], [h for _, h in work]
@@ -217,6 +222,7 @@ class QueryStageResult:
     failures: list[dict[str, Any]]
     asked: int  # queries answered in this call (others were already done)
     stale: int = 0  # answers set aside because their input or the target's settings changed
+    api_usage: dict[str, int] = field(default_factory=dict)  # an API target's requests and tokens (one worker's)
 
 
 def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, executor: ExecutorConfig | None = None,
@@ -262,10 +268,11 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
         resumable_map(pool, "answer", chunks, write, progress=progress, label=f"asking {target_name}",
                       done=len(planned) - len(todo), total=len(planned), size=len)
         failures.save()
+        usage = pool.call_any("api_usage") if local else {}
     finally:
         pool.close()
     if failures.rows:
         log.warning("%d queries to %s failed; see %s (a re-run retries them)", len(failures.rows), target_name,
                     folder.failures_path)
     return QueryStageResult(folder.path, target_name, folder.responses(), failures.rows,
-                            len(todo) - len(failures.rows), len(stale))
+                            len(todo) - len(failures.rows), len(stale), usage)
