@@ -279,3 +279,20 @@ def test_generations_sample_the_target_with_one_seed_each(run_dir, fake_api):
     node = SearchNode.from_json(json.loads((run_dir / "blackbox" / "pair").glob("*/nodes/*.jsonl").__next__()
                                            .read_text().splitlines()[0]), "")
     assert len(node.responses) == len(node.verdicts) == 3
+
+
+def test_the_best_attempts_are_replayed_on_other_targets_by_query(run_dir, fake_api):
+    from medattack.stages.query import QueryConfig
+    from medattack.stages.query import run as query
+
+    [first, second] = blackbox.run(run_dir, api_config(fake_api, "pair", streams=1, depth=1)).results
+    other = TargetConfig(kind="api", model="other-model", api=APIConfig(base_url=fake_api.base_url))
+    result = query(run_dir, QueryConfig(target=other, limit=1, controls=()))
+    replays = {r.sample_id: r for r in result.responses if r.kind == "attack"}
+    assert set(replays) == {first.sample_id, second.sample_id}
+    for found in (first, second):
+        replay = replays[found.sample_id]
+        assert replay.source == "attack:pair/api_vision" and replay.question == found.question
+        assert replay.attack_method == "pair" and replay.attack_model == "api:vision"
+        expected = f"blackbox/pair/api_vision/{found.image_file}" if found.image_file else None
+        assert expected is None or replay.image_file == expected

@@ -149,6 +149,11 @@ class MethodFolder(StageFolder):
     def results_path(self) -> Path:
         return self.path / "results.jsonl"
 
+    @property
+    def source(self) -> str:
+        """How answers to its inputs replayed on a target are labelled: "attack:<method>/<model or target>"."""
+        return f"attack:{self.method}/{self.path.name}"
+
 
 @dataclass(frozen=True)
 class AttackFolder(MethodFolder):
@@ -160,10 +165,6 @@ class AttackFolder(MethodFolder):
     def model(self) -> str:
         return self.path.name
 
-    @property
-    def source(self) -> str:
-        """How responses to these adversarial inputs are labelled: "attack:<method>/<model>"."""
-        return f"attack:{self.method}/{self.model}"
 
     @property
     def target_name(self) -> str:

@@ -9,7 +9,9 @@
 Sources of a query (the `source` column; `response_id` is "<source>|<sample_id>"):
     benchmark               the sample as built (question + image)
     attack:<method>/<model> an attack's adversarial input replayed (question + suffix, adversarial
-                            image; a local model of the attack's resolution gets the exact float tensor)
+                            image; a local model of the attack's resolution gets the exact float tensor);
+                            for a black-box attack (pair, tap) <model> is the target searched, and the
+                            input its best attempt (rewritten question, moved image)
     control:blank|noise     the sample's question with a blank grey or a uniform-noise image: a model
                             whose answers do not change shows that it does not look at the image
 
@@ -142,6 +144,16 @@ def plan_queries(run: RunDir, samples: list[Sample], config: QueryConfig) -> lis
                 f"{folder.source}|{row.sample_id}", folder.source, sample, row.replay_text,
                 folder.relative(row.image_file), folder.relative(row.tensor_file) if row.tensor_file else None,
                 {"attack_method": row.method, "attack_model": row.model, "attack_success": row.success}))
+        for search in run.search_folders():  # black-box attempts: the best one of each searched sample
+            for found in search.results():
+                sample = by_id.get(found.sample_id)
+                if sample is None or sample.condition not in config.conditions or not found.question:
+                    continue
+                image = search.path / found.image_file if found.image_file else run.benchmark_file(sample.image_file)
+                planned.append(PlannedQuery(
+                    f"{search.source}|{found.sample_id}", search.source, sample, found.question, run.relative(image),
+                    None, {"attack_method": found.method, "attack_model": found.target,
+                           "attack_success": found.success}))
     return with_generations(planned, config)
 
 
