@@ -296,3 +296,22 @@ def test_the_best_attempts_are_replayed_on_other_targets_by_query(run_dir, fake_
         assert replay.attack_method == "pair" and replay.attack_model == "api:vision"
         expected = f"blackbox/pair/api_vision/{found.image_file}" if found.image_file else None
         assert expected is None or replay.image_file == expected
+
+
+def test_a_run_yaml_runs_blackbox_searches_between_attack_and_query(tmp_path):
+    import yaml
+
+    from medattack.config import load_config
+    from medattack.pipeline import RunConfig, run_all
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "stages": ["build", "blackbox"],
+        "build": {"tasks": ["Matching"], "max_images_per_category": 1},
+        "blackbox": [{"method": "tap", "limit": 1, "target": {"kind": "llava", "model": "tiny", "max_new_tokens": 4},
+                      "attacker": {"options": {"max_new_tokens": 16}},
+                      "options": {"branching": 2, "width": 1, "depth": 2, "on_topic_threshold": 0}}]}))
+    result = run_all(load_config(RunConfig, path))
+    [search] = result.searches
+    assert len(search.results) == 1 and search.results[0].queries <= 4
+    assert search.folder == tmp_path / "run" / "blackbox" / "tap" / "tiny-random-llava_unit_tests"

@@ -116,6 +116,8 @@ def test_run_config_reads_targets_as_strings_or_mappings(tmp_path):
 def test_the_example_config_loads():
     config = load_config(RunConfig, Path(__file__).resolve().parents[1] / "examples" / "run.yaml")
     assert [a.method for a in config.attacks] == ["mcm", "typo"] and config.targets[0].model == "embedded"
+    assert [(b.method, b.target.model, b.options) for b in config.blackbox] == [
+        ("pair", "embedded", {"streams": 2, "depth": 2})]
     assert config.executor.kind == "local" and config.run_dir == "runs/example"
 
 

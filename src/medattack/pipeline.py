@@ -1,6 +1,6 @@
 """Every stage from one config: `medattack run CONFIG.yaml` and `medattack demo`.
 
-    build -> attack -> query -> score -> report     (stages/, one module each)
+    build -> attack -> blackbox -> query -> score -> report     (stages/, one module each)
 
 `run_all` runs the configured stages in order over one run directory. Each stage skips what the run
 already holds, so running the same config again after a crash finishes the work without redoing or
@@ -24,15 +24,16 @@ from medattack.models.base import WhiteBoxTarget, load_whitebox
 from medattack.models.targets import TARGETS, TargetConfig, load_target
 from medattack.report.builder import ReportConfig, ReportResult
 from medattack.rundir import Progress, RunDir
-from medattack.stages import analyze, attack, build, query, report, score
+from medattack.stages import analyze, attack, blackbox, build, query, report, score
 from medattack.stages.attack import AttackStageConfig, AttackStageResult
+from medattack.stages.blackbox import BlackBoxConfig, BlackBoxStageResult
 from medattack.stages.build import BuildConfig, BuildResult
 from medattack.stages.query import QueryConfig, QueryStageResult
 from medattack.stages.score import ScoreConfig, ScoreStageResult
 
 log = logging.getLogger(__name__)
 
-STAGES = ("build", "attack", "query", "score", "report")
+STAGES = ("build", "attack", "blackbox", "query", "score", "report")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class RunConfig:
         build: {sources: [embedded], tasks: [Disease Classification]}
         attacks:
           - {method: mcm, model: embedded, limit: 4, options: {rounds: 5}}
+        blackbox:
+          - {method: pair, target: {kind: api, model: gpt-4o}, attacker: {generator: api}, limit: 4}
         targets: [embedded, "hf:HuggingFaceTB/SmolVLM-256M-Instruct", {kind: api, model: gpt-4o}]
         query: {pairs_per_category: 2, controls: [blank, noise]}
         score: {metrics: [keyword_asr, tto, tio, tii, composite]}
@@ -52,9 +55,12 @@ class RunConfig:
     """
 
     run_dir: str = option("runs/run", "Run directory.")
-    stages: tuple[str, ...] = option(STAGES, "Stages to run, in this order: build, attack, query, score, report.")
+    stages: tuple[str, ...] = option(STAGES, "Stages to run, in this order: build, attack, blackbox, query, score, "
+                                             "report.")
     build: BuildConfig = option(BuildConfig(), "Benchmark settings (see `medattack build --help`).")
     attacks: tuple[AttackStageConfig, ...] = option((), "White-box attacks: method, model, limit, options...")
+    blackbox: tuple[BlackBoxConfig, ...] = option((), "Black-box attacks: method, target, attacker, judge, limit, "
+                                                  "options... (their best attempts are replayed by the query stage)")
     targets: tuple[TargetConfig, ...] = option((TargetConfig(),), "Models asked: 'KIND:MODEL' strings or "
                                                "mappings of target settings.")
     query: QueryConfig = option(QueryConfig(), "Query settings shared by every target (its `target` is ignored).")
@@ -90,6 +96,7 @@ class RunConfig:
         # entries may be text ("api:gpt-4o", "mcm") or mappings, also when the config is built in Python
         object.__setattr__(self, "targets", tuple(coerce(t, TargetConfig, "targets") for t in self.targets))
         object.__setattr__(self, "attacks", tuple(coerce(a, AttackStageConfig, "attacks") for a in self.attacks))
+        object.__setattr__(self, "blackbox", tuple(coerce(b, BlackBoxConfig, "blackbox") for b in self.blackbox))
 
 
 @dataclass
@@ -97,6 +104,7 @@ class RunResult:
     run_dir: Path
     build: BuildResult | None = None
     attacks: list[AttackStageResult] = field(default_factory=list)
+    searches: list[BlackBoxStageResult] = field(default_factory=list)
     queries: list[QueryStageResult] = field(default_factory=list)
     scores: dict[str, ScoreStageResult] = field(default_factory=dict)
     report: ReportResult | None = None
@@ -130,6 +138,14 @@ def _attack(run: RunDir, config: RunConfig, result: RunResult, models: _Models, 
                                          model=models.get(stage.model, stage.device)))
 
 
+def _blackbox(run: RunDir, config: RunConfig, result: RunResult, models: _Models, progress: Progress | None) -> None:
+    for stage in config.blackbox:
+        shared = models.get(stage.target.model, stage.target.device) if TARGETS[stage.target.kind].takes_whitebox \
+            else None
+        target = load_target(stage.target, model=shared) if shared is not None else None
+        result.searches.append(blackbox.run(run, stage, progress=progress, target=target))
+
+
 def _query(run: RunDir, config: RunConfig, result: RunResult, models: _Models, progress: Progress | None) -> None:
     for target_config in config.targets:
         shared = models.get(target_config.model, target_config.device) if TARGETS[
@@ -147,8 +163,8 @@ def _report(run: RunDir, config: RunConfig, result: RunResult, models: _Models, 
     result.report = report.run(run, config.report)
 
 
-STAGE_STEPS: dict[str, StageStep] = {"build": _build, "attack": _attack, "query": _query, "score": _score,
-                                     "report": _report}
+STAGE_STEPS: dict[str, StageStep] = {"build": _build, "attack": _attack, "blackbox": _blackbox, "query": _query,
+                                     "score": _score, "report": _report}
 
 
 def run_all(config: RunConfig, progress: Progress | None = None) -> RunResult:
