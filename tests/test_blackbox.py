@@ -205,19 +205,20 @@ def run_dir(small_run, tmp_path):
     return tmp_path / "run"
 
 
-def api_config(fake_api, method, **options):
-    return BlackBoxConfig(method=method, limit=2, target=TargetConfig(kind="api", model="vision",
+def api_config(fake_api, method, limit=2, **options):
+    return BlackBoxConfig(method=method, limit=limit, target=TargetConfig(kind="api", model="vision",
                                                                       api=APIConfig(base_url=fake_api.base_url)),
                           attacker=AttackerConfig(options={"max_new_tokens": 24}), options=options)
 
 
-@pytest.mark.parametrize(("method", "options"), [("pair", {"streams": 2, "depth": 2, "max_queries": 3}),
-                                                 ("tap", {"branching": 2, "width": 1, "depth": 2, "max_queries": 4})])
-def test_pair_and_tap_end_to_end_with_the_embedded_attacker_and_judge(run_dir, fake_api, method, options):
+@pytest.mark.parametrize(("method", "limit", "options"), [
+    ("pair", 2, {"streams": 2, "depth": 2, "max_queries": 3}),
+    ("tap", 1, {"branching": 2, "width": 1, "depth": 2, "max_queries": 3})])
+def test_pair_and_tap_end_to_end_with_the_embedded_attacker_and_judge(run_dir, fake_api, method, limit, options):
     budgets = []
-    result = blackbox.run(run_dir, api_config(fake_api, method, **options), announce=budgets.append)
-    assert budgets[0]["target_queries"] == 2 * options["max_queries"] and budgets[0]["samples"] == 2
-    assert len(result.results) == 2 and not result.failures
+    result = blackbox.run(run_dir, api_config(fake_api, method, limit, **options), announce=budgets.append)
+    assert budgets[0]["target_queries"] == limit * options["max_queries"] and budgets[0]["samples"] == limit
+    assert len(result.results) == limit and not result.failures
     folder = result.folder
     paid = 0
     for record in result.results:
@@ -235,12 +236,21 @@ def test_pair_and_tap_end_to_end_with_the_embedded_attacker_and_judge(run_dir, f
         assert record.stop_reason in ("success", "depth", "queries", "pruned")
         assert record.cost_usd is None or record.cost_usd >= 0
     assert fake_api.requests == paid  # every paid query is in the node log
-    again = blackbox.run(run_dir, api_config(fake_api, method, **options))
+    again = blackbox.run(run_dir, api_config(fake_api, method, limit, **options))
     assert again.attempted == 0 and fake_api.requests == paid  # a re-run asks nothing
 
 
+@pytest.fixture
+def scripted_attacker(monkeypatch):
+    """The stage's attacker with a scripted generator shared by every call of the test (as the attacker's
+    cache would be): fast, and the same proposals for the same prompts."""
+    generator = ScriptedGenerator()
+    monkeypatch.setattr(blackbox, "Attacker", lambda config, cache_path=None: Attacker(config, generator=generator))
+    return generator
+
+
 def test_a_search_killed_mid_way_resumes_without_asking_a_paid_query_twice(run_dir, fake_api, tmp_path,
-                                                                             monkeypatch):
+                                                                             monkeypatch, scripted_attacker):
     config = api_config(fake_api, "pair", streams=2, depth=3, max_queries=6)
     shutil.copytree(run_dir, tmp_path / "uninterrupted")
     whole = blackbox.run(tmp_path / "uninterrupted", config)
@@ -267,7 +277,7 @@ def test_a_search_killed_mid_way_resumes_without_asking_a_paid_query_twice(run_d
             after.sample_id, after.queries, after.question, after.nodes)
 
 
-def test_generations_sample_the_target_with_one_seed_each(run_dir, fake_api):
+def test_generations_sample_the_target_with_one_seed_each(run_dir, fake_api, scripted_attacker):
     config = BlackBoxConfig(method="pair", limit=1, generations=3, temperature=0.9, target=TargetConfig(
         kind="api", model="vision", seed=7, api=APIConfig(base_url=fake_api.base_url)),
         attacker=AttackerConfig(options={"max_new_tokens": 24}), options={"streams": 1, "depth": 1})
@@ -281,7 +291,7 @@ def test_generations_sample_the_target_with_one_seed_each(run_dir, fake_api):
     assert len(node.responses) == len(node.verdicts) == 3
 
 
-def test_the_best_attempts_are_replayed_on_other_targets_by_query(run_dir, fake_api):
+def test_the_best_attempts_are_replayed_on_other_targets_by_query(run_dir, fake_api, scripted_attacker):
     from medattack.stages.query import QueryConfig
     from medattack.stages.query import run as query
 
@@ -298,7 +308,7 @@ def test_the_best_attempts_are_replayed_on_other_targets_by_query(run_dir, fake_
         assert expected is None or replay.image_file == expected
 
 
-def test_a_run_yaml_runs_blackbox_searches_between_attack_and_query(tmp_path):
+def test_a_run_yaml_runs_blackbox_searches_between_attack_and_query(tmp_path, scripted_attacker):
     import yaml
 
     from medattack.config import load_config

@@ -54,8 +54,8 @@ def scored_run(tmp_path_factory, tiny_whitebox):
     target = _PayloadTarget(LlavaTarget(TargetConfig(model="tiny", max_new_tokens=6), model=tiny_whitebox))
     run_query_stage(root, QueryConfig(pairs_per_category=1), target=target)
     score(root)
-    run_blackbox(root, BlackBoxConfig(limit=2, attacker=AttackerConfig(options={"max_new_tokens": 16}),
-                                      options={"streams": 1, "depth": 2}), target=target)
+    run_blackbox(root, BlackBoxConfig(limit=1, attacker=AttackerConfig(options={"max_new_tokens": 16}),
+                                      options={"streams": 1, "depth": 1}), target=target)
     return root
 
 
@@ -79,7 +79,7 @@ def test_every_output_is_written(report):
     assert "| white-box (attacked) | tiny-random-llava (unit tests) |" in markdown  # the manifest names the models
     assert "| target (llava) | tiny-random-llava (unit tests) |" in markdown
     blackbox = pd.read_csv(report.tables["blackbox"])  # the black-box section: one row per method x target
-    assert list(blackbox["method"]) == ["pair"] and int(blackbox["n"].iloc[0]) == 2
+    assert list(blackbox["method"]) == ["pair"] and int(blackbox["n"].iloc[0]) == 1
     assert "Black-box attacks (medattack blackbox)" in markdown and "| pair | tiny-random-llava" in markdown
 
 
