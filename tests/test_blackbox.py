@@ -187,6 +187,15 @@ def test_cost_needs_a_price_for_every_paid_role():
         BlackBoxConfig(prices={"atacker": 1.0})
 
 
+@pytest.mark.parametrize(("settings", "words"), [
+    ({"options": {"streams": 0}}, "streams 0"), ({"generations": 0}, "generations 0"),
+    ({"generations": 5, "options": {"max_queries": 3}}, "less than one attempt"),
+    ({"options": {"success_rate": 0}}, "success_rate"), ({"method": "tap", "options": {"width": 0}}, "width 0")])
+def test_budgets_that_cannot_run_are_refused_when_configured(settings, words):
+    with pytest.raises(Exception, match=words):
+        BlackBoxConfig(**settings)
+
+
 # --- the stage, end to end offline ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import numpy as np
 
 from medattack.blackbox.attacker import Attacker, Attempt, Goal, Proposal
 from medattack.blackbox.moves import Move, MoveContext, apply_move
+from medattack.errors import ConfigError
 from medattack.records import SearchNode
 from medattack.scoring.judges.base import Judge, Verdict
 
@@ -51,6 +52,17 @@ class SearchSettings:
     max_tokens: int  # estimated tokens at most, all roles (0: no limit)
     generations: int  # answers per attempt (sampled when > 1)
     success_rate: float  # share of an attempt's judged answers that must be jailbroken
+
+    def __post_init__(self) -> None:
+        small = [f"{name} {getattr(self, name)}" for name in ("depth", "width", "branching", "streams", "generations")
+                 if getattr(self, name) < 1]
+        if small:
+            raise ConfigError(f"black-box search: {', '.join(small)}; each must be 1 or more.")
+        if self.max_queries < self.generations:
+            raise ConfigError(f"black-box search: max_queries {self.max_queries} is less than one attempt's "
+                              f"{self.generations} answer(s); raise it.")
+        if not 0 < self.success_rate <= 1:
+            raise ConfigError(f"black-box search: success_rate {self.success_rate} must be in (0, 1].")
 
 
 @dataclass

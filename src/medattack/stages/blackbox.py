@@ -70,9 +70,7 @@ class BlackBoxConfig:
 
     def __post_init__(self) -> None:
         check_conditions(self.conditions, "blackbox conditions")
-        self.method_config()
-        if self.generations < 1:
-            raise ConfigError(f"generations must be 1 or more, got {self.generations}.")
+        self.method_config().settings(self.generations)  # checks the budgets and generations now
         unknown = sorted(set(self.prices) - set(ROLES))
         if unknown:
             raise ConfigError(f"prices: unknown role(s) {unknown}; the roles are {', '.join(ROLES)}.")
