@@ -20,13 +20,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from medattack.config import option
 from medattack.errors import APIError, ConfigError
 from medattack.storage import SqliteCache
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 OPENAI_URL = "https://api.openai.com/v1"
@@ -78,6 +79,9 @@ class APIClient:
         self._sleep = sleep
         self._attempts = threading.local()  # attempts of the request in flight on this thread
         self.stats = {"requests": 0, "retries": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        import openai  # here, not at import: it costs a second of start-up to every command that never calls an API
+
+        self._openai = openai
         self._http = openai.DefaultHttpxClient(event_hooks={"request": [self._before_each_attempt]})
         self._sdk: openai.OpenAI | None = None
 
@@ -91,12 +95,12 @@ class APIClient:
                 common = {"api_key": key or "unused", "max_retries": self.config.max_retries,
                           "timeout": self.config.timeout, "http_client": self._http}
                 if self.config.azure_api_version:
-                    self._sdk = openai.AzureOpenAI(azure_endpoint=self.config.base_url,
+                    self._sdk = self._openai.AzureOpenAI(azure_endpoint=self.config.base_url,
                                                    api_version=self.config.azure_api_version, **common)
                 else:
-                    self._sdk = openai.OpenAI(base_url=self.config.base_url, **common)
+                    self._sdk = self._openai.OpenAI(base_url=self.config.base_url, **common)
                 self.api_key = key
-            return self._sdk, ({} if key else {"headers": {"Authorization": openai.omit}})
+            return self._sdk, ({} if key else {"headers": {"Authorization": self._openai.omit}})
 
     @property
     def has_key(self) -> bool:
@@ -135,13 +139,13 @@ class APIClient:
         sdk, options = self._client()
         try:
             response = sdk.post("/" + path.lstrip("/"), body=payload, cast_to=object, options=options)
-        except openai.APIStatusError as exc:
+        except self._openai.APIStatusError as exc:
             detail = redact(_error_text(exc), self.api_key)[:300]
             if exc.status_code in (401, 403) and not self.api_key:
                 detail += f" (no key: set the environment variable {self.config.api_key_env})"
             tries = f" (gave up after {self._attempts.count} attempts)" if self._attempts.count > 1 else ""
             raise APIError(f"{url} answered {exc.status_code}{tries}: {detail}", exc.status_code) from None
-        except openai.APIConnectionError as exc:
+        except self._openai.APIConnectionError as exc:
             raise APIError(f"{url}: gave up after {self._attempts.count} attempts ({type(exc).__name__}: "
                            f"{redact(str(exc), self.api_key)[:200]}).") from None
         if not isinstance(response, dict):
