@@ -177,7 +177,7 @@ def run_all(config: RunConfig, progress: Progress | None = None) -> RunResult:
     return result
 
 
-DEMO_ATTACK_SAMPLES = 3
+DEMO_ATTACK_SAMPLES = 2
 DEMO_ROUNDS = 5
 
 
@@ -188,7 +188,7 @@ def demo_config(run_dir: str | Path = "runs/demo") -> RunConfig:
         run_dir=str(run_dir),
         attacks=(AttackStageConfig(method="mcm", model="embedded", limit=DEMO_ATTACK_SAMPLES,
                                    options={"rounds": DEMO_ROUNDS}),),
-        targets=(TargetConfig(model="embedded", max_new_tokens=48),),
+        targets=(TargetConfig(model="embedded", max_new_tokens=32),),
         query=QueryConfig(pairs_per_category=1),
     )
 
