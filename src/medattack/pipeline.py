@@ -178,7 +178,7 @@ def run_all(config: RunConfig, progress: Progress | None = None) -> RunResult:
 
 
 DEMO_ATTACK_SAMPLES = 2
-DEMO_ROUNDS = 5
+DEMO_ROUNDS = 4
 
 
 def demo_config(run_dir: str | Path = "runs/demo") -> RunConfig:
@@ -188,7 +188,7 @@ def demo_config(run_dir: str | Path = "runs/demo") -> RunConfig:
         run_dir=str(run_dir),
         attacks=(AttackStageConfig(method="mcm", model="embedded", limit=DEMO_ATTACK_SAMPLES,
                                    options={"rounds": DEMO_ROUNDS}),),
-        targets=(TargetConfig(model="embedded", max_new_tokens=32),),
+        targets=(TargetConfig(model="embedded", max_new_tokens=24),),
         query=QueryConfig(pairs_per_category=1),
     )
 
