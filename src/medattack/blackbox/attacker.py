@@ -129,9 +129,12 @@ class Attacker:
         return USER.format(goal=goal.question, attribute=goal.true_attribute or "unknown", task=goal.task or "unknown",
                            history=history_text, index=index + 1, count=count)
 
-    def propose(self, goal: Goal, history: Sequence[Attempt], index: int, count: int, seed_key: str) -> Proposal:
-        """Attempt `index` of `count` children of a branch with this history; `seed_key` seeds the fallback."""
-        reply = self.generator.generate(self.system, self.prompt(goal, history, index, count))
+    def propose(self, goal: Goal, history: Sequence[Attempt], index: int, count: int, seed_key: str,
+                prompt: str | None = None) -> Proposal:
+        """Attempt `index` of `count` children of a branch with this history; `seed_key` seeds the fallback.
+        `prompt`: the user message `prompt()` gives for these, when the caller has built it already."""
+        user = prompt if prompt is not None else self.prompt(goal, history, index, count)
+        reply = self.generator.generate(self.system, user)
         proposal = parse_proposal(reply)
         if proposal is not None or not self.config.fallback:
             return proposal or Proposal(goal.question, Move(), "attacker reply was not a proposal", "attacker")

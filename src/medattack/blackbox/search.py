@@ -173,7 +173,8 @@ class TreeSearch:
             node = by_id.get(node.parent) if node.parent else None
         history.reverse()
         prompt = self.attacker.prompt(goal, history, spec.index, spec.count)
-        spec.proposal = self.attacker.propose(goal, history, spec.index, spec.count, f"{seed_key}|{spec.node_id}")
+        spec.proposal = self.attacker.propose(goal, history, spec.index, spec.count, f"{seed_key}|{spec.node_id}",
+                                              prompt)
         spec.image, spec.question = apply_move(spec.proposal.move, image, spec.proposal.question, context)
         spec.tokens = {"attacker": estimate_tokens(self.attacker.system, prompt, spec.proposal.question,
                                                    spec.proposal.rationale)}
