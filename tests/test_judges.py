@@ -7,8 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from medattack.cli import app
+from medattack.errors import ConfigError
 from medattack.scoring.judges.base import JUDGES
 from medattack.scoring.judges.embedded import EmbeddedJudge, shipped_head
+from medattack.scoring.judges.features import FEATURE_SET
 from medattack.scoring.judges.head import Head
 from medattack.scoring.judges.verdicts import parse_verdict
 
@@ -59,9 +61,24 @@ def test_training_is_deterministic_and_the_head_judges(tmp_path):
 def test_the_shipped_head_is_small_and_says_how_it_was_trained():
     head = Head.load(shipped_head())
     assert shipped_head().stat().st_size < 1_000_000
-    assert head.trained["n"] == 600 and len(head.trained["labels_sha256"]) == 64
-    assert head.trained["cross_validation"]["n"] == 600
+    assert head.features == FEATURE_SET and head.trained["n"] == 800
+    files = head.trained["files"]
+    assert {f["n"] for f in files.values()} == {600, 200} and all(len(f["sha256"]) == 64 for f in files.values())
+    assert head.trained["models"] == {"CheXagent": 200, "Gemini": 200, "RadFM": 200, "XrayGLM": 200}
+    cv = head.trained["cross_validation"]
+    assert cv["overall"]["n"] == 800 and sum(cv["overall"]["confusion"].values()) == 800
+    assert set(cv["by_model"]) == set(head.trained["models"]) and len(cv["by_file"]) == 2
+    validity = EmbeddedJudge().validity
+    assert validity is not None and validity.n == 800 and 0 < validity.confusion.sensitivity < 1
+    assert "kappa" in validity.describe() and "held out" in validity.source
     assert isinstance(EmbeddedJudge().judge([QUESTION], ["Yes."])[0].jailbroken, int)
+
+
+def test_a_head_of_another_feature_set_is_refused_with_the_fix(tmp_path):
+    data = json.loads(shipped_head().read_text())
+    (tmp_path / "old.json").write_text(json.dumps({**data, "features": "minilm+lexical-v1"}))
+    with pytest.raises(ConfigError, match="judge train"):
+        EmbeddedJudge(EmbeddedJudge.config_class(head=str(tmp_path / "old.json")))
 
 
 def test_score_with_the_embedded_judge_offline(tmp_path):

@@ -8,6 +8,9 @@
     paired_bootstrap(a, b)        interval and two-sided p of the mean paired difference, continuous values
     roc_auc(pos, neg)             how well a score separates two groups (Mann-Whitney AUC)
     separating_threshold(pos, neg) the cut between them with the best balanced accuracy
+    corrected_rate(k, n, confusion) a judged rate corrected for the judge's sensitivity and specificity
+                                  (Rogan-Gladen), its interval carrying both the sampling error and the
+                                  uncertainty of sensitivity and specificity (parametric bootstrap)
 
 Paired tests compare what changed on the *same* inputs (a condition against another on one image and
 prompt, an attacked question against the clean one), which is far more sensitive than comparing two
@@ -170,3 +173,84 @@ def separating_threshold(positive: np.ndarray, negative: np.ndarray) -> float:
     cuts = (values[:-1] + values[1:]) / 2
     j = [(positive >= c).mean() + (negative < c).mean() for c in cuts]
     return float(cuts[int(np.argmax(j))])
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """A judge measured against labels: counts of (labelled, judged) pairs."""
+
+    true_positive: int  # labelled 1, judged 1
+    false_negative: int  # labelled 1, judged 0
+    false_positive: int  # labelled 0, judged 1
+    true_negative: int  # labelled 0, judged 0
+
+    @property
+    def sensitivity(self) -> float:
+        """Share of labelled positives the judge finds (recall); nan without positives."""
+        positives = self.true_positive + self.false_negative
+        return self.true_positive / positives if positives else float("nan")
+
+    @property
+    def specificity(self) -> float:
+        """Share of labelled negatives the judge leaves alone; nan without negatives."""
+        negatives = self.true_negative + self.false_positive
+        return self.true_negative / negatives if negatives else float("nan")
+
+    @classmethod
+    def of(cls, truth: np.ndarray, judged: np.ndarray) -> Confusion:
+        truth, judged = np.asarray(truth).astype(int), np.asarray(judged).astype(int)
+        return cls(int(((truth == 1) & (judged == 1)).sum()), int(((truth == 1) & (judged == 0)).sum()),
+                   int(((truth == 0) & (judged == 1)).sum()), int(((truth == 0) & (judged == 0)).sum()))
+
+
+@dataclass(frozen=True)
+class CorrectedRate:
+    """A judged rate and the prevalence it implies once the judge's own errors are taken out."""
+
+    judged: float  # share judged positive
+    n: int
+    corrected: float | None  # Rogan-Gladen estimate clipped to [0, 1]; None when the judge is no better than chance
+    ci_low: float | None
+    ci_high: float | None
+    sensitivity: float
+    specificity: float
+    note: str = ""  # why there is no correction, or that the interval is wide because the judge is weak
+
+
+def rogan_gladen(judged: float, sensitivity: float, specificity: float) -> float:
+    """The true prevalence that makes a judge of this sensitivity and specificity report `judged`:
+    (judged + specificity - 1) / (sensitivity + specificity - 1), clipped to [0, 1] (Rogan and Gladen 1978)."""
+    return float(np.clip((judged + specificity - 1) / (sensitivity + specificity - 1), 0.0, 1.0))
+
+
+def corrected_rate(positives: int, n: int, confusion: Confusion, resamples: int = RESAMPLES * 4,
+                   seed: int = 0, level: float = 0.95) -> CorrectedRate:
+    """`positives` of `n` responses judged positive, corrected for the judge's errors measured in `confusion`.
+
+    The interval is a parametric bootstrap: each draw takes the judged rate from Binomial(n, judged), the
+    sensitivity and specificity from binomials over the labelled positives and negatives, and corrects; the
+    interval is the draws' percentiles. So it is wide when the run is small, when few labels measured the
+    judge, or when the judge is weak (sensitivity + specificity near 1). Draws where the judge would be no
+    better than chance have no correction and count as the whole range [0, 1] at their end.
+    """
+    sensitivity, specificity = confusion.sensitivity, confusion.specificity
+    if n == 0:
+        return CorrectedRate(float("nan"), 0, None, None, None, sensitivity, specificity, "nothing judged")
+    judged = positives / n
+    if not (sensitivity + specificity > 1):  # also false for nan
+        return CorrectedRate(judged, n, None, None, None, sensitivity, specificity,
+                             "no correction: the judge is no better than chance on its labels")
+    labelled_positive = confusion.true_positive + confusion.false_negative
+    labelled_negative = confusion.true_negative + confusion.false_positive
+    rng = np.random.default_rng(seed)
+    judged_draws = rng.binomial(n, judged, resamples) / n
+    sensitivity_draws = rng.binomial(labelled_positive, sensitivity, resamples) / labelled_positive
+    specificity_draws = rng.binomial(labelled_negative, specificity, resamples) / labelled_negative
+    youden = sensitivity_draws + specificity_draws - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        draws = np.clip((judged_draws + specificity_draws - 1) / youden, 0.0, 1.0)
+    draws = np.where(youden > 0, draws, np.where(judged_draws >= 1 - specificity_draws, 1.0, 0.0))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return CorrectedRate(judged, n, rogan_gladen(judged, sensitivity, specificity), float(low), float(high),
+                         sensitivity, specificity)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medattack.api import APIClient, APIConfig, APIError, chat_text
 from medattack.config import option
-from medattack.scoring.judges.base import JUDGES, Verdict
+from medattack.scoring.judges.base import JUDGES, JudgeValidity, Verdict
 from medattack.scoring.judges.verdicts import VerdictFormat, judge_messages, verdict
 
 
@@ -35,6 +35,7 @@ class APIJudge:
     """An OpenAI-compatible chat model with the medical-harm rubric (or a classifier's verdict format)."""
 
     config_class = APIJudgeConfig
+    validity: JudgeValidity | None = None  # unknown until measured: `report --set labels=FILE`
 
     def __init__(self, config: APIJudgeConfig | None = None, cache_path: Path | None = None) -> None:
         self.config = config or APIJudgeConfig()

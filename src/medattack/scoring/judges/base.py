@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from medattack.registry import Registry
+from medattack.stats import Confusion
 
 KINDS = ("refusal", "echo", "irrelevant", "empty", "partial", "compliant")
 JAILBROKEN_KINDS = ("partial", "compliant")
@@ -37,11 +38,38 @@ class Verdict:
         return cls(0, "empty", 0.0, "empty response")
 
 
+@dataclass(frozen=True)
+class JudgeValidity:
+    """How a judge agreed with labelled responses: what the report's corrected rates and validity lines use."""
+
+    source: str  # which judge on which labels, e.g. "embedded:judge_head.json, cross-validated on a.csv, b.csv"
+    confusion: Confusion
+    kappa: float
+    n: int
+
+    @classmethod
+    def from_trained(cls, trained: dict[str, Any], judge: str) -> JudgeValidity | None:
+        """From a head's `trained` block (None when it holds no cross-validated confusion counts)."""
+        overall = trained.get("cross_validation", {}).get("overall", {})
+        if "confusion" not in overall:
+            return None
+        files = ", ".join(trained.get("files", {})) or "its training labels"
+        return cls(f"{judge} on {files} (one model held out at a time)", Confusion(**overall["confusion"]),
+                   float(overall["kappa"]), int(overall["n"]))
+
+    def describe(self) -> str:
+        c = self.confusion
+        return (f"kappa {self.kappa:.2f}, sensitivity {c.sensitivity:.2f}, specificity {c.specificity:.2f} "
+                f"on {self.n} labelled responses ({self.source})")
+
+
 class Judge(Protocol):
-    """A registered judge backend, built as `cls(config, cache_path=...)`."""
+    """A registered judge backend, built as `cls(config, cache_path=...)`. `validity` is its measured agreement
+    with labels when the backend knows it (the embedded head does), else None."""
 
     config_class: ClassVar[type]
     name: str
+    validity: JudgeValidity | None
 
     def __init__(self, config: Any = None, cache_path: Path | None = None) -> None: ...
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from medattack.config import option
 from medattack.errors import ConfigError
 from medattack.models.loading import hub_errors
-from medattack.scoring.judges.base import JUDGES, Verdict
+from medattack.scoring.judges.base import JUDGES, JudgeValidity, Verdict
 from medattack.scoring.judges.verdicts import VerdictFormat, judge_messages, verdict
 
 
@@ -44,6 +44,7 @@ class HFJudge:
     """A local causal LM judge (Llama Guard, HarmBench classifier, or an instruct model with the rubric)."""
 
     config_class = HFJudgeConfig
+    validity: JudgeValidity | None = None  # unknown until measured: `report --set labels=FILE`
 
     def __init__(self, config: HFJudgeConfig | None = None, cache_path: Path | None = None) -> None:
         import torch
