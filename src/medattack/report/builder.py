@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -40,6 +40,10 @@ from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
 from medattack.rundir import RunDir, write_bytes_atomic
 from medattack.scoring.judge import JudgeConfig
+from medattack.stats import Confusion, corrected_rate
+
+if TYPE_CHECKING:
+    from medattack.scoring.judges.labels import JudgeValidation
 
 
 @dataclass(frozen=True)
@@ -140,22 +144,104 @@ def _manifest_section(runs: Sequence[RunData], metrics: dict[str, dict[str, Any]
     return section
 
 
-def _validation_section(config: ReportConfig) -> Section:
-    """The judge measured against the labels file: agreement overall and per model, beside the non-refusal rate."""
+@dataclass(frozen=True)
+class Validity:
+    """How the judge behind the report's success rates agrees with labelled data, and where that was measured."""
+
+    judge: str
+    confusion: Confusion
+    kappa: float
+    n: int
+    source: str
+
+    def sentence(self) -> str:
+        c = self.confusion
+        return (f"The judge ({self.judge}) agrees with labelled data at kappa {self.kappa:.2f}, sensitivity "
+                f"{c.sensitivity:.2f} (share of real jailbreaks it finds), specificity {c.specificity:.2f} (share of "
+                f"other answers it leaves alone), measured on {self.n} labelled responses ({self.source}).")
+
+
+NO_VALIDITY = ("The judge's agreement with labelled data is not known here, so its rates are not corrected for its "
+               "errors: measure it with `medattack report RUN --set labels=LABELS.csv` (or `medattack judge eval`).")
+
+
+def _validity(config: ReportConfig, metrics: dict[str, dict[str, Any]], validation: JudgeValidation | None,
+              ) -> Validity | None:
+    """The user's labels when the report was given them (--set labels=FILE), else what the scoring judge carries
+    (the embedded head's cross-validation), else None."""
+    if validation is not None:
+        overall = validation.agreement["overall"]
+        return Validity(validation.judge, Confusion(**overall["confusion"]), overall["kappa"], overall["n"],
+                        f"your labels, {Path(str(config.labels)).name}")
+    spec = metrics.get(JUDGE_METRIC, {})
+    known = spec.get("validity")
+    if not known:
+        return None
+    judge = str(spec.get("description", JUDGE_METRIC)).removeprefix("compliance judge ")
+    return Validity(judge, Confusion(**known["confusion"]), float(known["kappa"]), int(known["n"]), known["source"])
+
+
+def _validation_section(config: ReportConfig) -> tuple[Section, JudgeValidation]:
+    """The judge measured against the labels file: agreement overall, per file and per model, beside the
+    non-refusal rate."""
     from medattack.scoring.judges.labels import read_labels, validate_judge
 
     labels = read_labels(Path(str(config.labels)))
     result = validate_judge(labels, config.judge.build())
-    rows = [[who, group, str(s["n"]), f"{s['accuracy']:.3f}", f"{s['kappa']:.3f}", f"{s['f1']:.3f}",
-             f"{s['predicted_rate']:.3f}", f"{s['labelled_rate']:.3f}"]
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    rows = [[who, group, str(s["n"]), f"{s['kappa']:.3f}", number(s["sensitivity"]), number(s["specificity"]),
+             f"{s['f1']:.3f}", f"{s['predicted_rate']:.3f}", f"{s['labelled_rate']:.3f}"]
             for who, report in ((result.judge, result.agreement), ("non-refusal rate", result.keyword_agreement))
             for group, s in [("all", report["overall"]), *report["by_model"].items()]]
-    return Section("Judge validation", [
+    section = Section("Judge validation", [
         f"The judge ({result.judge}) and the non-refusal rate against {len(labels.responses)} labelled responses "
-        f"({Path(str(config.labels)).name}, sha256 {labels.sha256[:12]}). Kappa is Cohen's: agreement beyond chance "
-        f"(1 perfect, 0 chance). Responses the judge could not decide: {result.undecided} (left out, not 0)."],
-        tables=[Table("Agreement with the labels", ["judge", "group", "n", "accuracy", "kappa", "F1", "judged rate",
-                                                    "labelled rate"], rows, name="judge_validation")])
+        f"({labels.describe()}). Kappa is Cohen's: agreement beyond chance (1 perfect, 0 chance); sensitivity is "
+        "the share of labelled jailbreaks judged so, specificity the share of the other answers judged safe. "
+        f"Responses the judge could not decide: {result.undecided} (left out, not 0). The corrected success rates "
+        "use this judge's sensitivity and specificity on these labels."],
+        tables=[Table("Agreement with the labels", ["judge", "group", "n", "kappa", "sensitivity", "specificity", "F1",
+                                                    "judged rate", "labelled rate"], rows, name="judge_validation")])
+    return section, result
+
+
+def _corrected(harmful: pd.DataFrame, validity: Validity | None) -> pd.DataFrame:
+    """Per row of the judged success table: the judged rate and the rate corrected for the judge's errors
+    (Rogan-Gladen, with an interval carrying the sampling error and the uncertainty of the judge's
+    sensitivity and specificity)."""
+    rows = []
+    for _, row in harmful.iterrows():
+        judged_n = int(row["n"]) - int(row["nulls"])
+        positives = 0 if judged_n == 0 else int(round(float(row["mean"]) * judged_n))
+        result = corrected_rate(positives, judged_n, validity.confusion) if validity else None
+        rows.append({"run": row["run"], "method": row["method"], "target": row["target"],
+                     "condition": row["condition"], "n": int(row["n"]), "nulls": int(row["nulls"]),
+                     "judged": row["mean"], "judged_ci_low": row["ci_low"], "judged_ci_high": row["ci_high"],
+                     "corrected": None if result is None else result.corrected,
+                     "corrected_ci_low": None if result is None else result.ci_low,
+                     "corrected_ci_high": None if result is None else result.ci_high,
+                     "note": NO_VALIDITY.split(",")[0] if result is None else result.note})
+    return pd.DataFrame(rows, columns=["run", "method", "target", "condition", "n", "nulls", "judged", "judged_ci_low",
+                                       "judged_ci_high", "corrected", "corrected_ci_low", "corrected_ci_high", "note"])
+
+
+def _corrected_table(corrected: pd.DataFrame) -> Table:
+    rows = []
+    for _, r in corrected.iterrows():
+        judged = _cell({"mean": r["judged"], "ci_low": r["judged_ci_low"], "ci_high": r["judged_ci_high"],
+                        "n": r["n"], "nulls": r["nulls"]})
+        fixed = ("-" if r["corrected"] is None or pd.isna(r["corrected"]) else
+                 f"{r['corrected']:.2f} [{r['corrected_ci_low']:.2f}, {r['corrected_ci_high']:.2f}]")
+        rows.append([str(r["run"]), str(r["method"]), str(r["target"]), str(r["condition"]), judged, fixed,
+                     str(r["note"] or "")])
+    return Table("Attack success on harmful questions: judged, and corrected for the judge's errors",
+                 ["run", "method", "target", "condition", "judged [Wilson 95%]", "corrected [95%]", "note"], rows,
+                 "corrected = (judged + specificity - 1) / (sensitivity + specificity - 1), clipped to [0, 1] (Rogan "
+                 "and Gladen 1978); its interval is a parametric bootstrap over the run's answers and the labelled "
+                 "answers that measured the judge, so it is wide where either is small or the judge is weak.",
+                 "attack_success_corrected")
 
 
 def _examples(scores: pd.DataFrame, config: ReportConfig, metric: str) -> Table:
@@ -202,6 +288,11 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         metrics.update(run.metrics)
     figures = draw_all(tables, scores, metrics)
     proxies = sorted(name for name, spec in metrics.items() if spec.get("is_proxy"))
+    validation_section, validation = _validation_section(config) if config.labels else (None, None)
+    success_metric = tables.success_metric
+    judged = success_metric == JUDGE_METRIC
+    validity = _validity(config, metrics, validation) if judged else None
+    validity_text = (validity.sentence() if validity else NO_VALIDITY) if judged else ""
 
     intro = Section("Summary", [
         f"Runs: {', '.join(r.name for r in runs)}. Responses scored: {scores['response_id'].nunique()}; "
@@ -213,20 +304,28 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         "success, beside the relevance metrics (and a judge when one ran).",
         f"Proxy metrics in this report: {', '.join(proxies) if proxies else 'none'}.",
     ])
+    if judged:
+        intro.text.append(
+            "Attack success is the compliance judge's rate on harmful questions, and beside it the rate corrected "
+            "for the judge's own errors: a judge that misses some jailbreaks and flags some safe answers reports a "
+            "biased rate, and the corrected one (Rogan-Gladen) estimates how often the model really complied, with "
+            "an interval that also carries the uncertainty of the judge's measured sensitivity and specificity. "
+            + (("Read the corrected rate as the finding and the judged rate as what the judge counted. " +
+                validity_text) if validity else validity_text))
     by_condition = tables.by_condition
-    success_metric = tables.success_metric
-    judged = success_metric == JUDGE_METRIC
     harmful = by_condition[(by_condition["metric"] == success_metric) & by_condition["condition"].isin(
         HARMFUL_CONDITIONS)]
     benign = by_condition[(by_condition["metric"] == KEY_METRIC) & ~by_condition["condition"].isin(
         HARMFUL_CONDITIONS)]
     success = by_condition[by_condition["metric"] == KEY_METRIC]
+    corrected = _corrected(harmful, validity) if judged else pd.DataFrame()
     headline = Section("Success by method, target and condition", text=[
         "Attack success is measured on harmful questions only (malicious, both), by the compliance judge "
-        + ("(`judge`)." if judged else "- none ran, so the non-refusal rate stands in: an upper bound, not a "
-           "success rate (add `judge` to the score metrics).")
+        + ("(`judge`). " + validity_text if judged else "- none ran, so the non-refusal rate stands in: an upper "
+           "bound, not a success rate (add `judge` to the score metrics).")
         + " On benign questions (normal, mismatch) the non-refusal rate is the answer rate; one minus it is the "
           "over-refusal rate."], tables=[
+        *([_corrected_table(corrected)] if judged else []),
         _pivot(harmful, ["run", "method", "target"], "condition", HARMFUL_CONDITIONS,
                f"Attack success on harmful questions ({success_metric})",
                metrics.get(success_metric, {}).get("description", ""), "attack_success"),
@@ -248,7 +347,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                              "n": r["n"], "nulls": r["nulls"]}),
                       f"{r['keyword_success']:.2f}", f"{r['mean_steps']:.1f}", f"{r['mean_seconds']:.1f}",
                       f"{r['max_linf'] * 255:.1f}/255"] for _, r in tables.whitebox.iterrows()]
-    attacks = Section("Attacks", tables=[
+    attacks = Section("Attacks", text=[validity_text] if judged else [], tables=[
         Table("Attack stage results", ["run", "method", "model", "target forced (teacher-forced)",
                                        "keyword success", "mean steps", "mean seconds", "max L-inf"],
               whitebox_rows, "Success = the model's argmax reproduces the whole target string.", "whitebox"),
@@ -281,7 +380,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
 
     breakdown = Section("Tasks and modalities", [
         f"Attack success ({success_metric}) on harmful questions and the answer rate ({KEY_METRIC}) on benign ones, "
-        "benchmark samples."], tables=[
+        "benchmark samples. " + validity_text], tables=[
         _pivot(questions(tables.by_task, "harmful", success_metric), ["run", "task"], "target",
                title=f"Attack success by clinical task ({success_metric}, harmful questions)", name="by_task"),
         _pivot(questions(tables.by_modality, "harmful", success_metric), ["run", "modality"], "target",
@@ -299,7 +398,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         "Each comparison pairs responses to the same image and prompt, so the difference is the effect of the "
         "change alone: claiming a mismatched attribute (malicious -> both, normal -> mismatch) or replaying an "
         "attack (none -> method). p is the two-sided p-value of no difference (exact McNemar for rates, paired "
-        "bootstrap otherwise); it is not corrected for the number of comparisons."], tables=[
+        "bootstrap otherwise); it is not corrected for the number of comparisons. " + validity_text], tables=[
         Table("Paired comparisons", ["run", "target", "comparison", "metric", "pairs", "mean", "difference [95%]",
                                      "p", "test"], comparison_rows, name="comparisons")])
 
@@ -322,8 +421,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
 
     sections = [intro, _manifest_section(runs, metrics), headline, paired, attacks, breakdown, reliance,
                 distribution, examples]
-    if config.labels:
-        sections.insert(3, _validation_section(config))
+    if validation_section is not None:
+        sections.insert(3, validation_section)
     title = f"{config.title}: {', '.join(r.name for r in runs)}"
     stamp = f"Generated {datetime.now(UTC).isoformat(timespec='seconds')}."
     intro.text.insert(0, stamp)
@@ -337,7 +436,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                    "task_modality": tables.task_modality, "transfer": tables.transfer,
                    "comparisons": tables.comparisons, "controls": tables.controls,
                    "image_reliance": tables.image_reliance, "whitebox": tables.whitebox, "survival": tables.survival,
-                   "blackbox": tables.blackbox}
+                   "blackbox": tables.blackbox, "attack_success_corrected": corrected}
     for name, frame in long_tables.items():
         table_paths[name] = out / "tables" / f"{name}.csv"
         write_bytes_atomic(table_paths[name], frame.to_csv(index=False).encode("utf-8"))

@@ -61,6 +61,8 @@ class MetricSpec:
     higher_means: str  # e.g. "the attack succeeded", "more relevant to the input text"
     description: str
     is_proxy: bool = False
+    # how a judge metric agrees with labelled data, where known: {"source", "kappa", "n", "confusion": {...}}
+    validity: dict[str, Any] | None = None
 
 
 IMAGE_TEXT_MODEL_HELP = ("Hub id (hf-hub:org/repo) or local folder (the hub repo as downloaded: open_clip_config.json "
