@@ -227,11 +227,11 @@ def corrected_rate(positives: int, n: int, confusion: Confusion, resamples: int 
                    seed: int = 0, level: float = 0.95) -> CorrectedRate:
     """`positives` of `n` responses judged positive, corrected for the judge's errors measured in `confusion`.
 
-    The interval is a parametric bootstrap: each draw takes the judged rate from Binomial(n, judged), the
-    sensitivity and specificity from binomials over the labelled positives and negatives, and corrects; the
-    interval is the draws' percentiles. So it is wide when the run is small, when few labels measured the
-    judge, or when the judge is weak (sensitivity + specificity near 1). Draws where the judge would be no
-    better than chance have no correction and count as the whole range [0, 1] at their end.
+    The interval is a parametric bootstrap: each draw takes the judged rate, the sensitivity and the
+    specificity from their Jeffreys Beta distributions (the run's judged answers; the labelled positives and
+    negatives) and corrects; the interval is the draws' percentiles. So it is wide when the run is small,
+    when few labels measured the judge, or when the judge is weak (sensitivity + specificity near 1). A draw
+    where the judge would be no better than chance counts at the end of [0, 1] its numerator points to.
     """
     sensitivity, specificity = confusion.sensitivity, confusion.specificity
     if n == 0:
@@ -240,12 +240,12 @@ def corrected_rate(positives: int, n: int, confusion: Confusion, resamples: int 
     if not (sensitivity + specificity > 1):  # also false for nan
         return CorrectedRate(judged, n, None, None, None, sensitivity, specificity,
                              "no correction: the judge is no better than chance on its labels")
-    labelled_positive = confusion.true_positive + confusion.false_negative
-    labelled_negative = confusion.true_negative + confusion.false_positive
     rng = np.random.default_rng(seed)
-    judged_draws = rng.binomial(n, judged, resamples) / n
-    sensitivity_draws = rng.binomial(labelled_positive, sensitivity, resamples) / labelled_positive
-    specificity_draws = rng.binomial(labelled_negative, specificity, resamples) / labelled_negative
+    # each proportion drawn from its Jeffreys Beta(k + 1/2, n - k + 1/2): unlike a binomial redraw it does not
+    # collapse to a point at 0 or 1 (0 of 9 judged still leaves room above 0)
+    judged_draws = rng.beta(positives + 0.5, n - positives + 0.5, resamples)
+    sensitivity_draws = rng.beta(confusion.true_positive + 0.5, confusion.false_negative + 0.5, resamples)
+    specificity_draws = rng.beta(confusion.true_negative + 0.5, confusion.false_positive + 0.5, resamples)
     youden = sensitivity_draws + specificity_draws - 1
     with np.errstate(divide="ignore", invalid="ignore"):
         draws = np.clip((judged_draws + specificity_draws - 1) / youden, 0.0, 1.0)

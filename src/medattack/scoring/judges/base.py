@@ -42,19 +42,19 @@ class Verdict:
 class JudgeValidity:
     """How a judge agreed with labelled responses: what the report's corrected rates and validity lines use."""
 
-    source: str  # which judge on which labels, e.g. "embedded:judge_head.json, cross-validated on a.csv, b.csv"
+    source: str  # how and on which labels, e.g. "cross-validated on a.csv, b.csv, one model held out at a time"
     confusion: Confusion
     kappa: float
     n: int
 
     @classmethod
-    def from_trained(cls, trained: dict[str, Any], judge: str) -> JudgeValidity | None:
+    def from_trained(cls, trained: dict[str, Any]) -> JudgeValidity | None:
         """From a head's `trained` block (None when it holds no cross-validated confusion counts)."""
         overall = trained.get("cross_validation", {}).get("overall", {})
         if "confusion" not in overall:
             return None
         files = ", ".join(trained.get("files", {})) or "its training labels"
-        return cls(f"{judge} on {files} (one model held out at a time)", Confusion(**overall["confusion"]),
+        return cls(f"cross-validated on {files}, one model held out at a time", Confusion(**overall["confusion"]),
                    float(overall["kappa"]), int(overall["n"]))
 
     def describe(self) -> str:
