@@ -8,6 +8,7 @@
     +-- PromptBankError          the prompt bank file is malformed (names the task / entry)
     +-- RunDirError              the run directory is missing, or holds another config
     |   +-- RecordError          a stored row is not the record it should be (names file and line)
+    |   +-- CorruptFileError     a file medattack keeps is damaged, not just torn by a crash (names file:line)
     +-- BuildError               nothing could be built (every input failed)
     +-- NothingToDoError         a stage found no input (no responses to score, no scores to report)
     +-- InputError               one input item is bad; the stage records it and goes on
@@ -65,6 +66,15 @@ class NothingToDoError(MedattackError):
 
 class RecordError(RunDirError):
     """A stored row is not the record its file should hold (a missing or unknown field)."""
+
+
+class CorruptFileError(RunDirError):
+    """A file medattack keeps is damaged: a bad line that is not a torn last append, a state file that is not
+    JSON. Names the file (and line) and the fix."""
+
+    def __init__(self, where: str, problem: str, fix: str) -> None:
+        self.where = where
+        super().__init__(f"{where}: {problem}. Fix: {fix}.")
 
 
 class BuildError(MedattackError):

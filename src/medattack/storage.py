@@ -2,6 +2,12 @@
 
 Every file medattack writes goes through these helpers, so a reader sees either the old or the whole new
 content, and a crash mid-append leaves at most a torn last line, which readers skip and the next append cuts.
+A bad line anywhere else is damage, not a crash: reading it fails with the file and line.
+
+JSON text is written with non-ASCII characters as they are, except those some readers take for line breaks
+(U+0085, U+2028, U+2029) and lone surrogates (which UTF-8 cannot hold): these are written as \\uXXXX
+escapes, so every stored line is one record whoever splits it, and a surrogate an API or a model returned
+is kept as it was. JSONL files are split on "\\n" only (`str.splitlines` also breaks on those characters).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import tempfile
 import threading
@@ -16,11 +23,28 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from medattack.errors import CorruptFileError
 from medattack.records import Record
+
+UNSAFE_IN_TEXT = re.compile("[\x85\u2028\u2029\ud800-\udfff]")  # line breaks to some readers; lone surrogates
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """json.dumps with non-ASCII text readable, and the characters of UNSAFE_IN_TEXT as \\uXXXX escapes
+    (lossless: json.loads gives them back)."""
+    return UNSAFE_IN_TEXT.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False, **options))
+
+
+def readable(text: str) -> str:
+    """`text` with lone surrogates (code units that are not characters, which encoders and tokenizers refuse)
+    replaced by U+FFFD: what metrics and reports read; the stored answer keeps them."""
+    return re.sub("[\ud800-\udfff]", "\ufffd", text)
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """The canonical JSON of a value (sorted keys, no spaces): what content hashes are taken of."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)  # UTF-8 cannot hold them
 
 
 def content_hash(value: Any) -> str:
@@ -56,11 +80,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_bytes_atomic(path, (json_text(value, indent=2) + "\n").encode("utf-8"))
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+    text = "".join(json_text(row, sort_keys=True) + "\n" for row in rows)
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
@@ -70,7 +94,7 @@ def append_jsonl(path: Path, *rows: dict[str, Any]) -> None:
     if not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode("utf-8")
+    data = "".join(json_text(row, sort_keys=True) + "\n" for row in rows).encode("utf-8")
     with path.open("a+b") as handle:
         size = handle.seek(0, os.SEEK_END)
         if size:
@@ -88,17 +112,34 @@ def append_jsonl(path: Path, *rows: dict[str, Any]) -> None:
 R = TypeVar("R", bound=Record)
 
 
+def jsonl_lines(data: bytes) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text, whole) of each line of JSONL bytes, split on b"\\n" only; `whole` is False for a last
+    line without its newline (a torn append)."""
+    lines = data.split(b"\n")
+    last = len(lines) - 1
+    for number, raw in enumerate(lines, start=1):
+        if number - 1 == last and not raw:
+            break  # the file ends with a newline
+        yield number, raw.decode("utf-8", errors="surrogateescape"), number - 1 < last
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of each whole line of a JSONL file; a torn line (a crash mid-append) is skipped."""
+    """(line number, value) of each line of a JSONL file. A torn last line (a crash mid-append) is skipped;
+    a bad line anywhere else is damage and fails with the file and line."""
     if not path.exists():
         return
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line, whole in jsonl_lines(path.read_bytes()):
         if not line.strip():
             continue
         try:
             yield number, json.loads(line)
-        except json.JSONDecodeError:
-            continue
+        except (json.JSONDecodeError, RecursionError) as exc:
+            if not whole:
+                continue
+            raise CorruptFileError(f"{path}:{number}", f"this line is not a JSON record ({getattr(exc, 'msg', exc)}): "
+                                   "the file was changed by another program or by hand",
+                                   "restore the file from a copy, or delete that line (the stage makes again what it "
+                                   "lost on its next run)") from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -183,7 +224,7 @@ class SqliteCache:
             self._memory.update(items)
             return
         connection = self._open()
-        rows = [(k, json.dumps(v, ensure_ascii=False)) for k, v in items]
+        rows = [(k, json_text(v)) for k, v in items]
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.executemany("INSERT OR REPLACE INTO cache (key, value) VALUES (?, ?)", rows)

@@ -24,6 +24,7 @@ import pandas as pd
 from medattack.records import CONDITIONS, HARMFUL_CONDITIONS
 from medattack.rundir import RunDir, read_jsonl
 from medattack.stats import bootstrap_ci, interval, paired_test, wilson_ci
+from medattack.storage import readable
 
 __all__ = ["CONDITIONS", "HARMFUL_CONDITIONS", "RunData", "bootstrap_ci", "build_tables", "interval", "load_run",
            "wilson_ci"]
@@ -70,6 +71,11 @@ def _method(row: pd.Series) -> str:
     return "none" if row["kind"] == "benchmark" else str(row["source"])
 
 
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row as the report shows it: its texts without lone surrogates (pandas refuses them)."""
+    return {key: readable(value) if isinstance(value, str) else value for key, value in row.items()}
+
+
 def load_run(root: Path, name: str | None = None) -> RunData:
     """Read a run's manifest, query responses joined with their scores, and attack results and steps."""
     run = RunDir(root)
@@ -78,7 +84,7 @@ def load_run(root: Path, name: str | None = None) -> RunData:
     frames, metrics, failures, calibration = [], {}, {}, {}
     for folder in run.responses_folders():  # answers to samples a rebuilt benchmark no longer has are not shown
         scores_folder = run.scores_folder(folder.target)
-        responses = pd.DataFrame([r.to_json() for r in folder.responses()
+        responses = pd.DataFrame([_shown(r.to_json()) for r in folder.responses()
                                   if current is None or r.sample_id in current])
         scores = pd.DataFrame([r.to_json() for r in scores_folder.scores()])
         if scores_folder.summary_path.exists():

@@ -41,6 +41,7 @@ from medattack.report.render import Figure, Section, Table, to_html, to_latex, t
 from medattack.rundir import RunDir, write_bytes_atomic
 from medattack.scoring.judge import JudgeConfig
 from medattack.stats import Confusion, corrected_rate
+from medattack.storage import readable
 
 if TYPE_CHECKING:
     from medattack.scoring.judges.labels import JudgeValidation
@@ -88,6 +89,11 @@ def _pivot(frame: pd.DataFrame, index: list[str], column: str, order: Sequence[s
         cells.setdefault(tuple(str(row[k]) for k in index), {})[str(row[column])] = _cell(row)
     rows = [[*key, *(values.get(c, "-") for c in columns)] for key, values in sorted(cells.items())]
     return Table(title, [*index, *columns], rows, note, name)
+
+
+def _utf8(text: str) -> bytes:
+    """A page or table as UTF-8; a lone surrogate in a stored answer shows as U+FFFD."""
+    return readable(text).encode("utf-8")
 
 
 def _number(value: Any) -> str:
@@ -439,12 +445,12 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                    "blackbox": tables.blackbox, "attack_success_corrected": corrected}
     for name, frame in long_tables.items():
         table_paths[name] = out / "tables" / f"{name}.csv"
-        write_bytes_atomic(table_paths[name], frame.to_csv(index=False).encode("utf-8"))
+        write_bytes_atomic(table_paths[name], _utf8(frame.to_csv(index=False)))
     for section in sections:
         for table in section.tables:
             if table.name:
-                write_bytes_atomic(out / "tables" / f"{table.name}.tex", to_latex(table).encode("utf-8"))
+                write_bytes_atomic(out / "tables" / f"{table.name}.tex", _utf8(to_latex(table)))
     html_path, md_path = out / "report.html", out / "report.md"
-    write_bytes_atomic(html_path, to_html(title, sections).encode("utf-8"))
-    write_bytes_atomic(md_path, to_markdown(title, sections).encode("utf-8"))
+    write_bytes_atomic(html_path, _utf8(to_html(title, sections)))
+    write_bytes_atomic(md_path, _utf8(to_markdown(title, sections)))
     return ReportResult(out, html_path, md_path, figure_paths, table_paths, int(scores["response_id"].nunique()))

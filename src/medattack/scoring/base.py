@@ -13,15 +13,19 @@ the stage shares between metrics. A metric computed from other metrics' scores o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from medattack.config import NoOptions, option
+from medattack.storage import readable
 
 __all__ = ["NoOptions"]  # re-exported for the metrics
 from medattack.registry import Registry
+
+UNSAFE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,14 @@ class ScoreInput:
     description: str = ""  # known description of the image (metadata)
     image_path: str | None = None  # absolute path of the image file, when there is one
     clean_image_path: str | None = None  # the benchmark's own image when `image_path` is an attacked one
+
+    def __post_init__(self) -> None:
+        # metrics read text: lone surrogates a model returned (kept as they were in the stored answer) become
+        # U+FFFD here, since tokenizers and encoders refuse them
+        for name in ("question", "response", "prompt"):
+            value = getattr(self, name)
+            if isinstance(value, str) and UNSAFE_SURROGATE.search(value):
+                object.__setattr__(self, name, readable(value))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medattack.errors import SourceError
+from medattack.storage import jsonl_lines
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
@@ -25,7 +26,8 @@ def read_table(path: Path, keep_bad_lines: bool = False) -> list[dict[str, Any]]
                 return [dict(row) for row in csv.DictReader(handle, strict=True)]
         if suffix in (".jsonl", ".json"):
             rows = []
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            path.read_text(encoding="utf-8")  # not UTF-8: one error for the file, below
+            for number, line, _ in jsonl_lines(path.read_bytes()):  # split on "\n" only, never on U+2028
                 if not line.strip():
                     continue
                 try:

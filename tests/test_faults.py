@@ -1,0 +1,113 @@
+"""Truth under faults: characters that some readers take for line breaks, lone surrogates, damaged lines,
+providers that answer 200 without an answer, a body that trickles, two writers on one stage folder. None may
+change a number without a word."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from medattack.cli import app
+from medattack.errors import CorruptFileError
+from medattack.storage import SqliteCache, append_jsonl, read_jsonl
+
+runner = CliRunner()
+# every character str.splitlines breaks on besides "\n", and a lone surrogate
+BREAKERS = ["\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+SURROGATE = "\ud800"
+
+FACTORY = '''
+BREAKERS = {breakers!r}
+
+
+class Breaker:
+    def generate(self, images, questions, max_new_tokens):
+        return [f"Step one{{BREAKERS[len(q) % len(BREAKERS)]}}then two {{q[-9:]}}{{chr(0xD800)}}" for q in questions]
+
+
+def load(device="cpu", dtype="auto"):
+    return Breaker()
+'''
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], terminal_width=300)
+
+
+def test_line_breakers_and_surrogates_survive_query_score_and_report(tmp_path):
+    factory = tmp_path / "breaker.py"
+    factory.write_text(FACTORY.format(breakers=BREAKERS))
+    run = tmp_path / "run"
+    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+    first = invoke("query", run, "--target", f"python:{factory}:load", "--limit", "4")
+    assert first.exit_code == 0, first.output
+    path = next((run / "responses").glob("*/responses.jsonl"))
+    rows = read_jsonl(path)
+    assert len(rows) >= 4 and all(SURROGATE in r["response"] for r in rows)  # kept as returned
+    assert {ch for r in rows for ch in BREAKERS if ch in r["response"]}  # the breakers are there, whole
+    assert path.read_bytes().count(b"\n") == len(rows)  # one line per record on disk
+    again = invoke("query", run, "--target", f"python:{factory}:load", "--limit", "4")
+    assert "0 asked now" in " ".join(again.output.split())  # nothing lost, nothing paid for twice
+    assert len(read_jsonl(path)) == len(rows)
+    scored = invoke("score", run, "--set", "metrics=[keyword_asr, judge]")
+    assert scored.exit_code == 0, scored.output
+    scores = read_jsonl(next((run / "scores").glob("*/scores.jsonl")))
+    assert len({s["response_id"] for s in scores}) == len(rows)  # every answer scored
+    assert all(s["value"] is not None for s in scores if s["metric"] == "judge")
+    report = invoke("report", run)
+    assert report.exit_code == 0, report.output
+    assert "\ufffd" in (run / "report" / "report.html").read_text(encoding="utf-8")  # shown, not crashed
+
+
+def test_the_caches_keep_what_a_provider_returned(tmp_path):
+    cache = SqliteCache(tmp_path / "cache.sqlite")
+    value = {"choices": [{"message": {"content": "a" + "".join(BREAKERS) + SURROGATE}}]}
+    cache.put("k", value)
+    assert SqliteCache(tmp_path / "cache.sqlite").get("k") == value
+
+
+def test_search_nodes_read_back_whole(tmp_path):
+    from medattack.records import SearchNode
+    from medattack.storage import append_records, read_records
+
+    path = tmp_path / "nodes" / "s1.jsonl"
+    for k, ch in enumerate(BREAKERS):
+        append_records(path, SearchNode(
+            node_id=str(k), parent=None, depth=1, question=f"ask {ch} {k}", move={"name": "none"}, rationale=ch,
+            proposer="attacker", image_file="", responses=[f"answer{ch}{SURROGATE}"], verdicts=[0], score=0.0,
+            jailbroken_rate=0.0, success=False, on_topic=True, target_queries=1, tokens={}, seconds=0.1))
+    back = read_records(path, SearchNode)
+    assert [n.question for n in back] == [f"ask {ch} {k}" for k, ch in enumerate(BREAKERS)]
+    assert all(n.responses[0].endswith(SURROGATE) for n in back)
+
+
+def test_a_damaged_line_is_an_error_naming_the_line_and_a_torn_last_line_is_skipped(tmp_path):
+    path = tmp_path / "responses.jsonl"
+    append_jsonl(path, {"a": 1}, {"a": 2})
+    path.write_bytes(path.read_bytes() + b'{"a": 3')  # a crash mid-append
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    append_jsonl(path, {"a": 4})  # the next append cuts the torn line
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 4}]
+    path.write_bytes(b'{"a": 1}\n{"a": 2, oops}\n{"a": 3}\n')  # damage in the middle
+    with pytest.raises(CorruptFileError, match=r"responses.jsonl:2: .*delete that line"):
+        read_jsonl(path)
+
+
+def test_a_damaged_samples_file_stops_the_stage_with_the_line(tmp_path):
+    run = tmp_path / "run"
+    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+    samples = run / "benchmark" / "samples.jsonl"
+    lines = samples.read_bytes().split(b"\n")
+    lines[1] = lines[1][:40]  # a line cut short in the middle of the file, not a torn last append
+    samples.write_bytes(b"\n".join(lines))
+    result = invoke("query", run, "--target", "tiny", "--limit", "1")
+    assert result.exit_code != 0 and "samples.jsonl:2:thislineisnotaJSONrecord" in "".join(result.output.split())
+
+
+def test_a_users_responses_file_with_line_breakers_reads_every_row(tmp_path):
+    from medattack.scoring.inputs import read_responses_file
+
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{k}", "response": f"a{ch}b"}, ensure_ascii=False) + "\n"
+                            for k, ch in enumerate(BREAKERS[3:])), encoding="utf-8")
+    assert [i.response for i in read_responses_file(path)] == [f"a{ch}b" for ch in BREAKERS[3:]]
