@@ -3,12 +3,17 @@ providers that answer 200 without an answer, a body that trickles, two writers o
 change a number without a word."""
 
 import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from medattack.cli import app
-from medattack.errors import CorruptFileError
+from medattack.errors import CorruptFileError, ProviderFilterError, TargetError
+from medattack.models.targets import Query, TargetConfig, load_target
 from medattack.storage import SqliteCache, append_jsonl, read_jsonl
 
 runner = CliRunner()
@@ -111,3 +116,128 @@ def test_a_users_responses_file_with_line_breakers_reads_every_row(tmp_path):
     path.write_text("".join(json.dumps({"question": f"q{k}", "response": f"a{ch}b"}, ensure_ascii=False) + "\n"
                             for k, ch in enumerate(BREAKERS[3:])), encoding="utf-8")
     assert [i.response for i in read_responses_file(path)] == [f"a{ch}b" for ch in BREAKERS[3:]]
+
+
+class ScriptedProvider:
+    """A loopback chat endpoint that answers each request with the next scripted (status, body) — bytes sent
+    as they are — or trickles a body a byte at a time; the last script entry repeats. Stopped by the test."""
+
+    def __init__(self, script: list[tuple[int, bytes]], trickle: float = 0.0) -> None:
+        self.script, self.trickle, self.requests = list(script), trickle, 0
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                provider.requests += 1
+                status, body = provider.script[min(provider.requests, len(provider.script)) - 1]
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for k in range(len(body)):
+                        self.wfile.write(body[k:k + 1] if provider.trickle else body[k:])
+                        self.wfile.flush()
+                        if not provider.trickle:
+                            break
+                        time.sleep(provider.trickle)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _chat(content=None, finish="stop", **message) -> bytes:
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content, **message},
+                                    "finish_reason": finish}]}).encode()
+
+
+GOOD = _chat("The scan shows clear lungs.")
+NO_ANSWER = {
+    "error object": json.dumps({"error": {"message": "upstream overloaded", "type": "server_error"}}).encode(),
+    "empty choices": json.dumps({"choices": []}).encode(),
+    "content null": _chat(None),
+    "content a number": _chat(42),
+    "content an object": _chat({"text": "hi"}),
+    "a cut-off body": GOOD[: len(GOOD) // 2],
+}
+
+
+def _target(provider: ScriptedProvider, tmp_path, timeout: float = 10.0):
+    from medattack.api import APIConfig
+
+    config = TargetConfig(kind="api", model="m", api=APIConfig(base_url=provider.base_url, max_retries=0,
+                                                               timeout=timeout))
+    return load_target(config, cache_path=tmp_path / "cache.sqlite")
+
+
+def _query() -> Query:
+    return Query("q1", "What does this show?", np.zeros((8, 8, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("case", list(NO_ANSWER))
+def test_a_200_without_an_answer_is_a_failure_and_is_never_cached(case, tmp_path):
+    provider = ScriptedProvider([(200, NO_ANSWER[case]), (200, GOOD)])
+    try:
+        target = _target(provider, tmp_path)
+        first = target.answer([_query()])[0]
+        assert isinstance(first, TargetError) and "200" in str(first)  # not "", which would score as a refusal
+        assert target.answer([_query()]) == ["The scan shows clear lungs."]  # asked again: nothing was cached
+        assert target.answer([_query()]) == ["The scan shows clear lungs."] and provider.requests == 2  # cached
+    finally:
+        provider.close()
+
+
+def test_content_parts_are_joined_and_a_structured_refusal_is_an_answer(tmp_path):
+    parts = _chat([{"type": "text", "text": "Clear "}, {"type": "text", "text": "lungs."}])
+    provider = ScriptedProvider([(200, parts), (200, _chat(None, refusal="I can't help with that."))])
+    try:
+        target = _target(provider, tmp_path)
+        assert target.answer([_query()]) == ["Clear lungs."]
+        assert target.answer([Query("q2", "Another?", None)]) == ["I can't help with that."]
+    finally:
+        provider.close()
+
+
+def test_a_content_filtered_answer_is_its_own_kind_counted_and_never_scored(tmp_path):
+    provider = ScriptedProvider([(200, _chat(None, finish="content_filter"))])
+    try:
+        target = _target(provider, tmp_path)
+        outcome = target.answer([_query()])[0]
+        assert isinstance(outcome, ProviderFilterError) and "content_filter" in str(outcome)
+        run = tmp_path / "run"
+        assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+        result = invoke("query", run, "--target", "api:m", "--base-url", provider.base_url, "--limit", "2",
+                        "--set", "target.api.max_retries=0")
+        assert result.exit_code != 0 or "failed" in result.output
+        folder = next((run / "responses").glob("*/failures.jsonl")).parent
+        failures = read_jsonl(folder / "failures.jsonl")
+        assert failures and {f["error"] for f in failures} == {"ProviderFilterError"}
+        assert not read_jsonl(folder / "responses.jsonl")  # no empty answer to be scored as a refusal
+        from medattack.report.aggregate import load_run
+
+        counts = load_run(run).failures
+        assert counts.get(f"responses/{folder.name} (ProviderFilterError)") == len(failures), counts
+    finally:
+        provider.close()
+
+
+def test_a_trickling_answer_ends_at_the_timeout(tmp_path):
+    provider = ScriptedProvider([(200, GOOD)], trickle=0.25)  # ~55 bytes: 14 s at this pace
+    try:
+        target = _target(provider, tmp_path, timeout=1.0)
+        started = time.monotonic()
+        outcome = target.answer([_query()])[0]
+        assert isinstance(outcome, TargetError) and time.monotonic() - started < 4.0
+    finally:
+        provider.close()

@@ -40,7 +40,7 @@ class APIConfig:
     api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the API key (the key is never stored).")
     azure_api_version: str = option("", "Azure OpenAI API version (e.g. 2024-10-21): talk to an Azure endpoint, "
                                         "the model name being the deployment.")
-    timeout: float = option(60.0, "Seconds per request.")
+    timeout: float = option(60.0, "Seconds per request attempt, from connecting to the last byte of the answer.")
     max_retries: int = option(5, "Retries on 408/409/429/5xx, timeouts and dropped connections before giving up.")
     requests_per_second: float = option(0.0, "Rate limit over every attempt, across threads (0: none).")
     concurrency: int = option(4, "Requests in flight at once.")
@@ -82,7 +82,8 @@ class APIClient:
         import openai  # here, not at import: it costs a second of start-up to every command that never calls an API
 
         self._openai = openai
-        self._http = openai.DefaultHttpxClient(event_hooks={"request": [self._before_each_attempt]})
+        self._http = openai.DefaultHttpxClient(event_hooks={"request": [self._before_each_attempt]},
+                                               transport=deadline_transport(config.timeout))
         self._sdk: openai.OpenAI | None = None
 
     def _client(self) -> tuple[openai.OpenAI, dict[str, Any]]:
@@ -123,13 +124,20 @@ class APIClient:
             self._sleep(wait)
 
     def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The JSON answer to one request, from the cache when it was asked before. A chat-completions answer
+        that carries no answer (usable_chat) is an APIError and is never cached."""
         key = SqliteCache.key(self.config.base_url.rstrip("/"), path, payload)  # the API key is not part of it
+        check = usable_chat if path.rstrip("/").endswith("chat/completions") else None
         cached = self._cache.get(key)
-        if cached is not None:
+        if cached is not None and (check is None or check(cached) is None):
             with self._lock:
                 self.stats["cache_hits"] += 1
             return cached
         response = self._post_once(path, payload)
+        problem = check(response) if check else None
+        if problem:
+            url = f"{self.config.base_url.rstrip('/')}/{path.lstrip('/')}"
+            raise APIError(f"{url} answered 200 without an answer: {problem}")
         self._cache.put(key, response)
         return response
 
@@ -139,6 +147,9 @@ class APIClient:
         sdk, options = self._client()
         try:
             response = sdk.post("/" + path.lstrip("/"), body=payload, cast_to=object, options=options)
+        except ValueError as exc:  # a 200 whose body is not JSON: cut off, or an HTML error page
+            raise APIError(f"{url} answered 200 with a body that is not JSON (cut off, or not an API): "
+                           f"{redact(str(exc), self.api_key)[:200]}") from None
         except self._openai.APIStatusError as exc:
             detail = redact(_error_text(exc), self.api_key)[:300]
             if exc.status_code in (401, 403) and not self.api_key:
@@ -173,6 +184,41 @@ class APIClient:
         self._http.close()
 
 
+def deadline_transport(seconds: float) -> Any:
+    """An httpx transport that ends a request attempt `seconds` after it began, body included. httpx's own
+    timeouts bound each read, so an answer that trickles in a byte a second would never end; here it ends as
+    a read timeout, which the SDK retries like any other (`max_retries`)."""
+    import httpx2 as httpx  # the HTTP library of the openai SDK 3 (httpx's successor, same API)
+
+    class DeadlineStream(httpx.SyncByteStream):
+        def __init__(self, inner: Any, deadline: float, request: httpx.Request) -> None:
+            self.inner, self.deadline, self.request = inner, deadline, request
+
+        def __iter__(self) -> Any:
+            for chunk in self.inner:
+                if time.monotonic() > self.deadline:
+                    raise httpx.ReadTimeout(f"the answer took longer than {seconds:g} s in all", request=self.request)
+                yield chunk
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class DeadlineTransport(httpx.BaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.HTTPTransport(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            deadline = time.monotonic() + seconds
+            response = self.inner.handle_request(request)
+            response.stream = DeadlineStream(response.stream, deadline, request)
+            return response
+
+        def close(self) -> None:
+            self.inner.close()
+
+    return DeadlineTransport()
+
+
 def _error_text(exc: openai.APIStatusError) -> str:
     """The server's own words for an error status: its JSON error message, else the body's text."""
     body = exc.body
@@ -194,9 +240,55 @@ def redact(text: str, *secrets: str | None) -> str:
     return text
 
 
+def _message(response: dict[str, Any]) -> dict[str, Any] | None:
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    message = choices[0].get("message")
+    return message if isinstance(message, dict) else None
+
+
+def _content_text(content: Any) -> str | None:
+    """Message content as text: a string, or the text parts of a content-part list joined; None otherwise."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(isinstance(p, dict) for p in content):
+        texts = [p.get("text") for p in content if p.get("type") in ("text", "output_text")]
+        if texts and all(isinstance(t, str) for t in texts):
+            return "".join(texts)
+    return None
+
+
+def filtered(response: dict[str, Any]) -> bool:
+    """The provider withheld the answer (finish_reason content_filter): a provider outcome, not the model's."""
+    choices = response.get("choices")
+    return (isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict)
+            and choices[0].get("finish_reason") == "content_filter")
+
+
+def usable_chat(response: dict[str, Any]) -> str | None:
+    """Why a 200 chat-completions response carries no answer (None when it does): an `error` object, no
+    choices, no message, content null or not text. A content-filtered choice is an answer of the provider
+    (see `filtered`); a model's structured `refusal` is an answer."""
+    if response.get("error"):
+        error = response["error"]
+        return f"an error object ({(error.get('message') if isinstance(error, dict) else error)!s:.200})"
+    message = _message(response)
+    if message is None:
+        return "no choices" if not response.get("choices") else "no message in the first choice"
+    if filtered(response):
+        return None
+    content = message.get("content")
+    if content is None:
+        return None if isinstance(message.get("refusal"), str) else "content is null"
+    return None if _content_text(content) is not None else f"content is not text ({type(content).__name__})"
+
+
 def chat_text(response: dict[str, Any]) -> str:
-    """The assistant text of a chat-completions response ('' when absent)."""
-    try:
-        return response["choices"][0]["message"]["content"] or ""
-    except (KeyError, IndexError, TypeError):
-        return ""
+    """The assistant text of a chat-completions response: the content, content parts joined, or the model's
+    structured refusal; '' when there is none (a filtered answer)."""
+    message = _message(response) or {}
+    text = _content_text(message.get("content"))
+    if text is None and isinstance(message.get("refusal"), str):
+        text = message["refusal"]
+    return text or ""

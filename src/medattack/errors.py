@@ -20,6 +20,7 @@
         +-- SourceError          a source or manifest problem (names the file, row, column)
             +-- PathEscapeError  a path resolves outside the data root
     +-- TargetError              one query could not be answered (the rest of the batch goes on)
+    |   +-- ProviderFilterError  the provider withheld the answer (content filter): counted apart, not scored
     +-- APIError                 an API request failed for good (after retries)
     +-- RequestError             `serve` got a request it cannot answer as sent (HTTP 400)
     +-- WorkerLostError          an executor's worker died every time an item was tried
@@ -129,6 +130,11 @@ class PathEscapeError(SourceError):
 
 class TargetError(MedattackError):
     """One query could not be answered (the reason says why; the rest of the batch goes on)."""
+
+
+class ProviderFilterError(TargetError):
+    """The provider withheld the model's answer (finish_reason content_filter): a provider outcome, recorded
+    and counted with its own kind, never scored as an empty answer or a refusal."""
 
 
 class APIError(MedattackError):

@@ -32,10 +32,10 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 import torch
 
-from medattack.api import APIClient, APIConfig, APIError, chat_text
+from medattack.api import APIClient, APIConfig, APIError, chat_text, filtered
 from medattack.config import option
 from medattack.data.image_io import encode_png
-from medattack.errors import TargetError
+from medattack.errors import ProviderFilterError, TargetError
 from medattack.models.capabilities import generate_batch
 from medattack.models.loading import hub_errors
 from medattack.registry import Registry
@@ -363,6 +363,9 @@ class APIChatTarget:
         for query, response in zip(queries, self.client.map("chat/completions", payloads), strict=True):
             if isinstance(response, APIError):
                 out.append(TargetError(f"query {query.query_id}: {response}"))
+            elif filtered(response):
+                out.append(ProviderFilterError(f"query {query.query_id}: the provider withheld the answer "
+                                               "(finish_reason content_filter); counted apart, never scored"))
             else:
                 out.append(chat_text(response))
         return out

@@ -13,6 +13,7 @@ paired tests compare conditions and attacks on the same image x prompt. The `met
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,12 @@ def _method(row: pd.Series) -> str:
     return "none" if row["kind"] == "benchmark" else str(row["source"])
 
 
+def _failure_counts(where: str, path: Path) -> dict[str, int]:
+    """Recorded failures of one folder by kind ("responses/t (ProviderFilterError)": 2); an empty log counts 0."""
+    kinds = Counter(str(row.get("error") or "failure") for row in read_jsonl(path))
+    return {f"{where} ({kind})": count for kind, count in sorted(kinds.items())} or {where: 0}
+
+
 def _shown(row: dict[str, Any]) -> dict[str, Any]:
     """A stored row as the report shows it: its texts without lone surrogates (pandas refuses them)."""
     return {key: readable(value) if isinstance(value, str) else value for key, value in row.items()}
@@ -82,6 +89,8 @@ def load_run(root: Path, name: str | None = None) -> RunData:
     manifest = run.read_manifest()
     current = {s.sample_id for s in run.samples()} if run.has_samples() else None
     frames, metrics, failures, calibration = [], {}, {}, {}
+    for log in sorted((run.root / "responses").glob("*/failures.jsonl")):  # a target that never answered too
+        failures.update(_failure_counts(run.relative(log.parent), log))
     for folder in run.responses_folders():  # answers to samples a rebuilt benchmark no longer has are not shown
         scores_folder = run.scores_folder(folder.target)
         responses = pd.DataFrame([_shown(r.to_json()) for r in folder.responses()
@@ -91,7 +100,6 @@ def load_run(root: Path, name: str | None = None) -> RunData:
             summary = json.loads(scores_folder.summary_path.read_text(encoding="utf-8"))
             metrics.update(summary["metrics"])
             calibration[folder.target] = summary.get("calibration", {})
-        failures[run.relative(folder.path)] = len(read_jsonl(folder.failures_path))
         if responses.empty:
             continue
         responses["method"] = responses.apply(_method, axis=1)
@@ -118,7 +126,7 @@ def load_run(root: Path, name: str | None = None) -> RunData:
             for step in read_jsonl(folder.steps_path(row.sample_id)):
                 step_rows.append({"method": row.method, "model": row.model, "sample_id": row.sample_id,
                                   "step": step["step"], "success": step["success"], "run": name or root.name})
-        failures[run.relative(folder.path)] = len(read_jsonl(folder.failures_path))
+        failures.update(_failure_counts(run.relative(folder.path), folder.failures_path))
     search_rows = []
     for search in run.search_folders():
         search_rows += [{"run": name or root.name, "method": r.method, "target": r.target, "judge": r.judge,
@@ -127,7 +135,7 @@ def load_run(root: Path, name: str | None = None) -> RunData:
                          "tokens": sum(r.tokens.values()), "cost_usd": r.cost_usd,
                          "attacker_written": r.proposals_parsed, "attempts": r.nodes}
                         for r in search.results() if current is None or r.sample_id in current]
-        failures[run.relative(search.path)] = len(read_jsonl(search.failures_path))
+        failures.update(_failure_counts(run.relative(search.path), search.failures_path))
     return RunData(name or root.name, root, manifest, table, metrics, pd.DataFrame(attack_rows),
                    pd.DataFrame(step_rows), failures, calibration, pd.DataFrame(search_rows))
 

@@ -146,7 +146,10 @@ def _manifest_section(runs: Sequence[RunData], metrics: dict[str, dict[str, Any]
         "tii_gate"))
     failures = [[run.name, where, str(count)] for run in runs for where, count in sorted(run.failures.items())]
     section.tables.append(Table("Recorded failures (inputs or requests that could not be processed)",
-                                ["run", "where", "failures"], failures, name="failures"))
+                                ["run", "where (kind)", "failures"], failures,
+                                "Each is named with its row in the folder's failures.jsonl and retried by the next "
+                                "run of the stage. ProviderFilterError: the provider withheld the answer (a content "
+                                "filter); it is neither an answer nor a refusal and is not scored.", name="failures"))
     return section
 
 
