@@ -241,3 +241,77 @@ def test_a_trickling_answer_ends_at_the_timeout(tmp_path):
         assert isinstance(outcome, TargetError) and time.monotonic() - started < 4.0
     finally:
         provider.close()
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from medattack.stages.base import one_writer
+with one_writer(Path(sys.argv[1]), "query (test holder)"):
+    Path(sys.argv[2]).write_text("holding")
+    while not Path(sys.argv[3]).exists():
+        time.sleep(0.05)
+"""
+
+
+def test_a_second_writer_of_a_stage_folder_is_refused_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+    assert invoke("query", run, "--target", "tiny", "--limit", "1").exit_code == 0
+    folder = next((run / "responses").glob("*/responses.jsonl")).parent
+    rows = len(read_jsonl(folder / "responses.jsonl"))
+    writers = [(folder, ["query", run, "--target", "tiny", "--limit", "1"]),
+               (run / "scores" / folder.name, ["score", run, "--set", "metrics=[keyword_asr]"])]
+    for k, (locked, command) in enumerate(writers):
+        holding, release = tmp_path / f"holding-{k}", tmp_path / f"release-{k}"
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(locked), str(holding), str(release)])
+        try:
+            deadline = time.monotonic() + 60
+            while not holding.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            refused = invoke(*command)
+            assert refused.exit_code != 0, refused.output
+            message = " ".join(refused.output.split())
+            assert "is being written by medattack query (test holder)" in message and "twice" in message
+            assert len(read_jsonl(folder / "responses.jsonl")) == rows  # nothing written by the refused one
+        finally:
+            release.write_text("go")
+            holder.wait(timeout=60)
+        after = invoke(*command)
+        assert after.exit_code == 0, after.output  # the lock went with the holder
+    assert not (folder / ".writer.lock").read_text()  # released locks name nobody
+
+
+def test_answers_that_are_not_text_are_failures_naming_the_line_never_scores(tmp_path):
+    rows = [{"question": "q1", "response": "I cannot help.", "condition": "malicious"},
+            {"question": "q2", "response": {"text": "Sure, here is how"}, "condition": "malicious"},
+            {"question": "q3", "response": 7, "condition": "malicious"},
+            {"question": "q4", "response": ["a", "b"], "condition": "malicious"}]
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = invoke("score", "--responses", path, "--set", "metrics=[keyword_asr, judge]")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "answers.scores"
+    scores = read_jsonl(out / "scores.jsonl")
+    assert {s["response_id"] for s in scores} == {"1"}  # the dict is not scored 1.0, nor the number
+    failures = read_jsonl(out / "failures.jsonl")
+    assert [f["response"] for f in failures] == [f"{path}:row {k}" for k in (2, 3, 4)]
+    assert "not text" in failures[0]["problem"] and "dict" in failures[0]["problem"]
+
+
+def test_a_run_whose_target_stored_a_number_scores_the_rest(tmp_path):
+    run = tmp_path / "run"
+    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+    assert invoke("query", run, "--target", "tiny", "--limit", "1").exit_code == 0
+    path = next((run / "responses").glob("*/responses.jsonl"))
+    rows = read_jsonl(path)
+    rows[0]["response"] = 42  # what a careless custom target could leave
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = invoke("score", run, "--set", "metrics=[keyword_asr]")
+    assert result.exit_code == 0, result.output
+    folder = next((run / "scores").glob("*/scores.jsonl")).parent
+    assert len({s["response_id"] for s in read_jsonl(folder / "scores.jsonl")}) == len(rows) - 1
+    assert read_jsonl(folder / "failures.jsonl")[0]["response"] == f"{path}:1"

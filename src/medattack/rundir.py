@@ -252,6 +252,11 @@ class ScoresFolder:
     def summary_path(self) -> Path:
         return self.path / "summary.json"
 
+    @property
+    def failures_path(self) -> Path:
+        """Answers that could not be scored at all (not text), with file and line; rewritten by each call."""
+        return self.path / "failures.jsonl"
+
     def scores(self) -> list[ScoreRecord]:
         return read_records(self.scores_path, ScoreRecord)
 

@@ -9,6 +9,7 @@ per row: `question` or `attribute` + `prompt`, `response`, optional `condition`,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from medattack.data.sources.tables import cell, read_table, require_columns
 from medattack.errors import SourceError
@@ -31,9 +32,20 @@ def _image(root: Path | None, name: str) -> str | None:
     return str(path)  # existence is checked by the image metrics, which count the missing ones
 
 
-def read_responses_file(path: Path, images_root: Path | None = None) -> list[ScoreInput]:
+def answer_text(value: Any, where: str) -> str:
+    """A stored answer as text ('' for none); an answer that is not text (a JSON object, number or list, which
+    a careless writer or target left) is a SourceError naming `where`, never scored as if it were text."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise SourceError(where, f"the answer is a {type(value).__name__}, not text ({str(value)[:60]!r}).",
+                      "store each answer as a string; this row is left out of the scores and counted as a failure.")
+
+
+def read_responses_file(path: Path, images_root: Path | None = None,
+                        unreadable: list[SourceError] | None = None) -> list[ScoreInput]:
     """Long format (one response per row) or wide format (3MAD columns + one response column per
-    condition); the format is told from the columns."""
+    condition); the format is told from the columns. A row whose answer is not text fails with its line,
+    or, given `unreadable`, is left out and its error appended there."""
     rows = read_table(path)
     if not rows:
         raise SourceError(str(path), "the file holds no rows.")
@@ -50,10 +62,15 @@ def read_responses_file(path: Path, images_root: Path | None = None) -> list[Sco
                 names, attribute_key, prompt_key = WIDE_CONDITIONS[condition]
                 column = next(n for n in names if n in columns)
                 prompt = cell(row, prompt_key)
+                try:
+                    response = answer_text(row.get(column), f"{path}:row {number}, column {column}").strip()
+                except SourceError as error:
+                    _unreadable(error, unreadable)
+                    continue
                 inputs.append(ScoreInput(
                     response_id=f"{row_id}:{condition}", condition=condition, prompt=prompt,
                     question=question_text(cell(row, attribute_key), prompt),
-                    response=cell(row, column), shown_attribute=cell(row, attribute_key),
+                    response=response, shown_attribute=cell(row, attribute_key),
                     true_attribute=cell(row, "original_attribute"),
                     image_path=_image(root, cell(row, "file_name") or cell(row, "image")),
                 ))
@@ -65,15 +82,26 @@ def read_responses_file(path: Path, images_root: Path | None = None) -> list[Sco
         if not question:
             attribute = cell(row, "attribute") or cell(row, "shown_attribute")
             question = question_text(attribute, cell(row, "prompt")) if attribute else cell(row, "prompt")
+        try:
+            response = answer_text(row.get("response"), f"{path}:row {number}").strip()
+        except SourceError as error:
+            _unreadable(error, unreadable)
+            continue
         inputs.append(ScoreInput(
             response_id=cell(row, "response_id") or cell(row, "id") or str(number),
-            question=question, response=cell(row, "response"), condition=cell(row, "condition"),
+            question=question, response=response, condition=cell(row, "condition"),
             prompt=cell(row, "prompt"), shown_attribute=cell(row, "attribute"),
             true_attribute=cell(row, "true_attribute"), description=cell(row, "description"),
             image_path=_image(root, cell(row, "image") or cell(row, "image_path") or cell(row, "file_name")),
         ))
     _refuse_repeated_ids(path, inputs)
     return inputs
+
+
+def _unreadable(error: SourceError, unreadable: list[SourceError] | None) -> None:
+    if unreadable is None:
+        raise error
+    unreadable.append(error)
 
 
 def _refuse_repeated_ids(path: Path, inputs: list[ScoreInput]) -> None:
@@ -84,9 +112,11 @@ def _refuse_repeated_ids(path: Path, inputs: list[ScoreInput]) -> None:
                           "give each row a unique id / response_id (or none: rows are then numbered).")
 
 
-def read_run_responses(run: RunDir) -> dict[str, list[ScoreInput]]:
+def read_run_responses(run: RunDir, unreadable: dict[str, list[SourceError]] | None = None,
+                       ) -> dict[str, list[ScoreInput]]:
     """Every response a run holds, by the name of its scores folder: the query stage's (one per
-    target) and the attack stage's own answers (one per attack folder)."""
+    target) and the attack stage's own answers (one per attack folder). An answer that is not text is left
+    out, its error added to `unreadable[folder]` (or raised without it)."""
     samples = {s.sample_id: s for s in run.samples()} if run.has_samples() else None
     current = (lambda sample_id: sample_id in samples) if samples is not None else (lambda _: True)
     targets: dict[str, list[ScoreInput]] = {}
@@ -95,9 +125,17 @@ def read_run_responses(run: RunDir) -> dict[str, list[ScoreInput]]:
         return str(run.benchmark / sample.image_file) if sample else None
 
     for folder in run.responses_folders():  # answers to samples a rebuilt benchmark no longer has are stale
-        targets[folder.target] = [_response_input(r, str(run.root / r.image_file),
-                                                   clean(r.sample_id) if r.kind == "attack" else None)
-                                  for r in folder.responses() if current(r.sample_id)]
+        targets[folder.target] = []
+        for number, r in enumerate(folder.responses(), start=1):
+            if not current(r.sample_id):
+                continue
+            try:
+                answer_text(r.response, f"{folder.responses_path}:{number}")
+            except SourceError as error:
+                _unreadable(error, None if unreadable is None else unreadable.setdefault(folder.target, []))
+                continue
+            targets[folder.target].append(_response_input(r, str(run.root / r.image_file),
+                                                          clean(r.sample_id) if r.kind == "attack" else None))
     for folder in run.attack_folders():
         targets[folder.target_name] = [
             _attack_input(record, (samples or {}).get(record.sample_id), str(folder.path / record.image_file),

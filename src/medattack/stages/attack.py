@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -35,7 +36,7 @@ from medattack.models.base import WhiteBoxTarget, load_whitebox
 from medattack.records import AttackRecord, Sample, check_conditions
 from medattack.rundir import AttackFolder, Progress, RunDir, append_records, write_bytes_atomic, write_jsonl_atomic
 from medattack.scoring.keyword import keyword_success
-from medattack.stages.base import FailureLog, as_run_dir, claim, failure, loading, resumable_map
+from medattack.stages.base import FailureLog, as_run_dir, claim, failure, loading, one_writer, resumable_map
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +232,11 @@ def run(run_dir: RunDir | str | Path, config: AttackStageConfig | None = None, *
     local = runs_here(executor)
     pool = open_pool(executor, partial(AttackWorker, config, str(run_dir.root), model if local else None,
                                        progress if local else None))
+    held = ExitStack()
     try:
         model_name = pool.call_any("name")
         folder = run_dir.attack_folder(config.method, model_name)
+        held.enter_context(one_writer(folder.path, f"attack {config.method} on {model_name}"))
         stage = {k: v for k, v in to_dict(config).items() if k != "options"}  # recorded resolved, under "method"
         record = {"stage": stage, "method": to_dict(method_config), "model_name": model_name}
         defaults = {"stage": {k: v for k, v in to_dict(AttackStageConfig()).items() if k != "options"},
@@ -262,4 +265,5 @@ def run(run_dir: RunDir | str | Path, config: AttackStageConfig | None = None, *
         failures.save()
     finally:
         pool.close()
+        held.close()
     return AttackStageResult(folder.path, folder.results(), failures.rows, len(todo))

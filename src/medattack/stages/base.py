@@ -14,11 +14,14 @@ same call, and nothing is lost or written twice.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from medattack.errors import RunDirError
 from medattack.executor import Pool
 from medattack.records import Record
 from medattack.rundir import (
@@ -36,6 +39,56 @@ R = TypeVar("R", bound=Record)
 
 def as_run_dir(run_dir: RunDir | str | Path) -> RunDir:
     return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+
+
+_HELD: dict[str, tuple[int, Any]] = {}  # folder -> (depth, open lock file) held by this process
+
+
+@contextmanager
+def one_writer(folder: Path, stage: str) -> Iterator[None]:
+    """Hold the folder's advisory lock (`.writer.lock`, fcntl) while a stage writes it: a second process
+    that would write the same folder (two `query` on one target, `run` beside `score`) is refused at once with
+    one line naming the first, instead of both appending every row. Nested use in one process is free; the
+    lock goes with the process (a killed writer leaves nothing to clean up). Where fcntl is missing
+    (Windows) there is no lock."""
+    key = str(Path(folder).resolve())
+    if key in _HELD:
+        depth, handle = _HELD[key]
+        _HELD[key] = (depth + 1, handle)
+        try:
+            yield
+        finally:
+            depth, handle = _HELD[key]
+            _HELD[key] = (depth - 1, handle)
+        return
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here
+        yield
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    handle = open(Path(folder) / ".writer.lock", "a+")  # noqa: SIM115 - held open for the stage's whole call
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunDirError(f"{folder} is being written by {holder}: wait for it to end (or stop it) and run this "
+                          "again; two writers on one folder would write every row twice.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"medattack {stage} (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})")
+    handle.flush()
+    _HELD[key] = (1, handle)
+    try:
+        yield
+    finally:
+        depth, _ = _HELD.pop(key)
+        handle.seek(0)
+        handle.truncate()
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
 
 
 def claim(run: RunDir, folder: Path, record: dict[str, Any], *, force: bool, change: str, stage: str,

@@ -44,7 +44,7 @@ from medattack.records import BlackBoxRecord, Sample, SearchNode, check_conditio
 from medattack.rundir import Progress, RunDir, SearchFolder, append_records, write_bytes_atomic
 from medattack.scoring.judge import JudgeConfig
 from medattack.scoring.judges.base import Judge
-from medattack.stages.base import FailureLog, as_run_dir, claim, failure, loading
+from medattack.stages.base import FailureLog, as_run_dir, claim, failure, loading, one_writer
 
 log = logging.getLogger(__name__)
 ROLES = ("attacker", "target", "judge")
@@ -226,6 +226,13 @@ def run(run_dir: RunDir | str | Path, config: BlackBoxConfig | None = None, *, e
     with loading(progress if target is None else None, config.target.name):
         target = target or load_target(config.target, cache_path=run_dir.api_cache_path)
     folder = run_dir.search_folder(config.method, target.name)
+    with one_writer(folder.path, f"blackbox {config.method} on {target.name}"):
+        return _search_into(run_dir, folder, samples, config, target, progress, force, announce)
+
+
+def _search_into(run_dir: RunDir, folder: SearchFolder, samples: list[Sample], config: BlackBoxConfig,
+                 target: ChatTarget, progress: Progress | None, force: bool,
+                 announce: Callable[[dict[str, Any]], None] | None) -> BlackBoxStageResult:
     method_config = config.method_config()
     stage = {k: v for k, v in to_dict(config).items() if k != "options"}
     record = {"stage": stage, "method": to_dict(method_config), "target_name": target.name}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -41,7 +42,16 @@ from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
 from medattack.records import CONDITIONS, CONTROL_DESCRIPTIONS, RESPONSE_SAMPLE_FIELDS, Response, Sample
 from medattack.rundir import Progress, RunDir, append_records, content_hash, write_bytes_atomic
-from medattack.stages.base import FailureLog, as_run_dir, claim, failure, loading, resumable_map, set_aside_stale
+from medattack.stages.base import (
+    FailureLog,
+    as_run_dir,
+    claim,
+    failure,
+    loading,
+    one_writer,
+    resumable_map,
+    set_aside_stale,
+)
 from medattack.storage import FileDigests
 
 log = logging.getLogger(__name__)
@@ -248,9 +258,11 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
     local = runs_here(executor)
     pool = open_pool(executor, partial(QueryWorker, config.target, str(run_dir.root), target if local else None,
                                        progress if local else None))
+    held = ExitStack()
     try:
         target_name = pool.call_any("name")
         folder = run_dir.responses_folder(target_name)
+        held.enter_context(one_writer(folder.path, f"query {target_name}"))
         claim(run_dir, folder.path, {"stage": to_dict(config), "target_name": target_name}, force=force,
               change="the target", stage=f"query/{folder.target}", seed=config.target.seed,
               defaults={"stage": to_dict(QueryConfig())})
@@ -283,6 +295,7 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
         usage = pool.call_any("api_usage") if local else {}
     finally:
         pool.close()
+        held.close()
     if failures.rows:
         log.warning("%d queries to %s failed; see %s (a re-run retries them)", len(failures.rows), target_name,
                     folder.failures_path)

@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from medattack.config import from_mapping, option
-from medattack.errors import ConfigError
+from medattack.errors import ConfigError, SourceError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.records import ScoreRecord
-from medattack.rundir import Progress, RunDir, ScoresFolder, append_records, content_hash, write_json_atomic
+from medattack.rundir import (
+    Progress,
+    RunDir,
+    ScoresFolder,
+    append_records,
+    content_hash,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from medattack.scoring.base import (
     DERIVED,
     IMAGE_TEXT_MODEL_HELP,
@@ -39,7 +47,7 @@ from medattack.scoring.base import (
 )
 from medattack.scoring.cache import ScoreCache
 from medattack.scoring.inputs import read_responses_file, read_run_responses
-from medattack.stages.base import as_run_dir, resumable_map, set_aside_stale
+from medattack.stages.base import as_run_dir, failure, one_writer, resumable_map, set_aside_stale
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +140,28 @@ def score_inputs(
     inputs: Sequence[ScoreInput], config: ScoreConfig, out_dir: Path | ScoresFolder, *,
     cache_path: Path | None = None, scorers: dict[str, Scorer] | None = None, progress: Progress | None = None,
     executor: ExecutorConfig | None = None, derived: dict[str, DerivedMetric] | None = None,
+    unreadable: Sequence[SourceError] = (),
 ) -> ScoreStageResult:
     """Score every input with every configured metric; resumable and cached (module docstring).
     With a ray executor the batches the cache cannot answer are scored on actors. Derived metrics
-    (the composite) come last, once every input has its other scores, so they can be calibrated on the run."""
+    (the composite) come last, once every input has its other scores, so they can be calibrated on the run.
+    `unreadable`: answers left out because they are not text, written to the folder's failures.jsonl."""
     folder = out_dir if isinstance(out_dir, ScoresFolder) else ScoresFolder(Path(out_dir))
+    with one_writer(folder.path, "score"):  # one process writes a scores folder at a time
+        write_jsonl_atomic(folder.failures_path, [failure("response", e.item, e, e.problem, fix=e.fix)
+                                                  for e in unreadable])
+        if unreadable:
+            log.warning("%d answer(s) are not text and were left out of the scores: see %s", len(unreadable),
+                        folder.failures_path)
+        return _score_into(inputs, config, folder, cache_path=cache_path, scorers=scorers, progress=progress,
+                           executor=executor, derived=derived)
+
+
+def _score_into(
+    inputs: Sequence[ScoreInput], config: ScoreConfig, folder: ScoresFolder, *, cache_path: Path | None,
+    scorers: dict[str, Scorer] | None, progress: Progress | None, executor: ExecutorConfig | None,
+    derived: dict[str, DerivedMetric] | None,
+) -> ScoreStageResult:
     local = runs_here(executor)
     derived = build_derived(config) if derived is None else derived
     pool = open_pool(executor, partial(ScoreWorker, config, scorers if local else None))
@@ -256,12 +281,14 @@ def run(run_dir: RunDir | str | Path, config: ScoreConfig | None = None, *, exec
     (accepted for the common signature)."""
     config = config or ScoreConfig()
     run_dir = as_run_dir(run_dir)
-    targets = read_run_responses(run_dir)
+    unreadable: dict[str, list[SourceError]] = {}
+    targets = read_run_responses(run_dir, unreadable)
     local = runs_here(executor)
     scorers = build_scorers(config) if targets and local else None
     derived = build_derived(config)
     return {target: score_inputs(inputs, config, run_dir.scores_folder(target), cache_path=run_dir.score_cache_path,
-                                 scorers=scorers, progress=progress, executor=executor, derived=derived)
+                                 scorers=scorers, progress=progress, executor=executor, derived=derived,
+                                 unreadable=unreadable.get(target, ()))
             for target, inputs in targets.items()}
 
 
@@ -274,8 +301,9 @@ def score_file(responses: str | Path, config: ScoreConfig | None = None, *, imag
     out = Path(out_dir) if out_dir else path.parent / f"{path.stem}.scores"
     if path.resolve() in {(out / name).resolve() for name in ("scores.jsonl", "stale.jsonl", "cache.sqlite")}:
         raise ConfigError(f"{path} is where the scores would be written; pass another --out folder.")
-    inputs = read_responses_file(path, Path(images) if images else None)
+    unreadable: list[SourceError] = []
+    inputs = read_responses_file(path, Path(images) if images else None, unreadable)
     local = runs_here(executor)
     return {path.stem: score_inputs(inputs, config, out, cache_path=out / "cache.sqlite",
                                     scorers=build_scorers(config) if local else None, progress=progress,
-                                    executor=executor)}
+                                    executor=executor, unreadable=unreadable)}
