@@ -315,3 +315,35 @@ def test_a_run_whose_target_stored_a_number_scores_the_rest(tmp_path):
     folder = next((run / "scores").glob("*/scores.jsonl")).parent
     assert len({s["response_id"] for s in read_jsonl(folder / "scores.jsonl")}) == len(rows) - 1
     assert read_jsonl(folder / "failures.jsonl")[0]["response"] == f"{path}:1"
+
+
+def test_damaged_state_files_and_caches_are_named_with_the_fix(tmp_path):
+    run = tmp_path / "run"
+    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+    assert invoke("query", run, "--target", "tiny", "--limit", "1").exit_code == 0
+    assert invoke("score", run, "--set", "metrics=[keyword_asr]").exit_code == 0
+    folder = next((run / "responses").glob("*/config.json")).parent
+    (folder / "config.json").write_text('{"stage": {"target"')  # cut off
+    result = invoke("query", run, "--target", "tiny", "--limit", "1")
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "config.json: not a JSON state file" in message and "delete it" in message
+    (folder / "config.json").unlink()  # the fix it names works: the results beside it are kept
+    assert "0 asked now" in " ".join(invoke("query", run, "--target", "tiny", "--limit", "1").output.split())
+    manifest = (run / "run.json").read_text()
+    (run / "run.json").write_text("garbage")
+    for command in (["score", run], ["report", run], ["query", run, "--target", "tiny", "--limit", "1"]):
+        result = invoke(*command)
+        assert result.exit_code == 2 and "run.json: not a JSON state file" in " ".join(result.output.split())
+    (run / "run.json").write_text(manifest)
+    cache = run / "scores" / "cache.sqlite"
+    cache.write_bytes(b"not a database" * 100)
+    next((run / "scores").glob("*/scores.jsonl")).unlink()  # so the cache is read
+    rescored = invoke("score", run, "--set", "metrics=[keyword_asr]")
+    assert rescored.exit_code == 0 and "computed now" in rescored.output
+    assert len(list(cache.parent.glob(f"{cache.name}.damaged-*"))) == 1  # kept aside, not deleted
+    samples = read_jsonl(next((run / "scores").glob("*/scores.jsonl")))
+    (run / "benchmark").rename(run / "benchmark-elsewhere")
+    for command in (["score", run], ["report", run]):
+        result = invoke(*command)
+        assert result.exit_code == 2 and "benchmark is gone" in " ".join(result.output.split())
+    assert read_jsonl(next((run / "scores").glob("*/scores.jsonl"))) == samples  # nothing moved to stale

@@ -23,7 +23,6 @@ Stages reach every path through `RunDir` and its folder types; nothing else join
 
 from __future__ import annotations
 
-import json
 import platform
 import re
 import subprocess
@@ -46,6 +45,7 @@ from medattack.storage import (  # noqa: F401 (re-exported: the run directory's 
     content_hash,
     read_jsonl,
     read_records,
+    read_state,
     write_bytes_atomic,
     write_json_atomic,
     write_jsonl_atomic,
@@ -86,7 +86,8 @@ def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str,
     used), so a new setting left at its default does not orphan old results."""
     stamp = folder / "config.json"
     if stamp.exists() and not force:
-        previous = json.loads(stamp.read_text(encoding="utf-8"))
+        previous = read_state(stamp, "delete it (the stage writes it again and keeps the results beside it, "
+                              "checked by their own hashes), or restore it from a copy")
         if content_hash(fill_missing(previous, defaults or {})) != content_hash(record):
             raise RunDirError(f"{folder} holds results of another configuration; use --force to add to it "
                               f"anyway, or change {change}.")
@@ -280,7 +281,8 @@ class RunDir:
     def read_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
             return {}
-        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        return read_state(self.manifest_path, "restore it from a copy, or delete it: the next stage writes it "
+                          "again with its own record (the records of earlier stages are lost, their results are not)")
 
     def record_stage(self, stage: str, config: dict[str, Any], seed: int | None) -> None:
         """Store a stage's resolved config and the environment in run.json (no secrets). The read, change
@@ -334,6 +336,15 @@ class RunDir:
 
     def has_samples(self) -> bool:
         return self.samples_path.exists()
+
+    def require_benchmark(self) -> None:
+        """Refuse a run whose benchmark was built and is gone (its answers and scores cannot be told current or
+        stale without it, and scoring on would move every valid score aside), or whose run.json is damaged."""
+        built = "build" in self.read_manifest().get("stages", {})  # a damaged run.json stops here, named
+        if built and not self.has_samples():
+            raise RunDirError(f"{self.benchmark} is gone (run.json records a build): restore it, or build it again "
+                              f"with the same settings (`medattack build {self.root}`, the same sample ids), then "
+                              "run this again.")
 
     def samples(self) -> list[Sample]:
         """The samples of the built benchmark (RunDirError when the run has none)."""

@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from medattack.errors import CorruptFileError
 from medattack.records import Record
+
+log = logging.getLogger(__name__)
 
 UNSAFE_IN_TEXT = re.compile("[\x85\u2028\u2029\ud800-\udfff]")  # line breaks to some readers; lone surrogates
 
@@ -112,6 +116,16 @@ def append_jsonl(path: Path, *rows: dict[str, Any]) -> None:
 R = TypeVar("R", bound=Record)
 
 
+def read_state(path: Path, fix: str) -> Any:
+    """A JSON state file medattack wrote (run.json, a stage's config.json, build.json, summary.json); one that
+    is cut off or not JSON is a CorruptFileError naming it and `fix`, never a traceback or a silent {}."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CorruptFileError(str(path), f"not a JSON state file ({getattr(exc, 'msg', exc)}): it was cut off "
+                               "or changed by another program", fix) from None
+
+
 def jsonl_lines(data: bytes) -> Iterator[tuple[int, str, bool]]:
     """(line number, text, whole) of each line of JSONL bytes, split on b"\\n" only; `whole` is False for a last
     line without its newline (a torn append)."""
@@ -187,16 +201,36 @@ class SqliteCache:
         if self._connection is None or self._pid != os.getpid():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             new = not self.path.exists()
-            connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; a crash keeps the file whole
-            connection.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            try:
+                connection = self._connect()
+            except sqlite3.DatabaseError as exc:  # not a database, or damaged: keep it aside, start anew
+                aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+                os.replace(self.path, aside)
+                for suffix in ("-wal", "-shm"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                log.warning("the cache %s is damaged (%s): moved aside to %s (kept: paid answers can be recovered "
+                            "from it) and a new one started; what it held is asked or computed again", self.path,
+                            exc, aside)
+                connection = self._connect()
             self._connection, self._pid = connection, os.getpid()
             legacy = self.path.with_suffix(".jsonl")
             if new and legacy != self.path and legacy.is_file():
                 self._write([(entry["key"], entry["value"]) for entry in read_jsonl(legacy)
                              if isinstance(entry, dict) and "key" in entry and "value" in entry])
         return self._connection
+
+    def _connect(self) -> sqlite3.Connection:
+        assert self.path is not None
+        connection = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; a crash keeps the file whole
+            connection.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            connection.execute("SELECT value FROM cache LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:
+            connection.close()
+            raise
+        return connection
 
     def get(self, key: str) -> Any | None:
         with self._lock:

@@ -12,7 +12,6 @@ paired tests compare conditions and attacks on the same image x prompt. The `met
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import pandas as pd
 from medattack.records import CONDITIONS, HARMFUL_CONDITIONS
 from medattack.rundir import RunDir, read_jsonl
 from medattack.stats import bootstrap_ci, interval, paired_test, wilson_ci
-from medattack.storage import readable
+from medattack.storage import read_state, readable
 
 __all__ = ["CONDITIONS", "HARMFUL_CONDITIONS", "RunData", "bootstrap_ci", "build_tables", "interval", "load_run",
            "wilson_ci"]
@@ -86,6 +85,7 @@ def _shown(row: dict[str, Any]) -> dict[str, Any]:
 def load_run(root: Path, name: str | None = None) -> RunData:
     """Read a run's manifest, query responses joined with their scores, and attack results and steps."""
     run = RunDir(root)
+    run.require_benchmark()
     manifest = run.read_manifest()
     current = {s.sample_id for s in run.samples()} if run.has_samples() else None
     frames, metrics, failures, calibration = [], {}, {}, {}
@@ -97,7 +97,7 @@ def load_run(root: Path, name: str | None = None) -> RunData:
                                   if current is None or r.sample_id in current])
         scores = pd.DataFrame([r.to_json() for r in scores_folder.scores()])
         if scores_folder.summary_path.exists():
-            summary = json.loads(scores_folder.summary_path.read_text(encoding="utf-8"))
+            summary = read_state(scores_folder.summary_path, "score the run again (`medattack score RUN`)")
             metrics.update(summary["metrics"])
             calibration[folder.target] = summary.get("calibration", {})
         if responses.empty:
@@ -153,7 +153,7 @@ def load_scores_folder(root: Path, name: str | None = None) -> RunData:
 
     target = root.name.removesuffix(".scores")
     name = (name or target).removesuffix(".scores")
-    summary = json.loads((root / "summary.json").read_text(encoding="utf-8"))
+    summary = read_state(root / "summary.json", "score the file again (`medattack score --responses FILE`)")
     rows = [r.to_json() for r in (ScoreRecord.from_json(row, f"{root / 'scores.jsonl'}:{k}")
                                   for k, row in enumerate(read_jsonl(root / "scores.jsonl"), start=1))]
     table = pd.DataFrame(rows, columns=["response_id", "condition", "metric", "value", "null_reason"])

@@ -18,7 +18,6 @@ build goes on; it fails only when no sample at all could be built.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections import Counter
@@ -44,6 +43,7 @@ from medattack.rundir import (
     content_hash,
     fill_missing,
     read_jsonl,
+    read_state,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -150,7 +150,7 @@ def run(run_dir: RunDir | str | Path, config: BuildConfig | None = None, *, exec
     config_hash = content_hash(config_record)
     stamp = run.build_stamp_path
     if stamp.exists() and run.samples_path.exists() and not force:
-        built = json.loads(stamp.read_text(encoding="utf-8"))
+        built = read_state(stamp, "rebuild the benchmark with --force")
         # a setting added since that build reads as its default there (it did not exist, so it was not used)
         old = fill_missing(built.get("config", {}), to_dict(BuildConfig()))
         changed = sorted(k for k in config_record if old.get(k) != config_record[k])

@@ -281,6 +281,7 @@ def run(run_dir: RunDir | str | Path, config: ScoreConfig | None = None, *, exec
     (accepted for the common signature)."""
     config = config or ScoreConfig()
     run_dir = as_run_dir(run_dir)
+    run_dir.require_benchmark()
     unreadable: dict[str, list[SourceError]] = {}
     targets = read_run_responses(run_dir, unreadable)
     local = runs_here(executor)
