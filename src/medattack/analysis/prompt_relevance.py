@@ -9,7 +9,6 @@ Writes `prompt_relevance.csv` (long format) and `prompt_relevance.png` (three he
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medattack.scoring.backends.text_embedders import TextEmbedder
+from medattack.storage import write_csv_atomic
 
 KINDS = (("normal", "normal"), ("harmful", "harmful"), ("normal", "harmful"))
 
@@ -66,10 +66,7 @@ def prompt_relevance(
         matrices[kind] = matrix
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "prompt_relevance.csv"
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_atomic(csv_path, rows)
     figure = out_dir / "prompt_relevance.png"
     _plot(tasks, matrices, embedder.name, figure)
     return PromptRelevanceResult(tasks, matrices, rows, csv_path, figure)

@@ -41,7 +41,7 @@ from medattack.report.render import Figure, Section, Table, to_html, to_latex, t
 from medattack.rundir import RunDir, write_bytes_atomic
 from medattack.scoring.judge import JudgeConfig
 from medattack.stats import Confusion, corrected_rate
-from medattack.storage import readable
+from medattack.storage import readable, write_csv_atomic
 
 if TYPE_CHECKING:
     from medattack.scoring.judges.labels import JudgeValidation
@@ -448,7 +448,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                    "blackbox": tables.blackbox, "attack_success_corrected": corrected}
     for name, frame in long_tables.items():
         table_paths[name] = out / "tables" / f"{name}.csv"
-        write_bytes_atomic(table_paths[name], _utf8(frame.to_csv(index=False)))
+        write_csv_atomic(table_paths[name], frame.astype(object).where(frame.notna(), None).to_dict("records"),
+                         [str(c) for c in frame.columns])
     for section in sections:
         for table in section.tables:
             if table.name:

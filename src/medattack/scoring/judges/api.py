@@ -17,6 +17,7 @@ from pathlib import Path
 
 from medattack.api import APIClient, APIConfig, APIError, chat_text
 from medattack.config import option
+from medattack.redaction import redact_url
 from medattack.scoring.judges.base import JUDGES, JudgeValidity, Verdict
 from medattack.scoring.judges.verdicts import VerdictFormat, judge_messages, verdict
 
@@ -40,7 +41,7 @@ class APIJudge:
     def __init__(self, config: APIJudgeConfig | None = None, cache_path: Path | None = None) -> None:
         self.config = config or APIJudgeConfig()
         self.client = APIClient(self.config.api, cache_path)
-        self.name = f"api:{self.config.model}@{self.config.api.base_url} ({self.config.verdict_format})"
+        self.name = f"api:{self.config.model}@{redact_url(self.config.api.base_url)} ({self.config.verdict_format})"
 
     def _payload(self, request: str, response: str) -> dict:
         return {"model": self.config.model, "temperature": 0, "max_tokens": self.config.max_tokens,
