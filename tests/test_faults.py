@@ -390,3 +390,16 @@ def test_a_formula_from_the_data_reaches_no_report_csv(tmp_path):
              for line in table.read_text().splitlines() for cell in line.split(",")]
     assert not [c for c in cells if c.lstrip('"').startswith(("=", "@"))]
     assert any("'=HYPERLINK" in c for c in cells)
+
+
+@pytest.mark.parametrize(("setting", "words"), [
+    ("target.api.timeout=-1", "api.timeout must be above 0"), ("target.api.timeout=nan", "expects a finite number"),
+    ("target.api.timeout=abc", "expects a finite number"), ("target.api.max_retries=-1", "at least 0"),
+    ("target.api.concurrency=0", "at least 1"),
+])
+def test_bad_api_settings_are_one_line_before_anything_runs(tmp_path, setting, words):
+    run = tmp_path / "run"
+    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+    result = invoke("query", run, "--target", "api:m", "--base-url", "http://127.0.0.1:9/v1", "--set", setting)
+    assert result.exit_code == 2 and words in " ".join(result.output.split())
+    assert "Traceback" not in result.output and not list((run / "responses").glob("*/config.json"))

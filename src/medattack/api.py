@@ -47,6 +47,11 @@ class APIConfig:
     concurrency: int = option(4, "Requests in flight at once.")
 
     def __post_init__(self) -> None:
+        for name, low, strict in (("timeout", 0, True), ("max_retries", 0, False), ("requests_per_second", 0, False),
+                                  ("concurrency", 1, False)):
+            value = getattr(self, name)
+            if value < low or (strict and value == low):
+                raise ValueError(f"api.{name} must be {'above' if strict else 'at least'} {low}, got {value!r}")
         if not self.base_url:  # resolved once, so a stage's recorded settings name the endpoint it used
             object.__setattr__(self, "base_url", os.environ.get("OPENAI_BASE_URL") or OPENAI_URL)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -70,8 +71,16 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(f"config key {key!r} expects true or false, got {_short(value)}.")
     if annotation is int and not (isinstance(value, int) and not isinstance(value, bool)):
         raise ConfigError(f"config key {key!r} expects an integer, got {_short(value)}.")
-    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if annotation is float:
+        number = value
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as text
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if not isinstance(number, int | float) or isinstance(number, bool) or not math.isfinite(number):
+            raise ConfigError(f"config key {key!r} expects a finite number, got {_short(value)}.")
+        return float(number)
     if annotation is str and not isinstance(value, str):
         raise ConfigError(f"config key {key!r} expects a string, got {_short(value)}.")
     return value
