@@ -403,3 +403,20 @@ def test_bad_api_settings_are_one_line_before_anything_runs(tmp_path, setting, w
     result = invoke("query", run, "--target", "api:m", "--base-url", "http://127.0.0.1:9/v1", "--set", setting)
     assert result.exit_code == 2 and words in " ".join(result.output.split())
     assert "Traceback" not in result.output and not list((run / "responses").glob("*/config.json"))
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps"])
+def test_a_device_this_machine_lacks_is_one_line_before_any_model_loads(tmp_path, device, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this CPU machine, also where CI has a GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    run = tmp_path / "run"
+    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+    for command in (["attack", run, "--method", "gcg", "--model", "tiny", "--limit", "1", "--device", device],
+                    ["query", run, "--target", "tiny", "--limit", "1", "--device", device]):
+        result = invoke(*command)
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"device {device!r}" in text and "--device cpu" in text, text
+        assert len(result.output.splitlines()) <= 4  # one message, not a traceback

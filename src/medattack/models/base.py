@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from medattack.errors import ConfigError
 from medattack.registry import Registry
 
 
@@ -163,8 +164,27 @@ class BatchGeneration(Protocol):
 WHITEBOX_MODELS: Registry[Callable[..., WhiteBoxTarget]] = Registry("white-box model", plugins="medattack.models")
 
 
+def require_device(device: str | None) -> None:
+    """Refuse a torch device this machine does not have, in one line and before any model loads (torch's own
+    error comes mid-load, as a long traceback)."""
+    if not device:
+        return
+    kind, _, index = str(device).partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device!r}: this machine has no CUDA GPU that torch can use (torch "
+                              f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); use --device cpu, or "
+                              "run on a GPU machine with a CUDA build of torch.")
+        if index and (not index.isdigit() or int(index) >= count):
+            raise ConfigError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}.")
+    elif kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r}: Apple's MPS is not available here; use --device cpu.")
+
+
 def load_whitebox(spec: str, **options: Any) -> WhiteBoxTarget:
     """Load a white-box target from "NAME" (registered: embedded, tiny) or a hub id / local path."""
+    require_device(options.get("device"))
     if spec in WHITEBOX_MODELS:
         return WHITEBOX_MODELS[spec](**options)
     return WHITEBOX_MODELS["hf"](spec, **options)

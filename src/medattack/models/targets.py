@@ -36,6 +36,7 @@ from medattack.api import APIClient, APIConfig, APIError, chat_text, filtered
 from medattack.config import option
 from medattack.data.image_io import encode_png
 from medattack.errors import ProviderFilterError, TargetError
+from medattack.models.base import require_device
 from medattack.models.capabilities import generate_batch
 from medattack.models.loading import hub_errors
 from medattack.registry import Registry
@@ -147,6 +148,8 @@ def load_target(config: TargetConfig, cache_path: Path | None = None, model: Any
     """Build the target a config names; `cache_path` is the request cache of API targets, `model` a
     loaded white-box model for the kinds that take one (`takes_whitebox`)."""
     kind = TARGETS[config.kind]
+    if config.kind != "api":
+        require_device(config.device)
     return kind(config, cache_path=cache_path, model=model if kind.takes_whitebox else None)
 
 

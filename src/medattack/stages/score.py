@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from medattack.config import from_mapping, option
 from medattack.errors import ConfigError, SourceError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
+from medattack.models.base import require_device
 from medattack.records import ScoreRecord
 from medattack.rundir import (
     Progress,
@@ -103,6 +104,7 @@ class ScoreConfig:
 
 def build_scorers(config: ScoreConfig, cache_path: Path | None = None) -> dict[str, Scorer]:
     """The configured scorers (not the derived metrics), sharing one set of encoders."""
+    require_device(config.encoders.device)
     return {name: SCORERS[name](config.metric_config(name), encoders=config.encoders, cache_path=cache_path)
             for name in config.metrics if name not in DERIVED}
 
