@@ -420,3 +420,31 @@ def test_a_device_this_machine_lacks_is_one_line_before_any_model_loads(tmp_path
         text = " ".join(result.output.split())
         assert result.exit_code == 2 and f"device {device!r}" in text and "--device cpu" in text, text
         assert len(result.output.splitlines()) <= 4  # one message, not a traceback
+
+
+LONG = '''
+class Long:
+    def generate(self, images, questions, max_new_tokens):
+        return ["word " * 100_000 for _ in questions]
+
+
+def load(device="cpu", dtype="auto"):
+    return Long()
+'''
+
+
+def test_long_answers_load_from_csv_and_are_stored_capped_with_a_flag(tmp_path):
+    from medattack.scoring.inputs import read_responses_file
+
+    path = tmp_path / "answers.csv"
+    path.write_text("question,response\nq1," + "x" * 200_000 + "\nq2,short\n")
+    assert [len(i.response) for i in read_responses_file(path)] == [200_000, 5]
+    factory = tmp_path / "long.py"
+    factory.write_text(LONG)
+    run = tmp_path / "run"
+    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+    result = invoke("query", run, "--target", f"python:{factory}:load", "--limit", "1",
+                    "--set", "max_response_chars=1000", "--set", "controls=[]", "--set", "replay_attacks=false")
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(next((run / "responses").glob("*/responses.jsonl")))
+    assert rows and all(len(r["response"]) == 1000 and r["truncated_from"] == 500_000 for r in rows)

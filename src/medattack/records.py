@@ -194,6 +194,8 @@ class Response(Record):
     attack_success: bool | None = None
     input_hash: str = ""  # of what produced the answer: text, image bytes, target settings ("" = unknown: stale)
     generation: int = 0  # which of the query's sampled answers (query --generations N: 0..N-1)
+    truncated_from: int | None = None  # the answer's full length in characters when it was stored cut (query
+    # max_response_chars); None: stored whole
 
 
 @dataclass(frozen=True)

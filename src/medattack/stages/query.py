@@ -74,8 +74,13 @@ class QueryConfig:
                                  "(a stochastic target measured as a distribution).")
     temperature: float = option(0.7, "Sampling temperature of the answers when generations > 1.")
     chunk: int = option(32, "Queries answered and written per step of the stage.")
+    max_response_chars: int = option(200_000, "Longest answer stored, in characters; a longer one is stored cut "
+                                     "to this length with its full length in `truncated_from`, so one runaway "
+                                     "answer cannot take hundreds of MB.")
 
     def __post_init__(self) -> None:
+        if self.max_response_chars < 1:
+            raise ConfigError(f"max_response_chars must be 1 or more, got {self.max_response_chars}.")
         if self.generations < 1:
             raise ConfigError(f"generations must be 1 or more, got {self.generations}.")
         unknown = (set(self.conditions) - set(CONDITIONS)) | (set(self.controls) - set(CONTROL_DESCRIPTIONS))
@@ -236,6 +241,13 @@ class QueryWorker:
         return outcomes  # type: ignore[return-value]
 
 
+def capped(response: Response, limit: int) -> Response:
+    """The response with an answer longer than `limit` characters cut to it, its full length recorded."""
+    if len(response.response) <= limit:
+        return response
+    return replace(response, response=response.response[:limit], truncated_from=len(response.response))
+
+
 @dataclass
 class QueryStageResult:
     folder: Path
@@ -286,7 +298,8 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
         def write(chunk: list[tuple[PlannedQuery, str]], outcomes: Any) -> None:
             if isinstance(outcomes, Exception):
                 outcomes = [failure("response_id", p.response_id, outcomes) for p, _ in chunk]
-            append_records(folder.responses_path, *(o for o in outcomes if isinstance(o, Response)))
+            append_records(folder.responses_path, *(capped(o, config.max_response_chars) for o in outcomes
+                                                    if isinstance(o, Response)))
             failures.add(*(o for o in outcomes if not isinstance(o, Response)))
 
         resumable_map(pool, "answer", chunks, write, progress=progress, label=f"asking {target_name}",

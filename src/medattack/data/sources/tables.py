@@ -13,6 +13,9 @@ from medattack.storage import jsonl_lines
 TABLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
+MAX_CSV_FIELD = 64 << 20  # characters in one CSV cell (Python's default is 128 KiB: a long answer would not load)
+
+
 def read_table(path: Path, keep_bad_lines: bool = False) -> list[dict[str, Any]]:
     """Rows of a CSV, JSONL or Parquet file as dicts (row 1 is the first data row). With
     `keep_bad_lines`, a JSONL line that is not a JSON object is returned as its SourceError (the caller
@@ -22,6 +25,7 @@ def read_table(path: Path, keep_bad_lines: bool = False) -> list[dict[str, Any]]
         raise SourceError(str(path), "not a regular file (a folder, a pipe or a device).", "name a table file.")
     try:
         if suffix == ".csv":
+            csv.field_size_limit(MAX_CSV_FIELD)
             with path.open(newline="", encoding="utf-8-sig") as handle:
                 return [dict(row) for row in csv.DictReader(handle, strict=True)]
         if suffix in (".jsonl", ".json"):
@@ -51,6 +55,9 @@ def read_table(path: Path, keep_bad_lines: bool = False) -> list[dict[str, Any]]
     except FileNotFoundError:
         raise SourceError(str(path), "file not found.", "check the path.") from None
     except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            raise SourceError(str(path), f"a cell is longer than {MAX_CSV_FIELD >> 20} MiB, the most a CSV cell may "
+                              "hold here.", "store such answers in JSONL or Parquet, or shorten them.") from None
         raise SourceError(str(path), f"malformed CSV ({exc}): a quote is probably never closed.",
                           "close every quoted field, or save the file again from a spreadsheet.") from None
     except (OSError, UnicodeDecodeError) as exc:
