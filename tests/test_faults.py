@@ -448,3 +448,43 @@ def test_long_answers_load_from_csv_and_are_stored_capped_with_a_flag(tmp_path):
     assert result.exit_code == 0, result.output
     rows = read_jsonl(next((run / "responses").glob("*/responses.jsonl")))
     assert rows and all(len(r["response"]) == 1000 and r["truncated_from"] == 500_000 for r in rows)
+
+
+@pytest.mark.parametrize("staged_complete", [True, False])
+def test_a_rebuild_killed_between_its_renames_is_settled_by_the_next_command(tmp_path, staged_complete):
+    run = tmp_path / "run"
+    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+    old_samples = (run / "benchmark" / "samples.jsonl").read_bytes()
+    staged = run / ".benchmark.building"
+    import shutil
+
+    shutil.copytree(run / "benchmark", staged)
+    (staged / "samples.jsonl").write_bytes(old_samples[: old_samples.index(b"\n") + 1])  # the "new" build: 1 sample
+    if not staged_complete:
+        (staged / "build.json").write_text('{"building": true}')
+    (run / "benchmark").rename(run / ".benchmark.old")  # killed here: no benchmark/
+    result = invoke("query", run, "--target", "tiny", "--limit", "1")
+    assert result.exit_code == 0, result.output
+    expected = old_samples[: old_samples.index(b"\n") + 1] if staged_complete else old_samples
+    assert (run / "benchmark" / "samples.jsonl").read_bytes() == expected and not (run / ".benchmark.old").exists()
+
+
+def test_a_second_build_of_one_run_is_refused_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holding, release = tmp_path / "holding", tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.replace('"query (test holder)"', '"build"'),
+                               str(run), str(holding), str(release)])
+    try:
+        deadline = time.monotonic() + 60
+        while not holding.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result = invoke("build", run, "--task", "Matching", "--max-per-category", "1")
+        assert result.exit_code == 2 and "is being written by medattack build" in " ".join(result.output.split())
+        assert not (run / "benchmark").exists()
+    finally:
+        release.write_text("go")
+        holder.wait(timeout=60)

@@ -23,8 +23,10 @@ Stages reach every path through `RunDir` and its folder types; nothing else join
 
 from __future__ import annotations
 
+import json
 import platform
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -306,6 +308,23 @@ class RunDir:
     @property
     def benchmark(self) -> Path:
         return self.root / self._benchmark_folder
+
+    def settle(self) -> None:
+        """Finish a rebuild that was killed between its two renames (`.benchmark.old` and no `benchmark/`): the
+        staged build goes in when it is complete (its build.json names its config), else the old one goes back."""
+        old = self.root / ".benchmark.old"
+        if self.benchmark.exists() or not old.is_dir():
+            return
+        staged = self.staging()
+        try:
+            complete = "config_hash" in json.loads(staged.build_stamp_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            complete = False
+        if complete:
+            staged.benchmark.rename(self.benchmark)
+            shutil.rmtree(old)
+        else:
+            old.rename(self.benchmark)
 
     def staging(self) -> RunDir:
         """The same run with its benchmark in .benchmark.building/: a build writes there and is swapped in

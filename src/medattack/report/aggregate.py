@@ -85,6 +85,7 @@ def _shown(row: dict[str, Any]) -> dict[str, Any]:
 def load_run(root: Path, name: str | None = None) -> RunData:
     """Read a run's manifest, query responses joined with their scores, and attack results and steps."""
     run = RunDir(root)
+    run.settle()
     run.require_benchmark()
     manifest = run.read_manifest()
     current = {s.sample_id for s in run.samples()} if run.has_samples() else None

@@ -38,7 +38,10 @@ R = TypeVar("R", bound=Record)
 
 
 def as_run_dir(run_dir: RunDir | str | Path) -> RunDir:
-    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    """The run directory, with a rebuild that was killed mid-swap finished first (RunDir.settle)."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run.settle()
+    return run
 
 
 _HELD: dict[str, tuple[int, Any]] = {}  # folder -> (depth, open lock file) held by this process

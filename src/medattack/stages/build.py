@@ -47,7 +47,7 @@ from medattack.rundir import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from medattack.stages.base import as_run_dir, failure
+from medattack.stages.base import as_run_dir, failure, one_writer
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,12 @@ def run(run_dir: RunDir | str | Path, config: BuildConfig | None = None, *, exec
     """
     config = config or BuildConfig()
     run = as_run_dir(run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    with one_writer(run.root, "build"):  # two builds of one run: the second is refused, naming the first
+        return _build(run, config, force, progress)
+
+
+def _build(run: RunDir, config: BuildConfig, force: bool, progress: Progress | None) -> BuildResult:
     config_record = to_dict(config)
     config_hash = content_hash(config_record)
     stamp = run.build_stamp_path
