@@ -488,3 +488,47 @@ def test_a_second_build_of_one_run_is_refused_with_one_line(tmp_path):
     finally:
         release.write_text("go")
         holder.wait(timeout=60)
+
+
+CAPS = '''
+class Caps:
+    def generate(self, images, questions, max_new_tokens):
+        return [f"cap={max_new_tokens} q={q}" for q in questions]
+
+
+def load(device="cpu", dtype="auto"):
+    return Caps()
+'''
+
+
+def test_serve_gives_each_concurrent_request_its_own_max_tokens(tmp_path):
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medattack.serve import ChatServer, ServeConfig
+
+    factory = tmp_path / "caps.py"
+    factory.write_text(CAPS)
+    server = ChatServer(load_target(TargetConfig(kind="python", model=f"{factory}:load", batch_size=16)),
+                        ServeConfig(port=0, max_batch=16, batch_wait_ms=50)).start()
+
+    def ask(k: int) -> tuple[int, str]:
+        body = {"model": "m", "max_tokens": 1 + k % 7,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": f"request {k}"}]}]}
+        request = urllib.request.Request(f"{server.base_url}/chat/completions", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return k, json.loads(response.read())["choices"][0]["message"]["content"]
+
+    try:
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            answers = list(pool.map(ask, range(40)))
+        assert all(text == f"cap={1 + k % 7} q=request {k}" for k, text in answers)
+        fractional = {"model": "m", "max_tokens": 8.5, "messages": [{"role": "user", "content": "hi"}]}
+        request = urllib.request.Request(f"{server.base_url}/chat/completions", json.dumps(fractional).encode(),
+                                         {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 400
+    finally:
+        server.close()

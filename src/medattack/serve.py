@@ -95,7 +95,8 @@ def _max_tokens(payload: dict[str, Any], limit: int) -> int | None:
     value = payload.get("max_tokens", payload.get("max_completion_tokens"))
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or not 1 <= value <= limit:
+    if (isinstance(value, bool) or not isinstance(value, int | float) or value != value or not 1 <= value <= limit
+            or value != int(value)):
         raise RequestError(f"max_tokens must be a whole number from 1 to {limit}, got {str(value)[:40]}.")
     return int(value)
 

@@ -126,10 +126,20 @@ class PythonTarget:
             p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
     def _generate(self, batch: Sequence[Query]) -> list[str]:
-        return by_sampling(batch, self.config, self._generate_with)
+        """generate takes one max_new_tokens per call: one call per distinct answer cap (and sampling) of the
+        batch, so no query gets another's cap; the answers go back in the batch's order."""
+        answers: list[str] = [""] * len(batch)
+        caps: dict[int, list[int]] = {}
+        for k, query in enumerate(batch):
+            caps.setdefault(query.limit(self.config.max_new_tokens), []).append(k)
+        for rows in caps.values():
+            for k, answer in zip(rows, by_sampling([batch[k] for k in rows], self.config, self._generate_with),
+                                 strict=True):
+                answers[k] = answer
+        return answers
 
     def _generate_with(self, batch: Sequence[Query], sampling: Sampling) -> list[str]:
-        limit = max(q.limit(self.config.max_new_tokens) for q in batch)
+        limit = batch[0].limit(self.config.max_new_tokens)  # one cap per call (_generate)
         temperature, top_p, seed = sampling
         options = {}
         if temperature > 0:  # sampled answers (--generations, a temperature): the object must take the settings
