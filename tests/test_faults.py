@@ -532,3 +532,14 @@ def test_serve_gives_each_concurrent_request_its_own_max_tokens(tmp_path):
         assert refused.value.code == 400
     finally:
         server.close()
+
+
+def test_an_api_answer_with_line_breakers_and_a_surrogate_comes_back_whole_and_cached(tmp_path):
+    text = "Step one" + "".join(BREAKERS) + "end" + SURROGATE
+    body = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+    provider = ScriptedProvider([(200, body.encode())])
+    try:
+        assert _target(provider, tmp_path).answer([_query()]) == [text]
+        assert _target(provider, tmp_path).answer([_query()]) == [text] and provider.requests == 1  # from the cache
+    finally:
+        provider.close()
