@@ -27,6 +27,11 @@ PROBE = """JSON.stringify({
   xss: window.__xss === undefined ? null : window.__xss,
   text: document.body.innerText,
   title: document.title,
+  first_section: (document.querySelector('h2') || {}).innerText || null,
+  first_table: (() => { const t = document.querySelector('table'); if (!t) return null;
+                        const r = t.getBoundingClientRect();
+                        return {top: r.top, bottom: r.bottom, right: r.right}; })(),
+  viewport: {width: window.innerWidth, height: window.innerHeight},
 })"""
 
 
@@ -84,7 +89,9 @@ class _Pipe:
 
 
 def render(page: Path, timeout: float = 60.0) -> dict[str, Any]:
-    """Load `page` and return the probe's findings plus `errors` (exceptions, console and log errors)."""
+    """Load `page` on a 1400 x 900 screen and return the probe's findings (images, script traces, text, the
+    first section's title and the first table's place on the screen) plus `errors` (exceptions, console and
+    log errors)."""
     chromium = find_chromium()
     if chromium is None:
         raise FileNotFoundError("chromium is not installed (Debian: apt-get install chromium)")
@@ -101,6 +108,8 @@ def render(page: Path, timeout: float = 60.0) -> dict[str, Any]:
             session = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
                 pipe.call(domain, session=session)
+            pipe.call("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 900, "deviceScaleFactor": 1,
+                                                             "mobile": False}, session=session)  # a laptop screen
             pipe.call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
             pipe.wait_for("Page.loadEventFired", timeout)
             found = json.loads(pipe.call("Runtime.evaluate", {"expression": PROBE, "returnByValue": True},

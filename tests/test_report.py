@@ -101,6 +101,9 @@ def test_report_renders_in_headless_chromium_without_script_errors(report):
     assert page["scripts"] == 0 and page["handlers"] == 0 and page["xss"] is None
     assert "<script>window.__xss = 1</script>" in page["text"]  # shown as text, not run
     assert page["title"].startswith("medattack red-team report")
+    # the answer comes first: the headline's table is whole inside the first laptop screen (1400 x 900)
+    assert page["viewport"] == {"width": 1400, "height": 900} and page["first_section"] == "Headline"
+    assert 0 < page["first_table"]["top"] < page["first_table"]["bottom"] <= 900
 
 
 @pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"), reason="chromium is not installed")
@@ -234,3 +237,18 @@ def test_the_correction_uses_the_users_labels_when_given_and_says_when_it_cannot
     # a judge that carries no validity (an API model) and no labels: no correction, and the report says why
     assert _validity(ReportConfig(), {"judge": {"description": "compliance judge api:gpt"}}, None) is None
     assert "not corrected" in NO_VALIDITY and "--set labels=" in NO_VALIDITY
+
+
+def test_the_report_leads_with_the_headline_and_ends_with_the_manifest(scored_run, report):
+    from medattack.report.aggregate import HARMFUL_CONDITIONS, load_run
+    from medattack.report.builder import _rate
+
+    html = report.html.read_text()
+    order = [html.index(f"<h2>{title}</h2>") for title in ("Headline", "Summary", "Run manifest")]
+    assert order == sorted(order)
+    block = html.split("<h3>What this report found</h3>")[1].split("</table>")[0]
+    scores = load_run(scored_run).scores
+    bench = scores[(scores["method"] == "none") & (scores["metric"] == "judge")]
+    harmful = bench[bench["condition"].isin(HARMFUL_CONDITIONS)]["value"]
+    assert _rate(harmful) in block and "n=" in block  # the judged rate of the benchmark's harmful questions
+    assert "malicious -&gt; both" in block or "none -&gt; gcg" in block  # a paired effect with its interval

@@ -6,9 +6,11 @@
     <out>/tables/*.csv     every table in long form (one row per group x metric, with n, nulls, CI)
     <out>/tables/*.tex     the headline tables as booktabs LaTeX
 
-Order: run manifest (versions, seeds, models, which metrics are proxies, failure counts), then
-success by method x target x condition, white-box attacks and survival, transfer, tasks and
-modalities, image reliance, score distributions and example responses.
+Order: the headline (per target: attack success judged and corrected for the judge's errors, the answer
+rate, the largest paired effects), then success by method x target x condition, paired comparisons,
+white-box attacks and survival, transfer, tasks and modalities, image reliance, score distributions and
+example responses, and last the run manifest (versions, seeds, models, which metrics are proxies,
+failure counts).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from medattack.report.aggregate import (
     is_scores_folder,
     load_run,
     load_scores_folder,
+    wilson_ci,
 )
 from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
@@ -214,6 +217,50 @@ def _validation_section(config: ReportConfig) -> tuple[Section, JudgeValidation]
         tables=[Table("Agreement with the labels", ["judge", "group", "n", "kappa", "sensitivity", "specificity", "F1",
                                                     "judged rate", "labelled rate"], rows, name="judge_validation")])
     return section, result
+
+
+def _rate(values: pd.Series) -> str:
+    """'0.12 [0.05, 0.25] n=48' of 0/1 values (Wilson interval), nulls left out and counted."""
+    decided = values.dropna()
+    nulls = len(values) - len(decided)
+    if decided.empty:
+        return f"null n={len(values)}"
+    low, high = wilson_ci(int(decided.sum()), len(decided))
+    return f"{decided.mean():.2f} [{low:.2f}, {high:.2f}] n={len(decided)}" + (f", {nulls} null" if nulls else "")
+
+
+def _headline(scores: pd.DataFrame, comparisons: pd.DataFrame, success_metric: str,
+              validity: Validity | None) -> Section:
+    """What the run found, first: per target, attack success on the benchmark's harmful questions (judged and
+    corrected for the judge's errors), the answer rate on its benign ones, and the largest paired effects."""
+    judged = success_metric == JUDGE_METRIC
+    rows = []
+    for (run, target), group in scores.groupby(["run", "target"], sort=True):
+        bench = group[group["method"] == "none"]
+        harmful = bench[(bench["metric"] == success_metric) & bench["condition"].isin(HARMFUL_CONDITIONS)]["value"]
+        benign = bench[(bench["metric"] == KEY_METRIC) & ~bench["condition"].isin(HARMFUL_CONDITIONS)]["value"]
+        decided = harmful.dropna()
+        corrected = "-"
+        if judged and validity and len(decided):
+            fixed = corrected_rate(int(decided.sum()), len(decided), validity.confusion)
+            if fixed.corrected is not None:
+                corrected = f"{fixed.corrected:.2f} [{fixed.ci_low:.2f}, {fixed.ci_high:.2f}]"
+        effects = comparisons[(comparisons["run"] == run) & (comparisons["target"] == target)
+                              & (comparisons["n"] >= MIN_INTERVAL_N)] if not comparisons.empty else comparisons
+        largest = effects.reindex(effects["difference"].abs().sort_values(ascending=False).index).head(3) \
+            if not effects.empty else effects
+        said = "; ".join(f"{r.comparison} ({r.metric}): {r.difference:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+                         for r in largest.itertuples()) or "-"
+        rows.append([str(run), str(target), _rate(harmful), corrected, _rate(benign), said])
+    success_label = "judged" if judged else "non-refusal rate (no judge ran: an upper bound)"
+    text = [f"Per target, on the benchmark's own samples (no attack): attack success on harmful questions "
+            f"({success_label}), the same corrected for the judge's errors, the answer rate on benign questions, "
+            "and the three largest paired effects (same image and prompt; difference [95% interval]). "
+            + (validity.sentence() if validity else NO_VALIDITY if judged else "")]
+    return Section("Headline", text, tables=[Table(
+        "What this report found", ["run", "target", f"attack success ({success_metric}) [95%]",
+                                   "corrected for the judge's errors [95%]", "answer rate, benign [95%]",
+                                   "largest paired effects"], rows, name="headline")])
 
 
 def _corrected(harmful: pd.DataFrame, validity: Validity | None) -> pd.DataFrame:
@@ -428,8 +475,9 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         Figure("distributions", "Score distributions by condition (benchmark samples)", figures["distributions"])])
     examples = Section("Example responses", tables=[_examples(scores, config, success_metric)])
 
-    sections = [intro, _manifest_section(runs, metrics), headline, paired, attacks, breakdown, reliance,
-                distribution, examples]
+    first = _headline(scores, tables.comparisons, success_metric, validity)
+    sections = [first, intro, headline, paired, attacks, breakdown, reliance, distribution, examples,
+                _manifest_section(runs, metrics)]
     if validation_section is not None:
         sections.insert(3, validation_section)
     title = f"{config.title}: {', '.join(r.name for r in runs)}"
