@@ -50,7 +50,7 @@ def test_stage_writes_every_output(run, tiny):
 
 def test_a_different_config_in_the_same_folder_is_refused(run, tiny):
     run_attack_stage(run, AttackStageConfig(model="tiny", limit=1, options=OPTIONS), model=tiny)
-    with pytest.raises(RunDirError, match="another configuration"):
+    with pytest.raises(RunDirError, match=r"another configuration \(method\.rounds: \d+ -> 4\)"):
         run_attack_stage(run, AttackStageConfig(model="tiny", limit=1, options={**OPTIONS, "rounds": 4}), model=tiny)
 
 

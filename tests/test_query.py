@@ -119,7 +119,7 @@ def test_an_interrupted_stage_resumes_without_losing_or_duplicating(run, tiny_wh
 
 def test_another_config_in_the_same_folder_is_refused(run, tiny_whitebox):
     run_query_stage(run, QueryConfig(limit=2, controls=()), target=_target(tiny_whitebox))
-    with pytest.raises(RunDirError, match="another configuration"):
+    with pytest.raises(RunDirError, match=r"another configuration \(stage\.limit: 2 -> 3\)"):
         run_query_stage(run, QueryConfig(limit=3, controls=()), target=_target(tiny_whitebox))
 
 

@@ -92,10 +92,20 @@ def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str,
     if stamp.exists() and not force:
         previous = read_state(stamp, "delete it (the stage writes it again and keeps the results beside it, "
                               "checked by their own hashes), or restore it from a copy")
-        if content_hash(fill_missing(previous, defaults or {})) != content_hash(record):
-            raise RunDirError(f"{folder} holds results of another configuration; use --force to add to it "
-                              f"anyway, or change {change}.")
+        previous = fill_missing(previous, defaults or {})
+        if content_hash(previous) != content_hash(record):
+            changed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences(previous, record)[:6])
+            raise RunDirError(f"{folder} holds results of another configuration ({changed}); run it with the settings "
+                              f"it holds, change {change}, or use --force to add to it anyway.")
     write_json_atomic(stamp, record)
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every setting that differs between two records (None: absent)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new), key=str)
+                for d in differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if canonical_json(old) == canonical_json(new) else [(prefix.rstrip("."), old, new)]
 
 
 def fill_missing(record: Any, defaults: Any) -> Any:
