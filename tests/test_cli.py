@@ -135,3 +135,30 @@ def test_score_command_on_a_run_and_on_a_file(tmp_path):
     result = runner.invoke(app, ["score", "--responses", str(answers)], terminal_width=300)
     assert result.exit_code == 0 and (tmp_path / "answers.scores" / "scores.jsonl").exists()
     assert runner.invoke(app, ["score"], terminal_width=300).exit_code == 2
+
+
+def test_quiet_and_verbose_may_follow_the_subcommand():
+    from medattack.cli.app import QUIET
+
+    for args in (["list", "tasks", "-q"], ["-q", "list", "tasks"], ["list", "-q", "tasks"]):
+        QUIET["on"] = False
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert QUIET["on"] is True
+    QUIET["on"] = False
+    assert CliRunner().invoke(app, ["list", "tasks", "--verbose"]).exit_code == 0
+
+
+def test_progress_in_a_log_is_plain_timestamped_lines_at_least_every_30_seconds():
+    from medattack.cli.app import plain_progress
+
+    lines, now = [], [0.0]
+    update = plain_progress(lines.append, every=30.0, clock=lambda: now[0])
+    for step in range(0, 101):  # 100 steps, one per second
+        now[0] = float(step)
+        update("mcm on embedded | step", step, 100)
+    update("asking embedded", 0, 10)
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "mcm on embedded | step: 0/100", "mcm on embedded | step: 30/100", "mcm on embedded | step: 60/100",
+        "mcm on embedded | step: 90/100", "mcm on embedded | step: 100/100", "asking embedded: 0/10"]
+    assert all(len(line.split(" ", 1)[0]) == 8 for line in lines)  # HH:MM:SS

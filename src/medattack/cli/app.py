@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -19,6 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from typer.core import TyperGroup
 
 from medattack import __version__
 from medattack.errors import BuildError, MedattackError, NothingToDoError
@@ -28,7 +31,20 @@ C = TypeVar("C")
 console = Console()
 err_console = Console(stderr=True)
 
+class GlobalOptionsAnywhere(TyperGroup):
+    """`-q` and `-v` may come after the subcommand too (`medattack demo -q`): they are read as if given first."""
+
+    GLOBAL = ("-q", "--quiet", "-v", "--verbose")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        head, tail = args[:end], args[end:]
+        hoisted = [a for a in head if a in self.GLOBAL]
+        return super().parse_args(ctx, hoisted + [a for a in head if a not in self.GLOBAL] + tail)
+
+
 app = typer.Typer(
+    cls=GlobalOptionsAnywhere,
     name="medattack",
     help="Red-team medical multimodal LLMs: build a benchmark, attack, replay, score, report.\n\n"
     "Example: medattack demo",
@@ -104,6 +120,9 @@ def progress_bar() -> Iterator[Any]:
     if QUIET["on"]:
         yield lambda phase, done, total: None
         return
+    if not err_console.is_terminal:  # a log file or a pipe: plain lines a reader of the log can follow
+        yield plain_progress(err_console.print)
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
@@ -117,6 +136,23 @@ def progress_bar() -> Iterator[Any]:
             bar.update(tasks[key], completed=done, total=total, description=phase)
 
         yield update
+
+
+def plain_progress(write: Callable[[str], Any], every: float = 30.0,
+                   clock: Callable[[], float] = time.monotonic) -> Callable[[str, int, int], None]:
+    """A progress callback for a log: one timestamped line when a phase starts or ends, and at most every
+    `every` seconds in between (never silent for longer while work goes on)."""
+    last: dict[str, float] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        key = phase.partition(" | ")[0]
+        now = clock()
+        if key in last and done < total and now - last[key] < every:
+            return
+        last[key] = now
+        write(f"{time.strftime('%H:%M:%S')} {phase}: {done}/{total}")
+
+    return update
 
 
 def drop_unset(flags: Mapping[str, Any]) -> dict[str, Any]:
