@@ -137,3 +137,10 @@ def test_sampled_queries_reach_a_generate_that_takes_the_settings_and_fail_clear
     first, second, third = greedy_only.answer(queries)
     assert isinstance(first, str)  # greedy queries are still answered
     assert isinstance(second, TargetError) and "cannot give sampled answers" in str(second)
+
+
+@pytest.mark.parametrize(("recipe", "words"), [("radfm", "RADFM_DIR"), ("med_flamingo", "open-flamingo"),
+                                               ("xrayglm", "SwissArmyTransformer")])
+def test_a_recipe_that_cannot_load_names_what_it_needs(recipe, words):
+    with pytest.raises(TargetError, match="This recipe needs: .*" + words):
+        load_target(TargetConfig(kind="python", model=f"{RECIPES / recipe}.py:load", device="cpu"))

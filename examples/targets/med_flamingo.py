@@ -24,6 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# what `medattack query` names when this recipe fails to load
+NEEDS = ("pip install open-flamingo einops (in an environment whose torch matches torchvision); LLAMA_7B_DIR: "
+         "the LLaMA-7B folder in transformers format; MED_FLAMINGO_CKPT: the model.pt (else fetched from the hub)")
+
 PREAMBLE = "You are a helpful medical assistant. Answer the question about the image. "
 
 

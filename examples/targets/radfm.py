@@ -24,6 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# what `medattack query` names when this recipe fails to load
+NEEDS = ("the RadFM repository (github.com/chaoyi-wu/RadFM) and its requirements (torch, torchvision, "
+         "transformers, einops); RADFM_DIR: its Quick_demo folder, holding pytorch_model.bin")
+
 IMAGE_TOKENS = 32  # patch tokens per image in RadFM's prompt
 
 

@@ -25,6 +25,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# what `medattack query` names when this recipe fails to load
+NEEDS = ("pip install SwissArmyTransformer and the XrayGLM repository's requirements; XRAYGLM_DIR: the "
+         "repository; XRAYGLM_CKPT: the checkpoint folder (checkpoints/XrayGLM)")
+
 
 def load(device: str = "cuda", dtype: str = "auto") -> Any:
     from transformers import AutoTokenizer

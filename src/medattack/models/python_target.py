@@ -13,7 +13,8 @@ object with
 text-only query) and `questions` strings, one per query of a batch of at most `batch_size`; the answer is
 one string per question. The object is checked when it is
 loaded, the answers on every batch; a factory that fails, an object without `generate`, or answers of the
-wrong type or number are one-line `TargetError`s naming the file and the fix, and a failed batch is
+wrong type or number are one-line `TargetError`s naming the file and the fix (a file may declare
+`NEEDS = "..."`, its packages and environment variables, named when its factory fails), and a failed batch is
 retried one query at a time so only the bad query fails. The kind works wherever a target does: `query`,
 attack replay, controls, `serve`, the Ray executor (each worker imports the file) and the answer cache.
 """
@@ -107,7 +108,8 @@ class PythonTarget:
         source, factory_name = split_spec(config.model)
         self.config = config
         self.where = f"{source}:{factory_name}"
-        factory = getattr(import_source(source), factory_name, None)
+        module = import_source(source)
+        factory = getattr(module, factory_name, None)
         if not callable(factory):
             raise TargetError(f"python target: {source} has no function {factory_name!r}; name the factory that "
                               "loads the model.")
@@ -116,8 +118,9 @@ class PythonTarget:
         except TargetError:
             raise
         except Exception as error:
+            needs = getattr(module, "NEEDS", "")  # a recipe says what it needs (packages, environment variables)
             raise TargetError(f"python target {self.where}: the factory failed: {type(error).__name__}: {error}"
-                              ) from error
+                              + (f". This recipe needs: {needs}." if needs else "")) from error
         check_model(self.model, f"python target {self.where}")
         self.name = config.name
         self.needs_image = bool(getattr(self.model, "needs_image", False))
