@@ -162,3 +162,12 @@ def test_progress_in_a_log_is_plain_timestamped_lines_at_least_every_30_seconds(
         "mcm on embedded | step: 0/100", "mcm on embedded | step: 30/100", "mcm on embedded | step: 60/100",
         "mcm on embedded | step: 90/100", "mcm on embedded | step: 100/100", "asking embedded: 0/10"]
     assert all(len(line.split(" ", 1)[0]) == 8 for line in lines)  # HH:MM:SS
+
+
+def test_list_shows_whole_sentences():
+    from medattack.cli.tools import first_paragraph
+
+    assert first_paragraph("One line that goes\n    on here.\n\n    Details.") == "One line that goes on here."
+    result = CliRunner().invoke(app, ["list", "targets"], terminal_width=400)
+    line = next(x for x in result.output.splitlines() if x.startswith("llava:"))
+    assert line.rstrip().endswith("temperature).")  # not cut where the docstring's first line wraps

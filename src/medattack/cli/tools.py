@@ -60,6 +60,16 @@ def serve(
 # --- list -----------------------------------------------------------------------------------------
 
 
+def first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph as one line (its first line alone may stop mid-sentence)."""
+    lines = []
+    for line in (doc or "").strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    return " ".join(lines)
+
+
 def _print_plugins(registry: Any, with_settings: bool = True,
                    settings_of: Callable[[Any], Any] = lambda cls: getattr(cls, "config_class", None)) -> None:
     """Each plugin of a registry: its first docstring line and, with `with_settings`, its settings
@@ -67,8 +77,7 @@ def _print_plugins(registry: Any, with_settings: bool = True,
     from medattack.config import config_help
 
     for name, cls in registry.items():
-        doc = (cls.__doc__ or "").strip().splitlines()
-        console.print(f"[bold]{escape(name)}[/bold]: {escape(doc[0]) if doc else ''}")
+        console.print(f"[bold]{escape(name)}[/bold]: {escape(first_paragraph(cls.__doc__))}")
         config_class = settings_of(cls)
         if with_settings and config_class is not None:
             for f in dataclasses.fields(config_class):
@@ -145,7 +154,7 @@ def list_sources() -> None:
 
     table = Table("source", "how to use it")
     for name, cls in SOURCES.items():
-        table.add_row(name, escape((cls.__doc__ or "").strip().splitlines()[0]))
+        table.add_row(name, escape(first_paragraph(cls.__doc__)))
     console.print(table)
 
 
