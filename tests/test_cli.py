@@ -168,6 +168,6 @@ def test_list_shows_whole_sentences():
     from medattack.cli.tools import first_paragraph
 
     assert first_paragraph("One line that goes\n    on here.\n\n    Details.") == "One line that goes on here."
-    result = CliRunner().invoke(app, ["list", "targets"], terminal_width=400)
-    line = next(x for x in result.output.splitlines() if x.startswith("llava:"))
-    assert line.rstrip().endswith("temperature).")  # not cut where the docstring's first line wraps
+    result = CliRunner().invoke(app, ["list", "targets"])
+    said = " ".join(result.output.split())  # the console wraps at its width; the words must all be there
+    assert "answering in batches (greedy, or sampled at the target's or the query's temperature). python:" in said
