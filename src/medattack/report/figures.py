@@ -96,14 +96,16 @@ def heatmap(tables: ReportTables) -> bytes:
     figure, axes = plt.subplots(1, len(groups), figsize=(1.2 + 0.9 * len(modalities) * len(groups),
                                                          1.5 + 0.32 * len(tasks)), squeeze=False)
     image = None
+    colours = plt.get_cmap("Reds").copy()
+    colours.set_bad("#9e9e9e")  # no data is grey, never the near-white of a rate of 0
     for axis, (label, rows) in zip(axes[0], groups, strict=True):
         grid = rows.pivot_table(index="task", columns="modality", values="mean").reindex(index=tasks,
                                                                                           columns=modalities)
-        image = axis.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="Reds", aspect="auto")
+        image = axis.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap=colours, aspect="auto")
         axis.set_xticks(range(len(modalities)), modalities, rotation=45, ha="right")
         axis.set_yticks(range(len(tasks)), tasks if axis is axes[0][0] else [""] * len(tasks))
         axis.set_title(label)
-    figure.colorbar(image, ax=axes[0].tolist(), label=f"{tables.success_metric} (malicious + both)")
+    figure.colorbar(image, ax=axes[0].tolist(), label=f"{tables.success_metric} (malicious + both); grey: no data")
     return _png(figure)
 
 
