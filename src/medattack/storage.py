@@ -31,6 +31,7 @@ from medattack.records import Record
 log = logging.getLogger(__name__)
 
 UNSAFE_IN_TEXT = re.compile("[\x85\u2028\u2029\ud800-\udfff]")  # line breaks to some readers; lone surrogates
+SURROGATE = re.compile("[\ud800-\udfff]")  # code units that are not characters: UTF-8 cannot hold them
 
 
 def json_text(value: Any, **options: Any) -> str:
@@ -42,13 +43,13 @@ def json_text(value: Any, **options: Any) -> str:
 def readable(text: str) -> str:
     """`text` with lone surrogates (code units that are not characters, which encoders and tokenizers refuse)
     replaced by U+FFFD: what metrics and reports read; the stored answer keeps them."""
-    return re.sub("[\ud800-\udfff]", "\ufffd", text)
+    return SURROGATE.sub("\ufffd", text)
 
 
 def canonical_json(value: Any) -> str:
     """The canonical JSON of a value (sorted keys, no spaces): what content hashes are taken of."""
     text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)  # UTF-8 cannot hold them
+    return SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def content_hash(value: Any) -> str:

@@ -13,19 +13,16 @@ the stage shares between metrics. A metric computed from other metrics' scores o
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from medattack.config import NoOptions, option
-from medattack.storage import readable
+from medattack.storage import SURROGATE, readable
 
 __all__ = ["NoOptions"]  # re-exported for the metrics
 from medattack.registry import Registry
-
-UNSAFE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ class ScoreInput:
         # U+FFFD here, since tokenizers and encoders refuse them
         for name in ("question", "response", "prompt"):
             value = getattr(self, name)
-            if isinstance(value, str) and UNSAFE_SURROGATE.search(value):
+            if isinstance(value, str) and SURROGATE.search(value):
                 object.__setattr__(self, name, readable(value))
 
 
