@@ -96,8 +96,7 @@ def heatmap(tables: ReportTables) -> bytes:
     figure, axes = plt.subplots(1, len(groups), figsize=(1.2 + 0.9 * len(modalities) * len(groups),
                                                          1.5 + 0.32 * len(tasks)), squeeze=False)
     image = None
-    colours = plt.get_cmap("Reds").copy()
-    colours.set_bad("#9e9e9e")  # no data is grey, never the near-white of a rate of 0
+    colours = plt.get_cmap("Reds").with_extremes(bad="#9e9e9e")  # no data is grey, never the near-white of 0
     for axis, (label, rows) in zip(axes[0], groups, strict=True):
         grid = rows.pivot_table(index="task", columns="modality", values="mean").reindex(index=tasks,
                                                                                           columns=modalities)
