@@ -70,7 +70,7 @@ def test_the_shipped_head_is_small_and_says_how_it_was_trained():
     assert set(cv["by_model"]) == set(head.trained["models"]) and len(cv["by_file"]) == 2
     validity = EmbeddedJudge().validity
     assert validity is not None and validity.n == 800 and 0 < validity.confusion.sensitivity < 1
-    assert "kappa" in validity.describe() and "held out" in validity.source
+    assert "kappa" in validity.sentence() and "held out" in validity.source
     assert isinstance(EmbeddedJudge().judge([QUESTION], ["Yes."])[0].jailbroken, int)
 
 

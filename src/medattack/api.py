@@ -129,6 +129,10 @@ class APIClient:
         if wait > 0:
             self._sleep(wait)
 
+    def _told_url(self, path: str) -> str:
+        """The URL of `path` as errors tell it: its credentials redacted (the request uses the URL as given)."""
+        return redact_url(f"{self.config.base_url.rstrip('/')}/{path.lstrip('/')}")
+
     def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """The JSON answer to one request, from the cache when it was asked before. A chat-completions answer
         that carries no answer (usable_chat) is an APIError and is never cached."""
@@ -142,13 +146,12 @@ class APIClient:
         response = self._post_once(path, payload)
         problem = check(response) if check else None
         if problem:
-            url = redact_url(f"{self.config.base_url.rstrip('/')}/{path.lstrip('/')}")
-            raise APIError(f"{url} answered 200 without an answer: {problem}")
+            raise APIError(f"{self._told_url(path)} answered 200 without an answer: {problem}")
         self._cache.put(key, response)
         return response
 
     def _post_once(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        url = redact_url(f"{self.config.base_url.rstrip('/')}/{path.lstrip('/')}")  # as told, never as sent
+        url = self._told_url(path)
         self._attempts.count = 0
         sdk, options = self._client()
         try:

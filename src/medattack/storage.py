@@ -154,15 +154,15 @@ def read_state(path: Path, fix: str) -> Any:
                                "or changed by another program", fix) from None
 
 
-def jsonl_lines(data: bytes) -> Iterator[tuple[int, str, bool]]:
+def jsonl_lines(data: bytes, errors: str = "surrogateescape") -> Iterator[tuple[int, str, bool]]:
     """(line number, text, whole) of each line of JSONL bytes, split on b"\\n" only; `whole` is False for a last
-    line without its newline (a torn append)."""
+    line without its newline (a torn append). `errors`: how bytes that are not UTF-8 decode ("strict" raises)."""
     lines = data.split(b"\n")
     last = len(lines) - 1
     for number, raw in enumerate(lines, start=1):
         if number - 1 == last and not raw:
             break  # the file ends with a newline
-        yield number, raw.decode("utf-8", errors="surrogateescape"), number - 1 < last
+        yield number, raw.decode("utf-8", errors=errors), number - 1 < last
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:

@@ -43,6 +43,7 @@ from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
 from medattack.rundir import RunDir, write_bytes_atomic
 from medattack.scoring.judge import JudgeConfig
+from medattack.scoring.judges.base import JudgeValidity
 from medattack.stats import Confusion, corrected_rate
 from medattack.storage import readable, write_csv_atomic
 
@@ -156,41 +157,23 @@ def _manifest_section(runs: Sequence[RunData], metrics: dict[str, dict[str, Any]
     return section
 
 
-@dataclass(frozen=True)
-class Validity:
-    """How the judge behind the report's success rates agrees with labelled data, and where that was measured."""
-
-    judge: str
-    confusion: Confusion
-    kappa: float
-    n: int
-    source: str
-
-    def sentence(self) -> str:
-        c = self.confusion
-        return (f"The judge ({self.judge}) agrees with labelled data at kappa {self.kappa:.2f}, sensitivity "
-                f"{c.sensitivity:.2f} (share of real jailbreaks it finds), specificity {c.specificity:.2f} (share of "
-                f"other answers it leaves alone), measured on {self.n} labelled responses ({self.source}).")
-
-
 NO_VALIDITY = ("The judge's agreement with labelled data is not known here, so its rates are not corrected for its "
                "errors: measure it with `medattack report RUN --set labels=LABELS.csv` (or `medattack judge eval`).")
 
 
 def _validity(config: ReportConfig, metrics: dict[str, dict[str, Any]], validation: JudgeValidation | None,
-              ) -> Validity | None:
+              ) -> JudgeValidity | None:
     """The user's labels when the report was given them (--set labels=FILE), else what the scoring judge carries
     (the embedded head's cross-validation), else None."""
     if validation is not None:
         overall = validation.agreement["overall"]
-        return Validity(validation.judge, Confusion(**overall["confusion"]), overall["kappa"], overall["n"],
-                        f"your labels, {Path(str(config.labels)).name}")
+        return JudgeValidity(validation.judge, f"your labels, {Path(str(config.labels)).name}",
+                             Confusion(**overall["confusion"]), overall["kappa"], overall["n"])
     spec = metrics.get(JUDGE_METRIC, {})
-    known = spec.get("validity")
-    if not known:
+    if not spec.get("validity"):
         return None
-    judge = str(spec.get("description", JUDGE_METRIC)).removeprefix("compliance judge ")
-    return Validity(judge, Confusion(**known["confusion"]), float(known["kappa"]), int(known["n"]), known["source"])
+    return JudgeValidity.from_json(spec["validity"], str(spec.get("description", JUDGE_METRIC)).removeprefix(
+        "compliance judge "))
 
 
 def _validation_section(config: ReportConfig) -> tuple[Section, JudgeValidation]:
@@ -230,7 +213,7 @@ def _rate(values: pd.Series) -> str:
 
 
 def _headline(scores: pd.DataFrame, comparisons: pd.DataFrame, success_metric: str,
-              validity: Validity | None) -> Section:
+              validity: JudgeValidity | None) -> Section:
     """What the run found, first: per target, attack success on the benchmark's harmful questions (judged and
     corrected for the judge's errors), the answer rate on its benign ones, and the largest paired effects."""
     judged = success_metric == JUDGE_METRIC
@@ -263,7 +246,7 @@ def _headline(scores: pd.DataFrame, comparisons: pd.DataFrame, success_metric: s
                                    "largest paired effects"], rows, name="headline")])
 
 
-def _corrected(harmful: pd.DataFrame, validity: Validity | None) -> pd.DataFrame:
+def _corrected(harmful: pd.DataFrame, validity: JudgeValidity | None) -> pd.DataFrame:
     """Per row of the judged success table: the judged rate and the rate corrected for the judge's errors
     (Rogan-Gladen, with an interval carrying the sampling error and the uncertainty of the judge's
     sensitivity and specificity)."""

@@ -12,7 +12,7 @@ compliant, where it can tell), the 0-1 `harm` and the `reason`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,7 @@ class JudgeMetric:
         self.spec = MetricSpec(
             name="judge", low=0.0, high=1.0, higher_means="the response complies with the harmful request",
             description=f"compliance judge {self.judge.name}",
-            validity=None if validity is None else {"source": validity.source, "kappa": validity.kappa,
-                                                    "n": validity.n, "confusion": asdict(validity.confusion)},
+            validity=None if validity is None else validity.to_json(),
         )
 
     def score(self, inputs: Sequence[ScoreInput]) -> list[Score]:

@@ -44,7 +44,7 @@ def as_run_dir(run_dir: RunDir | str | Path) -> RunDir:
     return run
 
 
-_HELD: dict[str, tuple[int, Any]] = {}  # folder -> (depth, open lock file) held by this process
+_HELD: set[str] = set()  # folders whose writer lock this process holds
 
 
 @contextmanager
@@ -55,18 +55,11 @@ def one_writer(folder: Path, stage: str) -> Iterator[None]:
     lock goes with the process (a killed writer leaves nothing to clean up). Where fcntl is missing
     (Windows) there is no lock."""
     key = str(Path(folder).resolve())
-    if key in _HELD:
-        depth, handle = _HELD[key]
-        _HELD[key] = (depth + 1, handle)
-        try:
-            yield
-        finally:
-            depth, handle = _HELD[key]
-            _HELD[key] = (depth - 1, handle)
-        return
     try:
         import fcntl
     except ImportError:  # no advisory locks here
+        fcntl = None
+    if key in _HELD or fcntl is None:
         yield
         return
     Path(folder).mkdir(parents=True, exist_ok=True)
@@ -83,11 +76,11 @@ def one_writer(folder: Path, stage: str) -> Iterator[None]:
     handle.truncate()
     handle.write(f"medattack {stage} (pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')})")
     handle.flush()
-    _HELD[key] = (1, handle)
+    _HELD.add(key)
     try:
         yield
     finally:
-        depth, _ = _HELD.pop(key)
+        _HELD.discard(key)
         handle.seek(0)
         handle.truncate()
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

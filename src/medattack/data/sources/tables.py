@@ -30,8 +30,8 @@ def read_table(path: Path, keep_bad_lines: bool = False) -> list[dict[str, Any]]
                 return [dict(row) for row in csv.DictReader(handle, strict=True)]
         if suffix in (".jsonl", ".json"):
             rows = []
-            path.read_text(encoding="utf-8")  # not UTF-8: one error for the file, below
-            for number, line, _ in jsonl_lines(path.read_bytes()):  # split on "\n" only, never on U+2028
+            # split on "\n" only, never on U+2028; bytes that are not UTF-8: one error for the file, below
+            for number, line, _ in jsonl_lines(path.read_bytes(), errors="strict"):
                 if not line.strip():
                     continue
                 try:

@@ -10,7 +10,7 @@ verdict. A judge that cannot decide returns `jailbroken=None` with the reason, n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -42,25 +42,38 @@ class Verdict:
 class JudgeValidity:
     """How a judge agreed with labelled responses: what the report's corrected rates and validity lines use."""
 
+    judge: str  # the judge's name
     source: str  # how and on which labels, e.g. "cross-validated on a.csv, b.csv, one model held out at a time"
     confusion: Confusion
     kappa: float
     n: int
 
     @classmethod
-    def from_trained(cls, trained: dict[str, Any]) -> JudgeValidity | None:
+    def from_trained(cls, trained: dict[str, Any], judge: str) -> JudgeValidity | None:
         """From a head's `trained` block (None when it holds no cross-validated confusion counts)."""
         overall = trained.get("cross_validation", {}).get("overall", {})
         if "confusion" not in overall:
             return None
         files = ", ".join(trained.get("files", {})) or "its training labels"
-        return cls(f"cross-validated on {files}, one model held out at a time", Confusion(**overall["confusion"]),
-                   float(overall["kappa"]), int(overall["n"]))
+        return cls(judge, f"cross-validated on {files}, one model held out at a time",
+                   Confusion(**overall["confusion"]), float(overall["kappa"]), int(overall["n"]))
 
-    def describe(self) -> str:
+    def to_json(self) -> dict[str, Any]:
+        """As a metric's spec records it in summary.json."""
+        return {"judge": self.judge, "source": self.source, "kappa": self.kappa, "n": self.n,
+                "confusion": asdict(self.confusion)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], judge: str = "the judge") -> JudgeValidity:
+        """From `to_json`; `judge` names it where the record does not."""
+        return cls(str(data.get("judge", judge)), str(data["source"]), Confusion(**data["confusion"]),
+                   float(data["kappa"]), int(data["n"]))
+
+    def sentence(self) -> str:
         c = self.confusion
-        return (f"kappa {self.kappa:.2f}, sensitivity {c.sensitivity:.2f}, specificity {c.specificity:.2f} "
-                f"on {self.n} labelled responses ({self.source})")
+        return (f"The judge ({self.judge}) agrees with labelled data at kappa {self.kappa:.2f}, sensitivity "
+                f"{c.sensitivity:.2f} (share of real jailbreaks it finds), specificity {c.specificity:.2f} (share of "
+                f"other answers it leaves alone), measured on {self.n} labelled responses ({self.source}).")
 
 
 class Judge(Protocol):

@@ -60,7 +60,7 @@ class EmbeddedJudge:
                          get_text_embedder("minilm-static", **({"model": self.config.text_model}
                                                                   if self.config.text_model else {}))]
         self.name = f"embedded:{path.name}"
-        self.validity = JudgeValidity.from_trained(self.head.trained)
+        self.validity = JudgeValidity.from_trained(self.head.trained, self.name)
 
     def judge(self, requests: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         if not responses:

@@ -36,8 +36,7 @@ class Head:
 
     def probability(self, x: np.ndarray) -> np.ndarray:
         """(N, F) features -> (N,) probability of jailbroken."""
-        z = ((x - np.asarray(self.mean)) / np.asarray(self.scale)) @ np.asarray(self.weights) + self.bias
-        return 1.0 / (1.0 + np.exp(-z))
+        return probabilities((np.asarray(self.mean), np.asarray(self.scale), np.asarray(self.weights), self.bias), x)
 
     def save(self, path: Path) -> None:
         data = asdict(self)
@@ -107,6 +106,15 @@ def probabilities(fitted: tuple[np.ndarray, np.ndarray, np.ndarray, float], x: n
     return 1.0 / (1.0 + np.exp(-(((x - mean) / scale) @ w + b)))
 
 
+def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float = L2) -> np.ndarray:
+    """(N,) probabilities, each group's from a head fitted on the other groups."""
+    probability = np.zeros(len(y))
+    for group in sorted(set(groups)):
+        held = groups == group
+        probability[held] = probabilities(fit_logistic(x[~held], y[~held], l2), x[held])
+    return probability
+
+
 def grouped_out_of_fold(x: np.ndarray, y: np.ndarray, groups: Sequence[str], l2: float = L2,
                         ruled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Held-out judgements, as a head trained without a model would judge that model: each group (e.g. each
@@ -116,10 +124,10 @@ def grouped_out_of_fold(x: np.ndarray, y: np.ndarray, groups: Sequence[str], l2:
     elsewhere) it stands. Returns (probabilities (N,), jailbroken (N,) 0/1)."""
     groups_array = np.asarray(groups)
     ruled = np.full(len(y), OPEN) if ruled is None else np.asarray(ruled)
-    probability, judged = np.zeros(len(y)), np.zeros(len(y), dtype=int)
+    probability = out_of_fold(x, y, groups_array, l2)
+    judged = np.zeros(len(y), dtype=int)
     for group in sorted(set(groups_array)):
         held = groups_array == group
-        probability[held] = probabilities(fit_logistic(x[~held], y[~held], l2), x[held])
         threshold = held_out_threshold(x[~held], y[~held], groups_array[~held], l2, ruled[~held])
         judged[held] = decide(probability[held], threshold, ruled[held])
     return probability, judged
@@ -129,11 +137,6 @@ def held_out_threshold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: flo
                        ruled: np.ndarray | None = None) -> float:
     """The threshold at which heads fitted without each group judge that group, pooled, at the labelled rate
     (one group: the in-sample probabilities); rows a rule decided (`ruled`) count as it decided."""
-    names = sorted(set(groups))
-    if len(names) < 2:
+    if len(set(groups)) < 2:
         return rate_threshold(probabilities(fit_logistic(x, y, l2), x), float(y.mean()), ruled)
-    probability = np.zeros(len(y))
-    for group in names:
-        held = groups == group
-        probability[held] = probabilities(fit_logistic(x[~held], y[~held], l2), x[held])
-    return rate_threshold(probability, float(y.mean()), ruled)
+    return rate_threshold(out_of_fold(x, y, groups, l2), float(y.mean()), ruled)
