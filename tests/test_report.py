@@ -241,7 +241,7 @@ def test_the_correction_uses_the_users_labels_when_given_and_says_when_it_cannot
 
 def test_the_report_leads_with_the_headline_and_ends_with_the_manifest(scored_run, report):
     from medattack.report.aggregate import HARMFUL_CONDITIONS, load_run
-    from medattack.report.builder import _rate
+    from medattack.report.summary import Estimate
 
     html = report.html.read_text()
     order = [html.index(f"<h2>{title}</h2>") for title in ("Headline", "Summary", "Run manifest")]
@@ -250,5 +250,105 @@ def test_the_report_leads_with_the_headline_and_ends_with_the_manifest(scored_ru
     scores = load_run(scored_run).scores
     bench = scores[(scores["method"] == "none") & (scores["metric"] == "judge")]
     harmful = bench[bench["condition"].isin(HARMFUL_CONDITIONS)]["value"]
-    assert _rate(harmful) in block and "n=" in block  # the judged rate of the benchmark's harmful questions
+    assert Estimate.of(harmful).text() in block and "n=" in block  # the judged rate of the benchmark's harmful questions
     assert "malicious -&gt; both" in block or "none -&gt; gcg" in block  # a paired effect with its interval
+
+
+def _strict_json(text: str):
+    """JSON as a strict reader takes it: NaN or Infinity anywhere is an error."""
+    import json
+
+    def refuse(name):
+        raise ValueError(f"{name} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_summary_json_is_versioned_and_holds_every_rate_and_effect(scored_run, report):
+    from medattack.report.summary import EFFECT_FIELDS, RATE_FIELDS, SCHEMA_VERSION
+
+    summary = _strict_json((report.out_dir / "summary.json").read_text())
+    assert summary["schema"] == "medattack.summary" and summary["schema_version"] == SCHEMA_VERSION
+    assert summary["success_metric"] == "judge" and summary["judge_validity"]["n"] > 0
+    by_condition = pd.read_csv(report.tables["by_condition"])
+    assert len(summary["rates"]) == len(by_condition)  # one row per target x source x condition x metric
+    assert all(tuple(row) == RATE_FIELDS for row in summary["rates"])
+    assert all(tuple(row) == EFFECT_FIELDS for row in summary["effects"])
+    # the same number as the long table, and the judged harmful rows carry the corrected rate
+    row = next(r for r in summary["rates"] if r["metric"] == "judge" and r["source"] == "none"
+               and r["condition"] == "malicious")
+    table_row = by_condition[(by_condition["metric"] == "judge") & (by_condition["method"] == "none")
+                             & (by_condition["condition"] == "malicious")].iloc[0]
+    assert row["rate"] == pytest.approx(table_row["mean"]) and row["n"] == table_row["n"]
+    assert row["corrected"] is not None and 0 <= row["corrected"]["rate"] <= 1
+    assert all(r["corrected"] is None for r in summary["rates"] if r["metric"] != "judge")
+    frame = pd.DataFrame(summary["rates"])  # what the README shows
+    assert {"target", "source", "condition", "rate"} <= set(frame.columns)
+    assert len(summary["headline"]) == 1
+    head = summary["headline"][0]
+    harmful = [r for r in summary["rates"] if r["metric"] == "judge" and r["source"] == "none"
+               and r["condition"] in ("malicious", "both")]
+    assert head["attack_success"]["n"] == sum(r["n"] for r in harmful)
+
+
+def test_results_prints_the_headline_and_the_same_summary_as_json(scored_run, report):
+    from typer.testing import CliRunner
+
+    from medattack.cli import app
+
+    text = CliRunner().invoke(app, ["results", str(scored_run)], terminal_width=300)
+    assert text.exit_code == 0, text.output
+    assert "attack success" in text.output and "tiny-random-llava" in text.output and "kappa" in text.output
+    printed = CliRunner().invoke(app, ["results", str(scored_run), "--json"], terminal_width=300)
+    assert printed.exit_code == 0, printed.output
+    written = _strict_json((report.out_dir / "summary.json").read_text())
+    fresh = _strict_json(printed.output)
+    written.pop("generated"), fresh.pop("generated")
+    assert fresh == written  # bootstrap draws are seeded: the same numbers
+
+
+def test_compare_pairs_the_same_samples_and_measures_the_change(scored_run, tmp_path):
+    from medattack.report.builder import load_runs
+    from medattack.report.compare import compare_runs
+
+    after = tmp_path / "after"
+    shutil.copytree(scored_run, after, ignore=shutil.ignore_patterns("report", "*.lock"))
+    scores_file = next((after / "scores").glob("tiny*/scores.jsonl"))
+    rows = read_jsonl(scores_file)
+    responses = {r["response_id"]: r for r in read_jsonl(next((after / "responses").glob("tiny*/responses.jsonl")))}
+    flipped = 0
+    for row in rows:  # B answers every benign benchmark question (non-refusal rate 1)
+        response = responses.get(row["response_id"], {})
+        if (row["metric"] == "keyword_asr" and response.get("source") == "benchmark"
+                and response.get("condition") == "normal"):
+            flipped += row["value"] == 0
+            row["value"] = 1.0
+    scores_file.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    a, b = load_runs([scored_run, after])
+    changes = {(c.source, c.condition, c.metric): c for c in compare_runs(a, b)}
+    same = changes[("none", "malicious", "judge")]
+    assert same.pairs == same.n_a and same.difference == 0 and same.test == "McNemar exact"
+    normal = changes[("none", "normal", "keyword_asr")]
+    assert normal.pairs > 0 and normal.rate_b == 1.0
+    assert normal.difference == pytest.approx(flipped / normal.pairs)
+    assert normal.ci_low <= normal.difference <= normal.ci_high
+    assert ("none", "normal", "judge") not in changes  # success is measured on harmful questions only
+
+
+def test_compare_is_unpaired_when_the_runs_asked_other_samples():
+    from scipy.stats import fisher_exact
+
+    from medattack.report.compare import _change
+    from medattack.stats import two_sample_test
+
+    def answers(prefix: str, hits: int, n: int) -> pd.DataFrame:
+        return pd.DataFrame({"sample_id": [f"{prefix}{k}" for k in range(n)], "value": [1.0] * hits + [0.0] * (n - hits)})
+
+    unpaired = _change("t", "none", "normal", "keyword_asr", answers("a", 2, 20), answers("b", 12, 20))
+    assert unpaired.pairs == 0 and unpaired.test.startswith("Fisher exact") and (unpaired.n_a, unpaired.n_b) == (20, 20)
+    assert unpaired.difference == pytest.approx(0.5) and 0.2 < unpaired.ci_low < 0.5 < unpaired.ci_high < 0.75
+    assert unpaired.p_value == pytest.approx(fisher_exact([[2, 18], [12, 8]]).pvalue)
+    subset = _change("t", "none", "normal", "keyword_asr", answers("a", 2, 20), answers("a", 5, 10))
+    assert subset.pairs == 10 and subset.test == "McNemar exact"  # B asked a --limit of A's samples: paired
+    scores = two_sample_test(np.linspace(0, 1, 30), np.linspace(0, 1, 30) + 0.5)
+    assert scores.test == "bootstrap" and scores.ci_low < 0.5 < scores.ci_high and scores.p_value < 0.05

@@ -81,23 +81,49 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+KEPT_ON_REPLACE = ("config.json", ".writer.lock", "stale")  # what --force leaves in place (caches: *.sqlite*)
+
+
 def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str,
-                 defaults: dict[str, Any] | None = None) -> None:
-    """Write a stage folder's config.json, refusing a folder that holds results of another config
-    (unless `force`); `change` says what to change instead, e.g. "the method or model". A setting added
-    since the folder was written reads there as its value in `defaults` (it did not exist, so it was not
-    used), so a new setting left at its default does not orphan old results."""
+                 defaults: dict[str, Any] | None = None) -> Path | None:
+    """Write a stage folder's config.json, refusing a folder that holds results of another config; `change`
+    says what to change instead, e.g. "the method or model". With `force` the old results are replaced, never
+    mixed with the new: everything the folder holds except its content-keyed caches (*.sqlite: an answer is
+    never paid for twice) moves to `stale/<UTC time>/` first, kept but never read; returns that folder (None
+    when nothing moved). A setting added since the folder was written reads there as its value in
+    `defaults` (it did not exist, so it was not used), so a new setting left at its default does not orphan
+    old results."""
     record = redact_record(record)  # no credentials from a URL on disk; compared as written
     stamp = folder / "config.json"
-    if stamp.exists() and not force:
+    moved = None
+    if stamp.exists():
         previous = read_state(stamp, "delete it (the stage writes it again and keeps the results beside it, "
                               "checked by their own hashes), or restore it from a copy")
         previous = fill_missing(previous, defaults or {})
         if content_hash(previous) != content_hash(record):
-            changed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences(previous, record)[:6])
-            raise RunDirError(f"{folder} holds results of another configuration ({changed}); run it with the settings "
-                              f"it holds, change {change}, or use --force to add to it anyway.")
+            if not force:
+                changed = ", ".join(f"{key}: {old!r} -> {new!r}"
+                                    for key, old, new in differences(previous, record)[:6])
+                raise RunDirError(
+                    f"{folder} holds results of another configuration ({changed}); run it with the settings it "
+                    f"holds, change {change}, write to another run (a new RUN folder), or add --force to replace "
+                    "them (the old results move to its stale/ folder).")
+            moved = _set_aside_folder(folder)
     write_json_atomic(stamp, record)
+    return moved
+
+
+def _set_aside_folder(folder: Path) -> Path | None:
+    """Move a stage folder's results (all but KEPT_ON_REPLACE and its caches) to stale/<UTC time>/."""
+    leaving = [p for p in sorted(folder.iterdir()) if p.name not in KEPT_ON_REPLACE and ".sqlite" not in p.name]
+    if not leaving:
+        return None
+    target = folder / "stale" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    target.mkdir(parents=True)
+    shutil.copy2(folder / "config.json", target / "config.json")
+    for path in leaving:
+        path.rename(target / path.name)
+    return target
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -3,6 +3,7 @@
     app.py      the Typer app, shared options, errors -> exit codes, progress bars, stage_config()
     stages.py   build, attack, query, score, report, run, demo
     tools.py    serve, list, prompts, analyze
+    results.py  results, compare (reading what runs found)
     output.py   the tables printed after each command
 
 Every stage command takes `--config FILE` (YAML of the stage's config), `--set key=value` (any key of
@@ -10,7 +11,7 @@ that config, dotted for nested ones) and its own flags; precedence: file < flags
 libraries (torch, transformers, datasets) are imported lazily inside the commands.
 """
 
-from medattack.cli import judge, stages, tools  # noqa: F401 (registers the commands)
+from medattack.cli import judge, results, stages, tools  # noqa: F401 (registers the commands)
 from medattack.cli.app import app
 
 __all__ = ["app"]

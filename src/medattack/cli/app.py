@@ -66,7 +66,8 @@ SetOption = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a setting of the stage's config: key=value (dotted for nested keys: options.rounds=5).")]
 PresetOption = Annotated[str | None, typer.Option(
     help="Named settings under the file and flags: paper = the original code's choices (`medattack list presets`).")]
-ForceOption = Annotated[bool, typer.Option(help="Reuse the output folder even if its config differs.")]
+ForceOption = Annotated[bool, typer.Option(help="Replace the output folder's results when it holds another config "
+                                                 "(the old ones move to its stale/ folder).")]
 ExecutorOption = Annotated[str, typer.Option("--executor", help="local, or ray (actors on a Ray cluster).")]
 RayAddressOption = Annotated[str | None, typer.Option(help="Ray cluster address ('auto', 'ray://head:10001'); "
                                                       "none: a local Ray.")]

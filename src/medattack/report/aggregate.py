@@ -32,6 +32,15 @@ KEY_METRIC = "keyword_asr"  # the non-refusal rate: the answer rate on benign qu
 JUDGE_METRIC = "judge"  # attack success on harmful questions whenever a judge ran
 MIN_INTERVAL_N = 5  # below this many values a cell shows no interval (it would only look precise)
 GROUP_COLUMNS = ["n", "nulls", "mean", "ci_low", "ci_high"]
+SHORT_TARGET_CHARS = 24
+
+
+def short_target(name: str) -> str:
+    """A target's name as a table column or plot label: its words before any parenthesis, cut to
+    SHORT_TARGET_CHARS with an ellipsis ("smollm2-135m-llava-random-vision (not a medical model)" ->
+    "smollm2-135m-llava-rand…"); the report's "Targets" legend gives the full names."""
+    short = str(name).split(" (")[0].strip() or str(name)
+    return short if len(short) <= SHORT_TARGET_CHARS else short[: SHORT_TARGET_CHARS - 1] + "…"
 
 
 def summarise_groups(table: pd.DataFrame, keys: Sequence[str], value: str = "value") -> pd.DataFrame:

@@ -37,14 +37,15 @@ from medattack.report.aggregate import (
     is_scores_folder,
     load_run,
     load_scores_folder,
-    wilson_ci,
+    short_target,
 )
 from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
-from medattack.rundir import RunDir, write_bytes_atomic
+from medattack.report.summary import Estimate, build_summary
+from medattack.rundir import RunDir, write_bytes_atomic, write_json_atomic
 from medattack.scoring.judge import JudgeConfig
 from medattack.scoring.judges.base import JudgeValidity
-from medattack.stats import Confusion, corrected_rate
+from medattack.stats import Confusion
 from medattack.storage import readable, write_csv_atomic
 
 if TYPE_CHECKING:
@@ -90,9 +91,14 @@ def _pivot(frame: pd.DataFrame, index: list[str], column: str, order: Sequence[s
     columns = [c for c in (order or sorted(frame[column].dropna().unique())) if c in set(frame[column])]
     cells: dict[tuple, dict[str, str]] = {}
     for _, row in frame.iterrows():
-        cells.setdefault(tuple(str(row[k]) for k in index), {})[str(row[column])] = _cell(row)
+        cells.setdefault(tuple(_label(k, row[k]) for k in index), {})[str(row[column])] = _cell(row)
     rows = [[*key, *(values.get(c, "-") for c in columns)] for key, values in sorted(cells.items())]
-    return Table(title, [*index, *columns], rows, note, name)
+    return Table(title, [*index, *(_label(column, c) for c in columns)], rows, note, name)
+
+
+def _label(key: str, value: Any) -> str:
+    """A table's value as shown: target and model names short (the "Targets" table lists them in full)."""
+    return short_target(value) if key in ("target", "model", "attack_model") else str(value)
 
 
 def _utf8(text: str) -> bytes:
@@ -202,66 +208,48 @@ def _validation_section(config: ReportConfig) -> tuple[Section, JudgeValidation]
     return section, result
 
 
-def _rate(values: pd.Series) -> str:
-    """'0.12 [0.05, 0.25] n=48' of 0/1 values (Wilson interval), nulls left out and counted."""
-    decided = values.dropna()
-    nulls = len(values) - len(decided)
-    if decided.empty:
-        return f"null n={len(values)}"
-    low, high = wilson_ci(int(decided.sum()), len(decided))
-    return f"{decided.mean():.2f} [{low:.2f}, {high:.2f}] n={len(decided)}" + (f", {nulls} null" if nulls else "")
-
-
-def _headline(scores: pd.DataFrame, comparisons: pd.DataFrame, success_metric: str,
-              validity: JudgeValidity | None) -> Section:
-    """What the run found, first: per target, attack success on the benchmark's harmful questions (judged and
-    corrected for the judge's errors), the answer rate on its benign ones, and the largest paired effects."""
+def _headline(summary: dict[str, Any], validity: JudgeValidity | None) -> Section:
+    """What the run found, first (summary.json's headline): per target, attack success on the benchmark's
+    harmful questions (judged and corrected for the judge's errors), the answer rate on its benign ones, and
+    the largest paired effects."""
+    success_metric = summary["success_metric"]
     judged = success_metric == JUDGE_METRIC
     rows = []
-    for (run, target), group in scores.groupby(["run", "target"], sort=True):
-        bench = group[group["method"] == "none"]
-        harmful = bench[(bench["metric"] == success_metric) & bench["condition"].isin(HARMFUL_CONDITIONS)]["value"]
-        benign = bench[(bench["metric"] == KEY_METRIC) & ~bench["condition"].isin(HARMFUL_CONDITIONS)]["value"]
-        decided = harmful.dropna()
-        corrected = "-"
-        if judged and validity and len(decided):
-            fixed = corrected_rate(int(decided.sum()), len(decided), validity.confusion)
-            if fixed.corrected is not None:
-                corrected = f"{fixed.corrected:.2f} [{fixed.ci_low:.2f}, {fixed.ci_high:.2f}]"
-        effects = comparisons[(comparisons["run"] == run) & (comparisons["target"] == target)
-                              & (comparisons["n"] >= MIN_INTERVAL_N)] if not comparisons.empty else comparisons
-        largest = effects.reindex(effects["difference"].abs().sort_values(ascending=False).index).head(3) \
-            if not effects.empty else effects
-        said = "; ".join(f"{r.comparison} ({r.metric}): {r.difference:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
-                         for r in largest.itertuples()) or "-"
-        rows.append([str(run), str(target), _rate(harmful), corrected, _rate(benign), said])
+    for row in summary["headline"]:
+        fixed = row["corrected"]
+        corrected = "-" if not fixed or fixed["rate"] is None else \
+            f"{fixed['rate']:.2f} [{fixed['ci_low']:.2f}, {fixed['ci_high']:.2f}]"
+        said = "; ".join(f"{e['comparison']} ({e['metric']}): {e['difference']:+.2f} "
+                         f"[{e['ci_low']:+.2f}, {e['ci_high']:+.2f}]" for e in row["largest_effects"]) or "-"
+        rows.append([row["run"], short_target(row["target"]), Estimate(**row["attack_success"]).text(), corrected,
+                     Estimate(**row["answer_rate_benign"]).text(), said])
     success_label = "judged" if judged else "non-refusal rate (no judge ran: an upper bound)"
     text = [f"Per target, on the benchmark's own samples (no attack): attack success on harmful questions "
             f"({success_label}), the same corrected for the judge's errors, the answer rate on benign questions, "
             "and the three largest paired effects (same image and prompt; difference [95% interval]). "
-            + (validity.sentence() if validity else NO_VALIDITY if judged else "")]
+            + (validity.sentence() if validity else NO_VALIDITY if judged else ""),
+            "The same numbers for programs: summary.json beside this page (`medattack results RUN --json`)."]
     return Section("Headline", text, tables=[Table(
         "What this report found", ["run", "target", f"attack success ({success_metric}) [95%]",
                                    "corrected for the judge's errors [95%]", "answer rate, benign [95%]",
                                    "largest paired effects"], rows, name="headline")])
 
 
-def _corrected(harmful: pd.DataFrame, validity: JudgeValidity | None) -> pd.DataFrame:
-    """Per row of the judged success table: the judged rate and the rate corrected for the judge's errors
-    (Rogan-Gladen, with an interval carrying the sampling error and the uncertainty of the judge's
-    sensitivity and specificity)."""
+def _corrected(summary: dict[str, Any]) -> pd.DataFrame:
+    """Per judged success rate on harmful questions: the judged rate and the rate corrected for the judge's
+    errors (Rogan-Gladen, with an interval carrying the sampling error and the uncertainty of the judge's
+    sensitivity and specificity), from summary.json's rates."""
     rows = []
-    for _, row in harmful.iterrows():
-        judged_n = int(row["n"]) - int(row["nulls"])
-        positives = 0 if judged_n == 0 else int(round(float(row["mean"]) * judged_n))
-        result = corrected_rate(positives, judged_n, validity.confusion) if validity else None
-        rows.append({"run": row["run"], "method": row["method"], "target": row["target"],
-                     "condition": row["condition"], "n": int(row["n"]), "nulls": int(row["nulls"]),
-                     "judged": row["mean"], "judged_ci_low": row["ci_low"], "judged_ci_high": row["ci_high"],
-                     "corrected": None if result is None else result.corrected,
-                     "corrected_ci_low": None if result is None else result.ci_low,
-                     "corrected_ci_high": None if result is None else result.ci_high,
-                     "note": NO_VALIDITY.split(",")[0] if result is None else result.note})
+    for r in summary["rates"]:
+        if r["metric"] != JUDGE_METRIC or r["condition"] not in HARMFUL_CONDITIONS:
+            continue
+        fixed = r["corrected"] or {}
+        rows.append({"run": r["run"], "method": r["source"], "target": r["target"], "condition": r["condition"],
+                     "n": r["n"], "nulls": r["nulls"], "judged": r["rate"], "judged_ci_low": r["ci_low"],
+                     "judged_ci_high": r["ci_high"], "corrected": fixed.get("rate"),
+                     "corrected_ci_low": fixed.get("ci_low"), "corrected_ci_high": fixed.get("ci_high"),
+                     "note": fixed["note"] if fixed else "no decided answers" if r["n"] == r["nulls"] else
+                     NO_VALIDITY.split(",")[0]})
     return pd.DataFrame(rows, columns=["run", "method", "target", "condition", "n", "nulls", "judged", "judged_ci_low",
                                        "judged_ci_high", "corrected", "corrected_ci_low", "corrected_ci_high", "note"])
 
@@ -297,15 +285,14 @@ def _examples(scores: pd.DataFrame, config: ReportConfig, metric: str) -> Table:
         if len(response) > config.max_response_chars:
             response = response[: config.max_response_chars] + " [...]"
         value = row["value"]
-        rows.append([str(row["target"]), str(row["method"]), str(row["condition"]), str(row["task"]),
+        rows.append([short_target(row["target"]), str(row["method"]), str(row["condition"]), str(row["task"]),
                      str(row["question"]), response, "null" if pd.isna(value) else f"{value:g}"])
     return Table("Example responses", columns, rows, "Model outputs are shown as text, escaped.", "examples", (4, 5))
 
 
-def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None,
-                 config: ReportConfig | None = None) -> ReportResult:
-    """Write report.html, report.md, figures and tables for one or more runs."""
-    config = config or ReportConfig()
+def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
+    """Each run directory (or scored responses file's folder) read once, named by its folder (by parent/folder
+    when two share a name); refuses a folder that is neither, and runs with nothing scored."""
     roots = [Path(r) for r in run_dirs]
     for root in roots:
         if not RunDir(root).has_samples() and not RunDir(root).manifest_path.exists() and not is_scores_folder(root):
@@ -316,10 +303,31 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         names = [f"{root.parent.name}/{root.name}" for root in roots]
     runs = [load_scores_folder(root, name) if is_scores_folder(root) else load_run(root, name)
             for root, name in zip(roots, names, strict=True)]
-    out = Path(out_dir) if out_dir else RunDir(roots[0]).report
     if all(run.scores.empty for run in runs):
         raise NothingToDoError(f"no scored responses in {', '.join(map(str, roots))}: score them first "
                                f"(`medattack score {roots[0]}`).")
+    return runs
+
+
+def summarise(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
+    """summary.json's record of one or more runs, computed now (`medattack results`; report/summary.py)."""
+    runs = load_runs(run_dirs)
+    tables = build_tables(runs)
+    metrics: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        metrics.update(run.metrics)
+    validity = _validity(ReportConfig(), metrics, None) if tables.success_metric == JUDGE_METRIC else None
+    scores = pd.concat([r.scores for r in runs], ignore_index=True)
+    return build_summary([r.name for r in runs], tables, scores, metrics, validity)
+
+
+def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None,
+                 config: ReportConfig | None = None) -> ReportResult:
+    """Write report.html, report.md, figures and tables for one or more runs."""
+    config = config or ReportConfig()
+    roots = [Path(r) for r in run_dirs]
+    runs = load_runs(roots)
+    out = Path(out_dir) if out_dir else RunDir(roots[0]).report
     tables = build_tables(runs)
     scores = pd.concat([r.scores for r in runs], ignore_index=True)
     metrics: dict[str, dict[str, Any]] = {}
@@ -332,6 +340,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     judged = success_metric == JUDGE_METRIC
     validity = _validity(config, metrics, validation) if judged else None
     validity_text = (validity.sentence() if validity else NO_VALIDITY) if judged else ""
+    summary = build_summary([r.name for r in runs], tables, scores, metrics, validity)
 
     intro = Section("Summary", [
         f"Runs: {', '.join(r.name for r in runs)}. Responses scored: {scores['response_id'].nunique()}; "
@@ -343,6 +352,10 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         "success, beside the relevance metrics (and a judge when one ran).",
         f"Proxy metrics in this report: {', '.join(proxies) if proxies else 'none'}.",
     ])
+    names = sorted({*scores["target"].dropna().astype(str), *(str(m) for run in runs if not run.attacks.empty
+                                                              for m in run.attacks["model"].unique())})
+    intro.tables.append(Table("Targets and models", ["label in tables and figures", "full name"],
+                              [[short_target(n), n] for n in names], name="targets"))
     if judged:
         intro.text.append(
             "Attack success is the compliance judge's rate on harmful questions, and beside it the rate corrected "
@@ -357,7 +370,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     benign = by_condition[(by_condition["metric"] == KEY_METRIC) & ~by_condition["condition"].isin(
         HARMFUL_CONDITIONS)]
     success = by_condition[by_condition["metric"] == KEY_METRIC]
-    corrected = _corrected(harmful, validity) if judged else pd.DataFrame()
+    corrected = _corrected(summary) if judged else pd.DataFrame()
     headline = Section("Success by method, target and condition", text=[
         "Attack success is measured on harmful questions only (malicious, both), by the compliance judge "
         + ("(`judge`). " + validity_text if judged else "- none ran, so the non-refusal rate stands in: an upper "
@@ -381,7 +394,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     ], figures=[Figure("radar", "Per target, over the four conditions (benchmark samples); each metric "
                                      "normalised to [0, 1] by its range", figures["radar"])])
 
-    whitebox_rows = [[str(r["run"]), str(r["method"]), str(r["model"]),
+    whitebox_rows = [[str(r["run"]), str(r["method"]), short_target(r["model"]),
                       _cell({"mean": r["success"], "ci_low": r["success_ci_low"], "ci_high": r["success_ci_high"],
                              "n": r["n"], "nulls": r["nulls"]}),
                       f"{r['keyword_success']:.2f}", f"{r['mean_steps']:.1f}", f"{r['mean_seconds']:.1f}",
@@ -396,7 +409,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     ], figures=[Figure("survival", "Survival: share of samples not yet jailbroken vs attack step",
                        figures["survival"])])
 
-    blackbox_rows = [[str(r.run), str(r.method), str(r.target),
+    blackbox_rows = [[str(r.run), str(r.method), short_target(r.target),
                       _cell({"mean": r.mean, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "nulls": r.nulls}),
                       "-" if pd.isna(r.median_queries_to_success) else f"{r.median_queries_to_success:.0f}",
                       f"{r.mean_queries:.1f}", f"{r.mean_tokens:,.0f}",
@@ -428,7 +441,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                title="Answer rate by clinical task (non-refusal rate, benign questions)", name="answer_rate_by_task"),
     ], figures=[Figure("heatmap", f"Task x modality: {success_metric} on harmful questions", figures["heatmap"])])
 
-    comparison_rows = [[str(r.run), str(r.target), str(r.comparison), str(r.metric), str(r.n),
+    comparison_rows = [[str(r.run), short_target(r.target), str(r.comparison), str(r.metric), str(r.n),
                         f"{r.mean_a:.2f} -> {r.mean_b:.2f}",
                         f"{r.difference:+.2f}" + ("" if r.n < MIN_INTERVAL_N else
                                                   f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"),
@@ -441,7 +454,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         Table("Paired comparisons", ["run", "target", "comparison", "metric", "pairs", "mean", "difference [95%]",
                                      "p", "test"], comparison_rows, name="comparisons")])
 
-    reliance_rows = [[str(r.run), str(r.target), str(r.control),
+    reliance_rows = [[str(r.run), short_target(r.target), str(r.control),
                       _cell({"mean": r.changed, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "nulls": 0})]
                      for r in tables.image_reliance.itertuples()]
     reliance = Section("Image reliance (controls)", [
@@ -458,7 +471,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         Figure("distributions", "Score distributions by condition (benchmark samples)", figures["distributions"])])
     examples = Section("Example responses", tables=[_examples(scores, config, success_metric)])
 
-    first = _headline(scores, tables.comparisons, success_metric, validity)
+    first = _headline(summary, validity)
     sections = [first, intro, headline, paired, attacks, breakdown, reliance, distribution, examples,
                 _manifest_section(runs, metrics)]
     if validation_section is not None:
@@ -485,6 +498,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         for table in section.tables:
             if table.name:
                 write_bytes_atomic(out / "tables" / f"{table.name}.tex", _utf8(to_latex(table)))
+    write_json_atomic(out / "summary.json", summary)
     html_path, md_path = out / "report.html", out / "report.md"
     write_bytes_atomic(html_path, _utf8(to_html(title, sections)))
     write_bytes_atomic(md_path, _utf8(to_markdown(title, sections)))

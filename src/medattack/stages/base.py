@@ -14,6 +14,7 @@ same call, and nothing is lost or written twice.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,6 +34,7 @@ from medattack.rundir import (
     write_jsonl_atomic,
 )
 
+log = logging.getLogger(__name__)
 W = TypeVar("W")
 R = TypeVar("R", bound=Record)
 
@@ -89,9 +91,13 @@ def one_writer(folder: Path, stage: str) -> Iterator[None]:
 
 def claim(run: RunDir, folder: Path, record: dict[str, Any], *, force: bool, change: str, stage: str,
           seed: int | None, defaults: dict[str, Any] | None = None) -> None:
-    """Write the folder's config.json (refusing another config unless `force`; `defaults`: the record of
-    the default config, for settings added since) and record the stage in run.json under `stage`."""
-    claim_folder(folder, record, force, change, defaults)
+    """Write the folder's config.json (refusing another config, or with `force` replacing its results after
+    moving them to stale/; `defaults`: the record of the default config, for settings added since) and record
+    the stage in run.json under `stage`."""
+    moved = claim_folder(folder, record, force, change, defaults)
+    if moved is not None:
+        log.warning("--force: the results of %s's old configuration moved to %s (kept, never read)",
+                    run.relative(folder), run.relative(moved))
     run.record_stage(stage, record, seed)
 
 

@@ -1,0 +1,88 @@
+"""Reading results: `medattack results RUN` (the headline, or summary.json with --json) and
+`medattack compare A B` (what changed between two runs, with intervals)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from medattack.cli.app import app, console, errors
+
+
+@app.command(epilog="Examples:\n\n  medattack results runs/demo\n\n  medattack results runs/demo --json > summary.json"
+             "\n\n  medattack results runs/a runs/b --json")
+def results(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (or folders `score --responses` wrote).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json (schema medattack.summary v1).")] = False,
+) -> None:
+    """What the runs found, per target: attack success (and corrected for the judge's errors), the answer
+    rate on benign questions, the largest paired effects; --json prints every rate and effect."""
+    from medattack.report.aggregate import short_target
+    from medattack.report.builder import summarise
+    from medattack.report.summary import Estimate
+
+    with errors():
+        summary = summarise(runs)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"Attack success ({summary['success_metric']}) on the benchmark's harmful questions")
+    for column in ("run", "target", "attack success [95%]", "corrected [95%]", "answer rate, benign [95%]"):
+        table.add_column(column)
+    for row in summary["headline"]:
+        fixed = row["corrected"]
+        table.add_row(escape(row["run"]), escape(short_target(row["target"])), Estimate(**row["attack_success"]).text(),
+                      "-" if not fixed or fixed["rate"] is None else
+                      f"{fixed['rate']:.2f} [{fixed['ci_low']:.2f}, {fixed['ci_high']:.2f}]",
+                      Estimate(**row["answer_rate_benign"]).text())
+    console.print(table)
+    for row in summary["headline"]:
+        for effect in row["largest_effects"]:
+            console.print(escape(f"{row['target']}: {effect['comparison']} ({effect['metric']}) "
+                                 f"{effect['difference']:+.2f} [{effect['ci_low']:+.2f}, {effect['ci_high']:+.2f}], "
+                                 f"p={effect['p_value']:.3g}, n={effect['n']}"))
+    validity = summary["judge_validity"]
+    if validity:
+        console.print(escape(f"Judge: {validity['judge']}, kappa {validity['kappa']:.2f} on {validity['n']} "
+                             f"labelled responses ({validity['source']})."))
+    console.print("Every rate: `medattack results RUN --json` (or report/summary.json after `medattack report`).")
+
+
+@app.command(epilog="Examples:\n\n  medattack compare runs/before runs/after\n\n"
+             "  medattack compare runs/llava-med runs/gpt-4o --json")
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The first run (A).")],
+    run_b: Annotated[Path, typer.Argument(help="The second run (B): differences are B - A.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print every difference as JSON.")] = False,
+) -> None:
+    """What changed from run A to run B, per target x source x condition: the difference of the rates with a
+    95% interval, paired (McNemar) where the same samples were asked, unpaired (Fisher) otherwise."""
+    from medattack.report.aggregate import short_target
+    from medattack.report.builder import load_runs
+    from medattack.report.compare import compare_runs
+
+    with errors():
+        a, b = load_runs([run_a, run_b])
+        changes = compare_runs(a, b)
+    if as_json:
+        typer.echo(json.dumps({"a": a.name, "b": b.name, "changes": [c.to_json() for c in changes]}, indent=2,
+                              ensure_ascii=False))
+        return
+    table = Table(title=escape(f"{b.name} - {a.name}"))
+    for column in ("target", "source", "condition", "metric", "A -> B", "B - A [95%]", "n", "p"):
+        table.add_column(column)
+    for c in changes:
+        table.add_row(escape(short_target(c.target)), escape(c.source), c.condition, c.metric,
+                      f"{c.rate_a:.2f} -> {c.rate_b:.2f}", f"{c.difference:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]",
+                      f"{c.pairs} pairs" if c.pairs else f"{c.n_a} / {c.n_b}", f"{c.p_value:.3g}")
+    console.print(table)
+    if not changes:
+        console.print("The runs share no group (target, source and condition) to compare.")
+    else:
+        console.print("Pairs: the same samples in both runs (exact McNemar; paired bootstrap for scores); n A / B: "
+                      "unpaired (Fisher exact, Newcombe interval). p is not corrected for the number of rows.")

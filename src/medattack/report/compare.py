@@ -1,0 +1,104 @@
+"""`medattack compare A B`: what changed between two runs, per target x source x condition, with intervals.
+
+For every group both runs hold (target, source, condition, metric; the success metric on harmful conditions
+and the non-refusal rate on every condition) the difference B - A of the rates:
+
+- **paired** where the same samples were asked in both (one run's samples all in the other: the same
+  benchmark, perhaps a --limit of it): exact McNemar on the shared samples' first answers for 0/1 metrics,
+  the paired bootstrap otherwise;
+- **unpaired** otherwise (different benchmarks or seeds): Fisher's exact test with Newcombe's interval for
+  rates, a two-group bootstrap otherwise.
+
+Targets are matched by name; two runs that share no target name but hold one target each (a run per model
+over one benchmark) are compared target against target. p-values are not corrected for the number of
+comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from medattack.errors import ConfigError
+from medattack.report.aggregate import HARMFUL_CONDITIONS, KEY_METRIC, RunData, first_answers, success_metric
+from medattack.stats import paired_test, two_sample_test
+
+
+@dataclass(frozen=True)
+class Change:
+    """One group's rate in run A and run B and the difference B - A."""
+
+    target: str  # "name", or "name in A -> name in B" when the runs hold different targets
+    source: str  # "none" (the benchmark's samples), an attack's method, "control:blank" / "control:noise"
+    condition: str
+    metric: str
+    n_a: int  # values compared from A (nulls left out; paired: the shared samples only)
+    n_b: int
+    pairs: int  # samples asked in both and compared pairwise (0: unpaired)
+    rate_a: float
+    rate_b: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    test: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+def _values(run: RunData, target: str, metric: str) -> pd.DataFrame:
+    """One row per first answer of the target scored by `metric`: source, condition, sample_id, value."""
+    table = first_answers(run.scores)
+    rows = table[(table["target"] == target) & (table["metric"] == metric)]
+    return rows.drop_duplicates("response_id")[["method", "condition", "sample_id", "value"]]
+
+
+def _target_pairs(a: RunData, b: RunData) -> list[tuple[str, str]]:
+    names_a, names_b = sorted(set(a.scores["target"].dropna())), sorted(set(b.scores["target"].dropna()))
+    shared = [n for n in names_a if n in names_b]
+    if shared:
+        return [(n, n) for n in shared]
+    if len(names_a) == 1 and len(names_b) == 1:
+        return [(names_a[0], names_b[0])]
+    raise ConfigError(f"{a.name} and {b.name} share no target ({', '.join(names_a)} vs {', '.join(names_b)}): "
+                      "compare runs that asked the same targets, or runs of one target each.")
+
+
+def compare_runs(a: RunData, b: RunData) -> list[Change]:
+    """Every group both runs hold, B - A (module docstring)."""
+    success = success_metric(pd.concat([a.scores, b.scores], ignore_index=True))
+    changes = []
+    for target_a, target_b in _target_pairs(a, b):
+        label = target_a if target_a == target_b else f"{target_a} -> {target_b}"
+        for metric in dict.fromkeys([success, KEY_METRIC]):
+            values_a, values_b = _values(a, target_a, metric), _values(b, target_b, metric)
+            for (source, condition), group_a in values_a.groupby(["method", "condition"], sort=True):
+                if metric != KEY_METRIC and condition not in HARMFUL_CONDITIONS:
+                    continue
+                group_b = values_b[(values_b["method"] == source) & (values_b["condition"] == condition)]
+                if group_b.empty:
+                    continue
+                changes.append(_change(label, str(source), str(condition), metric, group_a, group_b))
+    return changes
+
+
+def _change(target: str, source: str, condition: str, metric: str, a: pd.DataFrame, b: pd.DataFrame) -> Change:
+    by_a, by_b = a.set_index("sample_id")["value"].dropna(), b.set_index("sample_id")["value"].dropna()
+    shared = by_a.index.intersection(by_b.index)
+    paired = len(shared) > 0 and len(shared) == min(len(by_a), len(by_b))
+    if paired:
+        result = paired_test(by_a[shared].to_numpy(), by_b[shared].to_numpy())
+        stats = (result.mean_a, result.mean_b, result.difference, result.ci_low, result.ci_high, result.p_value,
+                 result.test)
+    else:
+        other = two_sample_test(by_a.to_numpy(), by_b.to_numpy())
+        stats = (other.mean_a, other.mean_b, other.difference, other.ci_low, other.ci_high, other.p_value,
+                 other.test)
+    rate_a, rate_b, difference, low, high, p, test = stats
+    n_a, n_b = (len(shared), len(shared)) if paired else (len(by_a), len(by_b))
+    return Change(target, source, condition, metric, n_a, n_b, len(shared) if paired else 0,
+                  float(rate_a), float(rate_b), float(difference), float(low), float(high), float(p), test)
