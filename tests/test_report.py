@@ -250,7 +250,7 @@ def test_the_report_leads_with_the_headline_and_ends_with_the_manifest(scored_ru
     scores = load_run(scored_run).scores
     bench = scores[(scores["method"] == "none") & (scores["metric"] == "judge")]
     harmful = bench[bench["condition"].isin(HARMFUL_CONDITIONS)]["value"]
-    assert Estimate.of(harmful).text() in block and "n=" in block  # the judged rate of the benchmark's harmful questions
+    assert Estimate.of(harmful).text() in block and "n=" in block  # the judged rate of the harmful questions
     assert "malicious -&gt; both" in block or "none -&gt; gcg" in block  # a paired effect with its interval
 
 
@@ -342,7 +342,8 @@ def test_compare_is_unpaired_when_the_runs_asked_other_samples():
     from medattack.stats import two_sample_test
 
     def answers(prefix: str, hits: int, n: int) -> pd.DataFrame:
-        return pd.DataFrame({"sample_id": [f"{prefix}{k}" for k in range(n)], "value": [1.0] * hits + [0.0] * (n - hits)})
+        return pd.DataFrame({"sample_id": [f"{prefix}{k}" for k in range(n)],
+                             "value": [1.0] * hits + [0.0] * (n - hits)})
 
     unpaired = _change("t", "none", "normal", "keyword_asr", answers("a", 2, 20), answers("b", 12, 20))
     assert unpaired.pairs == 0 and unpaired.test.startswith("Fisher exact") and (unpaired.n_a, unpaired.n_b) == (20, 20)
