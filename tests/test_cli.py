@@ -21,6 +21,22 @@ def test_list_commands(what):
     assert result.exit_code == 0 and result.output.strip()
 
 
+@pytest.mark.parametrize(("what", "key", "expected"), [
+    ("attacks", "name", {"gcg", "pgd", "mcm", "pair", "tap"}), ("metrics", "name", {"keyword_asr", "judge"}),
+    ("targets", "name", {"llava", "hf", "api"}), ("embedders", "name", {"minilm"}),
+    ("tasks", "task", {"Disease Classification", "Inference Making"}), ("modalities", "modality", {"CT", "Fundus"}),
+    ("sources", "source", {"embedded", "3mad"}), ("presets", "name", {"paper", "gpu"}),
+    ("mismatch", "strategy", {"both", "uniform"})])
+def test_every_list_prints_json_a_program_can_read(what, key, expected):
+    result = runner.invoke(app, ["list", what, "--json"])
+    assert result.exit_code == 0, result.output
+    entries = json.loads(result.output)
+    assert expected <= {e[key] for e in entries}
+    if what == "attacks":  # settings with their defaults as JSON values
+        gcg = next(e for e in entries if e["name"] == "gcg")
+        assert gcg["kind"] == "white-box" and {s["name"]: s["default"] for s in gcg["settings"]}["search_width"] > 0
+
+
 @pytest.mark.parametrize("command", [["build"], ["demo"], ["list", "tasks"], ["analyze", "attributes"],
                                      ["analyze", "prompts"]])
 def test_every_command_has_an_example_in_its_help(command):

@@ -70,99 +70,139 @@ def first_paragraph(doc: str | None) -> str:
     return " ".join(lines)
 
 
-def _print_plugins(registry: Any, with_settings: bool = True,
-                   settings_of: Callable[[Any], Any] = lambda cls: getattr(cls, "config_class", None)) -> None:
-    """Each plugin of a registry: its first docstring line and, with `with_settings`, its settings
-    (the dataclass `settings_of(entry)` gives)."""
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the list as JSON (one object per entry).")]
+
+
+def _print_json(entries: list[dict[str, Any]]) -> None:
+    """Entries as JSON on stdout (settings' defaults as JSON values; anything else as its text)."""
+    import json
+
+    def plain(value: Any) -> Any:
+        is_record = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        return dataclasses.asdict(value) if is_record else str(value)
+
+    typer.echo(json.dumps(entries, indent=2, ensure_ascii=False, default=plain))
+
+
+def _plugin_entries(registry: Any, with_settings: bool = True,
+                    settings_of: Callable[[Any], Any] = lambda cls: getattr(cls, "config_class", None),
+                    ) -> list[dict[str, Any]]:
+    """Each plugin of a registry: name, the first paragraph of its docstring and, with `with_settings`, the
+    settings of the dataclass `settings_of(entry)` gives (name, default, help)."""
     from medattack.config import config_help
 
+    entries = []
     for name, cls in registry.items():
-        console.print(f"[bold]{escape(name)}[/bold]: {escape(first_paragraph(cls.__doc__))}")
+        entry: dict[str, Any] = {"name": name, "description": first_paragraph(cls.__doc__)}
         config_class = settings_of(cls)
         if with_settings and config_class is not None:
-            for f in dataclasses.fields(config_class):
-                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                console.print(escape(f"    {f.name} = {default!r}  {config_help(config_class)[f.name]}"))
+            entry["settings"] = [
+                {"name": f.name, "default": f.default_factory() if f.default_factory is not dataclasses.MISSING
+                 else f.default, "help": config_help(config_class)[f.name]} for f in dataclasses.fields(config_class)]
+        entries.append(entry)
+    return entries
 
 
-@list_app.command("attacks", epilog="Example:\n\n  medattack list attacks")
-def list_attacks() -> None:
+def _print_plugins(entries: list[dict[str, Any]]) -> None:
+    for entry in entries:
+        console.print(f"[bold]{escape(entry['name'])}[/bold]: {escape(entry['description'])}")
+        for setting in entry.get("settings", []):
+            console.print(escape(f"    {setting['name']} = {setting['default']!r}  {setting['help']}"))
+
+
+@list_app.command("attacks", epilog="Example:\n\n  medattack list attacks\n\n  medattack list attacks --json")
+def list_attacks(as_json: JsonOption = False) -> None:
     """Attack methods and their settings (change with --set options.KEY=VALUE): white-box (`attack`),
     then black-box (`blackbox`)."""
     from medattack.attacks import ATTACKS
     from medattack.blackbox.base import BLACKBOX_ATTACKS
 
+    whitebox, blackbox = _plugin_entries(ATTACKS), _plugin_entries(BLACKBOX_ATTACKS, settings_of=lambda cls: cls)
+    if as_json:
+        _print_json([{**e, "kind": "white-box"} for e in whitebox] + [{**e, "kind": "black-box"} for e in blackbox])
+        return
     console.print("[bold]White-box[/bold] (medattack attack RUN --method NAME --model MODEL)")
-    _print_plugins(ATTACKS)
+    _print_plugins(whitebox)
     console.print("\n[bold]Black-box[/bold] (medattack blackbox RUN --method NAME --target KIND:MODEL)")
-    _print_plugins(BLACKBOX_ATTACKS, settings_of=lambda cls: cls)
+    _print_plugins(blackbox)
 
 
 @list_app.command("metrics", epilog="Example:\n\n  medattack list metrics")
-def list_metrics() -> None:
+def list_metrics(as_json: JsonOption = False) -> None:
     """Metrics of the score stage and their settings (score config: metrics: {name: {key: value}})."""
     from medattack.scoring.base import DERIVED, SCORERS
 
-    _print_plugins(SCORERS)
-    _print_plugins(DERIVED)
+    entries = _plugin_entries(SCORERS) + _plugin_entries(DERIVED)
+    _print_json(entries) if as_json else _print_plugins(entries)
 
 
 @list_app.command("targets", epilog="Example:\n\n  medattack list targets")
-def list_targets() -> None:
+def list_targets(as_json: JsonOption = False) -> None:
     """Target kinds for query and serve (--target KIND:MODEL)."""
     from medattack.models.targets import TARGETS
 
-    _print_plugins(TARGETS, with_settings=False)
+    entries = _plugin_entries(TARGETS, with_settings=False)
+    _print_json(entries) if as_json else _print_plugins(entries)
 
 
 @list_app.command("embedders", epilog="Example:\n\n  medattack list embedders")
-def list_embedders() -> None:
+def list_embedders(as_json: JsonOption = False) -> None:
     """Text embedders (TTO) and image-text backends (TIO, TII) of the score stage."""
     from medattack.scoring.backends.image_text import IMAGE_TEXT_BACKENDS
     from medattack.scoring.backends.text_embedders import TEXT_EMBEDDERS
 
-    _print_plugins(TEXT_EMBEDDERS)
-    _print_plugins(IMAGE_TEXT_BACKENDS, with_settings=False)
+    entries = _plugin_entries(TEXT_EMBEDDERS) + _plugin_entries(IMAGE_TEXT_BACKENDS, with_settings=False)
+    _print_json(entries) if as_json else _print_plugins(entries)
+
+
+def _print_rows(entries: list[dict[str, Any]], as_json: bool) -> None:
+    """Flat entries as JSON, or as a table with one column per key (lists joined by commas)."""
+    if as_json:
+        _print_json(entries)
+        return
+    table = Table(*(entries[0] if entries else ()))
+    for entry in entries:
+        table.add_row(*(escape(", ".join(v) if isinstance(v, list) else str(v)) for v in entry.values()))
+    console.print(table)
 
 
 @list_app.command("tasks", epilog="Example:\n\n  medattack list tasks")
-def list_tasks() -> None:
+def list_tasks(as_json: JsonOption = False) -> None:
     """The 18 clinical tasks in their 4 groups."""
     from medattack.data.taxonomy import load_taxonomy
 
-    table = Table("group", "task", "description")
-    for t in load_taxonomy().tasks:
-        table.add_row(t.group, t.name, t.description)
-    console.print(table)
+    _print_rows([{"group": t.group, "task": t.name, "description": t.description} for t in load_taxonomy().tasks],
+                as_json)
 
 
 @list_app.command("modalities", epilog="Example:\n\n  medattack list modalities")
-def list_modalities() -> None:
+def list_modalities(as_json: JsonOption = False) -> None:
     """Imaging modalities and their body parts (attributes are '<Modality> and <BodyPart>')."""
     from medattack.data.taxonomy import load_taxonomy
 
-    table = Table("modality", "body parts")
-    for modality, parts in load_taxonomy().modalities.items():
-        table.add_row(modality, ", ".join(parts))
-    console.print(table)
+    _print_rows([{"modality": modality, "body parts": list(parts)}
+                 for modality, parts in load_taxonomy().modalities.items()], as_json)
 
 
 @list_app.command("sources", epilog="Example:\n\n  medattack list sources")
-def list_sources() -> None:
+def list_sources(as_json: JsonOption = False) -> None:
     """Image sources and how to name them in --source."""
     from medattack.data.sources import SOURCES
 
-    table = Table("source", "how to use it")
-    for name, cls in SOURCES.items():
-        table.add_row(name, escape(first_paragraph(cls.__doc__)))
-    console.print(table)
+    _print_rows([{"source": name, "how to use it": first_paragraph(cls.__doc__)} for name, cls in SOURCES.items()],
+                as_json)
 
 
 @list_app.command("presets", epilog="Example:\n\n  medattack list presets")
-def list_presets() -> None:
+def list_presets(as_json: JsonOption = False) -> None:
     """Named settings (`--preset NAME`): every setting each one changes, and why."""
     from medattack.presets import PRESETS
 
+    if as_json:
+        _print_json([{"name": name, "description": preset.description, "settings": [
+            {"stage": s.stage, "key": s.key, "value": s.value, "why": s.why} for s in preset.settings]}
+            for name, preset in PRESETS.items()])
+        return
     for name, preset in PRESETS.items():
         table = Table("stage", "setting", "value", "why", title=escape(f"{name}: {preset.description}"))
         for s in preset.settings:
@@ -173,12 +213,12 @@ def list_presets() -> None:
 
 
 @list_app.command("mismatch", epilog="Example:\n\n  medattack list mismatch")
-def list_mismatch() -> None:
+def list_mismatch(as_json: JsonOption = False) -> None:
     """Strategies for choosing the claimed (false) attribute."""
     from medattack.data.mismatch import MISMATCH_STRATEGIES
 
-    for name, fn in MISMATCH_STRATEGIES.items():
-        console.print(f"{name}: {fn.__name__.replace('_', ' ')}")
+    _print_rows([{"strategy": name, "what it claims": first_paragraph(fn.__doc__) or fn.__name__.replace("_", " ")}
+                 for name, fn in MISMATCH_STRATEGIES.items()], as_json)
 
 
 # --- prompts --------------------------------------------------------------------------------------
