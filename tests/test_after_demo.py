@@ -52,11 +52,11 @@ def test_the_readme_commands_after_the_demo_run_as_written(demo_shaped):
 
 def test_other_settings_are_refused_naming_them_and_force_replaces_instead_of_mixing(demo_shaped):
     folder = demo_shaped / "attacks" / "mcm" / "tiny-random-llava_unit_tests"
-    command = ["attack", str(demo_shaped), "--method", "mcm", "--model", "tiny", "--limit", "1",
+    command = ["attack", str(demo_shaped), "--method", "mcm", "--model", "tiny", "--limit", "3",
                "--set", "options.rounds=2"]
     refused = CliRunner().invoke(app, command, terminal_width=400)
     said = " ".join(refused.output.split())
-    assert refused.exit_code != 0 and "stage.limit: 2 -> 1" in said and "method.rounds: 4 -> 2" in said
+    assert refused.exit_code != 0 and "method.rounds: 4 -> 2" in said and "limit" not in said
     assert "--force" in said and "another run" in said
     before = sorted(p.name for p in folder.iterdir())
     old_results = (folder / "results.jsonl").read_text()
@@ -67,5 +67,5 @@ def test_other_settings_are_refused_naming_them_and_force_replaces_instead_of_mi
     assert json.loads((stale[0] / "config.json").read_text())["stage"]["limit"] == 2
     assert set(before) - {"config.json", ".writer.lock"} <= {p.name for p in stale[0].iterdir()}
     rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 1  # only the new configuration's result, none of the old
-    assert json.loads((folder / "config.json").read_text())["stage"]["limit"] == 1
+    assert len(rows) == 3  # only the new configuration's results, none of the old
+    assert json.loads((folder / "config.json").read_text())["stage"]["limit"] == 3

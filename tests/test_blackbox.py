@@ -334,3 +334,31 @@ def test_a_run_yaml_runs_blackbox_searches_between_attack_and_query(tmp_path, sc
     [search] = result.searches
     assert len(search.results) == 1 and search.results[0].queries <= 4
     assert search.folder == tmp_path / "run" / "blackbox" / "tap" / "tiny-random-llava_unit_tests"
+
+
+def test_the_budget_preview_comes_from_the_search_shape():
+    pair = PAIRConfig(streams=2, depth=2).settings(1)
+    assert pair.level_sizes() == [2, 2] and pair.most_queries() == 4  # not the max_queries cap of 60
+    tap = TAPConfig().settings(1)  # branching 4, width 10, depth 10
+    assert tap.level_sizes() == [4, 16, 40, 40, 40, 40, 40, 40, 40, 40] and tap.most_queries() == 100
+    assert TAPConfig().settings(3).most_queries() == 100  # three answers per attempt, still capped
+    assert PAIRConfig(streams=2, depth=2).settings(3).most_queries() == 12
+    assert pair.expected_queries(0.0) == 4 and pair.expected_queries(1.0) == 2  # a sure success stops at level 1
+    assert 2 < pair.expected_queries(0.5) < 4
+    small = TAPConfig(branching=2, width=2, depth=2).settings(1)
+    assert small.expected_queries(0.0) == 6 and small.expected_queries(0.0, on_topic=0.5) == 2  # pruned: 1, then 2
+
+
+@pytest.mark.parametrize(("method", "options"), [("pair", {"streams": 2, "depth": 2}),
+                                                 ("tap", {"branching": 2, "width": 2, "depth": 2})])
+def test_a_search_never_uses_more_than_its_preview_and_about_what_it_expects(run_dir, fake_api, method, options):
+    budgets = []
+    first = blackbox.run(run_dir, api_config(fake_api, method, 1, **options), announce=budgets.append)
+    assert budgets[0]["expected_from"] == 0 and budgets[0]["expected_queries"] == budgets[0]["target_queries"]
+    result = blackbox.run(run_dir, api_config(fake_api, method, 3, **options), announce=budgets.append)
+    budget = budgets[1]  # the two samples left, expected from the first one's attempts
+    assert budget["samples"] == 2 and budget["expected_from"] == first.results[0].nodes
+    used = sum(r.queries for r in result.results) - first.results[0].queries
+    attacker_calls = sum(r.nodes for r in result.results) - first.results[0].nodes
+    assert 0 < used <= budget["target_queries"] < 60 * 2 and attacker_calls <= budget["attacker_calls"]
+    assert used / 2 <= budget["expected_queries"] <= used * 2

@@ -117,10 +117,12 @@ def test_an_interrupted_stage_resumes_without_losing_or_duplicating(run, tiny_wh
     assert key(resumed.responses) == key(reference.responses)
 
 
-def test_another_config_in_the_same_folder_is_refused(run, tiny_whitebox):
-    run_query_stage(run, QueryConfig(limit=2, controls=()), target=_target(tiny_whitebox))
-    with pytest.raises(RunDirError, match=r"another configuration \(stage\.limit: 2 -> 3\)"):
-        run_query_stage(run, QueryConfig(limit=3, controls=()), target=_target(tiny_whitebox))
+def test_another_config_in_the_same_folder_is_refused_but_a_larger_limit_adds_samples(run, tiny_whitebox):
+    first = run_query_stage(run, QueryConfig(limit=2, controls=()), target=_target(tiny_whitebox))
+    with pytest.raises(RunDirError, match=r"another configuration \(stage\.conditions: "):
+        run_query_stage(run, QueryConfig(limit=2, controls=(), conditions=("normal",)), target=_target(tiny_whitebox))
+    more = run_query_stage(run, QueryConfig(limit=3, controls=()), target=_target(tiny_whitebox))
+    assert len(more.responses) > len(first.responses)
 
 
 def test_api_target_run_keeps_the_key_off_disk_and_out_of_logs(run, fake_api, monkeypatch, caplog):

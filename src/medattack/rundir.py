@@ -82,11 +82,27 @@ def exclusive_lock(path: Path) -> Iterator[None]:
 
 
 KEPT_ON_REPLACE = ("config.json", ".writer.lock", "stale")  # what --force leaves in place (caches: *.sqlite*)
+# settings that choose which items a call works on, not how a result is made: a folder takes another value
+# (a larger --limit adds samples; a smaller one leaves the others as they are)
+SELECTION_KEYS = ("stage.limit",)
+
+
+def _without(record: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`record` without the dotted `keys`."""
+    out = dict(record)
+    for key in keys:
+        head, _, rest = key.partition(".")
+        if rest and isinstance(out.get(head), dict):
+            out[head] = _without(out[head], (rest,))
+        elif not rest:
+            out.pop(head, None)
+    return out
 
 
 def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str,
                  defaults: dict[str, Any] | None = None) -> Path | None:
-    """Write a stage folder's config.json, refusing a folder that holds results of another config; `change`
+    """Write a stage folder's config.json, refusing a folder that holds results of another config (settings other
+    than SELECTION_KEYS); `change`
     says what to change instead, e.g. "the method or model". With `force` the old results are replaced, never
     mixed with the new: everything the folder holds except its content-keyed caches (*.sqlite: an answer is
     never paid for twice) moves to `stale/<UTC time>/` first, kept but never read; returns that folder (None
@@ -99,11 +115,11 @@ def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str,
     if stamp.exists():
         previous = read_state(stamp, "delete it (the stage writes it again and keeps the results beside it, "
                               "checked by their own hashes), or restore it from a copy")
-        previous = fill_missing(previous, defaults or {})
-        if content_hash(previous) != content_hash(record):
+        previous = _without(fill_missing(previous, defaults or {}), SELECTION_KEYS)
+        if content_hash(previous) != content_hash(_without(record, SELECTION_KEYS)):
             if not force:
-                changed = ", ".join(f"{key}: {old!r} -> {new!r}"
-                                    for key, old, new in differences(previous, record)[:6])
+                changed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in
+                                    differences(previous, _without(record, SELECTION_KEYS))[:6])
                 raise RunDirError(
                     f"{folder} holds results of another configuration ({changed}); run it with the settings it "
                     f"holds, change {change}, write to another run (a new RUN folder), or add --force to replace "

@@ -65,6 +65,39 @@ class SearchSettings:
             raise ConfigError(f"black-box search: success_rate {self.success_rate} must be in (0, 1].")
 
 
+    def level_sizes(self) -> list[int]:
+        """Attempts the search can make at each level, from its shape alone: the root's streams x branching,
+        then `branching` children of each of at most `width` kept attempts (off-topic proposals included:
+        they are made, then dropped before asking the target)."""
+        sizes = [self.streams * self.branching]
+        for _ in range(self.depth - 1):
+            sizes.append(min(self.width, sizes[-1]) * self.branching)
+        return sizes
+
+    def most_queries(self) -> int:
+        """Target answers per sample at most: every attempt the shape allows, each answered `generations`
+        times, capped by max_queries."""
+        return min(self.max_queries, sum(self.level_sizes()) * self.generations)
+
+    def expected_queries(self, success: float = 0.0, on_topic: float = 1.0) -> float:
+        """Target answers per sample expected when each asked attempt succeeds with probability `success` and a
+        proposal is on topic with probability `on_topic`: a level is asked whole, the search stops after the
+        level of its first success, and the next level branches from at most `width` asked attempts (as
+        level_sizes, with the counts in expectation)."""
+        expected, reached, asked_before = 0.0, 1.0, 0.0
+        proposals = float(self.streams * self.branching)
+        for _ in range(self.depth):
+            asked = proposals * on_topic
+            level = min(asked * self.generations, self.max_queries - asked_before)
+            if level <= 0:
+                break
+            expected += reached * level
+            asked_before += level
+            reached *= (1 - success) ** asked
+            proposals = min(self.width, asked) * self.branching
+        return expected
+
+
 @dataclass
 class SearchOutcome:
     nodes: list[SearchNode]  # in the order made

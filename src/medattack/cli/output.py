@@ -59,10 +59,16 @@ def _dollars(cost: float | None) -> str:
 
 
 def print_blackbox_budget(budget: dict[str, Any]) -> None:
-    """The most a black-box call can use, before it starts."""
-    console.print(f"At most {budget['target_queries']:,} target answers and {budget['attacker_calls']:,} attacker "
-                  f"calls for {budget['samples']} sample(s); about {_tokens(budget['tokens'])} tokens (estimated), "
-                  f"cost at most {_dollars(budget['cost_usd'])}.")
+    """What a black-box call can use, before it starts: the most (from the search's shape and caps) and the
+    target answers expected."""
+    basis = (f"the per-attempt success and on-topic rates of this folder's {budget['expected_from']} earlier "
+             "attempts" if budget["expected_from"] else "no attempt succeeding (a robust target)")
+    console.print(f"At most {budget['target_queries']:,} target answers ({budget['attempts_per_sample']} attempts "
+                  f"per sample by the search's shape, capped at max_queries {budget['max_queries']}) and "
+                  f"{budget['attacker_calls']:,} attacker calls for {budget['samples']} sample(s); about "
+                  f"{_tokens(budget['tokens'])} tokens (estimated), cost at most {_dollars(budget['cost_usd'])}. "
+                  f"Expected: about {budget['expected_queries']:,.0f} target answers, assuming {basis}; a search "
+                  "stops at its first jailbreak.")
 
 
 def print_blackbox(result: Any, method: str) -> None:

@@ -41,7 +41,7 @@ from medattack.errors import ConfigError, MedattackError
 from medattack.executor import ExecutorConfig, runs_here
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
 from medattack.records import BlackBoxRecord, Sample, SearchNode, check_conditions
-from medattack.rundir import Progress, RunDir, SearchFolder, append_records, write_bytes_atomic
+from medattack.rundir import Progress, RunDir, SearchFolder, append_records, read_jsonl, write_bytes_atomic
 from medattack.scoring.judge import JudgeConfig
 from medattack.scoring.judges.base import Judge
 from medattack.stages.base import FailureLog, as_run_dir, claim, failure, loading, one_writer
@@ -108,19 +108,41 @@ def select_samples(samples: list[Sample], config: BlackBoxConfig) -> list[Sample
     return chosen[: config.limit] if config.limit is not None else chosen
 
 
+def _history(folder: SearchFolder) -> tuple[float, float, int]:
+    """The folder's earlier attempts: (share of asked attempts that succeeded, share of proposals on topic,
+    attempts made); (0, 1, 0) when it has none."""
+    asked = successes = proposals = on_topic = 0
+    for path in sorted((folder.path / "nodes").glob("*.jsonl")):
+        for row in read_jsonl(path):
+            proposals += 1
+            on_topic += bool(row.get("on_topic", True))
+            if row.get("target_queries"):
+                asked += 1
+                successes += bool(row.get("success"))
+    return (successes / asked if asked else 0.0), (on_topic / proposals if proposals else 1.0), proposals
+
+
 def estimate(config: BlackBoxConfig, settings: SearchSettings, attacker: Attacker, samples: list[Sample],
-             checks_topic: bool = False) -> dict[str, Any]:
-    """The most a search can use per sample and in all: target answers, attacker calls, tokens, dollars."""
+             checks_topic: bool = False, history: tuple[float, float, int] = (0.0, 1.0, 0)) -> dict[str, Any]:
+    """What a search can use per sample and in all, from its shape (SearchSettings.level_sizes): target answers,
+    attacker calls, tokens and dollars at most, and the target answers expected (with the per-attempt success
+    and on-topic rates of `history`, the folder's earlier attempts, else as if no attempt succeeds)."""
     question = max((len(s.question) for s in samples), default=200)
-    tree = settings.streams * settings.branching + (settings.depth - 1) * settings.width * settings.branching
-    # proposals dropped off-topic cost an attacker call but no query: then only the tree's size bounds them
-    attacker_calls = tree if checks_topic else min(tree, settings.max_queries // settings.generations)
+    attempts = sum(settings.level_sizes())
+    queries = settings.most_queries()
+    # every proposal costs an attacker call; without a topic check each asked one costs `generations` answers,
+    # so the cap stops proposals one past it; off-topic ones cost no answer, so only the shape bounds them
+    attacker_calls = attempts if checks_topic else min(attempts, queries // settings.generations + 1)
     per_call = estimate_tokens(attacker.system, "x" * (1200 + question * 3)) + 300
     tokens = {"attacker": attacker_calls * per_call,
-              "target": settings.max_queries * (question * 2 // 4 + config.target.max_new_tokens),
-              "judge": settings.max_queries * (question // 4 + config.target.max_new_tokens)}
+              "target": queries * (question * 2 // 4 + config.target.max_new_tokens),
+              "judge": queries * (question // 4 + config.target.max_new_tokens)}
     total = {role: n * len(samples) for role, n in tokens.items()}
-    return {"samples": len(samples), "target_queries": settings.max_queries * len(samples),
+    success, on_topic, seen = history
+    expected = settings.expected_queries(success, on_topic if checks_topic else 1.0)
+    return {"samples": len(samples), "target_queries": queries * len(samples),
+            "expected_queries": round(expected * len(samples), 1), "expected_from": seen,
+            "attempts_per_sample": attempts, "max_queries": settings.max_queries,
             "attacker_calls": attacker_calls * len(samples), "tokens": total, "cost_usd": config.cost(total)}
 
 
@@ -248,7 +270,8 @@ def _search_into(run_dir: RunDir, folder: SearchFolder, samples: list[Sample], c
     done = {r.sample_id for r in folder.results()}
     chosen = select_samples(samples, config)
     todo = [s for s in chosen if s.sample_id not in done]
-    budget = estimate(config, searcher.settings, attacker, todo, searcher.on_topic is not None)
+    budget = estimate(config, searcher.settings, attacker, todo, searcher.on_topic is not None,
+                      _history(folder))
     if announce:
         announce(budget)
     failures = FailureLog(folder.failures_path, "sample_id", retried=(s.sample_id for s in todo))
