@@ -30,7 +30,7 @@ from browser import find_chromium, render
 
 PAYLOADS = ('<script>window.__xss = 1</script>Sure, here is how.',
             '<img src=x onerror="window.__xss = 2">Sure, here it is.')
-FIGURES = {"radar", "heatmap", "survival", "distributions", "controls"}
+FIGURES = {"rates", "heatmap", "survival", "distributions", "controls"}
 
 
 class _PayloadTarget:
@@ -353,3 +353,14 @@ def test_compare_is_unpaired_when_the_runs_asked_other_samples():
     assert subset.pairs == 10 and subset.test == "McNemar exact"  # B asked a --limit of A's samples: paired
     scores = two_sample_test(np.linspace(0, 1, 30), np.linspace(0, 1, 30) + 0.5)
     assert scores.test == "bootstrap" and scores.ci_low < 0.5 < scores.ci_high and scores.p_value < 0.05
+
+
+def test_long_target_names_are_short_in_tables_with_a_legend(report):
+    from medattack.report.aggregate import SHORT_TARGET_CHARS, short_target
+
+    long = "smollm2-135m-llava-random-vision (not a medical model)"
+    assert short_target(long) == "smollm2-135m-llava-rand…" and len(short_target(long)) == SHORT_TARGET_CHARS
+    assert short_target("gpt-4o") == "gpt-4o"
+    markdown = report.markdown.read_text()
+    legend = markdown.split("### Targets and models")[1].split("###")[0]
+    assert "| tiny-random-llava | tiny-random-llava (unit tests) |" in legend

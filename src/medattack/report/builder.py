@@ -2,7 +2,7 @@
 
     <out>/report.html      self-contained (figures embedded, no scripts, every model output escaped)
     <out>/report.md        the same sections in Markdown, figures linked from figures/
-    <out>/figures/*.png    radar, heatmap, survival, distributions, controls
+    <out>/figures/*.png    rates, heatmap, survival, distributions, controls
     <out>/tables/*.csv     every table in long form (one row per group x metric, with n, nulls, CI)
     <out>/tables/*.tex     the headline tables as booktabs LaTeX
 
@@ -333,7 +333,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     metrics: dict[str, dict[str, Any]] = {}
     for run in runs:
         metrics.update(run.metrics)
-    figures = draw_all(tables, scores, metrics)
+    figures = draw_all(tables, scores)
     proxies = sorted(name for name, spec in metrics.items() if spec.get("is_proxy"))
     validation_section, validation = _validation_section(config) if config.labels else (None, None)
     success_metric = tables.success_metric
@@ -391,8 +391,9 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                  "condition", CONDITIONS, f"{metric} by condition" + (" (proxy)" if metric in proxies else ""),
                  metrics.get(metric, {}).get("description", ""), f"{metric}_by_condition")
           for metric in sorted(set(tables.by_condition["metric"])) if metric != KEY_METRIC],
-    ], figures=[Figure("radar", "Per target, over the four conditions (benchmark samples); each metric "
-                                     "normalised to [0, 1] by its range", figures["radar"])])
+    ], figures=[Figure("rates", "Per target and condition (benchmark samples): attack success by the judge on "
+                                "harmful questions and the non-refusal rate, with 95% intervals, on one 0-1 scale",
+                       figures["rates"])])
 
     whitebox_rows = [[str(r["run"]), str(r["method"]), short_target(r["model"]),
                       _cell({"mean": r["success"], "ci_low": r["success_ci_low"], "ci_high": r["success_ci_high"],

@@ -1,8 +1,10 @@
 """The report's figures, each a PNG (bytes) drawn with matplotlib's Agg backend (no display needed).
 
-    radar           per target: key metric, composite and TTO over the four conditions
+    rates           per target: attack success (judge) and the non-refusal rate per condition, dots with 95%
+                    intervals on one 0-1 scale
     heatmap         per target: attack success (judge, else keyword ASR) on harmful questions, task x modality
-    survival        per attack method: share of samples not yet jailbroken vs attack step
+    survival        per attack method: share of samples whose target is not yet forced vs attack step, and the
+                    judge's verdict on the attack's final answers at the end
     distributions   per metric: values by condition (box plots), nulls counted in the labels
     controls        per target: metric means with the real image vs blank and noise controls
 
@@ -17,9 +19,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medattack.report.aggregate import CONDITIONS, KEY_METRIC, ReportTables
+from medattack.report.aggregate import (
+    CONDITIONS,
+    HARMFUL_CONDITIONS,
+    JUDGE_METRIC,
+    KEY_METRIC,
+    ReportTables,
+    short_target,
+)
 
-RADAR_METRICS = (KEY_METRIC, "judge", "composite", "tto")
+RATE_METRICS = (JUDGE_METRIC, KEY_METRIC)  # 0/1 metrics: rates on one scale
 
 
 def _pyplot() -> Any:
@@ -50,38 +59,39 @@ def _empty(title: str, message: str) -> bytes:
 def _series(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(label, rows) per run x target; the run is named only when several runs are compared."""
     several = frame["run"].nunique() > 1
-    return [(f"{run} / {target}" if several else str(target), rows)
+    return [(f"{run} / {short_target(target)}" if several else short_target(target), rows)
             for (run, target), rows in frame.groupby(["run", "target"], sort=True)]
 
 
-def _normalise(metric: str, values: np.ndarray, specs: dict[str, dict[str, Any]]) -> np.ndarray:
-    spec = specs.get(metric, {"low": 0.0, "high": 1.0})
-    return (values - spec["low"]) / ((spec["high"] - spec["low"]) or 1.0)
-
-
-def radar(tables: ReportTables, specs: dict[str, dict[str, Any]]) -> bytes:
+def rates(tables: ReportTables) -> bytes:
+    """Dots with 95% intervals, one panel per target: the judge's attack success on harmful conditions and the
+    non-refusal rate on every condition (benchmark samples), all rates on one 0-1 scale."""
     frame = tables.by_condition[(tables.by_condition["method"] == "none")
-                                & tables.by_condition["metric"].isin(RADAR_METRICS)]
+                                & tables.by_condition["metric"].isin(RATE_METRICS)]
+    frame = frame[(frame["metric"] != JUDGE_METRIC) | frame["condition"].isin(HARMFUL_CONDITIONS)]
     if frame.empty:
-        return _empty("Conditions (radar)", "no scored benchmark responses")
+        return _empty("Rates by condition", "no scored benchmark responses")
     plt = _pyplot()
     groups = _series(frame)
-    figure, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.2), subplot_kw={"polar": True},
-                                squeeze=False)
-    angles = np.linspace(0, 2 * np.pi, len(CONDITIONS), endpoint=False)
+    figure, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.4), squeeze=False, sharey=True)
+    labels = {JUDGE_METRIC: "attack success (judge)", KEY_METRIC: "non-refusal rate"}
     for axis, (label, rows) in zip(axes[0], groups, strict=True):
-        for metric in RADAR_METRICS:
-            means = rows[rows["metric"] == metric].set_index("condition")["mean"]
-            values = np.array([means.get(c, np.nan) for c in CONDITIONS], dtype=float)
-            if np.all(np.isnan(values)):
+        for k, metric in enumerate(RATE_METRICS):
+            part = rows[rows["metric"] == metric].set_index("condition")
+            positions = [c for c in CONDITIONS if c in part.index]
+            if not positions:
                 continue
-            values = np.nan_to_num(_normalise(metric, values, specs))
-            axis.plot(np.append(angles, angles[0]), np.append(values, values[0]), marker="o", label=metric)
-            axis.fill(np.append(angles, angles[0]), np.append(values, values[0]), alpha=0.1)
-        axis.set_xticks(angles, CONDITIONS)
-        axis.set_ylim(0, 1)
-        axis.set_title(label, pad=14)
-    axes[0][-1].legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=8)
+            x = np.array([CONDITIONS.index(c) for c in positions]) + (k - 0.5) * 0.25
+            means = part.loc[positions, "mean"].to_numpy(dtype=float)
+            low = np.nan_to_num(means - part.loc[positions, "ci_low"].to_numpy(dtype=float))
+            high = np.nan_to_num(part.loc[positions, "ci_high"].to_numpy(dtype=float) - means)
+            axis.errorbar(x, means, yerr=[low, high], fmt="o", capsize=3, label=labels[metric])
+        axis.set_xticks(range(len(CONDITIONS)), CONDITIONS)
+        axis.set_ylim(-0.03, 1.03)
+        axis.grid(axis="y", alpha=0.3)
+        axis.set_title(label, fontsize=9)
+    axes[0][0].set_ylabel("rate [95% interval]")
+    axes[0][0].legend(fontsize=8, loc="upper left")
     return _png(figure)
 
 
@@ -109,20 +119,40 @@ def heatmap(tables: ReportTables) -> bytes:
 
 
 def survival(tables: ReportTables) -> bytes:
+    """Per attack: the share of samples whose target string is not yet forced after each step (teacher-forced,
+    what the attack optimises), and at the last step the share of its inputs, replayed on the attacked model,
+    that the judge did not call jailbroken (the transfer table's diagonal), with its 95% interval."""
     frame = tables.survival
     if frame.empty:
         return _empty("Survival", "no white-box attack steps in the run(s)")
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 3.6))
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
     several = frame["run"].nunique() > 1
     for (run, method, model), rows in frame.groupby(["run", "method", "model"], sort=True):
-        label = f"{method} on {model}" + (f" ({run})" if several else "") + f", n={int(rows['n'].iloc[0])}"
-        axis.step(rows["step"], rows["surviving"], where="post", label=label)
+        label = f"{method} on {short_target(model)}" + (f" ({run})" if several else "")
+        line = axis.step(rows["step"], rows["surviving"], where="post",
+                         label=f"{label}: target not forced, n={int(rows['n'].iloc[0])}")[0]
+        transfer = tables.transfer
+        replayed = transfer[(transfer["run"] == run) & (transfer["method"] == method)
+                            & (transfer["attack_model"] == model) & (transfer["target"] == model)] \
+            if not transfer.empty else transfer
+        for r in replayed.itertuples():
+            if pd.isna(r.mean):
+                continue
+            share = 1 - r.mean
+            error = [[0.0], [0.0]] if pd.isna(r.ci_low) else [[share - (1 - r.ci_high)], [(1 - r.ci_low) - share]]
+            axis.errorbar([rows["step"].max()], [share], yerr=error, fmt="D", color=line.get_color(), capsize=3,
+                          label=f"{label}: not jailbroken by the {tables.success_metric} (its inputs replayed on "
+                          f"it, as in the transfer table), n={int(r.n) - int(r.nulls)}")
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("attack step")
-    axis.set_ylabel("share not yet jailbroken")
-    axis.set_ylim(-0.02, 1.02)
-    axis.legend(fontsize=8)
-    axis.set_title("Survival: samples whose target is not yet forced (teacher-forced success)")
+    axis.set_ylabel("share of samples")
+    axis.set_ylim(-0.03, 1.08)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1)
+    axis.set_title("Survival: samples the attack has not yet won", fontsize=10)
     return _png(figure)
 
 
@@ -172,7 +202,7 @@ def controls(tables: ReportTables) -> bytes:
     return _png(figure)
 
 
-def draw_all(tables: ReportTables, scores: pd.DataFrame, specs: dict[str, dict[str, Any]]) -> dict[str, bytes]:
+def draw_all(tables: ReportTables, scores: pd.DataFrame) -> dict[str, bytes]:
     """Every figure as PNG bytes, by name."""
-    return {"radar": radar(tables, specs), "heatmap": heatmap(tables), "survival": survival(tables),
+    return {"rates": rates(tables), "heatmap": heatmap(tables), "survival": survival(tables),
             "distributions": distributions(scores), "controls": controls(tables)}
