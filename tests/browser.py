@@ -32,6 +32,10 @@ PROBE = """JSON.stringify({
                         const r = t.getBoundingClientRect();
                         return {top: r.top, bottom: r.bottom, right: r.right}; })(),
   viewport: {width: window.innerWidth, height: window.innerHeight},
+  links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
+  rows: document.querySelectorAll('[data-id]').length,
+  visible_rows: Array.from(document.querySelectorAll('[data-id]')).filter(r => !r.hidden).map(r => r.dataset.id),
+  shown: (document.getElementById('shown') || {}).textContent || null,
 })"""
 
 
@@ -88,10 +92,12 @@ class _Pipe:
                 return
 
 
-def render(page: Path, timeout: float = 60.0) -> dict[str, Any]:
-    """Load `page` on a 1400 x 900 screen and return the probe's findings (images, script traces, text, the
-    first section's title and the first table's place on the screen) plus `errors` (exceptions, console and
-    log errors)."""
+def render(page: Path, timeout: float = 60.0, fragment: str = "", screenshot: Path | None = None,
+           ) -> dict[str, Any]:
+    """Load `page` (with `#fragment`) on a 1400 x 900 screen and return the probe's findings (images, script
+    traces, text, the first section's title and the first table's place on the screen, links, rows shown)
+    plus `errors` (exceptions, console and log errors, a script refused by the page's policy); `screenshot`
+    saves the first screen as PNG."""
     chromium = find_chromium()
     if chromium is None:
         raise FileNotFoundError("chromium is not installed (Debian: apt-get install chromium)")
@@ -110,8 +116,14 @@ def render(page: Path, timeout: float = 60.0) -> dict[str, Any]:
                 pipe.call(domain, session=session)
             pipe.call("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 900, "deviceScaleFactor": 1,
                                                              "mobile": False}, session=session)  # a laptop screen
-            pipe.call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
+            url = page.resolve().as_uri() + (f"#{fragment}" if fragment else "")
+            pipe.call("Page.navigate", {"url": url}, session=session)
             pipe.wait_for("Page.loadEventFired", timeout)
+            if screenshot is not None:
+                import base64
+
+                shot = pipe.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+                screenshot.write_bytes(base64.b64decode(shot))
             found = json.loads(pipe.call("Runtime.evaluate", {"expression": PROBE, "returnByValue": True},
                                          session=session)["result"]["value"])
             errors = []

@@ -94,8 +94,9 @@ def test_model_outputs_are_inert_text(report):
 
 @pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"),
                     reason="chromium is not installed (make test installs it: apt-get install chromium)")
-def test_report_renders_in_headless_chromium_without_script_errors(report):
-    page = render(report.html)
+def test_report_renders_in_headless_chromium_without_script_errors(report, tmp_path):
+    page = render(report.html, screenshot=tmp_path / "first-screen.png")
+    assert (tmp_path / "first-screen.png").read_bytes()[:4] == b"\x89PNG"  # what a reader sees first
     assert page["errors"] == []
     assert len(page["images"]) == len(FIGURES) and all(image["ok"] for image in page["images"])
     assert page["scripts"] == 0 and page["handlers"] == 0 and page["xss"] is None
@@ -364,3 +365,54 @@ def test_long_target_names_are_short_in_tables_with_a_legend(report):
     markdown = report.markdown.read_text()
     legend = markdown.split("### Targets and models")[1].split("###")[0]
     assert "| tiny-random-llava | tiny-random-llava (unit tests) |" in legend
+
+
+def _report_links(report) -> list[str]:
+    from html import unescape
+
+    return [unescape(href) for href in re.findall(r'href="([^"]+)"', report.html.read_text())]
+
+
+def test_every_cell_link_leads_to_a_page_of_the_answers_behind_it(scored_run, report):
+    import base64
+    import hashlib
+
+    from medattack.report.samples import FILTER_KEYS, FILTER_SCRIPT, SCRIPT_HASH
+
+    links = _report_links(report)
+    assert len(links) > 20 and all(href.startswith("samples/") for href in links)
+    for href in links:
+        page, _, fragment = href.partition("#")
+        assert (report.out_dir / page).is_file(), href
+        assert all(part.split("=")[0] in FILTER_KEYS for part in fragment.split("&") if part), href
+    pages = sorted((report.out_dir / "samples").glob("*.html"))
+    assert len(pages) == 2  # the tiny target's answers, and the PAIR search's attempt trees
+    answers = next(p for p in pages if "--pair--" not in p.name).read_text()
+    assert "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in answers  # model output escaped
+    assert answers.count("<script>") == 1 and f"<script>{FILTER_SCRIPT}</script>" in answers
+    assert "sha256-" + base64.b64encode(hashlib.sha256(FILTER_SCRIPT.encode()).digest()).decode() == SCRIPT_HASH
+    assert f"script-src '{SCRIPT_HASH}'" in answers and "background-image: url(data:image/jpeg;base64," in answers
+    search = next(p for p in pages if "--pair--" in p.name).read_text()
+    assert "<section data-id=" in search and "depth 1" in search and "stopped by" in search
+
+
+@pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"), reason="chromium is not installed")
+def test_drill_down_pages_filter_by_their_link_and_run_nothing_else_in_chromium(scored_run, report, tmp_path):
+    from medattack.report.aggregate import load_run
+
+    scores = load_run(scored_run).scores
+    judged = scores[scores["metric"] == "judge"]
+    for href in sorted(set(_report_links(report)), key=len)[:1] + [
+            h for h in _report_links(report) if "method=none&condition=malicious" in h][:1]:
+        page, _, fragment = href.partition("#")
+        found = render(report.out_dir / page, fragment=fragment, screenshot=tmp_path / "samples.png")
+        assert found["errors"] == [] and found["xss"] is None and found["handlers"] == 0
+        assert found["scripts"] == 1 and "../report.html" in found["links"]
+        if "condition=malicious" in fragment:  # the rows the cell counted, no others
+            expected = judged[(judged["method"] == "none") & (judged["condition"] == "malicious")]
+            assert sorted(found["visible_rows"]) == sorted(expected["response_id"])
+            assert found["shown"].startswith(f"{len(expected)} of {found['rows']} shown")
+        assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    search = next((report.out_dir / "samples").glob("*--pair--*.html"))
+    found = render(search)
+    assert found["errors"] == [] and found["rows"] == len(found["visible_rows"]) >= 1

@@ -114,9 +114,10 @@ def load_run(root: Path, name: str | None = None) -> RunData:
             continue
         responses["method"] = responses.apply(_method, axis=1)
         if scores.empty:
-            scores = pd.DataFrame(columns=["response_id", "metric", "value", "null_reason"])
-        joined = responses.merge(scores[["response_id", "metric", "value", "null_reason"]], on="response_id",
-                                 how="inner")
+            scores = pd.DataFrame(columns=["response_id", "metric", "value", "null_reason", "detail"])
+        scores["reason"] = [(d or {}).get("reason") if isinstance(d, dict) else None for d in scores["detail"]]
+        joined = responses.merge(scores[["response_id", "metric", "value", "null_reason", "reason"]],
+                                 on="response_id", how="inner")
         frames.append(joined)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["response_id", "target", "method", "kind", "condition", "task", "modality", "metric", "value"])

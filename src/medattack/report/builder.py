@@ -5,6 +5,8 @@
     <out>/figures/*.png    rates, heatmap, survival, distributions, controls
     <out>/tables/*.csv     every table in long form (one row per group x metric, with n, nulls, CI)
     <out>/tables/*.tex     the headline tables as booktabs LaTeX
+    <out>/summary.json     what the report found, for programs (summary.py)
+    <out>/samples/*.html   the answers behind each cell, linked from it (samples.py)
 
 Order: the headline (per target: attack success judged and corrected for the judge's errors, the answer
 rate, the largest paired effects), then success by method x target x condition, paired comparisons,
@@ -41,6 +43,7 @@ from medattack.report.aggregate import (
 )
 from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
+from medattack.report.samples import link, search_page, target_page, write_sample_pages
 from medattack.report.summary import Estimate, build_summary
 from medattack.rundir import RunDir, write_bytes_atomic, write_json_atomic
 from medattack.scoring.judge import JudgeConfig
@@ -90,10 +93,28 @@ def _pivot(frame: pd.DataFrame, index: list[str], column: str, order: Sequence[s
         return Table(title, [*index, "-"], [], note or "no data", name)
     columns = [c for c in (order or sorted(frame[column].dropna().unique())) if c in set(frame[column])]
     cells: dict[tuple, dict[str, str]] = {}
+    hrefs: dict[tuple, dict[str, str | None]] = {}
     for _, row in frame.iterrows():
-        cells.setdefault(tuple(_label(k, row[k]) for k in index), {})[str(row[column])] = _cell(row)
-    rows = [[*key, *(values.get(c, "-") for c in columns)] for key, values in sorted(cells.items())]
-    return Table(title, [*index, *(_label(column, c) for c in columns)], rows, note, name)
+        key = tuple(_label(k, row[k]) for k in index)
+        cells.setdefault(key, {})[str(row[column])] = _cell(row)
+        hrefs.setdefault(key, {})[str(row[column])] = _drill({k: row[k] for k in [*index, column]})
+    ordered = sorted(cells)
+    rows = [[*key, *(cells[key].get(c, "-") for c in columns)] for key in ordered]
+    links = [[None] * len(index) + [hrefs[key].get(c) for c in columns] for key in ordered]
+    return Table(title, [*index, *(_label(column, c) for c in columns)], rows, note, name, links=links)
+
+
+def _drill(keys: dict[str, Any]) -> str | None:
+    """The drill-down link of a cell grouped by `keys` (run and target, and any of method, condition, task,
+    modality, image): its target's page filtered to those answers; None without a run and target."""
+    if "run" not in keys or "target" not in keys:
+        return None
+    filters = {k: str(v) for k, v in keys.items() if k in ("method", "condition", "task", "modality")}
+    if "image" in keys:  # the controls table: real image = the benchmark's own answers
+        filters["method"] = "none" if keys["image"] == "real" else f"control:{keys['image']}"
+    if "method" not in filters and ("task" in keys or "modality" in keys):  # tables of benchmark samples
+        filters["method"] = "none"
+    return link(target_page(str(keys["run"]), str(keys["target"])), **filters)
 
 
 def _label(key: str, value: Any) -> str:
@@ -214,8 +235,10 @@ def _headline(summary: dict[str, Any], validity: JudgeValidity | None) -> Sectio
     the largest paired effects."""
     success_metric = summary["success_metric"]
     judged = success_metric == JUDGE_METRIC
-    rows = []
+    rows, links = [], []
     for row in summary["headline"]:
+        benchmark = link(target_page(row["run"], row["target"]), method="none")
+        links.append([None, benchmark, benchmark, benchmark, benchmark, None])
         fixed = row["corrected"]
         corrected = "-" if not fixed or fixed["rate"] is None else \
             f"{fixed['rate']:.2f} [{fixed['ci_low']:.2f}, {fixed['ci_high']:.2f}]"
@@ -232,7 +255,7 @@ def _headline(summary: dict[str, Any], validity: JudgeValidity | None) -> Sectio
     return Section("Headline", text, tables=[Table(
         "What this report found", ["run", "target", f"attack success ({success_metric}) [95%]",
                                    "corrected for the judge's errors [95%]", "answer rate, benign [95%]",
-                                   "largest paired effects"], rows, name="headline")])
+                                   "largest paired effects"], rows, name="headline", links=links)])
 
 
 def _corrected(summary: dict[str, Any]) -> pd.DataFrame:
@@ -255,20 +278,22 @@ def _corrected(summary: dict[str, Any]) -> pd.DataFrame:
 
 
 def _corrected_table(corrected: pd.DataFrame) -> Table:
-    rows = []
+    rows, links = [], []
     for _, r in corrected.iterrows():
         judged = _cell({"mean": r["judged"], "ci_low": r["judged_ci_low"], "ci_high": r["judged_ci_high"],
                         "n": r["n"], "nulls": r["nulls"]})
         fixed = ("-" if r["corrected"] is None or pd.isna(r["corrected"]) else
                  f"{r['corrected']:.2f} [{r['corrected_ci_low']:.2f}, {r['corrected_ci_high']:.2f}]")
-        rows.append([str(r["run"]), str(r["method"]), str(r["target"]), str(r["condition"]), judged, fixed,
+        rows.append([str(r["run"]), str(r["method"]), short_target(r["target"]), str(r["condition"]), judged, fixed,
                      str(r["note"] or "")])
+        href = _drill({k: r[k] for k in ("run", "target", "method", "condition")})
+        links.append([None, None, None, None, href, href, None])
     return Table("Attack success on harmful questions: judged, and corrected for the judge's errors",
                  ["run", "method", "target", "condition", "judged [Wilson 95%]", "corrected [95%]", "note"], rows,
                  "corrected = (judged + specificity - 1) / (sensitivity + specificity - 1), clipped to [0, 1] (Rogan "
                  "and Gladen 1978); its interval is a parametric bootstrap over the run's answers and the labelled "
                  "answers that measured the judge, so it is wide where either is small or the judge is weak.",
-                 "attack_success_corrected")
+                 "attack_success_corrected", links=links)
 
 
 def _examples(scores: pd.DataFrame, config: ReportConfig, metric: str) -> Table:
@@ -279,15 +304,18 @@ def _examples(scores: pd.DataFrame, config: ReportConfig, metric: str) -> Table:
     key = key.assign(harmful=key["condition"].isin(["malicious", "both"]).astype(int),
                      hit=key["value"].fillna(0)).sort_values(["hit", "harmful", "response_id"],
                                                              ascending=[False, False, True])
-    rows = []
+    rows, links = [], []
     for _, row in key.head(config.examples).iterrows():
+        links.append([link(target_page(str(row["run"]), str(row["target"])), id=row["response_id"])]
+                     + [None] * (len(columns) - 1))
         response = str(row.get("response") or "")
         if len(response) > config.max_response_chars:
             response = response[: config.max_response_chars] + " [...]"
         value = row["value"]
         rows.append([short_target(row["target"]), str(row["method"]), str(row["condition"]), str(row["task"]),
                      str(row["question"]), response, "null" if pd.isna(value) else f"{value:g}"])
-    return Table("Example responses", columns, rows, "Model outputs are shown as text, escaped.", "examples", (4, 5))
+    return Table("Example responses", columns, rows, "Model outputs are shown as text, escaped; a target links to "
+                 "the answer's row among all its answers.", "examples", (4, 5), links)
 
 
 def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
@@ -417,6 +445,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                       "-" if r.cost_usd is None or pd.isna(r.cost_usd) else f"${r.cost_usd:,.2f}",
                       f"{r.attacker_written}/{r.attempts}", str(r.judge)]
                      for r in tables.blackbox.itertuples()]
+    blackbox_links = [[None, None, None, link(search_page(str(r.run), str(r.method), str(r.target)))]
+                      + [None] * 6 for r in tables.blackbox.itertuples()]
     if blackbox_rows:
         attacks.tables.insert(1, Table(
             "Black-box attacks (medattack blackbox)", ["run", "method", "target", "jailbroken (search judge)",
@@ -426,7 +456,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             blackbox_rows, "Success is the search's own judge on the best attempt (harmful samples); queries are "
             "target answers (generations included); tokens are estimated from text length; cost '-' = no price "
             "set for a paid role. attacker-written: attempts the attacker model wrote (the rest: built-in "
-            "strategies). Transfer below: white-box inputs replayed on each target.", "blackbox"))
+            "strategies). Transfer below: white-box inputs replayed on each target. A rate links to every attempt "
+            "of every search (the tree).", "blackbox", links=blackbox_links))
 
     def questions(frame: pd.DataFrame, kind: str, metric: str) -> pd.DataFrame:
         return frame[(frame["questions"] == kind) & (frame["metric"] == metric)] if not frame.empty else frame
@@ -447,23 +478,27 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                         f"{r.difference:+.2f}" + ("" if r.n < MIN_INTERVAL_N else
                                                   f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"),
                         f"{r.p_value:.3g}", str(r.test)] for r in tables.comparisons.itertuples()]
+    comparison_links = [[None, _drill({"run": r.run, "target": r.target})] + [None] * 7
+                        for r in tables.comparisons.itertuples()]
     paired = Section("Paired comparisons (same image and prompt)", [
         "Each comparison pairs responses to the same image and prompt, so the difference is the effect of the "
         "change alone: claiming a mismatched attribute (malicious -> both, normal -> mismatch) or replaying an "
         "attack (none -> method). p is the two-sided p-value of no difference (exact McNemar for rates, paired "
         "bootstrap otherwise); it is not corrected for the number of comparisons. " + validity_text], tables=[
         Table("Paired comparisons", ["run", "target", "comparison", "metric", "pairs", "mean", "difference [95%]",
-                                     "p", "test"], comparison_rows, name="comparisons")])
+                                     "p", "test"], comparison_rows, name="comparisons", links=comparison_links)])
 
     reliance_rows = [[str(r.run), short_target(r.target), str(r.control),
                       _cell({"mean": r.changed, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "nulls": 0})]
                      for r in tables.image_reliance.itertuples()]
+    reliance_links = [[None, None, None, _drill({"run": r.run, "target": r.target, "image": r.control})]
+                      for r in tables.image_reliance.itertuples()]
     reliance = Section("Image reliance (controls)", [
         "The same prompts were asked with a blank grey and a uniform-noise image. A model whose answers rarely "
         "change is not looking at the image."], tables=[
         Table("Share of answers that change when the real image is replaced", ["run", "target", "control",
                                                                                "changed"], reliance_rows,
-              name="image_reliance"),
+              name="image_reliance", links=reliance_links),
         _pivot(tables.controls, ["run", "target", "metric"], "image", ["real", "blank", "noise"],
                "Scores with the real image vs controls", name="controls"),
     ], figures=[Figure("controls", "Real image vs controls", figures["controls"])])
@@ -500,6 +535,10 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             if table.name:
                 write_bytes_atomic(out / "tables" / f"{table.name}.tex", _utf8(to_latex(table)))
     write_json_atomic(out / "summary.json", summary)
+    pages = set(write_sample_pages(runs, out, config.title))
+    for old_page in (out / "samples").glob("*.html"):  # a page of an earlier report's target
+        if old_page not in pages:
+            old_page.unlink()
     html_path, md_path = out / "report.html", out / "report.md"
     write_bytes_atomic(html_path, _utf8(to_html(title, sections)))
     write_bytes_atomic(md_path, _utf8(to_markdown(title, sections)))

@@ -4,7 +4,7 @@ Sections are format-neutral (`Section`: title, text, tables, figures); each rend
 string it did not write itself - model outputs, questions, file and model names - so a response
 holding `<script>` or `onerror=` shows as text. The HTML is a Jinja2 template with autoescape
 (templates/report.html.j2); it has no JavaScript and embeds its figures as data URLs, so it opens
-anywhere, offline, as one file.
+anywhere, offline, as one file; its cells link to the drill-down pages beside it (samples.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class Table:
     note: str = ""
     name: str = ""  # file stem for the .tex / .csv copies
     wide_text: tuple[int, ...] = ()  # columns holding long model text
+    links: list[list[str | None]] = field(default_factory=list)  # per cell (as rows): a drill-down page, or None
 
 
 @dataclass
