@@ -167,7 +167,8 @@ def load_scores_folder(root: Path, name: str | None = None) -> RunData:
     summary = read_state(root / "summary.json", "score the file again (`medattack score --responses FILE`)")
     rows = [r.to_json() for r in (ScoreRecord.from_json(row, f"{root / 'scores.jsonl'}:{k}")
                                   for k, row in enumerate(read_jsonl(root / "scores.jsonl"), start=1))]
-    table = pd.DataFrame(rows, columns=["response_id", "condition", "metric", "value", "null_reason"])
+    table = pd.DataFrame(rows, columns=["response_id", "condition", "metric", "value", "null_reason", "detail"])
+    table["reason"] = [(d or {}).get("reason") if isinstance(d, dict) else None for d in table.pop("detail")]
     table["value"] = pd.to_numeric(table["value"], errors="coerce")
     table = table.assign(target=target, method="none", kind="benchmark", source="benchmark", run=name,
                          sample_id=table["response_id"], pair_id=table["response_id"].str.rsplit(":", n=1).str[0],
