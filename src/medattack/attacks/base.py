@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from medattack.errors import ConfigError
 from medattack.models.base import AttackState, WhiteBoxTarget
 from medattack.registry import Registry
 
@@ -68,6 +69,7 @@ class Attack(Protocol):
 
     config_class: type  # the frozen XConfig dataclass of its settings
     needs: frozenset[str]  # optional inputs it reads from the sample (see NEEDS); the stage loads only these
+    uses_image: bool  # it perturbs or replaces the image: a text-only model cannot take it
     config: Any
 
     def __init__(self, config: Any) -> None: ...
@@ -80,6 +82,13 @@ NEEDS = frozenset({"typographic_image"})  # the key phrase rendered under the im
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack", plugins="medattack.attacks")
+
+
+def require_image(method: str, model: WhiteBoxTarget) -> None:
+    """Refuse, in one line, an attack that perturbs the image on a text-only model."""
+    if ATTACKS[method].uses_image and not getattr(model, "has_image", True):
+        raise ConfigError(f"{method} works on the image, and {model.name} is a text-only model (no image): attack "
+                          "it with gcg (without an image, MCM reduces to GCG).")
 
 
 def step_generator(seed: int, sample_id: str, step: int, device: torch.device) -> torch.Generator:

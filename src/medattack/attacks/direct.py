@@ -24,6 +24,7 @@ class Direct:
 
     config_class = DirectConfig
     needs: frozenset[str] = frozenset()
+    uses_image = False  # text only: runs on a text-only model too
 
     def __init__(self, config: DirectConfig | None = None) -> None:
         self.config = config or DirectConfig()

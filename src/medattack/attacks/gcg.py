@@ -97,6 +97,7 @@ class GCG:
 
     config_class = GCGConfig
     needs: frozenset[str] = frozenset()
+    uses_image = False  # text only: runs on a text-only model too
 
     def __init__(self, config: GCGConfig | None = None) -> None:
         self.config = config or GCGConfig()

@@ -117,6 +117,7 @@ class MCM:
 
     config_class = MCMConfig
     needs: frozenset[str] = frozenset()
+    uses_image = True  # perturbs or replaces the image
 
     def __init__(self, config: MCMConfig | None = None, mask_fn: MaskFn | None = None) -> None:
         self.config = config or MCMConfig()

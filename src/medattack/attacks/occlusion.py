@@ -28,6 +28,7 @@ class Occlusion:
 
     config_class = OcclusionConfig
     needs: frozenset[str] = frozenset()
+    uses_image = True  # perturbs or replaces the image
 
     def __init__(self, config: OcclusionConfig | None = None) -> None:
         self.config = config or OcclusionConfig()

@@ -87,6 +87,7 @@ class PGD:
 
     config_class = PGDConfig
     needs: frozenset[str] = frozenset()
+    uses_image = True  # perturbs or replaces the image
 
     def __init__(self, config: PGDConfig | None = None, mask_fn=None) -> None:
         self.config = config or PGDConfig()

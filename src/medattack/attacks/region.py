@@ -72,6 +72,7 @@ class RegionPGD:
 
     config_class = RegionConfig
     needs: frozenset[str] = frozenset()
+    uses_image = True  # perturbs or replaces the image
 
     def __init__(self, config: RegionConfig | None = None) -> None:
         self.config = config or RegionConfig()
@@ -92,6 +93,7 @@ class RegionMCM:
 
     config_class = RegionMCMConfig
     needs: frozenset[str] = frozenset()
+    uses_image = True  # perturbs or replaces the image
 
     def __init__(self, config: RegionMCMConfig | None = None) -> None:
         self.config = config or RegionMCMConfig()

@@ -25,6 +25,7 @@ class Typo:
 
     config_class = TypoConfig
     needs = frozenset({"typographic_image"})
+    uses_image = True  # perturbs or replaces the image
 
     def __init__(self, config: TypoConfig | None = None) -> None:
         self.config = config or TypoConfig()

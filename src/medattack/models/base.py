@@ -86,8 +86,9 @@ class WhiteBoxTarget(Protocol):
     """The core every white-box adapter implements."""
 
     name: str
-    image_size: tuple[int, int]  # (H, W) of the pixels the model takes
+    image_size: tuple[int, int]  # (H, W) of the pixels the model takes ((1, 1) for a text-only model)
     device: torch.device
+    has_image: bool  # False: a text-only model (models/causal_lm.py): pixels are carried, never read
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """(H0, W0, 3) uint8 -> (1, 3, H, W) float32 in [0, 1] at the model's resolution."""
@@ -183,8 +184,13 @@ def require_device(device: str | None) -> None:
 
 
 def load_whitebox(spec: str, **options: Any) -> WhiteBoxTarget:
-    """Load a white-box target from "NAME" (registered: embedded, tiny) or a hub id / local path."""
+    """Load a white-box target from "NAME" (registered: embedded, tiny), "KIND:MODEL" (a registered kind
+    that takes a model: `text:embedded`, `text:Qwen/Qwen2.5-0.5B-Instruct`, `hf:ID`) or a hub id / local path
+    (a LLaVA-family model)."""
     require_device(options.get("device"))
     if spec in WHITEBOX_MODELS:
         return WHITEBOX_MODELS[spec](**options)
+    kind, colon, model = spec.partition(":")
+    if colon and kind in WHITEBOX_MODELS and model:
+        return WHITEBOX_MODELS[kind](model, **options)
     return WHITEBOX_MODELS["hf"](spec, **options)

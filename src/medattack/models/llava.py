@@ -14,11 +14,10 @@ pixel units.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -27,8 +26,9 @@ from PIL import Image
 
 from medattack.errors import ConfigError
 from medattack.models.base import AttackState, LossResult, Probe
+from medattack.models.causal_lm import SUFFIX_MARK, CausalLMWhiteBox, place_suffix
 from medattack.models.frozen_cache import FrozenPrefixCache
-from medattack.models.llava_generation import SUFFIX_MARK, LlavaGeneration
+from medattack.models.llava_generation import LlavaGeneration
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,10 @@ LLAVA_MED_SYSTEM = ("A chat between a curious human and an artificial intelligen
                     "helpful, detailed, and polite answers to the human's questions.")
 
 
-class LlavaWhiteBox(LlavaGeneration):
+class LlavaWhiteBox(LlavaGeneration, CausalLMWhiteBox):
     """The white-box protocol (models/base.py: the core and every capability) for a
-    `LlavaForConditionalGeneration` and its tokenizer.
+    `LlavaForConditionalGeneration` and its tokenizer: the text core of `CausalLMWhiteBox` (the suffix
+    forward on the frozen prefix cache, candidate losses, token gradients) with the image added.
 
     Args:
         model: the LLaVA model (eval mode, on its device, in its dtype).
@@ -72,6 +73,8 @@ class LlavaWhiteBox(LlavaGeneration):
             question that carries its suffix is then placed, suffix included, before the image).
     """
 
+    has_image: ClassVar[bool] = True
+
     def __init__(
         self,
         model: Any,
@@ -86,76 +89,36 @@ class LlavaWhiteBox(LlavaGeneration):
         max_batch: int = 512,
         prompt_layout: PromptLayout = "chat-template",
     ) -> None:
+        inner = model.model
+        stop = getattr(model.generation_config, "eos_token_id", None)
+        super().__init__(inner.language_model, model.lm_head, model.get_input_embeddings(), tokenizer, name=name,
+                         max_batch=max_batch, stop_ids={stop} if isinstance(stop, int) else set(stop or ()))
         self.model = model
-        self.tokenizer = tokenizer
         self.processor = processor
-        self.name = name
         self.image_size = image_size
         self.image_mark = image_mark
-        self.max_batch = max_batch
         if prompt_layout not in PROMPT_LAYOUTS:
             raise ConfigError(f"prompt_layout {prompt_layout!r}: use {' or '.join(PROMPT_LAYOUTS)}.")
         self.prompt_layout = prompt_layout
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
         self.mean = torch.tensor(image_mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(image_std, device=self.device).view(1, 3, 1, 1)
-        inner = model.model
         self.vision_tower = inner.vision_tower
         self.projector = inner.multi_modal_projector
-        self.decoder = inner.language_model
-        self.lm_head = model.lm_head
-        self.embed = model.get_input_embeddings()
         self.feature_layer = model.config.vision_feature_layer
         self.select_strategy = model.config.vision_feature_select_strategy
         self.image_token_id = getattr(model.config, "image_token_id", None) or model.config.image_token_index
-        # transformers renamed `past_key_values` to `cache` in the 5.2x series; accept both
-        params = inspect.signature(self.decoder.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._allowed: torch.Tensor | None = None
-        self._stop_ids = self._collect_stop_ids()
         for p in model.parameters():
             p.requires_grad_(False)
 
-    # --- text -------------------------------------------------------------------------------------
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: list[int] | torch.Tensor) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    def _collect_stop_ids(self) -> set[int]:
-        ids = set()
-        for value in (getattr(self.model.generation_config, "eos_token_id", None), self.tokenizer.eos_token_id):
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, list | tuple):
-                ids.update(int(v) for v in value)
-        return ids
-
-    def allowed_tokens(self) -> torch.Tensor:
-        """(V,) bool over the embedding rows: printable ASCII tokens that are not special."""
-        if self._allowed is None:
-            vocab = self.embed.weight.shape[0]
-            allowed = torch.zeros(vocab, dtype=torch.bool)
-            special = set(self.tokenizer.all_special_ids) | {self.image_token_id}
-            for token_id in range(min(vocab, len(self.tokenizer))):
-                if token_id in special:
-                    continue
-                text = self.tokenizer.decode([token_id])
-                if text and text.isascii() and text.isprintable() and text.strip():
-                    allowed[token_id] = True
-            self._allowed = allowed.to(self.device)
-        return self._allowed
+    def excluded_ids(self) -> set[int]:
+        """Special tokens and the image placeholder never go into a suffix."""
+        return super().excluded_ids() | {self.image_token_id}
 
     def render(self, question: str) -> str:
         """The full prompt text with the image placeholder and the suffix mark."""
         if self.prompt_layout == "llava-med":
             return f"{LLAVA_MED_SYSTEM}###Human: {question}\n{self.image_mark}{SUFFIX_MARK}###Assistant:"
-        user_text = f"{question} {SUFFIX_MARK}"
+        user_text = place_suffix(question)
         if self.processor is not None and getattr(self.processor, "chat_template", None):
             conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]
             return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
@@ -164,25 +127,10 @@ class LlavaWhiteBox(LlavaGeneration):
             return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
         return f"USER: {self.image_mark}\n{user_text} ASSISTANT:"
 
-    def _ids(self, text: str, first: bool = False) -> torch.Tensor:
-        """(n,) token ids of a piece of the prompt; the first piece gets BOS when the tokenizer adds one."""
-        ids = self.encode(text)
-        bos = self.tokenizer.bos_token_id
-        if first and getattr(self.tokenizer, "add_bos_token", False) and bos is not None and (not ids or ids[0] != bos):
-            ids = [bos, *ids]
-        return torch.tensor(ids, dtype=torch.long, device=self.device)
-
     def segments(self, question: str) -> Segments:
         before_slot, tail = self.render(question).split(SUFFIX_MARK)
         before_image, after_image = before_slot.split(self.image_mark, 1)
         return Segments(self._ids(before_image, first=True), self._ids(after_image), self._ids(tail))
-
-    def retokenizes(self, candidate_ids: torch.Tensor) -> torch.Tensor:
-        """(B, n) -> (B,) bool: decoding then encoding each candidate gives the same ids back."""
-        rows = candidate_ids.tolist()
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        again = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return torch.tensor([a == r for a, r in zip(again, rows, strict=True)], device=candidate_ids.device)
 
     # --- image ------------------------------------------------------------------------------------
 
@@ -252,56 +200,6 @@ class LlavaWhiteBox(LlavaGeneration):
             self._fill_cache(state)
 
     # --- losses and gradients ---------------------------------------------------------------------
-
-    def _target_logits(self, hidden: torch.Tensor, start: int, n_target: int) -> torch.Tensor:
-        """Logits only where the target is predicted: (B, T, V) float32."""
-        return self.lm_head(hidden[:, start:start + n_target]).float()
-
-    def _score(self, logits: torch.Tensor, target_ids: torch.Tensor) -> LossResult:
-        batch = logits.shape[0]
-        labels = target_ids.expand(batch, -1)
-        loss = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1)
-        return LossResult(loss=loss, matches=(logits.argmax(-1) == labels).all(dim=1))
-
-    def _suffix_forward(self, state: AttackState, suffix_embeds: torch.Tensor) -> LossResult:
-        """Suffix (B, n, D) + tail + target on the frozen prefix cache -> per-candidate loss."""
-        batch = suffix_embeds.shape[0]
-        segments: Segments = state.extra["segments"]
-        tail = self.embed(segments.tail)[None].expand(batch, -1, -1)
-        target_in = self.embed(state.target_ids[:-1])[None].expand(batch, -1, -1)
-        inputs = torch.cat([suffix_embeds.to(self.dtype), tail, target_in], dim=1)
-        hidden = self.decoder(inputs_embeds=inputs, use_cache=True, **{self._cache_kw: state.cache}).last_hidden_state
-        start = suffix_embeds.shape[1] + tail.shape[1] - 1
-        return self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
-
-    @torch.no_grad()
-    def loss(self, state: AttackState, candidate_ids: torch.Tensor) -> LossResult:
-        """Target loss of each candidate suffix, (B, n_suffix) -> (B,), in OOM-safe chunks."""
-        results: list[LossResult] = []
-        start = 0
-        while start < candidate_ids.shape[0]:
-            chunk = candidate_ids[start:start + self.max_batch]
-            try:
-                results.append(self._suffix_forward(state, self.embed(chunk)))
-            except torch.OutOfMemoryError:
-                if self.max_batch == 1:
-                    raise
-                self.max_batch = max(1, self.max_batch // 2)
-                log.info("out of memory: candidate batch now %d", self.max_batch)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            start += chunk.shape[0]
-        return LossResult(loss=torch.cat([r.loss for r in results]), matches=torch.cat([r.matches for r in results]))
-
-    def token_grad(self, state: AttackState, suffix_ids: torch.Tensor) -> torch.Tensor:
-        """d loss / d one-hot(suffix): (n_suffix, V) float32."""
-        weight = self.embed.weight  # (V, D)
-        one_hot = F.one_hot(suffix_ids, weight.shape[0]).to(weight.dtype).requires_grad_(True)
-        with torch.enable_grad():
-            result = self._suffix_forward(state, (one_hot @ weight)[None])
-            result.loss.sum().backward()
-        return one_hot.grad.float()
 
     def pixel_grad(
         self, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor

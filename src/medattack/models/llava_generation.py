@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from medattack.models.base import AttackState
+from medattack.models.causal_lm import SUFFIX_MARK
 
 if TYPE_CHECKING:
     from medattack.models.llava import Segments
 
 Sampling = tuple[float, float, int]  # (temperature, top_p, seed) of one row; temperature 0 = greedy
-SUFFIX_MARK = "\u2063MEDATTACK_SUFFIX\u2063"  # invisible separators around a word no template contains
 
 
 class LlavaGeneration:

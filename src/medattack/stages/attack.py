@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from medattack.attacks.base import ATTACKS, AttackResult, AttackTask
+from medattack.attacks.base import ATTACKS, AttackResult, AttackTask, require_image
 from medattack.config import from_mapping, option, to_dict
 from medattack.data.image_io import encode_png, load_image
 from medattack.data.typography import render_text_band
@@ -187,6 +187,7 @@ class AttackWorker:
         with loading(progress if model is None else None, config.model):
             self.model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
                                                 max_batch=config.max_batch, **layout)
+        require_image(config.method, self.model)
         self.folder = self.run.attack_folder(config.method, self.model.name)
         self.budget = next((getattr(self.method_config, k) for k in ("steps", "rounds") if hasattr(
             self.method_config, k)), None)  # steps at most, for the progress line
