@@ -83,8 +83,8 @@ def rates(tables: ReportTables) -> bytes:
                 continue
             x = np.array([CONDITIONS.index(c) for c in positions]) + (k - 0.5) * 0.25
             means = part.loc[positions, "mean"].to_numpy(dtype=float)
-            low = np.nan_to_num(means - part.loc[positions, "ci_low"].to_numpy(dtype=float))
-            high = np.nan_to_num(part.loc[positions, "ci_high"].to_numpy(dtype=float) - means)
+            low = np.nan_to_num(means - part.loc[positions, "ci_low"].to_numpy(dtype=float)).clip(min=0)
+            high = np.nan_to_num(part.loc[positions, "ci_high"].to_numpy(dtype=float) - means).clip(min=0)
             axis.errorbar(x, means, yerr=[low, high], fmt="o", capsize=3, label=labels[metric])
         axis.set_xticks(range(len(CONDITIONS)), CONDITIONS)
         axis.set_ylim(-0.03, 1.03)
@@ -140,7 +140,8 @@ def survival(tables: ReportTables) -> bytes:
             if pd.isna(r.mean):
                 continue
             share = 1 - r.mean
-            error = [[0.0], [0.0]] if pd.isna(r.ci_low) else [[share - (1 - r.ci_high)], [(1 - r.ci_low) - share]]
+            error = [[0.0], [0.0]] if pd.isna(r.ci_low) else [[max(0.0, share - (1 - r.ci_high))],
+                                                               [max(0.0, (1 - r.ci_low) - share)]]
             axis.errorbar([rows["step"].max()], [share], yerr=error, fmt="D", color=line.get_color(), capsize=3,
                           label=f"{label}: not jailbroken by the {tables.success_metric} (its inputs replayed on "
                           f"it, as in the transfer table), n={int(r.n) - int(r.nulls)}")
