@@ -418,10 +418,10 @@ def test_drill_down_pages_filter_by_their_link_and_run_nothing_else_in_chromium(
     assert found["errors"] == [] and found["rows"] == len(found["visible_rows"]) >= 1
 
 
-def test_the_readmes_pandas_lines_read_summary_json(report, capsys):
+def test_the_docs_pandas_lines_read_summary_json(report, capsys):
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "report.md").read_text()
     code = readme.split("With pandas:\n\n```python\n")[1].split("```")[0]
     exec(code.replace("runs/demo/report/summary.json", str(report.out_dir / "summary.json")), {})
     printed = capsys.readouterr().out

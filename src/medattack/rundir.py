@@ -2,21 +2,30 @@
 
     runs/<name>/
       run.json                         resolved config per stage, package versions, seed, git sha (no secrets)
-      benchmark/                       build: samples.jsonl (Sample), failures.jsonl, summary.json,
-                                       build.json (config stamp), images/<sha256>.png, export/<split>.parquet
+      benchmark/                       build: samples.jsonl (Sample), failures.jsonl (inputs that could not be
+                                       used, with the fix), summary.json (counts), build.json (config stamp),
+                                       images/<sha256>.png (plus masks, typographic variants),
+                                       export/<split>.parquet (the 3MAD layout)
       attacks/<method>/<model>/        attack: config.json, results.jsonl (AttackRecord), failures.jsonl,
                                        steps/<sample>.jsonl, images/<sample>.png,
                                        tensors/<sample>.safetensors, checkpoints/<sample>.pt
       blackbox/<method>/<target>/      blackbox: config.json, results.jsonl (BlackBoxRecord), failures.jsonl,
                                        nodes/<sample>.jsonl (SearchNode), images/<sample>/<node>.png,
                                        attacker.sqlite, judge.sqlite (the attacker's and judge's caches)
-      responses/<target>/              query: config.json, responses.jsonl (Response), failures.jsonl
+      responses/<target>/              query: config.json, responses.jsonl (Response), failures.jsonl,
+                                       stale.jsonl (answers whose inputs changed: kept, never read)
       responses/api_cache.sqlite       API answers by request hash, shared by every API target
       controls/blank.png, noise.png    the image-reliance control images
-      scores/<target>/                 score: scores.jsonl (ScoreRecord), summary.json
+      scores/<target>/                 score: scores.jsonl (ScoreRecord), summary.json (metrics, calibration,
+                                       the judge's validity), failures.jsonl, stale.jsonl
       scores/cache.sqlite              scores by content hash, shared by every target of the run
-      report/                          report.html, report.md, figures/, tables/
+      report/                          report.html, report.md, summary.json (schema medattack.summary),
+                                       samples/*.html (drill-down), figures/*.png, tables/*.csv|tex
       analysis/                        the dataset analyses (CSV + PNG)
+
+Every stage folder may also hold `.writer.lock` (the one writer's advisory lock) and `stale/<UTC time>/` (the
+results of an older configuration, moved there by `--force`: kept, never read). `.benchmark.building/` is a
+rebuild in progress, swapped in whole when it completes.
 
 Stages reach every path through `RunDir` and its folder types; nothing else joins these names.
 """
