@@ -96,3 +96,74 @@ def test_list_names_what_the_registries_hold(what):
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and "medattack" in result.output
+
+
+REGISTRIES = [(module, attribute) for _, module, attribute, _ in __import__(
+    "medattack.cli.docs", fromlist=["REGISTRIES"]).REGISTRIES]
+
+
+@pytest.mark.parametrize(("module", "attribute"), REGISTRIES, ids=[a for _, a in REGISTRIES])
+def test_every_plugin_of_every_registry_keeps_the_contract(module, attribute):
+    """A summary, metadata of the declared kinds, a settings class that round-trips, and a place in the list
+    and the generated reference."""
+    from medattack.cli.docs import plugins_page
+    from medattack.config import from_mapping, to_dict
+
+    registry = _registry(module, attribute)
+    page = plugins_page()
+    assert len(registry) > 0
+    for name, entry in registry.items():
+        info = registry.info(name)
+        described = info.summary or getattr(entry, "__name__", "")
+        assert described, f"{attribute}[{name!r}] has no summary (docstring) or name"
+        assert info.modality in ("text", "image", "text+image", "any")
+        assert info.access in ("white-box", "black-box", "any") and isinstance(info.needs, tuple)
+        assert f"### `{name}`" in page
+        config_class = getattr(entry, "config_class", None) or (entry if dataclasses.is_dataclass(entry) else None)
+        if config_class is not None:
+            default = config_class()
+            assert from_mapping(config_class, to_dict(default), name) == default  # settings round-trip
+
+
+def test_a_plugin_from_another_installed_package_is_registered_listed_and_cited(tmp_path, monkeypatch):
+    """A tiny distribution on the path with a `medattack.plugins` entry point: its attack registers and lists."""
+    package = tmp_path / "medattack_extra_attack"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from medattack.attacks.base import ATTACKS\n"
+        "from medattack.attacks.direct import Direct\n\n"
+        "@ATTACKS.register('extra-direct', citation='Example et al. 2026', modality='text', access='any',\n"
+        "                  needs=('network',))\n"
+        "class ExtraDirect(Direct):\n"
+        "    \"\"\"The direct baseline, from another package.\"\"\"\n")
+    info = tmp_path / "medattack_extra_attack-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: medattack-extra-attack\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[medattack.plugins]\nextra = medattack_extra_attack\n")
+    code = ("import sys, json; sys.path.insert(0, sys.argv[1])\n"
+            "from typer.testing import CliRunner\n"
+            "from medattack.cli import app\n"
+            "out = CliRunner().invoke(app, ['list', 'attacks', '--json']).output\n"
+            "print(json.dumps([e for e in json.loads(out) if e['name'] == 'extra-direct']))")
+    found = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    [entry] = __import__("json").loads(found.stdout)
+    assert entry["citation"] == "Example et al. 2026" and entry["needs"] == ["network"]
+    assert entry["from"] == "medattack_extra_attack"
+    assert entry["summary"] == entry["description"] == "The direct baseline, from another package."
+
+
+def test_a_registry_whose_plugin_fails_to_import_is_not_left_partial(tmp_path, monkeypatch):
+    from medattack.registry import Registry
+
+    (tmp_path / "broken_plugins").mkdir()
+    (tmp_path / "broken_plugins" / "__init__.py").write_text("")
+    (tmp_path / "broken_plugins" / "good.py").write_text(
+        "from medattack.registry import Registry\nimport builtins\nbuiltins._test_registry.add('good', 1)\n")
+    (tmp_path / "broken_plugins" / "zbad.py").write_text("raise ImportError('a missing package')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry("thing", plugins="broken_plugins")
+    monkeypatch.setattr("builtins._test_registry", registry, raising=False)
+    for _ in range(2):  # the failure is raised at every read, not once and then a partial registry
+        with pytest.raises(ImportError, match="a missing package"):
+            list(registry)

@@ -18,7 +18,7 @@ class DirectConfig:
     max_new_tokens: int = option(64, "Tokens generated for the response.")
 
 
-@ATTACKS.register("direct")
+@ATTACKS.register("direct", modality="text", access="any")
 class Direct:
     """No optimisation: the sample as it is (direct request, or mismatch alone)."""
 

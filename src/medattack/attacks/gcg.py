@@ -91,7 +91,7 @@ def gcg_step(
     return GCGStep(candidates[best], float(result.loss[best]), bool(result.matches[best]), len(candidates))
 
 
-@ATTACKS.register("gcg")
+@ATTACKS.register("gcg", citation="Zou et al. 2023, arXiv 2307.15043", modality="text", access="white-box")
 class GCG:
     """Text-only: optimise the suffix, keep the clean image."""
 

@@ -111,7 +111,8 @@ def mcm_round(
     return "image", loop.loss, loop.success
 
 
-@ATTACKS.register("mcm")
+@ATTACKS.register("mcm", citation="Huang et al. 2025 (AAAI), arXiv 2405.20775", modality="text+image",
+                  access="white-box")
 class MCM:
     """Text suffix and image perturbation, cross-optimised."""
 

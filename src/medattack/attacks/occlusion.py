@@ -22,7 +22,7 @@ class OcclusionConfig:
     max_new_tokens: int = option(64, "Tokens generated for the response.")
 
 
-@ATTACKS.register("occlusion")
+@ATTACKS.register("occlusion", modality="image", access="any")
 class Occlusion:
     """No optimisation: the region painted grey."""
 

@@ -81,7 +81,7 @@ def pgd_step(
     return pgd_update(pixels, grad, clean, config, mask), result
 
 
-@ATTACKS.register("pgd")
+@ATTACKS.register("pgd", citation="Madry et al. 2018, arXiv 1706.06083", modality="image", access="white-box")
 class PGD:
     """Image-only: perturb the pixels, keep the (fixed, by default empty) suffix."""
 

@@ -66,7 +66,8 @@ class RegionConfig(PGDConfig):
     patch_fraction: float = option(0.25, "Area fraction of the automatic patch when a sample has no mask.")
 
 
-@ATTACKS.register("region")
+@ATTACKS.register("region", citation="PGD (Madry et al. 2018) restricted to a region", modality="image",
+                  access="white-box")
 class RegionPGD:
     """PGD restricted to a region."""
 
@@ -87,7 +88,8 @@ class RegionMCMConfig(MCMConfig):
     patch_fraction: float = option(0.25, "Area fraction of the automatic patch when a sample has no mask.")
 
 
-@ATTACKS.register("region-mcm")
+@ATTACKS.register("region-mcm", citation="MCM (arXiv 2405.20775) restricted to a region", modality="text+image",
+                  access="white-box")
 class RegionMCM:
     """MCM whose image steps are restricted to a region."""
 

@@ -19,7 +19,8 @@ class TypoConfig:
     max_new_tokens: int = option(64, "Tokens generated for the response.")
 
 
-@ATTACKS.register("typo")
+@ATTACKS.register("typo", citation="typographic attacks, Gong et al. 2023 (FigStep), arXiv 2311.05608",
+                  modality="image", access="any")
 class Typo:
     """No optimisation: the key phrase rendered under the image."""
 

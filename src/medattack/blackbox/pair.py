@@ -12,7 +12,8 @@ from medattack.blackbox.search import MAX_QUERIES_HELP, MAX_TOKENS_HELP, SUCCESS
 from medattack.config import option
 
 
-@BLACKBOX_ATTACKS.register("pair")
+@BLACKBOX_ATTACKS.register("pair", citation="Chao et al. 2023, arXiv 2310.08419", modality="text+image",
+                            access="black-box", needs=("attacker model",))
 @dataclass(frozen=True)
 class PAIRConfig:
     """PAIR: independent streams refining their own attempt; stop at the first jailbreak."""

@@ -15,7 +15,8 @@ from medattack.blackbox.search import MAX_QUERIES_HELP, MAX_TOKENS_HELP, SUCCESS
 from medattack.config import option
 
 
-@BLACKBOX_ATTACKS.register("tap")
+@BLACKBOX_ATTACKS.register("tap", citation="Mehrotra et al. 2023, arXiv 2312.02119", modality="text+image",
+                            access="black-box", needs=("attacker model",))
 @dataclass(frozen=True)
 class TAPConfig:
     """TAP: a tree of attempts; off-topic ones dropped unasked, the best branches kept."""

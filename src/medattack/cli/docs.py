@@ -112,6 +112,11 @@ def plugins_page() -> str:
             doc = first_paragraph(getattr(entry, "__doc__", None) or getattr(entry, "description", "") or "") or \
                 getattr(entry, "__name__", "").replace("_", " ")
             lines.append(f"### `{name}`\n\n{doc}\n")
+            info = registry.info(name)
+            facts = [f"reads or changes: {info.modality}", f"access: {info.access}",
+                     *([f"cites: {info.citation}"] if info.citation else []),
+                     *([f"needs: {', '.join(info.needs)}"] if info.needs else [])]
+            lines.append("*" + "; ".join(facts) + "*\n")
             rows = _settings(entry)
             if rows:
                 lines.append("| setting | default | what it does |\n|---|---|---|\n" + "\n".join(rows) + "\n")

@@ -93,7 +93,10 @@ def _plugin_entries(registry: Any, with_settings: bool = True,
 
     entries = []
     for name, cls in registry.items():
-        entry: dict[str, Any] = {"name": name, "description": first_paragraph(cls.__doc__)}
+        info = registry.info(name)
+        entry: dict[str, Any] = {"name": name, "description": first_paragraph(cls.__doc__), "summary": info.summary,
+                                 "citation": info.citation, "modality": info.modality, "access": info.access,
+                                 "needs": list(info.needs), "from": info.origin}
         config_class = settings_of(cls)
         if with_settings and config_class is not None:
             entry["settings"] = [
@@ -106,6 +109,10 @@ def _plugin_entries(registry: Any, with_settings: bool = True,
 def _print_plugins(entries: list[dict[str, Any]]) -> None:
     for entry in entries:
         console.print(f"[bold]{escape(entry['name'])}[/bold]: {escape(entry['description'])}")
+        facts = [entry["citation"], *(f"needs {n}" for n in entry["needs"]),
+                 *([f"from {entry['from']}"] if entry["from"] != "medattack" else [])]
+        if any(facts):
+            console.print(escape("    (" + "; ".join(f for f in facts if f) + ")"))
         for setting in entry.get("settings", []):
             console.print(escape(f"    {setting['name']} = {setting['default']!r}  {setting['help']}"))
 

@@ -251,7 +251,7 @@ def from_causal_lm(model: Any, tokenizer: Any, name: str, max_batch: int = 512) 
                             tokenizer, name=name, max_batch=max_batch, stop_ids=stop_ids)
 
 
-@WHITEBOX_MODELS.register("text")
+@WHITEBOX_MODELS.register("text", modality="text", access="white-box")
 def load_text(model_id: str, *, dtype: str = "auto", device: str | None = None, max_batch: int = 512,
               trust_remote_code: bool = False, seed: int = 0) -> CausalLMWhiteBox:
     """A text-only causal LM: `text:embedded` (SmolLM2-135M-Instruct, offline), `text:tiny` (a tiny random

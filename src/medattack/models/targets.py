@@ -199,7 +199,7 @@ def answer_in_batches(queries: Sequence[Query], size: int, generate: Callable[[S
     return out
 
 
-@TARGETS.register("llava")
+@TARGETS.register("llava", access="white-box")
 class LlavaTarget:
     """A LLaVA-family model through the white-box adapter, answering in batches (greedy, or sampled at the
     target's or the query's temperature)."""
@@ -252,7 +252,7 @@ class LlavaTarget:
         return out
 
 
-@TARGETS.register("hf")
+@TARGETS.register("hf", access="black-box", needs=("model weights",))
 class HFChatTarget:
     """Any transformers image-text-to-text model with its processor, batched with left padding."""
 
@@ -349,7 +349,7 @@ def chat_payload(config: TargetConfig, query: Query) -> dict[str, Any]:
             "max_tokens": query.limit(config.max_new_tokens), "seed": seed, **({"top_p": top_p} if top_p < 1 else {})}
 
 
-@TARGETS.register("api")
+@TARGETS.register("api", access="black-box", needs=("network", "api-key"))
 class APIChatTarget:
     """An OpenAI-compatible chat endpoint with image input; requests run `api.concurrency` at a time."""
 

@@ -22,7 +22,7 @@ class ModerationConfig:
     batch_size: int = option(32, "Texts per moderation request.")
 
 
-@SCORERS.register("moderation")
+@SCORERS.register("moderation", citation="OpenAI moderation API", needs=("network", "api-key"))
 class Moderation:
     """`moderation`: the highest category score of a moderation endpoint (0-1)."""
 

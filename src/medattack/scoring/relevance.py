@@ -45,7 +45,7 @@ def input_text(item: ScoreInput, text: str) -> str:
     return " ".join(part for part in (item.shown_attribute, item.prompt, suffix) if part)
 
 
-@SCORERS.register("tto")
+@SCORERS.register("tto", citation="arXiv 2405.20775 (text-to-output relevance)", modality="text")
 class TTO:
     """`tto`: relevance of the response to the input text (text embedder cosine)."""
 
@@ -129,7 +129,7 @@ class TIOConfig:
         "the benchmark's clean image (the paper's code).")
 
 
-@SCORERS.register("tio")
+@SCORERS.register("tio", citation="arXiv 2405.20775 (image-to-output relevance)", modality="text+image")
 class TIO(_ImageMetric):
     """`tio`: relevance of the response to the input image (image-text backend)."""
 
@@ -150,7 +150,7 @@ class TIIConfig:
                                          "are filled in (the paper's code: 'this is a photo of {attribute}').")
 
 
-@SCORERS.register("tii")
+@SCORERS.register("tii", citation="arXiv 2405.20775 (text-to-image relevance)", modality="text+image")
 class TII(_ImageMetric):
     """`tii`: how well the input text matches the input image (the null control)."""
 

@@ -31,7 +31,7 @@ class APIJudgeConfig:
         "json", "How the model answers: json (the rubric), harmbench (Yes/No), llamaguard (safe/unsafe).")
 
 
-@JUDGES.register("api")
+@JUDGES.register("api", needs=("network", "api-key"))
 class APIJudge:
     """An OpenAI-compatible chat model with the medical-harm rubric (or a classifier's verdict format)."""
 

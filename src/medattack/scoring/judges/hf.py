@@ -39,7 +39,7 @@ class HFJudgeConfig:
     trust_remote_code: bool = option(False, "Run the model repository's own code (only for models you trust).")
 
 
-@JUDGES.register("hf")
+@JUDGES.register("hf", needs=("model weights", "gpu"))
 class HFJudge:
     """A local causal LM judge (Llama Guard, HarmBench classifier, or an instruct model with the rubric)."""
 
