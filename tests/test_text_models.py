@@ -98,3 +98,31 @@ def test_the_candidate_loss_hot_paths_give_the_same_losses():
     head = torch.nn.Linear(16, 50, bias=False)
     strided = head(hidden[:, 3:8])
     assert torch.allclose(head(hidden[:, 3:8].contiguous()), strided, atol=1e-6)
+
+
+def test_the_embedded_model_loads_smollm2_exactly_without_a_second_copy_of_its_weights():
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import json, resource, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from medattack.models.embedded import smollm2_dir
+AutoTokenizer.from_pretrained(smollm2_dir())
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from medattack.models import load_whitebox
+model = load_whitebox("embedded")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+weights = sum(p.numel() * p.element_size() for p in model.model.parameters()) / 2**20
+reference = AutoModelForCausalLM.from_pretrained(smollm2_dir(), dtype=torch.float32)
+same = all(torch.equal(p, reference.model.state_dict()[k])
+           for k, p in model.model.model.language_model.state_dict().items() if "rotary" not in k)
+same = same and torch.equal(model.model.lm_head.weight, reference.lm_head.weight)
+print(json.dumps({"grew": peak - before, "weights": weights, "same": same}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    assert found["same"]  # SmolLM2's own weights, tensor for tensor
+    assert found["grew"] < 1.5 * found["weights"], found  # two copies at once would be 2x and more
