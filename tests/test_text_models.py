@@ -126,3 +126,29 @@ print(json.dumps({"grew": peak - before, "weights": weights, "same": same}))
     found = json.loads(out.strip().splitlines()[-1])
     assert found["same"]  # SmolLM2's own weights, tensor for tensor
     assert found["grew"] < 1.5 * found["weights"], found  # two copies at once would be 2x and more
+
+
+@pytest.mark.parametrize("spec", ["tiny", "text:tiny"])
+def test_candidates_sharing_the_current_suffix_get_the_same_losses(spec):
+    import numpy as np
+
+    from medattack.attacks.base import SUFFIX_INIT, initial_suffix, step_generator
+    from medattack.attacks.gcg import filter_candidates, sample_candidates
+    from medattack.models.causal_lm import _buckets
+
+    model = load_whitebox(spec)
+    state = model.start(QUESTION, TARGET, model.preprocess(np.full((40, 40, 3), 90, np.uint8)))
+    suffix = initial_suffix(model, SUFFIX_INIT)
+    grad = model.token_grad(state, suffix)
+    for replace in (1, 3):
+        candidates = filter_candidates(model, sample_candidates(
+            suffix, grad, model.allowed_tokens(), 96, 64, replace, step_generator(0, "s", replace, model.device)),
+            suffix)
+        candidates = torch.cat([candidates, suffix[None]])  # one that changes nothing: tail and target only
+        whole, shared = model.loss(state, candidates), model.loss_sharing(state, candidates, suffix)
+        assert torch.allclose(shared.loss, whole.loss, atol=1e-5, rtol=0) and torch.equal(shared.matches,
+                                                                                          whole.matches)
+    first = torch.tensor([5, 0, 19, 5, 3, 3, 20, 0, 7])
+    buckets = _buckets(first, minimum=3)
+    assert sorted(int(r) for _, rows in buckets for r in rows) == list(range(9))  # every candidate once
+    assert all(start == int(first[rows].min()) for start, rows in buckets)  # a pass starts at its earliest change

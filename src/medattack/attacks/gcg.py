@@ -4,7 +4,8 @@ Each step: the gradient of the target loss w.r.t. the one-hot suffix gives, per 
 tokens most likely to lower the loss; `search_width` candidates each replace `n_replace` random
 positions with one of those tokens; candidates that do not re-tokenise to themselves (or repeat)
 are dropped; all survivors are scored in batched passes over the cached prefix (image included),
-with logits only at target positions; the best candidate becomes the suffix. The suffix sits after
+with logits only at target positions, and the suffix tokens before a candidate's change computed once
+for all candidates (capabilities.candidate_loss); the best candidate becomes the suffix. The suffix sits after
 the image tokens and the question, as in the MCM paper (arXiv 2405.20775).
 """
 
@@ -26,6 +27,7 @@ from medattack.attacks.base import (
 )
 from medattack.config import option
 from medattack.models.base import AttackState, LossResult, WhiteBoxTarget
+from medattack.models.capabilities import candidate_loss
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def gcg_step(
     if not len(candidates):
         current: LossResult = model.loss(state, suffix_ids[None])
         return GCGStep(suffix_ids, float(current.loss[0]), bool(current.matches[0]), 0)
-    result = model.loss(state, candidates)
+    result = candidate_loss(model, state, candidates, suffix_ids)
     best = int(result.loss.argmin())
     return GCGStep(candidates[best], float(result.loss[best]), bool(result.matches[best]), len(candidates))
 

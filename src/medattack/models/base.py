@@ -16,6 +16,7 @@ model has it and falls back on the core otherwise, so a new VLM family can start
     JointGradient    joint_grad: token and pixel gradients from one backward pass
     Probing          probe: loss at new pixels that also builds their prefix cache (set_pixels(cache_from=...))
     PixelLoss        loss_with_pixels: a loss at other pixels without touching the cached prefix
+    SharedPrefixLoss loss_sharing: candidate losses that compute the suffix shared with the current one once
     BatchGeneration  generate_batch: answers to many (text, image) queries in one batch
 """
 
@@ -143,6 +144,14 @@ class Probing(Protocol):
 
     def set_pixels(self, state: AttackState, pixels: torch.Tensor, cache_from: AttackState | None = None) -> None:
         """Change the image of a state, taking `cache_from`'s prefix cache (built for these pixels)."""
+        ...
+
+
+@runtime_checkable
+class SharedPrefixLoss(Protocol):
+    def loss_sharing(self, state: AttackState, candidate_ids: torch.Tensor, reference: torch.Tensor) -> LossResult:
+        """`loss(state, candidate_ids)`, computing the suffix tokens each candidate shares with `reference`
+        (n,) before its first difference once, for all of them."""
         ...
 
 

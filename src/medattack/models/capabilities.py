@@ -19,6 +19,7 @@ from medattack.models.base import (
     PixelLoss,
     Probe,
     Probing,
+    SharedPrefixLoss,
     WhiteBoxTarget,
 )
 
@@ -54,6 +55,16 @@ def adopt_pixels(model: WhiteBoxTarget, state: AttackState, pixels: torch.Tensor
         state.pixels, state.cache, state.extra = probed.state.pixels, probed.state.cache, probed.state.extra
     else:
         model.set_pixels(state, pixels)
+
+
+def candidate_loss(model: WhiteBoxTarget, state: AttackState, candidate_ids: torch.Tensor,
+                   reference: torch.Tensor) -> LossResult:
+    """Losses of candidate suffixes (B, n) that each change `reference` (n,) in a few positions: the tokens
+    before a candidate's first change are computed once for all candidates (a GCG candidate replacing
+    position p computes from p on); without the capability, every candidate whole."""
+    if isinstance(model, SharedPrefixLoss):
+        return model.loss_sharing(state, candidate_ids, reference)
+    return model.loss(state, candidate_ids)
 
 
 def loss_with_pixels(model: WhiteBoxTarget, state: AttackState, suffix_ids: torch.Tensor,

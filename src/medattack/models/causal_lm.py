@@ -203,25 +203,27 @@ class CausalLMWhiteBox:
         loss = F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), reduction="none")
         return LossResult(loss=loss.view(batch, length).mean(dim=1), matches=(logits.argmax(-1) == labels).all(dim=1))
 
-    def _suffix_forward(self, state: AttackState, suffix_embeds: torch.Tensor) -> LossResult:
-        """Suffix (B, n, D) + tail + target on the frozen prefix cache -> per-candidate loss."""
+    def _suffix_forward(self, state: AttackState, suffix_embeds: torch.Tensor,
+                        cache: FrozenPrefixCache | None = None) -> LossResult:
+        """Suffix (B, n, D) + tail + target on the frozen prefix cache (`cache`: a longer one, holding the first
+        suffix tokens too, whose remaining tokens `suffix_embeds` then are) -> per-candidate loss."""
         batch = suffix_embeds.shape[0]
         tail = self.embed(state.extra["segments"].tail)[None].expand(batch, -1, -1)
         target_in = self.embed(state.target_ids[:-1])[None].expand(batch, -1, -1)
         inputs = torch.cat([suffix_embeds.to(self.dtype), tail, target_in], dim=1)
-        hidden = self.decoder(inputs_embeds=inputs, use_cache=True, **{self._cache_kw: state.cache}).last_hidden_state
+        hidden = self.decoder(inputs_embeds=inputs, use_cache=True,
+                              **{self._cache_kw: state.cache if cache is None else cache}).last_hidden_state
         start = suffix_embeds.shape[1] + tail.shape[1] - 1
         return self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
 
-    @torch.no_grad()
-    def loss(self, state: AttackState, candidate_ids: torch.Tensor) -> LossResult:
-        """Target loss of each candidate suffix, (B, n_suffix) -> (B,), in OOM-safe chunks."""
+    def _chunked(self, candidate_ids: torch.Tensor, forward: Any) -> LossResult:
+        """`forward(chunk)` over chunks of at most max_batch candidates, halving it on out-of-memory."""
         results: list[LossResult] = []
         start = 0
         while start < candidate_ids.shape[0]:
             chunk = candidate_ids[start:start + self.max_batch]
             try:
-                results.append(self._suffix_forward(state, self.embed(chunk)))
+                results.append(forward(chunk))
             except torch.OutOfMemoryError:
                 if self.max_batch == 1:
                     raise
@@ -233,6 +235,33 @@ class CausalLMWhiteBox:
             start += chunk.shape[0]
         return LossResult(loss=torch.cat([r.loss for r in results]), matches=torch.cat([r.matches for r in results]))
 
+    @torch.no_grad()
+    def loss(self, state: AttackState, candidate_ids: torch.Tensor) -> LossResult:
+        """Target loss of each candidate suffix, (B, n_suffix) -> (B,), in OOM-safe chunks."""
+        return self._chunked(candidate_ids, lambda chunk: self._suffix_forward(state, self.embed(chunk)))
+
+    @torch.no_grad()
+    def loss_sharing(self, state: AttackState, candidate_ids: torch.Tensor, reference: torch.Tensor) -> LossResult:
+        """`loss`, with the suffix tokens a candidate shares with `reference` (n,) before its first change
+        computed once: one pass over `reference` records its keys and values, and the candidates whose first
+        change is at position p run from p on, on the prefix cache extended by reference[:p]. A GCG step
+        (each candidate changes one random position) then computes about half the suffix per candidate.
+        Losses equal `loss`'s to float rounding (tests/test_text_models.py)."""
+        n = reference.shape[0]
+        differs = candidate_ids != reference[None]  # (B, n)
+        first = torch.where(differs.any(dim=1), differs.int().argmax(dim=1), n)  # (B,) first changed position
+        recorder = state.cache.recording(n)
+        self.decoder(inputs_embeds=self.embed(reference)[None].to(self.dtype), use_cache=True,
+                     **{self._cache_kw: recorder})
+        loss = torch.empty(candidate_ids.shape[0], device=self.device)
+        matches = torch.empty(candidate_ids.shape[0], dtype=torch.bool, device=self.device)
+        for position, rows in _buckets(first, minimum=max(MIN_BUCKET, candidate_ids.shape[0] // MAX_BUCKETS)):
+            cache = recorder.extended(position) if position else state.cache
+            result = self._chunked(candidate_ids[rows, position:], lambda chunk, cache=cache: self._suffix_forward(
+                state, self.embed(chunk), cache))
+            loss[rows], matches[rows] = result.loss, result.matches
+        return LossResult(loss=loss, matches=matches)
+
     def token_grad(self, state: AttackState, suffix_ids: torch.Tensor) -> torch.Tensor:
         """d loss / d one-hot(suffix): (n_suffix, V) float32."""
         weight = self.embed.weight  # (V, D)
@@ -241,6 +270,28 @@ class CausalLMWhiteBox:
             result = self._suffix_forward(state, (one_hot @ weight)[None])
             result.loss.sum().backward()
         return one_hot.grad.float()
+
+
+MIN_BUCKET = 8  # candidates per shared-prefix pass at least (smaller passes use the CPU's matmuls poorly)
+MAX_BUCKETS = 16  # passes per candidate batch at most (larger buckets when there are more candidates)
+
+
+def _buckets(first: torch.Tensor, minimum: int) -> list[tuple[int, torch.Tensor]]:
+    """Candidates grouped by their first changed position (B,) into passes of at least `minimum` candidates:
+    (the smallest first position of the pass, the rows), in position order; a pass starts at its smallest."""
+    order = torch.argsort(first, stable=True)
+    buckets: list[tuple[int, torch.Tensor]] = []
+    start = 0
+    positions = first[order].tolist()
+    while start < len(order):
+        end = min(start + minimum, len(order))
+        while end < len(order) and positions[end] == positions[end - 1]:  # a position is never split
+            end += 1
+        if len(order) - end < minimum // 2:  # a small remainder joins this pass
+            end = len(order)
+        buckets.append((positions[start], order[start:end]))
+        start = end
+    return buckets
 
 
 def from_causal_lm(model: Any, tokenizer: Any, name: str, max_batch: int = 512) -> CausalLMWhiteBox:

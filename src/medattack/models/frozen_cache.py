@@ -38,13 +38,13 @@ class FrozenPrefixCache(DynamicCache):
         recorder._record, recorder._recorded = n_positions, {}
         return recorder
 
-    def extended(self) -> FrozenPrefixCache:
-        """A new frozen cache: this prefix followed by the recorded positions."""
+    def extended(self, n_positions: int | None = None) -> FrozenPrefixCache:
+        """A new frozen cache: this prefix followed by the recorded positions (the first `n_positions` of them)."""
         if not self._record or len(self._recorded) != len(self.layers):
             raise ValueError("record a full pass first")
         cache = FrozenPrefixCache()
         for index, layer in enumerate(self.layers):
-            keys, values = self._recorded[index]
+            keys, values = (part[:, :, :n_positions] for part in self._recorded[index])
             cache.update(torch.cat([layer.keys, keys], dim=-2), torch.cat([layer.values, values], dim=-2), index)
         return cache.freeze()
 
