@@ -14,6 +14,7 @@ A finished sample is never redone; an interrupted one restarts from its last ste
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -66,7 +67,12 @@ class AttackStageConfig:
 
     def __post_init__(self) -> None:
         check_conditions(self.conditions, "attack conditions")
-        from_mapping(ATTACKS[self.method].config_class, self.options or {}, f"{self.method} options")
+        self.method_config  # noqa: B018 - read (and checked) once, when the config is made
+
+    @functools.cached_property
+    def method_config(self) -> Any:
+        """The method's settings: `options` read into its config class (unknown keys and bad values refused)."""
+        return from_mapping(ATTACKS[self.method].config_class, self.options or {}, f"{self.method} options")
 
 
 class FileCheckpoint:
@@ -180,7 +186,7 @@ class AttackWorker:
         self.run = RunDir(run_root)
         self.progress = progress  # local runs: model loading and every step are shown as they happen
         attack_cls = ATTACKS[config.method]
-        self.method_config = from_mapping(attack_cls.config_class, config.options or {}, f"{config.method} options")
+        self.method_config = config.method_config
         self.attack = attack_cls(self.method_config)
         self.needs = attack_cls.needs
         layout = {"prompt_layout": config.prompt_layout} if config.prompt_layout != "chat-template" else {}
@@ -228,8 +234,7 @@ def run(run_dir: RunDir | str | Path, config: AttackStageConfig | None = None, *
     config = config or AttackStageConfig()
     run_dir = as_run_dir(run_dir)
     samples = run_dir.samples()
-    method_config = from_mapping(ATTACKS[config.method].config_class, config.options or {},
-                                 f"{config.method} options")
+    method_config = config.method_config
     local = runs_here(executor)
     pool = open_pool(executor, partial(AttackWorker, config, str(run_dir.root), model if local else None,
                                        progress if local else None))
