@@ -426,3 +426,18 @@ def test_the_docs_pandas_lines_read_summary_json(report, capsys):
     exec(code.replace("runs/demo/report/summary.json", str(report.out_dir / "summary.json")), {})
     printed = capsys.readouterr().out
     assert "malicious" in printed and "rate" in printed
+
+
+def test_read_run_gives_every_record_typed(scored_run):
+    import medattack as ma
+    from medattack.records import AttackRecord, BlackBoxRecord, Response, Sample, ScoreRecord
+
+    records = ma.read_run(scored_run)
+    assert records.samples and all(isinstance(s, Sample) for s in records.samples)
+    [(attack, results)] = records.attacks.items()
+    assert attack.startswith("gcg/") and all(isinstance(r, AttackRecord) for r in results) and len(results) == 3
+    assert all(isinstance(r, BlackBoxRecord) for rows in records.searches.values() for r in rows)
+    [(target, answers)] = records.responses.items()
+    assert all(isinstance(r, Response) for r in answers)
+    assert len(answers) == len(read_jsonl(scored_run / "responses" / target / "responses.jsonl"))
+    assert all(isinstance(r, ScoreRecord) for r in records.scores[target])

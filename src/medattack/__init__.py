@@ -39,6 +39,7 @@ _API: dict[str, tuple[str, str]] = {  # public name -> (module, attribute)
     "run_all": ("medattack.pipeline", "run_all"),
     "demo": ("medattack.pipeline", "demo"),
     "RunDir": ("medattack.rundir", "RunDir"),
+    "read_run": ("medattack.rundir", "read_run"),
     "BuildConfig": ("medattack.stages.build", "BuildConfig"),
     "AttackStageConfig": ("medattack.stages.attack", "AttackStageConfig"),
     "BlackBoxConfig": ("medattack.stages.blackbox", "BlackBoxConfig"),

@@ -509,3 +509,32 @@ class RunDir:
     @property
     def analysis(self) -> Path:
         return self.root / "analysis"
+
+
+@dataclass
+class RunRecords:
+    """Everything a run directory holds, as typed records (`medattack.read_run`): for notebooks.
+
+    Keys of the dicts are folder names relative to the run: "mcm/<model>" for attacks and searches, the
+    target's folder name for responses and scores."""
+
+    root: Path
+    samples: list[Sample]
+    attacks: dict[str, list[AttackRecord]]
+    searches: dict[str, list[BlackBoxRecord]]
+    responses: dict[str, list[Response]]
+    scores: dict[str, list[ScoreRecord]]
+
+
+def read_run(path: str | Path) -> RunRecords:
+    """Read a run directory's records (samples, attack and search results, responses, scores), typed."""
+    run = RunDir(path)
+    run.settle()
+    samples = run.samples() if run.has_samples() else []
+    scores_root = run.root / "scores"
+    return RunRecords(
+        root=run.root, samples=samples,
+        attacks={f"{f.method}/{f.model}": f.results() for f in run.attack_folders()},
+        searches={f"{f.method}/{f.target}": f.results() for f in run.search_folders()},
+        responses={f.target: f.responses() for f in run.responses_folders()},
+        scores={p.parent.name: ScoresFolder(p.parent).scores() for p in sorted(scores_root.glob("*/scores.jsonl"))})
