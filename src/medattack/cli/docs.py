@@ -109,10 +109,10 @@ def plugins_page() -> str:
         registry = getattr(importlib.import_module(module), attribute)
         lines.append(f"## {title}\n\nNamed by {how}.\n")
         for name, entry in registry.items():
-            doc = first_paragraph(getattr(entry, "__doc__", None) or getattr(entry, "description", "") or "") or \
+            info = registry.info(name)
+            doc = info.summary or first_paragraph(getattr(entry, "description", "") or "") or \
                 getattr(entry, "__name__", "").replace("_", " ")
             lines.append(f"### `{name}`\n\n{doc}\n")
-            info = registry.info(name)
             facts = [f"reads or changes: {info.modality}", f"access: {info.access}",
                      *([f"cites: {info.citation}"] if info.citation else []),
                      *([f"needs: {', '.join(info.needs)}"] if info.needs else [])]

@@ -95,12 +95,14 @@ def _llava(text_config, vision_config, image_token_id: int):
     return LlavaForConditionalGeneration(config)
 
 
-@WHITEBOX_MODELS.register("embedded")
+@WHITEBOX_MODELS.register("embedded", summary="SmolLM2-135M-Instruct with a seeded random vision tower (offline): it "
+                          "exercises every stage and is not a medical model.", modality="text+image",
+                          access="white-box")
 def load_embedded(*, seed: int = 0, device: str = "cpu", max_batch: int = 512,
                   prompt_layout: PromptLayout = "chat-template") -> LlavaWhiteBox:
-    """The LLaVA is built (its vision tower and projector seeded random), then SmolLM2's weights are copied into
-    its language model one tensor at a time from the safetensors file, each mapped only while it is copied, so
-    the weights are never in memory twice (peak RSS of a load on CPU: 1443 MiB before, 1033 MiB now)."""
+    # The LLaVA is built (its vision tower and projector seeded random), then SmolLM2's weights are copied into
+    # its language model one tensor at a time from the safetensors file, each mapped only while it is copied, so
+    # the weights are never in memory twice (peak RSS of a load on CPU: 1443 MiB before, 1033 MiB now).
     from safetensors import safe_open
     from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
     from transformers.utils import logging as hf_logging
@@ -129,7 +131,8 @@ def load_embedded(*, seed: int = 0, device: str = "cpu", max_batch: int = 512,
                          prompt_layout=prompt_layout)
 
 
-@WHITEBOX_MODELS.register("tiny")
+@WHITEBOX_MODELS.register("tiny", summary="A tiny random LLaVA with SmolLM2's tokenizer, for tests.",
+                          modality="text+image", access="white-box")
 def load_tiny(*, seed: int = 0, device: str = "cpu", max_batch: int = 512,
               prompt_layout: PromptLayout = "chat-template") -> LlavaWhiteBox:
     from transformers import AutoTokenizer, CLIPVisionConfig, LlamaConfig
