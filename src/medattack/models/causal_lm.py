@@ -172,13 +172,16 @@ class CausalLMWhiteBox:
     def generate(self, state: AttackState, suffix_ids: torch.Tensor, max_new_tokens: int = 64,
                  pixels: torch.Tensor | None = None) -> str:
         """Greedy continuation after prefix + suffix + tail (`pixels` ignored)."""
-        from transformers import DynamicCache
-
         segments: TextSegments = state.extra["segments"]
         ids = torch.cat([segments.before, suffix_ids.to(self.device), segments.tail])[None]
+        return self._greedy(self.embed(ids), max_new_tokens)
+
+    def _greedy(self, inputs: torch.Tensor, max_new_tokens: int) -> str:
+        """Greedy continuation of one prompt's embeddings (1, L, D), stopping at a stop token."""
+        from transformers import DynamicCache
+
         cache = DynamicCache()
-        hidden = self.decoder(inputs_embeds=self.embed(ids), use_cache=True,
-                              **{self._cache_kw: cache}).last_hidden_state
+        hidden = self.decoder(inputs_embeds=inputs, use_cache=True, **{self._cache_kw: cache}).last_hidden_state
         out: list[int] = []
         for _ in range(max_new_tokens):
             token = int(self.lm_head(hidden[:, -1]).argmax(-1))

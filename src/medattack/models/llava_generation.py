@@ -37,31 +37,19 @@ class LlavaGeneration:
         def image_features(self, pixels: torch.Tensor) -> torch.Tensor: ...
         def _ids(self, text: str, first: bool = False) -> torch.Tensor: ...
         def _prefix_embeds(self, segments: Segments, pixels: torch.Tensor) -> torch.Tensor: ...
+        def _greedy(self, inputs: torch.Tensor, max_new_tokens: int) -> str: ...
 
     @torch.no_grad()
     def generate(self, state: AttackState, suffix_ids: torch.Tensor, max_new_tokens: int = 64,
                  pixels: torch.Tensor | None = None) -> str:
         """Greedy continuation after prefix + suffix + tail (with `pixels`, or the state's)."""
-        from transformers import DynamicCache
-
         segments: Segments = state.extra["segments"]
         inputs = torch.cat([
             self._prefix_embeds(segments, state.pixels if pixels is None else pixels.to(self.device)),
             self.embed(suffix_ids)[None],
             self.embed(segments.tail)[None],
         ], dim=1)
-        cache = DynamicCache()
-        hidden = self.decoder(inputs_embeds=inputs, use_cache=True, **{self._cache_kw: cache}).last_hidden_state
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            token = int(self.lm_head(hidden[:, -1]).argmax(-1))
-            if token in self._stop_ids:
-                break
-            out.append(token)
-            next_embed = self.embed(torch.tensor([[token]], device=self.device))
-            hidden = self.decoder(inputs_embeds=next_embed, use_cache=True,
-                                  **{self._cache_kw: cache}).last_hidden_state
-        return self.decode(out)
+        return self._greedy(inputs, max_new_tokens)
 
     @torch.no_grad()
     def generate_batch(self, texts: list[str], pixels: torch.Tensor, max_new_tokens: int | list[int] = 64,
