@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from medattack.errors import ConfigError
 from medattack.models.base import WHITEBOX_MODELS, AttackState, LossResult
 from medattack.models.frozen_cache import FrozenPrefixCache
-from medattack.models.loading import hub_errors
+from medattack.models.loading import hub_errors, local_device, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -317,9 +317,7 @@ def load_text(model_id: str, *, dtype: str = "auto", device: str | None = None, 
 
     hf_logging.disable_progress_bar()
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                   "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    device = local_device(device)
     if model_id == "tiny":
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -331,6 +329,7 @@ def load_text(model_id: str, *, dtype: str = "auto", device: str | None = None, 
     source = smollm2_dir() if model_id == "embedded" else model_id
     with hub_errors(str(source)):
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa",
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype(dtype, device),
+                                                     attn_implementation="sdpa",
                                                      trust_remote_code=trust_remote_code).to(device).eval()
     return from_causal_lm(model, tokenizer, EMBEDDED_TEXT_NAME if model_id == "embedded" else model_id, max_batch)

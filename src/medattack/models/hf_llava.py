@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from medattack.models.base import WHITEBOX_MODELS
 from medattack.models.llava import LlavaWhiteBox, PromptLayout
-from medattack.models.loading import hub_errors
+from medattack.models.loading import hub_errors, local_device, torch_dtype
 
 
 @WHITEBOX_MODELS.register("hf")
@@ -18,13 +16,11 @@ def load_hf_llava(
     `prompt_layout="llava-med"` prompted as LLaVA-Med was trained and attacked in the paper)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                   "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
+    device = local_device(device)
     with hub_errors(model_id):
         processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
         model = LlavaForConditionalGeneration.from_pretrained(
-            model_id, dtype=torch_dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code,
+            model_id, dtype=torch_dtype(dtype, device), attn_implementation="sdpa", trust_remote_code=trust_remote_code,
         ).to(device).eval()
     image_processor = processor.image_processor
     crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None) or {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from medattack.errors import ModelNotFoundError
 
@@ -53,3 +54,19 @@ def hub_errors(model: str) -> Iterator[None]:
         if found is None:
             raise
         raise found from error
+
+
+def local_device(device: str | None) -> str:
+    """The torch device of a local model: the one asked for, else cuda when available, else cpu."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def torch_dtype(dtype: str, device: str) -> Any:
+    """The torch dtype named by a setting (auto | bfloat16 | float16 | float32); auto: bfloat16 on a GPU, float32
+    on a CPU."""
+    import torch
+
+    return {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16, "float32": torch.float32}[dtype]

@@ -38,7 +38,7 @@ from medattack.data.image_io import encode_png
 from medattack.errors import ProviderFilterError, TargetError
 from medattack.models.base import require_device
 from medattack.models.capabilities import generate_batch
-from medattack.models.loading import hub_errors
+from medattack.models.loading import hub_errors, local_device
 from medattack.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def load_target(config: TargetConfig, cache_path: Path | None = None, model: Any
 
 def target_device(config: TargetConfig) -> str:
     """The torch device of a local target: its setting, else cuda when available."""
-    return config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return local_device(config.device)
 
 
 def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

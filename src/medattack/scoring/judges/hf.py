@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from medattack.config import option
 from medattack.errors import ConfigError
-from medattack.models.loading import hub_errors
+from medattack.models.loading import hub_errors, torch_dtype
 from medattack.scoring.judges.base import JUDGES, JudgeValidity, Verdict
 from medattack.scoring.judges.verdicts import VerdictFormat, judge_messages, verdict
 
@@ -47,14 +47,11 @@ class HFJudge:
     validity: JudgeValidity | None = None  # unknown until measured: `report --set labels=FILE`
 
     def __init__(self, config: HFJudgeConfig | None = None, cache_path: Path | None = None) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.config = config or HFJudgeConfig()
         c = self.config
-        on_gpu = c.device.startswith("cuda")
-        dtype: Any = {"auto": torch.bfloat16 if on_gpu else torch.float32, "bfloat16": torch.bfloat16,
-                      "float16": torch.float16, "float32": torch.float32}[c.dtype]
+        dtype = torch_dtype(c.dtype, c.device)
         with hub_errors(c.model):
             self.tokenizer = AutoTokenizer.from_pretrained(c.model, trust_remote_code=c.trust_remote_code)
         self.tokenizer.padding_side = "left"
