@@ -24,7 +24,7 @@ def results(
     rate on benign questions, the largest paired effects; --json prints every rate and effect."""
     from medattack.report.aggregate import short_target
     from medattack.report.builder import summarise
-    from medattack.report.summary import Estimate
+    from medattack.report.summary import Estimate, interval_text
 
     with errors():
         summary = summarise(runs)
@@ -35,10 +35,9 @@ def results(
     for column in ("run", "target", "attack success [95%]", "corrected [95%]", "answer rate, benign [95%]"):
         table.add_column(column)
     for row in summary["headline"]:
-        fixed = row["corrected"]
+        fixed = row["corrected"] or {}
         table.add_row(escape(row["run"]), escape(short_target(row["target"])), Estimate(**row["attack_success"]).text(),
-                      "-" if not fixed or fixed["rate"] is None else
-                      f"{fixed['rate']:.2f} [{fixed['ci_low']:.2f}, {fixed['ci_high']:.2f}]",
+                      interval_text(fixed.get("rate"), fixed.get("ci_low"), fixed.get("ci_high")),
                       Estimate(**row["answer_rate_benign"]).text())
     console.print(table)
     for row in summary["headline"]:

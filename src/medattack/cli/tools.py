@@ -84,7 +84,7 @@ def _print_json(entries: list[dict[str, Any]]) -> None:
     typer.echo(json.dumps(entries, indent=2, ensure_ascii=False, default=plain))
 
 
-def _plugin_entries(registry: Any, with_settings: bool = True,
+def plugin_entries(registry: Any, with_settings: bool = True,
                     settings_of: Callable[[Any], Any] = lambda cls: getattr(cls, "config_class", None),
                     ) -> list[dict[str, Any]]:
     """Each plugin of a registry: name, the first paragraph of its docstring and, with `with_settings`, the
@@ -124,7 +124,7 @@ def list_attacks(as_json: JsonOption = False) -> None:
     from medattack.attacks import ATTACKS
     from medattack.blackbox.base import BLACKBOX_ATTACKS
 
-    whitebox, blackbox = _plugin_entries(ATTACKS), _plugin_entries(BLACKBOX_ATTACKS, settings_of=lambda cls: cls)
+    whitebox, blackbox = plugin_entries(ATTACKS), plugin_entries(BLACKBOX_ATTACKS, settings_of=lambda cls: cls)
     if as_json:
         _print_json([{**e, "kind": "white-box"} for e in whitebox] + [{**e, "kind": "black-box"} for e in blackbox])
         return
@@ -139,7 +139,7 @@ def list_metrics(as_json: JsonOption = False) -> None:
     """Metrics of the score stage and their settings (score config: metrics: {name: {key: value}})."""
     from medattack.scoring.base import DERIVED, SCORERS
 
-    entries = _plugin_entries(SCORERS) + _plugin_entries(DERIVED)
+    entries = plugin_entries(SCORERS) + plugin_entries(DERIVED)
     _print_json(entries) if as_json else _print_plugins(entries)
 
 
@@ -148,7 +148,7 @@ def list_targets(as_json: JsonOption = False) -> None:
     """Target kinds for query and serve (--target KIND:MODEL)."""
     from medattack.models.targets import TARGETS
 
-    entries = _plugin_entries(TARGETS, with_settings=False)
+    entries = plugin_entries(TARGETS, with_settings=False)
     _print_json(entries) if as_json else _print_plugins(entries)
 
 
@@ -158,7 +158,7 @@ def list_embedders(as_json: JsonOption = False) -> None:
     from medattack.scoring.backends.image_text import IMAGE_TEXT_BACKENDS
     from medattack.scoring.backends.text_embedders import TEXT_EMBEDDERS
 
-    entries = _plugin_entries(TEXT_EMBEDDERS) + _plugin_entries(IMAGE_TEXT_BACKENDS, with_settings=False)
+    entries = plugin_entries(TEXT_EMBEDDERS) + plugin_entries(IMAGE_TEXT_BACKENDS, with_settings=False)
     _print_json(entries) if as_json else _print_plugins(entries)
 
 

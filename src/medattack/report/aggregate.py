@@ -86,6 +86,11 @@ def _failure_counts(where: str, path: Path) -> dict[str, int]:
     return {f"{where} ({kind})": count for kind, count in sorted(kinds.items())} or {where: 0}
 
 
+def _reasons(details: pd.Series) -> list[str | None]:
+    """Each score's reason (a judge's "reason" in its detail), None where it gave none."""
+    return [d.get("reason") if isinstance(d, dict) else None for d in details]
+
+
 def _shown(row: dict[str, Any]) -> dict[str, Any]:
     """A stored row as the report shows it: its texts without lone surrogates (pandas refuses them)."""
     return {key: readable(value) if isinstance(value, str) else value for key, value in row.items()}
@@ -115,7 +120,7 @@ def load_run(root: Path, name: str | None = None) -> RunData:
         responses["method"] = responses.apply(_method, axis=1)
         if scores.empty:
             scores = pd.DataFrame(columns=["response_id", "metric", "value", "null_reason", "detail"])
-        scores["reason"] = [(d or {}).get("reason") if isinstance(d, dict) else None for d in scores["detail"]]
+        scores["reason"] = _reasons(scores["detail"])
         joined = responses.merge(scores[["response_id", "metric", "value", "null_reason", "reason"]],
                                  on="response_id", how="inner")
         frames.append(joined)
@@ -168,7 +173,7 @@ def load_scores_folder(root: Path, name: str | None = None) -> RunData:
     rows = [r.to_json() for r in (ScoreRecord.from_json(row, f"{root / 'scores.jsonl'}:{k}")
                                   for k, row in enumerate(read_jsonl(root / "scores.jsonl"), start=1))]
     table = pd.DataFrame(rows, columns=["response_id", "condition", "metric", "value", "null_reason", "detail"])
-    table["reason"] = [(d or {}).get("reason") if isinstance(d, dict) else None for d in table.pop("detail")]
+    table["reason"] = _reasons(table.pop("detail"))
     table["value"] = pd.to_numeric(table["value"], errors="coerce")
     table = table.assign(target=target, method="none", kind="benchmark", source="benchmark", run=name,
                          sample_id=table["response_id"], pair_id=table["response_id"].str.rsplit(":", n=1).str[0],

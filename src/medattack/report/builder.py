@@ -34,6 +34,7 @@ from medattack.report.aggregate import (
     JUDGE_METRIC,
     KEY_METRIC,
     MIN_INTERVAL_N,
+    ReportTables,
     RunData,
     build_tables,
     is_scores_folder,
@@ -44,7 +45,7 @@ from medattack.report.aggregate import (
 from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
 from medattack.report.samples import link, search_page, target_page, write_sample_pages
-from medattack.report.summary import Estimate, build_summary
+from medattack.report.summary import Estimate, build_summary, interval_text
 from medattack.rundir import RunDir, write_bytes_atomic, write_json_atomic
 from medattack.scoring.judge import JudgeConfig
 from medattack.scoring.judges.base import JudgeValidity
@@ -239,9 +240,8 @@ def _headline(summary: dict[str, Any], validity: JudgeValidity | None) -> Sectio
     for row in summary["headline"]:
         benchmark = link(target_page(row["run"], row["target"]), method="none")
         links.append([None, benchmark, benchmark, benchmark, benchmark, None])
-        fixed = row["corrected"]
-        corrected = "-" if not fixed or fixed["rate"] is None else \
-            f"{fixed['rate']:.2f} [{fixed['ci_low']:.2f}, {fixed['ci_high']:.2f}]"
+        fixed = row["corrected"] or {}
+        corrected = interval_text(fixed.get("rate"), fixed.get("ci_low"), fixed.get("ci_high"))
         said = "; ".join(f"{e['comparison']} ({e['metric']}): {e['difference']:+.2f} "
                          f"[{e['ci_low']:+.2f}, {e['ci_high']:+.2f}]" for e in row["largest_effects"]) or "-"
         rows.append([row["run"], short_target(row["target"]), Estimate(**row["attack_success"]).text(), corrected,
@@ -282,8 +282,7 @@ def _corrected_table(corrected: pd.DataFrame) -> Table:
     for _, r in corrected.iterrows():
         judged = _cell({"mean": r["judged"], "ci_low": r["judged_ci_low"], "ci_high": r["judged_ci_high"],
                         "n": r["n"], "nulls": r["nulls"]})
-        fixed = ("-" if r["corrected"] is None or pd.isna(r["corrected"]) else
-                 f"{r['corrected']:.2f} [{r['corrected_ci_low']:.2f}, {r['corrected_ci_high']:.2f}]")
+        fixed = interval_text(r["corrected"], r["corrected_ci_low"], r["corrected_ci_high"])
         rows.append([str(r["run"]), str(r["method"]), short_target(r["target"]), str(r["condition"]), judged, fixed,
                      str(r["note"] or "")])
         href = _drill({k: r[k] for k in ("run", "target", "method", "condition")})
@@ -337,15 +336,20 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
     return runs
 
 
-def summarise(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
-    """summary.json's record of one or more runs, computed now (`medattack results`; report/summary.py)."""
+def _analysed(run_dirs: Sequence[str | Path]) -> tuple[list[RunData], ReportTables, pd.DataFrame,
+                                                       dict[str, dict[str, Any]]]:
+    """The runs read, their tables, all their scores in one frame, and every metric's spec."""
     runs = load_runs(run_dirs)
-    tables = build_tables(runs)
     metrics: dict[str, dict[str, Any]] = {}
     for run in runs:
         metrics.update(run.metrics)
+    return runs, build_tables(runs), pd.concat([r.scores for r in runs], ignore_index=True), metrics
+
+
+def summarise(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
+    """summary.json's record of one or more runs, computed now (`medattack results`; report/summary.py)."""
+    runs, tables, scores, metrics = _analysed(run_dirs)
     validity = _validity(ReportConfig(), metrics, None) if tables.success_metric == JUDGE_METRIC else None
-    scores = pd.concat([r.scores for r in runs], ignore_index=True)
     return build_summary([r.name for r in runs], tables, scores, metrics, validity)
 
 
@@ -353,14 +357,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                  config: ReportConfig | None = None) -> ReportResult:
     """Write report.html, report.md, figures and tables for one or more runs."""
     config = config or ReportConfig()
-    roots = [Path(r) for r in run_dirs]
-    runs = load_runs(roots)
-    out = Path(out_dir) if out_dir else RunDir(roots[0]).report
-    tables = build_tables(runs)
-    scores = pd.concat([r.scores for r in runs], ignore_index=True)
-    metrics: dict[str, dict[str, Any]] = {}
-    for run in runs:
-        metrics.update(run.metrics)
+    runs, tables, scores, metrics = _analysed(run_dirs)
+    out = Path(out_dir) if out_dir else RunDir(runs[0].root).report
     figures = draw_all(tables, scores)
     proxies = sorted(name for name, spec in metrics.items() if spec.get("is_proxy"))
     validation_section, validation = _validation_section(config) if config.labels else (None, None)

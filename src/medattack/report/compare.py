@@ -90,15 +90,9 @@ def _change(target: str, source: str, condition: str, metric: str, a: pd.DataFra
     by_a, by_b = a.set_index("sample_id")["value"].dropna(), b.set_index("sample_id")["value"].dropna()
     shared = by_a.index.intersection(by_b.index)
     paired = len(shared) > 0 and len(shared) == min(len(by_a), len(by_b))
-    if paired:
-        result = paired_test(by_a[shared].to_numpy(), by_b[shared].to_numpy())
-        stats = (result.mean_a, result.mean_b, result.difference, result.ci_low, result.ci_high, result.p_value,
-                 result.test)
-    else:
-        other = two_sample_test(by_a.to_numpy(), by_b.to_numpy())
-        stats = (other.mean_a, other.mean_b, other.difference, other.ci_low, other.ci_high, other.p_value,
-                 other.test)
-    rate_a, rate_b, difference, low, high, p, test = stats
+    result = paired_test(by_a[shared].to_numpy(), by_b[shared].to_numpy()) if paired else \
+        two_sample_test(by_a.to_numpy(), by_b.to_numpy())
     n_a, n_b = (len(shared), len(shared)) if paired else (len(by_a), len(by_b))
-    return Change(target, source, condition, metric, n_a, n_b, len(shared) if paired else 0,
-                  float(rate_a), float(rate_b), float(difference), float(low), float(high), float(p), test)
+    return Change(target, source, condition, metric, n_a, n_b, len(shared) if paired else 0, float(result.mean_a),
+                  float(result.mean_b), float(result.difference), float(result.ci_low), float(result.ci_high),
+                  float(result.p_value), result.test)

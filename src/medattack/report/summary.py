@@ -86,6 +86,11 @@ class Estimate:
                 "n": self.n, "nulls": self.nulls}
 
 
+def interval_text(rate: Any, low: Any, high: Any) -> str:
+    """'0.12 [0.05, 0.25]', or '-' when there is no rate (None or NaN): how a corrected rate is shown."""
+    return "-" if _number(rate) is None else f"{rate:.2f} [{low:.2f}, {high:.2f}]"
+
+
 def corrected(positives: int, decided: int, validity: JudgeValidity | None) -> dict[str, Any] | None:
     """The judged rate `positives / decided` corrected for the judge's errors, or None without a validity."""
     if validity is None or decided == 0:
