@@ -28,7 +28,7 @@ import importlib
 import logging
 import pkgutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Generic, Literal, TypeVar
 
@@ -116,8 +116,7 @@ class Registry(Generic[T]):
         if found.summary:
             return found
         doc = (getattr(self[name], "__doc__", None) or "").strip().split("\n\n")[0]
-        return PluginInfo(" ".join(doc.split()), *(getattr(found, f) for f in (
-            "citation", "modality", "access", "needs", "origin")))
+        return replace(found, summary=" ".join(doc.split()))
 
     def load(self) -> None:
         """Import every plugin module once (each registers its entries as it is imported), then the other
