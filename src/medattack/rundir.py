@@ -284,6 +284,11 @@ class SearchFolder(MethodFolder):
     def nodes(self, sample_id: str) -> list[SearchNode]:
         return read_records(self.nodes_path(sample_id), SearchNode)
 
+    def all_nodes(self) -> list[SearchNode]:
+        """Every attempt of every searched sample, finished or not, by sample in name order."""
+        return [node for path in sorted((self.path / "nodes").glob("*.jsonl"))
+                for node in read_records(path, SearchNode)]
+
     def results(self) -> list[BlackBoxRecord]:
         return read_records(self.results_path, BlackBoxRecord)
 

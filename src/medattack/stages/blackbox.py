@@ -41,7 +41,7 @@ from medattack.errors import ConfigError, MedattackError
 from medattack.executor import ExecutorConfig, runs_here
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
 from medattack.records import BlackBoxRecord, Sample, SearchNode, check_conditions
-from medattack.rundir import Progress, RunDir, SearchFolder, append_records, read_jsonl, write_bytes_atomic
+from medattack.rundir import Progress, RunDir, SearchFolder, append_records, write_bytes_atomic
 from medattack.scoring.judge import JudgeConfig
 from medattack.scoring.judges.base import Judge
 from medattack.stages.base import FailureLog, as_run_dir, claim, failure, loading, one_writer
@@ -111,15 +111,10 @@ def select_samples(samples: list[Sample], config: BlackBoxConfig) -> list[Sample
 def _history(folder: SearchFolder) -> tuple[float, float, int]:
     """The folder's earlier attempts: (share of asked attempts that succeeded, share of proposals on topic,
     attempts made); (0, 1, 0) when it has none."""
-    asked = successes = proposals = on_topic = 0
-    for path in sorted((folder.path / "nodes").glob("*.jsonl")):
-        for row in read_jsonl(path):
-            proposals += 1
-            on_topic += bool(row.get("on_topic", True))
-            if row.get("target_queries"):
-                asked += 1
-                successes += bool(row.get("success"))
-    return (successes / asked if asked else 0.0), (on_topic / proposals if proposals else 1.0), proposals
+    nodes = folder.all_nodes()
+    asked = [node for node in nodes if node.target_queries]
+    successes, on_topic = sum(node.success for node in asked), sum(node.on_topic for node in nodes)
+    return (successes / len(asked) if asked else 0.0), (on_topic / len(nodes) if nodes else 1.0), len(nodes)
 
 
 def estimate(config: BlackBoxConfig, settings: SearchSettings, attacker: Attacker, samples: list[Sample],
