@@ -48,16 +48,17 @@ class Section:
 
 
 @functools.cache
-def _html_template() -> jinja2.Template:
+def template(name: str) -> jinja2.Template:
+    """A page template of templates/ (autoescaped, undefined names an error; `base64` filter for figures)."""
     environment = jinja2.Environment(loader=jinja2.PackageLoader("medattack.report", "templates"),
                                      autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True)
     environment.filters["base64"] = lambda data: base64.b64encode(data).decode("ascii")
-    return environment.get_template("report.html.j2")
+    return environment.get_template(name)
 
 
 def to_html(title: str, sections: list[Section]) -> str:
     """The report as one HTML page (templates/report.html.j2, autoescaped)."""
-    return _html_template().render(title=title, sections=sections)
+    return template("report.html.j2").render(title=title, sections=sections)
 
 
 # --- Markdown -------------------------------------------------------------------------------------

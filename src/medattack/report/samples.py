@@ -14,7 +14,6 @@ embedded once per image (CSS classes), so a page opens anywhere on its own.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import io
 from collections.abc import Sequence
@@ -22,10 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import jinja2
 import pandas as pd
 
 from medattack.report.aggregate import JUDGE_METRIC, RunData
+from medattack.report.render import template
 from medattack.rundir import RunDir, folder_name, write_bytes_atomic
 from medattack.storage import readable
 
@@ -75,13 +74,6 @@ def link(page: str, **filters: Any) -> str:
     fragment = "&".join(f"{quote(key, safe='')}={quote(str(value), safe='')}" for key, value in filters.items()
                         if key in FILTER_KEYS and value is not None)
     return f"samples/{page}" + (f"#{fragment}" if fragment else "")
-
-
-@functools.cache
-def _template(name: str) -> jinja2.Template:
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("medattack.report", "templates"),
-                                     autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True)
-    return environment.get_template(name)
 
 
 class _Thumbnails:
@@ -167,7 +159,7 @@ def write_sample_pages(runs: Sequence[RunData], out: Path, title: str) -> list[P
         for target in sorted(run.scores["target"].dropna().astype(str).unique()):
             thumbnails = _Thumbnails()
             rows = _answers(run, target, thumbnails)
-            page = _template("samples.html.j2").render(
+            page = template("samples.html.j2").render(
                 title=f"{title}: {run.name}, {target}", rows=rows, thumbnails=thumbnails.classes,
                 script=FILTER_SCRIPT, script_hash=SCRIPT_HASH, kind="answers")
             path = out / "samples" / target_page(run.name, target)
@@ -177,7 +169,7 @@ def write_sample_pages(runs: Sequence[RunData], out: Path, title: str) -> list[P
             continue
         for (method, target), _ in run.searches.groupby(["method", "target"], sort=True):
             samples = _search_trees(run, str(method), str(target))
-            page = _template("samples.html.j2").render(
+            page = template("samples.html.j2").render(
                 title=f"{title}: {run.name}, {method} on {target}", rows=samples, thumbnails={},
                 script=FILTER_SCRIPT, script_hash=SCRIPT_HASH, kind="searches")
             path = out / "samples" / search_page(run.name, str(method), str(target))
