@@ -61,6 +61,7 @@ from medattack.storage import (  # noqa: F401 (re-exported: the run directory's 
     write_bytes_atomic,
     write_json_atomic,
     write_jsonl_atomic,
+    write_records_atomic,
 )
 
 Progress = Callable[[str, int, int], None]  # stage progress callback: (phase, done, total)
@@ -115,16 +116,17 @@ def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str,
     says what to change instead, e.g. "the method or model". With `force` the old results are replaced, never
     mixed with the new: everything the folder holds except its content-keyed caches (*.sqlite: an answer is
     never paid for twice) moves to `stale/<UTC time>/` first, kept but never read; returns that folder (None
-    when nothing moved). A setting added since the folder was written reads there as its value in
-    `defaults` (it did not exist, so it was not used), so a new setting left at its default does not orphan
-    old results."""
+    when nothing moved). A stamp of an older schema version is read through its upgrade steps (schema.py: those
+    of the unversioned stamps give settings added since their value in `defaults`; they did not exist, so they
+    were not used), so a new setting left at its default does not orphan old results."""
     record = redact_record(record)  # no credentials from a URL on disk; compared as written
     stamp = folder / "config.json"
     moved = None
     if stamp.exists():
         previous = read_state(stamp, "delete it (the stage writes it again and keeps the results beside it, "
-                              "checked by their own hashes), or restore it from a copy")
-        previous = _without(fill_missing(previous, defaults or {}), SELECTION_KEYS)
+                              "checked by their own hashes), or restore it from a copy", "stage-config",
+                              defaults=defaults or {})
+        previous = _without(previous, SELECTION_KEYS)
         if content_hash(previous) != content_hash(_without(record, SELECTION_KEYS)):
             if not force:
                 changed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in
@@ -134,7 +136,7 @@ def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str,
                     f"holds, change {change}, write to another run (a new RUN folder), or add --force to replace "
                     "them (the old results move to its stale/ folder).")
             moved = _set_aside_folder(folder)
-    write_json_atomic(stamp, record)
+    write_json_atomic(stamp, record, "stage-config")
     return moved
 
 
@@ -157,14 +159,6 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, An
         return [d for key in sorted(set(old) | set(new), key=str)
                 for d in differences(old.get(key), new.get(key), f"{prefix}{key}.")]
     return [] if canonical_json(old) == canonical_json(new) else [(prefix.rstrip("."), old, new)]
-
-
-def fill_missing(record: Any, defaults: Any) -> Any:
-    """`record` with the keys it lacks (at any depth) taken from `defaults`."""
-    if not isinstance(record, dict) or not isinstance(defaults, dict):
-        return record
-    return {**{k: v for k, v in defaults.items() if k not in record},
-            **{k: fill_missing(v, defaults.get(k)) for k, v in record.items()}}
 
 
 def _git_sha() -> str | None:
@@ -352,7 +346,8 @@ class RunDir:
         if not self.manifest_path.exists():
             return {}
         return read_state(self.manifest_path, "restore it from a copy, or delete it: the next stage writes it "
-                          "again with its own record (the records of earlier stages are lost, their results are not)")
+                          "again with its own record (the records of earlier stages are lost, their results are not)",
+                          "run-manifest")
 
     def record_stage(self, stage: str, config: dict[str, Any], seed: int | None) -> None:
         """Store a stage's resolved config and the environment in run.json (no secrets). The read, change
@@ -367,7 +362,7 @@ class RunDir:
             manifest.setdefault("name", self.root.name)
             manifest.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
             manifest.setdefault("stages", {})[stage] = record
-            write_json_atomic(self.manifest_path, manifest)
+            write_json_atomic(self.manifest_path, manifest, "run-manifest")
 
     # --- benchmark/ -------------------------------------------------------------------------------
 

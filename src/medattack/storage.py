@@ -25,8 +25,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from medattack.errors import CorruptFileError
+from medattack.errors import CorruptFileError, RecordError
 from medattack.records import Record
+from medattack.schema import upgraded, versioned
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,15 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
+def write_json_atomic(path: Path, value: Any, kind: str | None = None) -> None:
+    """A JSON file, atomically; with `kind` (schema.py) a state file stamped with that kind's version."""
+    value = versioned(kind, value) if kind else value
     write_bytes_atomic(path, (json_text(value, indent=2) + "\n").encode("utf-8"))
 
 
-def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    text = "".join(json_text(row, sort_keys=True) + "\n" for row in rows)
+def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]], kind: str | None = None) -> None:
+    """JSONL rows, atomically; with `kind` (schema.py) each row stamped with that kind's version."""
+    text = "".join(json_text(versioned(kind, row) if kind else row, sort_keys=True) + "\n" for row in rows)
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
@@ -144,14 +148,20 @@ def write_csv_atomic(path: Path, rows: list[dict[str, Any]], columns: list[str] 
     write_bytes_atomic(path, readable(buffer.getvalue()).encode("utf-8"))
 
 
-def read_state(path: Path, fix: str) -> Any:
+def read_state(path: Path, fix: str, kind: str | None = None, **context: Any) -> Any:
     """A JSON state file medattack wrote (run.json, a stage's config.json, build.json, summary.json); one that
-    is cut off or not JSON is a CorruptFileError naming it and `fix`, never a traceback or a silent {}."""
+    is cut off or not JSON is a CorruptFileError naming it and `fix`, never a traceback or a silent {}. With
+    `kind` (schema.py) it is read at that kind's current version (older versions upgraded with `context`)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptFileError(str(path), f"not a JSON state file ({getattr(exc, 'msg', exc)}): it was cut off "
                                "or changed by another program", fix) from None
+    if kind is None:
+        return value
+    if not isinstance(value, dict):
+        raise CorruptFileError(str(path), f"not a JSON object but {type(value).__name__}", fix)
+    return upgraded(kind, value, str(path), **context)
 
 
 def jsonl_lines(data: bytes, errors: str = "surrogateescape") -> Iterator[tuple[int, str, bool]]:
@@ -184,18 +194,42 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
                                    "lost on its next run)") from None
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a torn last line (a crash mid-append) is ignored."""
-    return [row for _, row in _jsonl_rows(path)]
+def read_jsonl(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line (a crash mid-append) is ignored. With `kind` (schema.py) each row
+    is read at that kind's current version (older ones upgraded, a newer one refused with the file and line)."""
+    if kind is None:
+        return [row for _, row in _jsonl_rows(path)]
+    return [_upgraded_row(kind, row, f"{path}:{number}") for number, row in _jsonl_rows(path)]
+
+
+def _upgraded_row(kind: str, row: Any, where: str) -> Any:
+    """A row at its kind's current version (a row that is not an object is left for the reader to refuse)."""
+    return upgraded(kind, row, where) if isinstance(row, dict) else row
 
 
 def read_records(path: Path, record: type[R]) -> list[R]:
-    """The rows of a JSONL file as records; a row that is not one fails with the file and line."""
-    return [record.from_json(row, f"{path}:{number}") for number, row in _jsonl_rows(path)]
+    """The rows of a JSONL file as records, each read at its record's current version; a row that is not one
+    fails with the file and line."""
+    kind = record.__name__
+    return [record.from_json(_upgraded_row(kind, row, f"{path}:{number}"), f"{path}:{number}")
+            for number, row in _jsonl_rows(path)]
+
+
+def record_row(record: Record) -> dict[str, Any]:
+    """A record as written to its file: its fields and its kind's schema version."""
+    return versioned(type(record).__name__, record.to_json())
 
 
 def append_records(path: Path, *records: Record) -> None:
-    append_jsonl(path, *(r.to_json() for r in records))
+    append_jsonl(path, *(record_row(r) for r in records))
+
+
+def write_records_atomic(path: Path, records: Iterable[Record]) -> None:
+    """A whole records file, atomically (each row with its schema version)."""
+    write_jsonl_atomic(path, (record_row(r) for r in records))
+
+
+CACHE_VERSION = 1  # SqliteCache's schema version (PRAGMA user_version)
 
 
 class SqliteCache:
@@ -241,11 +275,25 @@ class SqliteCache:
                             exc, aside)
                 connection = self._connect()
             self._connection, self._pid = connection, os.getpid()
+            self._upgrade(connection, new)
+        return self._connection
+
+    def _upgrade(self, connection: sqlite3.Connection, new: bool) -> None:
+        """Take the file to CACHE_VERSION (kept in `PRAGMA user_version`; 0: written before versions), one step at
+        a time; refuse a newer one. 0 -> 1: a file made now imports the JSONL cache that releases before SQLite
+        wrote beside it (`NAME.jsonl`); one made by those releases had imported it already."""
+        assert self.path is not None
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > CACHE_VERSION:
+            raise RecordError(f"{self.path}: cache schema version {version}; this medattack reads versions 0 to "
+                              f"{CACHE_VERSION}. It was written by a newer medattack: upgrade medattack, or give this "
+                              "run another cache (move the file away; what it held is asked or computed again).")
+        if version == 0:
             legacy = self.path.with_suffix(".jsonl")
             if new and legacy != self.path and legacy.is_file():
                 self._write([(entry["key"], entry["value"]) for entry in read_jsonl(legacy)
                              if isinstance(entry, dict) and "key" in entry and "value" in entry])
-        return self._connection
+            connection.execute(f"PRAGMA user_version = {CACHE_VERSION}")
 
     def _connect(self) -> sqlite3.Connection:
         assert self.path is not None

@@ -24,7 +24,7 @@ import pandas as pd
 from medattack.records import CONDITIONS, HARMFUL_CONDITIONS
 from medattack.rundir import RunDir, read_jsonl
 from medattack.stats import bootstrap_ci, interval, paired_test, wilson_ci
-from medattack.storage import read_state, readable
+from medattack.storage import read_records, read_state, readable
 
 __all__ = ["CONDITIONS", "HARMFUL_CONDITIONS", "RunData", "bootstrap_ci", "build_tables", "interval", "load_run",
            "wilson_ci"]
@@ -82,7 +82,7 @@ def _method(row: pd.Series) -> str:
 
 def _failure_counts(where: str, path: Path) -> dict[str, int]:
     """Recorded failures of one folder by kind ("responses/t (ProviderFilterError)": 2); an empty log counts 0."""
-    kinds = Counter(str(row.get("error") or "failure") for row in read_jsonl(path))
+    kinds = Counter(str(row.get("error") or "failure") for row in read_jsonl(path, "failure"))
     return {f"{where} ({kind})": count for kind, count in sorted(kinds.items())} or {where: 0}
 
 
@@ -112,7 +112,8 @@ def load_run(root: Path, name: str | None = None) -> RunData:
                                   if current is None or r.sample_id in current])
         scores = pd.DataFrame([r.to_json() for r in scores_folder.scores()])
         if scores_folder.summary_path.exists():
-            summary = read_state(scores_folder.summary_path, "score the run again (`medattack score RUN`)")
+            summary = read_state(scores_folder.summary_path, "score the run again (`medattack score RUN`)",
+                                 "score-summary")
             metrics.update(summary["metrics"])
             calibration[folder.target] = summary.get("calibration", {})
         if responses.empty:
@@ -139,7 +140,7 @@ def load_run(root: Path, name: str | None = None) -> RunData:
                                 "keyword_success": row.keyword_success, "n_steps": row.n_steps,
                                 "seconds": row.seconds, "best_loss": row.best_loss, "linf": row.linf,
                                 "run": name or root.name})
-            for step in read_jsonl(folder.steps_path(row.sample_id)):
+            for step in read_jsonl(folder.steps_path(row.sample_id), "attack-step"):
                 step_rows.append({"method": row.method, "model": row.model, "sample_id": row.sample_id,
                                   "step": step["step"], "success": step["success"], "run": name or root.name})
         failures.update(_failure_counts(run.relative(folder.path), folder.failures_path))
@@ -169,9 +170,9 @@ def load_scores_folder(root: Path, name: str | None = None) -> RunData:
 
     target = root.name.removesuffix(".scores")
     name = (name or target).removesuffix(".scores")
-    summary = read_state(root / "summary.json", "score the file again (`medattack score --responses FILE`)")
-    rows = [r.to_json() for r in (ScoreRecord.from_json(row, f"{root / 'scores.jsonl'}:{k}")
-                                  for k, row in enumerate(read_jsonl(root / "scores.jsonl"), start=1))]
+    summary = read_state(root / "summary.json", "score the file again (`medattack score --responses FILE`)",
+                         "score-summary")
+    rows = [r.to_json() for r in read_records(root / "scores.jsonl", ScoreRecord)]
     table = pd.DataFrame(rows, columns=["response_id", "condition", "metric", "value", "null_reason", "detail"])
     table["reason"] = _reasons(table.pop("detail"))
     table["value"] = pd.to_numeric(table["value"], errors="coerce")

@@ -260,7 +260,7 @@ def run(run_dir: RunDir | str | Path, config: AttackStageConfig | None = None, *
                 failures.add(outcome["failure"] if isinstance(outcome, dict) else
                              failure("sample_id", sample.sample_id, outcome))
                 return
-            write_jsonl_atomic(folder.steps_path(sample.sample_id), outcome["steps"])
+            write_jsonl_atomic(folder.steps_path(sample.sample_id), outcome["steps"], "attack-step")
             write_bytes_atomic(folder.path / AttackFolder.image_name(sample.sample_id), outcome["png"])
             write_bytes_atomic(folder.path / AttackFolder.tensor_name(sample.sample_id), outcome["tensors"])
             append_records(folder.results_path, outcome["record"])

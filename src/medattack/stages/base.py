@@ -32,6 +32,7 @@ from medattack.rundir import (
     claim_folder,
     read_jsonl,
     write_jsonl_atomic,
+    write_records_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -115,14 +116,14 @@ class FailureLog:
     def __init__(self, path: Path, key: str, retried: Iterable[str] = ()) -> None:
         self.path = path
         retry = set(retried)
-        self.rows = [f for f in read_jsonl(path) if f.get(key) not in retry]
+        self.rows = [f for f in read_jsonl(path, "failure") if f.get(key) not in retry]
 
     def add(self, *rows: dict[str, Any]) -> None:
         self.rows.extend(rows)
         self.save()
 
     def save(self) -> None:
-        write_jsonl_atomic(self.path, self.rows)
+        write_jsonl_atomic(self.path, self.rows, "failure")
 
 
 @contextmanager
@@ -152,7 +153,7 @@ def set_aside_stale(path: Path, rows: Sequence[R], expected: Callable[[R], str |
     if stale:
         gone = {id(r) for r in stale}
         append_records(path.with_name("stale.jsonl"), *stale)
-        write_jsonl_atomic(path, (r.to_json() for r in rows if id(r) not in gone))
+        write_records_atomic(path, (r for r in rows if id(r) not in gone))
     return current, stale
 
 

@@ -41,11 +41,11 @@ from medattack.rundir import (
     Progress,
     RunDir,
     content_hash,
-    fill_missing,
     read_jsonl,
     read_state,
     write_json_atomic,
     write_jsonl_atomic,
+    write_records_atomic,
 )
 from medattack.stages.base import as_run_dir, failure, one_writer
 
@@ -156,12 +156,11 @@ def _build(run: RunDir, config: BuildConfig, force: bool, progress: Progress | N
     config_hash = content_hash(config_record)
     stamp = run.build_stamp_path
     if stamp.exists() and run.samples_path.exists() and not force:
-        built = read_state(stamp, "rebuild the benchmark with --force")
-        # a setting added since that build reads as its default there (it did not exist, so it was not used)
-        old = fill_missing(built.get("config", {}), to_dict(BuildConfig()))
+        built = read_state(stamp, "rebuild the benchmark with --force", "build-stamp", defaults=to_dict(BuildConfig()))
+        old = built.get("config", {})
         changed = sorted(k for k in config_record if old.get(k) != config_record[k])
         if built.get("config_hash") == config_hash or not changed:
-            samples, failures = run.samples(), read_jsonl(run.failures_path)
+            samples, failures = run.samples(), read_jsonl(run.failures_path, "failure")
             return BuildResult(run.root, samples, failures, reused=True,
                                summary=summarise(samples, failures))
         raise RunDirError(
@@ -174,7 +173,7 @@ def _build(run: RunDir, config: BuildConfig, force: bool, progress: Progress | N
         _refuse_foreign(staging)  # a build that crashed half-way: ours to remove
         shutil.rmtree(staging.benchmark)
     staging.benchmark.mkdir(parents=True)
-    write_json_atomic(staging.build_stamp_path, {"building": True})
+    write_json_atomic(staging.build_stamp_path, {"building": True}, "build-stamp")
     samples, failures, summary = _build_into(staging, config, progress)
     if not samples:
         where = staging
@@ -186,7 +185,7 @@ def _build(run: RunDir, config: BuildConfig, force: bool, progress: Progress | N
         raise BuildError(f"no sample could be built from {', '.join(config.sources)}: {len(failures)} input(s) "
                          f"failed{first}; see {where.failures_path}" + ("" if where is run else
                                                                        f" (the benchmark in {run.benchmark} is kept)."))
-    write_json_atomic(staging.build_stamp_path, {"config": config_record, "config_hash": config_hash})
+    write_json_atomic(staging.build_stamp_path, {"config": config_record, "config_hash": config_hash}, "build-stamp")
     _swap_in(run, staging)
     run.record_stage("build", config_record, config.seed)
     return BuildResult(run.root, samples, failures, summary=summary)
@@ -273,14 +272,14 @@ def _build_into(run: RunDir, config: BuildConfig, progress: Progress | None,
     samples, duplicates = _merge_duplicates(samples)
     failures.extend(duplicates)
 
-    write_jsonl_atomic(run.failures_path, failures)
+    write_jsonl_atomic(run.failures_path, failures, "failure")
     if not samples:
         return samples, failures, {}
-    write_jsonl_atomic(run.samples_path, (s.to_json() for s in samples))
+    write_records_atomic(run.samples_path, samples)
     summary = summarise(samples, failures)
     summary.update({"prompt_bank": {"source": bank.source, "version": bank.version,
                                     "sha256": bank.sha256, "findings": list(bank.findings)}})
-    write_json_atomic(run.summary_path, summary)
+    write_json_atomic(run.summary_path, summary, "benchmark-summary")
     export_3mad_layout(run.benchmark, samples)
     return samples, failures, summary
 

@@ -151,7 +151,7 @@ def score_inputs(
     folder = out_dir if isinstance(out_dir, ScoresFolder) else ScoresFolder(Path(out_dir))
     with one_writer(folder.path, "score"):  # one process writes a scores folder at a time
         write_jsonl_atomic(folder.failures_path, [failure("response", e.item, e, e.problem, fix=e.fix)
-                                                  for e in unreadable])
+                                                  for e in unreadable], "failure")
         if unreadable:
             log.warning("%d answer(s) are not text and were left out of the scores: see %s", len(unreadable),
                         folder.failures_path)
@@ -218,7 +218,7 @@ def _score_into(
         log.warning("%d score(s) in %s were computed from inputs or settings that changed; moved to stale.jsonl "
                     "and computed again", len(stale) + len(derived_stale), folder.path)
     summary = {**summarise(rows, specs), "calibration": calibration}
-    write_json_atomic(folder.summary_path, summary)
+    write_json_atomic(folder.summary_path, summary, "score-summary")
     return ScoreStageResult(folder.path, rows, specs, summary, computed, cache.hits, len(stale) + len(derived_stale))
 
 
