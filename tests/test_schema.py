@@ -36,7 +36,7 @@ STATE_FILES = {"run.json": "run-manifest", "build.json": "build-stamp", "benchma
 
 
 def test_there_is_a_fixture_of_every_version_and_a_step_from_every_past_one():
-    assert VERSIONS == [f"v{n}" for n in range(1, max(CURRENT.values()) + 1)]
+    assert [f"v{n}" for n in range(1, max(CURRENT.values()) + 1)] == VERSIONS
     for kind, current in CURRENT.items():
         assert all((kind, old) in STEPS for old in range(1, current)), kind
 
