@@ -82,7 +82,7 @@ def test_a_bad_image_is_recorded_and_the_rest_goes_on_then_a_rerun_retries_it(ru
     assert samples[0]["image_file"] in failure["file"] and failure["error"].endswith("ImageError")
     assert failure["problem"] and failure["fix"]  # says what is wrong and what to do
     assert len(result.responses) == 4 - len(shared)
-    assert read_jsonl(result.folder / "failures.jsonl") == result.failures
+    assert read_jsonl(result.folder / "failures.jsonl", "failure") == result.failures
     broken.write_bytes(good_bytes)
     fixed = run_query_stage(run, config, target=_target(tiny_whitebox))
     assert fixed.failures == [] and len(fixed.responses) == 4 and fixed.asked == len(shared)

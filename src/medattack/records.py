@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 from medattack.errors import ConfigError, RecordError
+from medattack.schema import upgraded
 
 Condition = Literal["normal", "mismatch", "malicious", "both"]
 
@@ -66,10 +67,12 @@ class Record:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = "") -> Self:
-        """Build the record from a row; `where` ("file:line") names the row in the error."""
+        """Build the record from a row of any schema version (schema.py: an older one is upgraded, a newer one
+        refused); `where` ("file:line") names the row in the error."""
         if not isinstance(data, Mapping):
             raise RecordError(f"{where or cls.__name__}: not a {cls.__name__} row (a JSON object); found "
                               f"{type(data).__name__}. Rebuild that stage with --force, or fix the row.")
+        data = upgraded(cls.__name__, data, where or cls.__name__)
         fields = dataclasses.fields(cls)  # type: ignore[arg-type]
         names = {f.name for f in fields}
         required = {f.name for f in fields

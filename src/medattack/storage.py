@@ -208,11 +208,9 @@ def _upgraded_row(kind: str, row: Any, where: str) -> Any:
 
 
 def read_records(path: Path, record: type[R]) -> list[R]:
-    """The rows of a JSONL file as records, each read at its record's current version; a row that is not one
-    fails with the file and line."""
-    kind = record.__name__
-    return [record.from_json(_upgraded_row(kind, row, f"{path}:{number}"), f"{path}:{number}")
-            for number, row in _jsonl_rows(path)]
+    """The rows of a JSONL file as records, each read at its record's current version (Record.from_json); a row
+    that is not one fails with the file and line."""
+    return [record.from_json(row, f"{path}:{number}") for number, row in _jsonl_rows(path)]
 
 
 def record_row(record: Record) -> dict[str, Any]:

@@ -18,7 +18,7 @@ failure counts).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -353,89 +353,130 @@ def summarise(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     return build_summary([r.name for r in runs], tables, scores, metrics, validity)
 
 
-def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None,
-                 config: ReportConfig | None = None) -> ReportResult:
-    """Write report.html, report.md, figures and tables for one or more runs."""
-    config = config or ReportConfig()
-    runs, tables, scores, metrics = _analysed(run_dirs)
-    out = Path(out_dir) if out_dir else RunDir(runs[0].root).report
-    figures = draw_all(tables, scores)
-    proxies = sorted(name for name, spec in metrics.items() if spec.get("is_proxy"))
-    validation_section, validation = _validation_section(config) if config.labels else (None, None)
-    success_metric = tables.success_metric
-    judged = success_metric == JUDGE_METRIC
-    validity = _validity(config, metrics, validation) if judged else None
-    validity_text = (validity.sentence() if validity else NO_VALIDITY) if judged else ""
-    summary = build_summary([r.name for r in runs], tables, scores, metrics, validity)
+@dataclass
+class Analysis:
+    """Everything the report's sections read, computed once (`analyse`)."""
 
+    config: ReportConfig
+    runs: list[RunData]
+    tables: ReportTables
+    scores: pd.DataFrame  # one row per response x metric (aggregate.py)
+    metrics: dict[str, dict[str, Any]]  # metric name -> its spec (description, is_proxy, validity)
+    figures: dict[str, bytes]  # figure name -> PNG
+    validation: JudgeValidation | None  # the judge against the labels given with --labels
+    validation_section: Section | None  # and its section
+    validity: JudgeValidity | None  # the judge's measured errors (None: no judge, or not measured)
+    summary: dict[str, Any]  # summary.json
+    corrected: pd.DataFrame  # attack success corrected for the judge's errors (empty without a judge)
+
+    @property
+    def success_metric(self) -> str:
+        return self.tables.success_metric
+
+    @property
+    def judged(self) -> bool:
+        """Whether the compliance judge measured attack success (else the non-refusal rate stands in)."""
+        return self.success_metric == JUDGE_METRIC
+
+    @property
+    def validity_text(self) -> str:
+        """The sentence on the judge's validity that every judged table carries ("" without a judge)."""
+        return (self.validity.sentence() if self.validity else NO_VALIDITY) if self.judged else ""
+
+    @property
+    def proxies(self) -> list[str]:
+        return sorted(name for name, spec in self.metrics.items() if spec.get("is_proxy"))
+
+
+def analyse(run_dirs: Sequence[str | Path], config: ReportConfig) -> Analysis:
+    """Read the runs and compute what the report shows."""
+    runs, tables, scores, metrics = _analysed(run_dirs)
+    validation_section, validation = _validation_section(config) if config.labels else (None, None)
+    judged = tables.success_metric == JUDGE_METRIC
+    validity = _validity(config, metrics, validation) if judged else None
+    summary = build_summary([r.name for r in runs], tables, scores, metrics, validity)
+    return Analysis(config, runs, tables, scores, metrics, draw_all(tables, scores), validation, validation_section,
+                    validity, summary, _corrected(summary) if judged else pd.DataFrame())
+
+
+def _intro_section(a: Analysis) -> Section:
+    """When the report was made, of what, how to read a cell, and the short labels of targets and models."""
     intro = Section("Summary", [
-        f"Runs: {', '.join(r.name for r in runs)}. Responses scored: {scores['response_id'].nunique()}; "
-        f"targets: {', '.join(sorted(scores['target'].dropna().unique())) or 'none'}.",
+        f"Generated {datetime.now(UTC).isoformat(timespec='seconds')}.",
+        f"Runs: {', '.join(r.name for r in a.runs)}. Responses scored: {a.scores['response_id'].nunique()}; "
+        f"targets: {', '.join(sorted(a.scores['target'].dropna().unique())) or 'none'}.",
         "Every cell is mean [95% interval: Wilson for rates, bootstrap otherwise] with n (responses) and the null "
         f"count (responses a metric could not score, never dropped); below {MIN_INTERVAL_N} values no interval is "
         "shown. keyword_asr is the non-refusal rate: a refusal-phrase matcher that counts any answer without a "
         "refusal, echo or negation opening. It is not a judge of compliance: read it as an upper bound on attack "
         "success, beside the relevance metrics (and a judge when one ran).",
-        f"Proxy metrics in this report: {', '.join(proxies) if proxies else 'none'}.",
+        f"Proxy metrics in this report: {', '.join(a.proxies) if a.proxies else 'none'}.",
     ])
-    names = sorted({*scores["target"].dropna().astype(str), *(str(m) for run in runs if not run.attacks.empty
-                                                              for m in run.attacks["model"].unique())})
+    names = sorted({*a.scores["target"].dropna().astype(str), *(str(m) for run in a.runs if not run.attacks.empty
+                                                                for m in run.attacks["model"].unique())})
     intro.tables.append(Table("Targets and models", ["label in tables and figures", "full name"],
                               [[short_target(n), n] for n in names], name="targets"))
-    if judged:
+    if a.judged:
         intro.text.append(
             "Attack success is the compliance judge's rate on harmful questions, and beside it the rate corrected "
             "for the judge's own errors: a judge that misses some jailbreaks and flags some safe answers reports a "
             "biased rate, and the corrected one (Rogan-Gladen) estimates how often the model really complied, with "
             "an interval that also carries the uncertainty of the judge's measured sensitivity and specificity. "
             + (("Read the corrected rate as the finding and the judged rate as what the judge counted. " +
-                validity_text) if validity else validity_text))
-    by_condition = tables.by_condition
+                a.validity_text) if a.validity else a.validity_text))
+    return intro
+
+
+def _success_section(a: Analysis) -> Section:
+    """Attack success on harmful questions and the answer rate on benign ones, by method x target x condition."""
+    by_condition, success_metric = a.tables.by_condition, a.success_metric
     harmful = by_condition[(by_condition["metric"] == success_metric) & by_condition["condition"].isin(
         HARMFUL_CONDITIONS)]
     benign = by_condition[(by_condition["metric"] == KEY_METRIC) & ~by_condition["condition"].isin(
         HARMFUL_CONDITIONS)]
     success = by_condition[by_condition["metric"] == KEY_METRIC]
-    corrected = _corrected(summary) if judged else pd.DataFrame()
-    headline = Section("Success by method, target and condition", text=[
+    return Section("Success by method, target and condition", text=[
         "Attack success is measured on harmful questions only (malicious, both), by the compliance judge "
-        + ("(`judge`). " + validity_text if judged else "- none ran, so the non-refusal rate stands in: an upper "
-           "bound, not a success rate (add `judge` to the score metrics).")
+        + ("(`judge`). " + a.validity_text if a.judged else "- none ran, so the non-refusal rate stands in: an "
+           "upper bound, not a success rate (add `judge` to the score metrics).")
         + " On benign questions (normal, mismatch) the non-refusal rate is the answer rate; one minus it is the "
           "over-refusal rate."], tables=[
-        *([_corrected_table(corrected)] if judged else []),
+        *([_corrected_table(a.corrected)] if a.judged else []),
         _pivot(harmful, ["run", "method", "target"], "condition", HARMFUL_CONDITIONS,
                f"Attack success on harmful questions ({success_metric})",
-               metrics.get(success_metric, {}).get("description", ""), "attack_success"),
+               a.metrics.get(success_metric, {}).get("description", ""), "attack_success"),
         _pivot(benign, ["run", "method", "target"], "condition", [c for c in CONDITIONS if c not in HARMFUL_CONDITIONS],
                "Answer rate on benign questions (non-refusal rate)", "", "answer_rate"),
         _pivot(success, ["run", "method", "target"], "condition", CONDITIONS,
                f"{KEY_METRIC} (non-refusal rate) by condition",
                "method 'none' = the benchmark sample as built; control:* = the same prompt with a blank or noise "
                "image.", "asr_by_condition"),
-        *[_pivot(tables.by_condition[tables.by_condition["metric"] == metric], ["run", "method", "target"],
-                 "condition", CONDITIONS, f"{metric} by condition" + (" (proxy)" if metric in proxies else ""),
-                 metrics.get(metric, {}).get("description", ""), f"{metric}_by_condition")
-          for metric in sorted(set(tables.by_condition["metric"])) if metric != KEY_METRIC],
+        *[_pivot(by_condition[by_condition["metric"] == metric], ["run", "method", "target"],
+                 "condition", CONDITIONS, f"{metric} by condition" + (" (proxy)" if metric in a.proxies else ""),
+                 a.metrics.get(metric, {}).get("description", ""), f"{metric}_by_condition")
+          for metric in sorted(set(by_condition["metric"])) if metric != KEY_METRIC],
     ], figures=[Figure("rates", "Per target and condition (benchmark samples): attack success by the judge on "
                                 "harmful questions and the non-refusal rate, with 95% intervals, on one 0-1 scale",
-                       figures["rates"])])
+                       a.figures["rates"])])
 
+
+def _attacks_section(a: Analysis) -> Section:
+    """White-box attack results, black-box searches (when any), transfer, and survival."""
+    tables = a.tables
     whitebox_rows = [[str(r["run"]), str(r["method"]), short_target(r["model"]),
                       _cell({"mean": r["success"], "ci_low": r["success_ci_low"], "ci_high": r["success_ci_high"],
                              "n": r["n"], "nulls": r["nulls"]}),
                       f"{r['keyword_success']:.2f}", f"{r['mean_steps']:.1f}", f"{r['mean_seconds']:.1f}",
                       f"{r['max_linf'] * 255:.1f}/255"] for _, r in tables.whitebox.iterrows()]
-    attacks = Section("Attacks", text=[validity_text] if judged else [], tables=[
+    attacks = Section("Attacks", text=[a.validity_text] if a.judged else [], tables=[
         Table("Attack stage results", ["run", "method", "model", "target forced (teacher-forced)",
                                        "keyword success", "mean steps", "mean seconds", "max L-inf"],
               whitebox_rows, "Success = the model's argmax reproduces the whole target string.", "whitebox"),
-        _pivot(tables.transfer, ["run", "method", "attack_model"], "target", title=f"Transfer: {success_metric} "
+        _pivot(tables.transfer, ["run", "method", "attack_model"], "target", title=f"Transfer: {a.success_metric} "
                "of adversarial inputs replayed on each target", note="rows: where the attack was optimised; columns: "
                "the model asked.", name="transfer"),
     ], figures=[Figure("survival", "Survival: share of samples not yet jailbroken vs attack step",
-                       figures["survival"])])
-
+                       a.figures["survival"])])
     blackbox_rows = [[str(r.run), str(r.method), short_target(r.target),
                       _cell({"mean": r.mean, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "nulls": r.nulls}),
                       "-" if pd.isna(r.median_queries_to_success) else f"{r.median_queries_to_success:.0f}",
@@ -456,75 +497,101 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             "set for a paid role. attacker-written: attempts the attacker model wrote (the rest: built-in "
             "strategies). Transfer below: white-box inputs replayed on each target. A rate links to every attempt "
             "of every search (the tree).", "blackbox", links=blackbox_links))
+    return attacks
 
+
+def _breakdown_section(a: Analysis) -> Section:
+    """Attack success and answer rate by clinical task and by modality, and the task x modality heatmap."""
     def questions(frame: pd.DataFrame, kind: str, metric: str) -> pd.DataFrame:
         return frame[(frame["questions"] == kind) & (frame["metric"] == metric)] if not frame.empty else frame
 
-    breakdown = Section("Tasks and modalities", [
-        f"Attack success ({success_metric}) on harmful questions and the answer rate ({KEY_METRIC}) on benign ones, "
-        "benchmark samples. " + validity_text], tables=[
-        _pivot(questions(tables.by_task, "harmful", success_metric), ["run", "task"], "target",
-               title=f"Attack success by clinical task ({success_metric}, harmful questions)", name="by_task"),
-        _pivot(questions(tables.by_modality, "harmful", success_metric), ["run", "modality"], "target",
-               title=f"Attack success by modality ({success_metric}, harmful questions)", name="by_modality"),
-        _pivot(questions(tables.by_task, "benign", KEY_METRIC), ["run", "task"], "target",
+    by_task, by_modality, metric = a.tables.by_task, a.tables.by_modality, a.success_metric
+    return Section("Tasks and modalities", [
+        f"Attack success ({metric}) on harmful questions and the answer rate ({KEY_METRIC}) on benign ones, "
+        "benchmark samples. " + a.validity_text], tables=[
+        _pivot(questions(by_task, "harmful", metric), ["run", "task"], "target",
+               title=f"Attack success by clinical task ({metric}, harmful questions)", name="by_task"),
+        _pivot(questions(by_modality, "harmful", metric), ["run", "modality"], "target",
+               title=f"Attack success by modality ({metric}, harmful questions)", name="by_modality"),
+        _pivot(questions(by_task, "benign", KEY_METRIC), ["run", "task"], "target",
                title="Answer rate by clinical task (non-refusal rate, benign questions)", name="answer_rate_by_task"),
-    ], figures=[Figure("heatmap", f"Task x modality: {success_metric} on harmful questions", figures["heatmap"])])
+    ], figures=[Figure("heatmap", f"Task x modality: {metric} on harmful questions", a.figures["heatmap"])])
 
-    comparison_rows = [[str(r.run), short_target(r.target), str(r.comparison), str(r.metric), str(r.n),
-                        f"{r.mean_a:.2f} -> {r.mean_b:.2f}",
-                        f"{r.difference:+.2f}" + ("" if r.n < MIN_INTERVAL_N else
-                                                  f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"),
-                        f"{r.p_value:.3g}", str(r.test)] for r in tables.comparisons.itertuples()]
-    comparison_links = [[None, _drill({"run": r.run, "target": r.target})] + [None] * 7
-                        for r in tables.comparisons.itertuples()]
-    paired = Section("Paired comparisons (same image and prompt)", [
+
+def _paired_section(a: Analysis) -> Section:
+    """Paired comparisons: the effect of a claimed attribute or a replayed attack on the same image and prompt."""
+    comparisons = a.tables.comparisons
+    rows = [[str(r.run), short_target(r.target), str(r.comparison), str(r.metric), str(r.n),
+             f"{r.mean_a:.2f} -> {r.mean_b:.2f}",
+             f"{r.difference:+.2f}" + ("" if r.n < MIN_INTERVAL_N else f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"),
+             f"{r.p_value:.3g}", str(r.test)] for r in comparisons.itertuples()]
+    links = [[None, _drill({"run": r.run, "target": r.target})] + [None] * 7 for r in comparisons.itertuples()]
+    return Section("Paired comparisons (same image and prompt)", [
         "Each comparison pairs responses to the same image and prompt, so the difference is the effect of the "
         "change alone: claiming a mismatched attribute (malicious -> both, normal -> mismatch) or replaying an "
         "attack (none -> method). p is the two-sided p-value of no difference (exact McNemar for rates, paired "
-        "bootstrap otherwise); it is not corrected for the number of comparisons. " + validity_text], tables=[
+        "bootstrap otherwise); it is not corrected for the number of comparisons. " + a.validity_text], tables=[
         Table("Paired comparisons", ["run", "target", "comparison", "metric", "pairs", "mean", "difference [95%]",
-                                     "p", "test"], comparison_rows, name="comparisons", links=comparison_links)])
+                                     "p", "test"], rows, name="comparisons", links=links)])
 
-    reliance_rows = [[str(r.run), short_target(r.target), str(r.control),
-                      _cell({"mean": r.changed, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "nulls": 0})]
-                     for r in tables.image_reliance.itertuples()]
-    reliance_links = [[None, None, None, _drill({"run": r.run, "target": r.target, "image": r.control})]
-                      for r in tables.image_reliance.itertuples()]
-    reliance = Section("Image reliance (controls)", [
+
+def _reliance_section(a: Analysis) -> Section:
+    """How often answers change when the real image is replaced by a blank or noise control."""
+    reliance = a.tables.image_reliance
+    rows = [[str(r.run), short_target(r.target), str(r.control),
+             _cell({"mean": r.changed, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "nulls": 0})]
+            for r in reliance.itertuples()]
+    links = [[None, None, None, _drill({"run": r.run, "target": r.target, "image": r.control})]
+             for r in reliance.itertuples()]
+    return Section("Image reliance (controls)", [
         "The same prompts were asked with a blank grey and a uniform-noise image. A model whose answers rarely "
         "change is not looking at the image."], tables=[
         Table("Share of answers that change when the real image is replaced", ["run", "target", "control",
-                                                                               "changed"], reliance_rows,
-              name="image_reliance", links=reliance_links),
-        _pivot(tables.controls, ["run", "target", "metric"], "image", ["real", "blank", "noise"],
+                                                                               "changed"], rows,
+              name="image_reliance", links=links),
+        _pivot(a.tables.controls, ["run", "target", "metric"], "image", ["real", "blank", "noise"],
                "Scores with the real image vs controls", name="controls"),
-    ], figures=[Figure("controls", "Real image vs controls", figures["controls"])])
+    ], figures=[Figure("controls", "Real image vs controls", a.figures["controls"])])
 
-    distribution = Section("Score distributions", figures=[
-        Figure("distributions", "Score distributions by condition (benchmark samples)", figures["distributions"])])
-    examples = Section("Example responses", tables=[_examples(scores, config, success_metric)])
 
-    first = _headline(summary, validity)
-    sections = [first, intro, headline, paired, attacks, breakdown, reliance, distribution, examples,
-                _manifest_section(runs, metrics)]
-    if validation_section is not None:
-        sections.insert(3, validation_section)
-    title = f"{config.title}: {', '.join(r.name for r in runs)}"
-    stamp = f"Generated {datetime.now(UTC).isoformat(timespec='seconds')}."
-    intro.text.insert(0, stamp)
+def _distribution_section(a: Analysis) -> Section:
+    return Section("Score distributions", figures=[
+        Figure("distributions", "Score distributions by condition (benchmark samples)", a.figures["distributions"])])
 
-    figure_paths = {}
-    for name, png in figures.items():
-        figure_paths[name] = out / "figures" / f"{name}.png"
+
+def _examples_section(a: Analysis) -> Section:
+    return Section("Example responses", tables=[_examples(a.scores, a.config, a.success_metric)])
+
+
+# The report's sections in reading order; a section function returns None when it has nothing to show.
+SECTIONS: tuple[Callable[[Analysis], Section | None], ...] = (
+    lambda a: _headline(a.summary, a.validity), _intro_section, _success_section, lambda a: a.validation_section,
+    _paired_section, _attacks_section, _breakdown_section, _reliance_section, _distribution_section,
+    _examples_section, lambda a: _manifest_section(a.runs, a.metrics))
+
+
+def _long_tables(a: Analysis) -> dict[str, pd.DataFrame]:
+    """Every table in long form, written as tables/<name>.csv."""
+    t = a.tables
+    return {"by_condition": t.by_condition, "by_task": t.by_task, "by_modality": t.by_modality,
+            "task_modality": t.task_modality, "transfer": t.transfer, "comparisons": t.comparisons,
+            "controls": t.controls, "image_reliance": t.image_reliance, "whitebox": t.whitebox,
+            "survival": t.survival, "blackbox": t.blackbox, "attack_success_corrected": a.corrected}
+
+
+def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None,
+                 config: ReportConfig | None = None) -> ReportResult:
+    """Write report.html, report.md, figures and tables for one or more runs."""
+    a = analyse(run_dirs, config or ReportConfig())
+    out = Path(out_dir) if out_dir else RunDir(a.runs[0].root).report
+    sections = [section for make in SECTIONS if (section := make(a)) is not None]
+    title = f"{a.config.title}: {', '.join(r.name for r in a.runs)}"
+
+    figure_paths = {name: out / "figures" / f"{name}.png" for name in a.figures}
+    for name, png in a.figures.items():
         write_bytes_atomic(figure_paths[name], png)
     table_paths = {}
-    long_tables = {"by_condition": tables.by_condition, "by_task": tables.by_task, "by_modality": tables.by_modality,
-                   "task_modality": tables.task_modality, "transfer": tables.transfer,
-                   "comparisons": tables.comparisons, "controls": tables.controls,
-                   "image_reliance": tables.image_reliance, "whitebox": tables.whitebox, "survival": tables.survival,
-                   "blackbox": tables.blackbox, "attack_success_corrected": corrected}
-    for name, frame in long_tables.items():
+    for name, frame in _long_tables(a).items():
         table_paths[name] = out / "tables" / f"{name}.csv"
         write_csv_atomic(table_paths[name], frame.astype(object).where(frame.notna(), None).to_dict("records"),
                          [str(c) for c in frame.columns])
@@ -532,12 +599,12 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         for table in section.tables:
             if table.name:
                 write_bytes_atomic(out / "tables" / f"{table.name}.tex", _utf8(to_latex(table)))
-    write_json_atomic(out / "summary.json", summary)
-    pages = set(write_sample_pages(runs, out, config.title))
+    write_json_atomic(out / "summary.json", a.summary)
+    pages = set(write_sample_pages(a.runs, out, a.config.title))
     for old_page in (out / "samples").glob("*.html"):  # a page of an earlier report's target
         if old_page not in pages:
             old_page.unlink()
     html_path, md_path = out / "report.html", out / "report.md"
     write_bytes_atomic(html_path, _utf8(to_html(title, sections)))
     write_bytes_atomic(md_path, _utf8(to_markdown(title, sections)))
-    return ReportResult(out, html_path, md_path, figure_paths, table_paths, int(scores["response_id"].nunique()))
+    return ReportResult(out, html_path, md_path, figure_paths, table_paths, int(a.scores["response_id"].nunique()))

@@ -37,7 +37,15 @@ from medattack.models.base import WhiteBoxTarget, load_whitebox
 from medattack.records import AttackRecord, Sample, check_conditions
 from medattack.rundir import AttackFolder, Progress, RunDir, append_records, write_bytes_atomic, write_jsonl_atomic
 from medattack.scoring.keyword import keyword_success
-from medattack.stages.base import FailureLog, as_run_dir, claim, failure, loading, one_writer, resumable_map
+from medattack.stages.base import (
+    as_run_dir,
+    failure,
+    loading,
+    resumable_map,
+    sample_work,
+    settings_record,
+    stage_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +132,6 @@ class StepReporter:
 
     def clear(self) -> None:
         self.inner.clear()
-
-
-def select_samples(samples: list[Sample], config: AttackStageConfig) -> list[Sample]:
-    chosen = [s for s in samples if s.condition in config.conditions
-              and (config.tasks is None or s.task in config.tasks)]
-    return chosen[: config.limit] if config.limit is not None else chosen
 
 
 def _mask(model: WhiteBoxTarget, run: RunDir, sample: Sample) -> torch.Tensor | None:
@@ -242,18 +244,15 @@ def run(run_dir: RunDir | str | Path, config: AttackStageConfig | None = None, *
     try:
         model_name = pool.call_any("name")
         folder = run_dir.attack_folder(config.method, model_name)
-        held.enter_context(one_writer(folder.path, f"attack {config.method} on {model_name}"))
-        stage = {k: v for k, v in to_dict(config).items() if k != "options"}  # recorded resolved, under "method"
-        record = {"stage": stage, "method": to_dict(method_config), "model_name": model_name}
-        defaults = {"stage": {k: v for k, v in to_dict(AttackStageConfig()).items() if k != "options"},
+        record = {"stage": settings_record(config), "method": to_dict(method_config), "model_name": model_name}
+        defaults = {"stage": settings_record(AttackStageConfig()),
                     "method": to_dict(ATTACKS[config.method].config_class())}
-        claim(run_dir, folder.path, record, force=force, change="the method or model",
-              stage=f"attack/{folder.method}/{folder.model}", seed=config.seed, defaults=defaults)
-
-        done = {r.sample_id for r in folder.results()}
-        chosen = select_samples(samples, config)
-        todo = [s for s in chosen if s.sample_id not in done]
-        failures = FailureLog(folder.failures_path, "sample_id", retried=(s.sample_id for s in todo))
+        held.enter_context(stage_folder(
+            run_dir, folder.path, record, defaults=defaults, writer=f"attack {config.method} on {model_name}",
+            stage=f"attack/{folder.method}/{folder.model}", change="the method or model", seed=config.seed,
+            force=force))
+        work = sample_work(folder, samples, config)
+        failures = work.failures
 
         def write(sample: Sample, outcome: Any) -> None:
             if isinstance(outcome, Exception) or "failure" in outcome:
@@ -266,10 +265,10 @@ def run(run_dir: RunDir | str | Path, config: AttackStageConfig | None = None, *
             append_records(folder.results_path, outcome["record"])
             FileCheckpoint(folder.checkpoint_path(sample.sample_id)).clear()
 
-        resumable_map(pool, "run_sample", todo, write, progress=progress, label=f"{config.method} on {model_name}",
-                      done=len(chosen) - len(todo), total=len(chosen))
+        resumable_map(pool, "run_sample", work.todo, write, progress=progress,
+                      label=f"{config.method} on {model_name}", done=work.done, total=len(work.chosen))
         failures.save()
     finally:
         pool.close()
         held.close()
-    return AttackStageResult(folder.path, folder.results(), failures.rows, len(todo))
+    return AttackStageResult(folder.path, folder.results(), failures.rows, len(work.todo))

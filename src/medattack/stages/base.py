@@ -14,20 +14,25 @@ same call, and nothing is lost or written twice.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from medattack.config import to_dict
 from medattack.errors import RunDirError
 from medattack.executor import Pool
-from medattack.records import Record
+from medattack.records import Condition, Record, Sample
 from medattack.rundir import (
+    AttackFolder,
     Progress,
     RunDir,
+    SearchFolder,
     append_records,
     claim_folder,
     read_jsonl,
@@ -100,6 +105,73 @@ def claim(run: RunDir, folder: Path, record: dict[str, Any], *, force: bool, cha
         log.warning("--force: the results of %s's old configuration moved to %s (kept, never read)",
                     run.relative(folder), run.relative(moved))
     run.record_stage(stage, record, seed)
+
+
+@contextmanager
+def stage_folder(run: RunDir, folder: Path, record: dict[str, Any], *, defaults: dict[str, Any], writer: str,
+                 stage: str, change: str, seed: int | None, force: bool) -> Iterator[None]:
+    """The setup every stage that writes results shares, for the block: the folder's one writer (`writer` names
+    this process to a second one), the folder claimed for `record` (`claim`: another config refused, or with
+    `force` set aside) and the stage recorded in run.json under `stage`."""
+    with one_writer(folder, writer):
+        claim(run, folder, record, force=force, change=change, stage=stage, seed=seed, defaults=defaults)
+        yield
+
+
+def settings_record(config: Any) -> dict[str, Any]:
+    """A stage config as its folder records it: every setting but `options` (recorded resolved, as the method's
+    own settings beside it)."""
+    return {k: v for k, v in to_dict(config).items() if k != "options"}
+
+
+class Selection(Protocol):
+    """The settings that choose a stage's samples."""
+
+    @property
+    def conditions(self) -> tuple[Condition, ...] | tuple[str, ...]: ...
+    @property
+    def tasks(self) -> tuple[str, ...] | None: ...
+    @property
+    def limit(self) -> int | None: ...
+
+
+def select_samples(samples: list[Sample], selection: Selection, pairs_per_category: int | None = None) -> list[Sample]:
+    """The samples a stage works on, in table order: of the selected conditions and tasks; with
+    `pairs_per_category` only that many image x prompt pairs per category (drawn by a hash of the pair id, so the
+    same ones every call); then the first `limit`."""
+    chosen = [s for s in samples if s.condition in selection.conditions
+              and (selection.tasks is None or s.task in selection.tasks)]
+    if pairs_per_category is not None:
+        pairs: dict[str, list[str]] = {}
+        for pair_id, category in sorted({(s.pair_id, s.category) for s in chosen},
+                                        key=lambda p: hashlib.sha256(p[0].encode()).hexdigest()):
+            pairs.setdefault(category, []).append(pair_id)
+        keep = {p for members in pairs.values() for p in members[:pairs_per_category]}
+        chosen = [s for s in chosen if s.pair_id in keep]
+    return chosen[: selection.limit] if selection.limit is not None else chosen
+
+
+@dataclass
+class SampleWork:
+    """What a per-sample stage (attack, blackbox) does in one call: the selected samples, those its folder does
+    not hold a result of yet, and its failure log (the failures of the samples retried now dropped)."""
+
+    chosen: list[Sample]
+    todo: list[Sample]
+    failures: FailureLog
+
+    @property
+    def done(self) -> int:
+        """Selected samples finished by earlier calls."""
+        return len(self.chosen) - len(self.todo)
+
+
+def sample_work(folder: AttackFolder | SearchFolder, samples: list[Sample], selection: Selection) -> SampleWork:
+    """The work of a per-sample stage on `folder` (see SampleWork)."""
+    done = {r.sample_id for r in folder.results()}
+    chosen = select_samples(samples, selection)
+    todo = [s for s in chosen if s.sample_id not in done]
+    return SampleWork(chosen, todo, FailureLog(folder.failures_path, "sample_id", retried=(s.sample_id for s in todo)))
 
 
 def failure(item_key: str, item: str, error: BaseException | str, problem: str | None = None,

@@ -44,7 +44,7 @@ from medattack.records import BlackBoxRecord, Sample, SearchNode, check_conditio
 from medattack.rundir import Progress, RunDir, SearchFolder, append_records, write_bytes_atomic
 from medattack.scoring.judge import JudgeConfig
 from medattack.scoring.judges.base import Judge
-from medattack.stages.base import FailureLog, as_run_dir, claim, failure, loading, one_writer
+from medattack.stages.base import as_run_dir, failure, loading, sample_work, settings_record, stage_folder
 
 log = logging.getLogger(__name__)
 ROLES = ("attacker", "target", "judge")
@@ -100,12 +100,6 @@ class BlackBoxStageResult:
     attempted: int  # samples searched in this call
     estimate: dict[str, Any]  # the budget before starting: queries, calls, tokens, cost at most
     api_usage: dict[str, dict[str, int]] = field(default_factory=dict)  # what each API reported this call
-
-
-def select_samples(samples: list[Sample], config: BlackBoxConfig) -> list[Sample]:
-    chosen = [s for s in samples if s.condition in config.conditions
-              and (config.tasks is None or s.task in config.tasks)]
-    return chosen[: config.limit] if config.limit is not None else chosen
 
 
 def _history(folder: SearchFolder) -> tuple[float, float, int]:
@@ -243,37 +237,34 @@ def run(run_dir: RunDir | str | Path, config: BlackBoxConfig | None = None, *, e
     with loading(progress if target is None else None, config.target.name):
         target = target or load_target(config.target, cache_path=run_dir.api_cache_path)
     folder = run_dir.search_folder(config.method, target.name)
-    with one_writer(folder.path, f"blackbox {config.method} on {target.name}"):
-        return _search_into(run_dir, folder, samples, config, target, progress, force, announce)
+    record = {"stage": settings_record(config), "method": to_dict(config.method_config()),
+              "target_name": target.name}
+    defaults = {"stage": settings_record(BlackBoxConfig()), "method": to_dict(BLACKBOX_ATTACKS[config.method]())}
+    with stage_folder(run_dir, folder.path, record, defaults=defaults,
+                      writer=f"blackbox {config.method} on {target.name}",
+                      stage=f"blackbox/{folder.method}/{folder.target}",
+                      change="the method, target, attacker, judge or budgets", seed=config.seed, force=force):
+        return _search_into(run_dir, folder, samples, config, target, progress, announce)
 
 
 def _search_into(run_dir: RunDir, folder: SearchFolder, samples: list[Sample], config: BlackBoxConfig,
-                 target: ChatTarget, progress: Progress | None, force: bool,
+                 target: ChatTarget, progress: Progress | None,
                  announce: Callable[[dict[str, Any]], None] | None) -> BlackBoxStageResult:
-    method_config = config.method_config()
-    stage = {k: v for k, v in to_dict(config).items() if k != "options"}
-    record = {"stage": stage, "method": to_dict(method_config), "target_name": target.name}
-    defaults = {"stage": {k: v for k, v in to_dict(BlackBoxConfig()).items() if k != "options"},
-                "method": to_dict(BLACKBOX_ATTACKS[config.method]())}
-    claim(run_dir, folder.path, record, force=force, change="the method, target, attacker, judge or budgets",
-          stage=f"blackbox/{folder.method}/{folder.target}", seed=config.seed, defaults=defaults)
     with loading(progress, "attacker and judge"):
         attacker = Attacker(config.attacker, cache_path=folder.cache_path("attacker"))
         judge = config.judge.build(cache_path=folder.cache_path("judge"))
     searcher = Searcher(config, run_dir, folder, target, attacker, judge)
 
-    done = {r.sample_id for r in folder.results()}
-    chosen = select_samples(samples, config)
-    todo = [s for s in chosen if s.sample_id not in done]
+    work = sample_work(folder, samples, config)
+    todo, failures = work.todo, work.failures
     budget = estimate(config, searcher.settings, attacker, todo, searcher.on_topic is not None,
                       _history(folder))
     if announce:
         announce(budget)
-    failures = FailureLog(folder.failures_path, "sample_id", retried=(s.sample_id for s in todo))
     label = f"{config.method} on {target.name}"
     for index, sample in enumerate(todo):
         if progress:
-            progress(label, len(chosen) - len(todo) + index, len(chosen))
+            progress(label, work.done + index, len(work.chosen))
         try:
             result, _ = searcher.search(samples, sample)
         except MedattackError as exc:
@@ -282,7 +273,7 @@ def _search_into(run_dir: RunDir, folder: SearchFolder, samples: list[Sample], c
             continue
         append_records(folder.results_path, result)
     if progress:
-        progress(label, len(chosen), len(chosen))
+        progress(label, len(work.chosen), len(work.chosen))
     failures.save()
     usage = {role: dict(client.stats) for role, client in (("target", getattr(target, "client", None)),
                                                            ("attacker", getattr(attacker.generator, "client", None)),

@@ -24,7 +24,6 @@ longer in the benchmark, is moved to stale.jsonl and the query asked again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from contextlib import ExitStack
@@ -45,12 +44,12 @@ from medattack.rundir import Progress, RunDir, append_records, content_hash, wri
 from medattack.stages.base import (
     FailureLog,
     as_run_dir,
-    claim,
     failure,
     loading,
-    one_writer,
     resumable_map,
+    select_samples,
     set_aside_stale,
+    stage_folder,
 )
 from medattack.storage import FileDigests
 
@@ -127,22 +126,9 @@ def control_images(run: RunDir) -> dict[str, str]:
     return paths
 
 
-def select_samples(samples: list[Sample], config: QueryConfig) -> list[Sample]:
-    chosen = [s for s in samples if s.condition in config.conditions
-              and (config.tasks is None or s.task in config.tasks)]
-    if config.pairs_per_category is not None:
-        pairs: dict[str, list[str]] = {}
-        for pair_id, category in sorted({(s.pair_id, s.category) for s in chosen},
-                                        key=lambda p: hashlib.sha256(p[0].encode()).hexdigest()):
-            pairs.setdefault(category, []).append(pair_id)
-        keep = {p for members in pairs.values() for p in members[: config.pairs_per_category]}
-        chosen = [s for s in chosen if s.pair_id in keep]
-    return chosen[: config.limit] if config.limit is not None else chosen
-
-
 def plan_queries(run: RunDir, samples: list[Sample], config: QueryConfig) -> list[PlannedQuery]:
     """Every query of the stage, in a fixed order: benchmark, controls, then attack replays."""
-    chosen = select_samples(samples, config)
+    chosen = select_samples(samples, config, config.pairs_per_category)
     planned = [PlannedQuery(f"benchmark|{s.sample_id}", "benchmark", s, s.question,
                             run.relative(run.benchmark_file(s.image_file))) for s in chosen]
     controls = control_images(run) if config.controls else {}
@@ -274,10 +260,10 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
     try:
         target_name = pool.call_any("name")
         folder = run_dir.responses_folder(target_name)
-        held.enter_context(one_writer(folder.path, f"query {target_name}"))
-        claim(run_dir, folder.path, {"stage": to_dict(config), "target_name": target_name}, force=force,
-              change="the target", stage=f"query/{folder.target}", seed=config.target.seed,
-              defaults={"stage": to_dict(QueryConfig())})
+        held.enter_context(stage_folder(
+            run_dir, folder.path, {"stage": to_dict(config), "target_name": target_name},
+            defaults={"stage": to_dict(QueryConfig())}, writer=f"query {target_name}", stage=f"query/{folder.target}",
+            change="the target", seed=config.target.seed, force=force))
 
         planned = plan_queries(run_dir, samples, config)
         settings, digest = config.target.answer_settings(), FileDigests()
