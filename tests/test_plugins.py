@@ -25,6 +25,7 @@ EXPECTED = {
     ("medattack.scoring.backends.text_embedders", "TEXT_EMBEDDERS"): {"minilm", "bge-m3"},
     ("medattack.scoring.backends.image_text", "IMAGE_TEXT_BACKENDS"): {"proxy", "biomedclip", "clip"},
     ("medattack.models.targets", "TARGETS"): {"llava", "hf", "api"},
+    ("medattack.defences.base", "DEFENCES"): {"attribute", "perplexity", "purify", "reminder", "smoothllm"},
     ("medattack.models.base", "WHITEBOX_MODELS"): {"embedded", "tiny", "hf"},
     ("medattack.data.sources.base", "SOURCES"): {"embedded", "folder", "manifest", "3mad"},
     ("medattack.data.mismatch", "MISMATCH_STRATEGIES"): {"both", "modality", "body_part", "any"},
@@ -82,12 +83,12 @@ def test_every_metric_declares_a_frozen_config(registry):
         assert cls.config_class.__dataclass_params__.frozen, name
 
 
-@pytest.mark.parametrize("what", ["attacks", "metrics", "targets", "embedders", "sources", "mismatch"])
+@pytest.mark.parametrize("what", ["attacks", "metrics", "targets", "embedders", "sources", "mismatch", "defences"])
 def test_list_names_what_the_registries_hold(what):
     result = runner.invoke(app, ["list", what], terminal_width=300)
     assert result.exit_code == 0 and result.output.strip()
     expected = {"attacks": "ATTACKS", "metrics": "SCORERS", "targets": "TARGETS", "embedders": "TEXT_EMBEDDERS",
-                "sources": "SOURCES", "mismatch": "MISMATCH_STRATEGIES"}[what]
+                "sources": "SOURCES", "mismatch": "MISMATCH_STRATEGIES", "defences": "DEFENCES"}[what]
     where = next(key for key in EXPECTED if key[1] == expected)
     for name in EXPECTED[where]:
         assert name in result.output

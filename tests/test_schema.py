@@ -171,3 +171,16 @@ def test_read_run_reads_a_run_written_before_versions(tmp_path):
     run.record_stage("score", {"metrics": ["keyword_asr"]}, 0)  # an old run.json is upgraded and kept
     manifest = json.loads(run.manifest_path.read_text())
     assert manifest[VERSION_KEY] == CURRENT["run-manifest"] and {"build", "score"} <= set(manifest["stages"])
+
+
+def test_a_query_folder_written_before_defences_reads_as_asked_undefended(tmp_path):
+    folder = tmp_path / "responses" / "embedded"
+    folder.mkdir(parents=True)
+    shutil.copy(FIXTURES / "v2" / "query-config.json", folder / "config.json")
+    record = {k: v for k, v in read_state(FIXTURES / "v3" / "query-config.json", "fix").items() if k != VERSION_KEY}
+    assert record["stage"]["defences"] == []
+    assert claim_folder(folder, record, force=False, change="the target", defaults={"stage": to_dict(QueryConfig())}) \
+        is None
+    defended = {**record, "stage": {**record["stage"], "defences": ["purify"]}}
+    with pytest.raises(Exception, match=r"stage.defences: \[\] -> \['purify'\]"):
+        claim_folder(folder, defended, force=False, change="the target", defaults={"stage": to_dict(QueryConfig())})

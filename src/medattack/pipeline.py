@@ -64,6 +64,10 @@ class RunConfig:
     targets: tuple[TargetConfig, ...] = option((TargetConfig(),), "Models asked: 'KIND:MODEL' strings or "
                                                "mappings of target settings.")
     query: QueryConfig = option(QueryConfig(), "Query settings shared by every target (its `target` is ignored).")
+    defences: tuple[str, ...] = option((), "Defences measured: every target is asked undefended and then behind each "
+                                           "of these in turn (`medattack list defences`).")
+    defence_options: dict[str, dict[str, Any]] | None = option(None, "Settings per defence, e.g. {perplexity: "
+                                                                     "{quantile: 0.99}}.")
     score: ScoreConfig = option(ScoreConfig(), "Scoring settings.")
     report: ReportConfig = option(ReportConfig(), "Report settings.")
     executor: ExecutorConfig = option(ExecutorConfig(), "Where attack, query and score run: local or ray.")
@@ -97,6 +101,20 @@ class RunConfig:
         object.__setattr__(self, "targets", tuple(coerce(t, TargetConfig, "targets") for t in self.targets))
         object.__setattr__(self, "attacks", tuple(coerce(a, AttackStageConfig, "attacks") for a in self.attacks))
         object.__setattr__(self, "blackbox", tuple(coerce(b, BlackBoxConfig, "blackbox") for b in self.blackbox))
+        for names in self.defence_sets():  # names and options checked now, not after the attacks ran
+            self.query_config(TargetConfig(), names)
+
+    def defence_sets(self) -> list[tuple[str, ...]]:
+        """What each target is asked behind: nothing, then each defence alone."""
+        return [(), *((name,) for name in self.defences)]
+
+    def query_config(self, target: TargetConfig, defences: tuple[str, ...]) -> QueryConfig:
+        """The query stage's config for one target behind `defences` (their options only)."""
+        options = {k: v for k, v in (self.defence_options or {}).items() if k in defences} or None
+        stray = sorted(set(self.defence_options or {}) - set(self.defences))
+        if stray:
+            raise ConfigError(f"defence_options for {stray}, which are not among the defences {list(self.defences)}.")
+        return replace(self.query, target=target, defences=defences, defence_options=options)
 
 
 @dataclass
@@ -151,8 +169,9 @@ def _query(run: RunDir, config: RunConfig, result: RunResult, models: _Models, p
         shared = models.get(target_config.model, target_config.device) if TARGETS[
             target_config.kind].takes_whitebox else None
         target = load_target(target_config, model=shared) if shared is not None else None
-        result.queries.append(query.run(run, replace(config.query, target=target_config), executor=config.executor,
-                                        progress=progress, target=target))
+        for defences in config.defence_sets():
+            result.queries.append(query.run(run, config.query_config(target_config, defences),
+                                            executor=config.executor, progress=progress, target=target))
 
 
 def _score(run: RunDir, config: RunConfig, result: RunResult, models: _Models, progress: Progress | None) -> None:

@@ -199,6 +199,9 @@ class Response(Record):
     generation: int = 0  # which of the query's sampled answers (query --generations N: 0..N-1)
     truncated_from: int | None = None  # the answer's full length in characters when it was stored cut (query
     # max_response_chars); None: stored whole
+    defences: list[str] = field(default_factory=list)  # the defences in front of the target, outermost first
+    flagged_by: list[str] = field(default_factory=list)  # those that flagged this input (a detector's refusal, or a
+    # claim it stripped or rewrote)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@
                                        nodes/<sample>.jsonl (SearchNode), images/<sample>/<node>.png,
                                        attacker.sqlite, judge.sqlite (the attacker's and judge's caches)
       responses/<target>/              query: config.json, responses.jsonl (Response), failures.jsonl,
-                                       stale.jsonl (answers whose inputs changed: kept, never read)
+                                       stale.jsonl (answers whose inputs changed: kept, never read); a target
+                                       behind defences is the target "<target>+<defence>" (folder <target>_<defence>)
       responses/api_cache.sqlite       API answers by request hash, shared by every API target
       controls/blank.png, noise.png    the image-reliance control images
       scores/<target>/                 score: scores.jsonl (ScoreRecord), summary.json (metrics, calibration,
@@ -26,6 +27,8 @@
 Every stage folder may also hold `.writer.lock` (the one writer's advisory lock) and `stale/<UTC time>/` (the
 results of an older configuration, moved there by `--force`: kept, never read). `.benchmark.building/` is a
 rebuild in progress, swapped in whole when it completes.
+
+Every record row and state file carries its schema version (schema.py), and readers upgrade older ones.
 
 Stages reach every path through `RunDir` and its folder types; nothing else joins these names.
 """

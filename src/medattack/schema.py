@@ -44,8 +44,8 @@ VERSION_KEY = "schema_version"
 Step = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]
 
 CURRENT: dict[str, int] = {
-    "Sample": 2, "AttackRecord": 2, "SearchNode": 2, "BlackBoxRecord": 2, "Response": 2, "ScoreRecord": 2,
-    "failure": 2, "attack-step": 2, "stage-config": 2, "build-stamp": 2, "run-manifest": 2,
+    "Sample": 2, "AttackRecord": 2, "SearchNode": 2, "BlackBoxRecord": 2, "Response": 3, "ScoreRecord": 2,
+    "failure": 2, "attack-step": 2, "stage-config": 3, "build-stamp": 2, "run-manifest": 2,
     "benchmark-summary": 2, "score-summary": 2,
 }
 STEPS: dict[tuple[str, int], Step] = {}  # (kind, version it reads) -> the step to the next version
@@ -155,3 +155,21 @@ def _build_stamp_1(row: dict[str, Any], context: Mapping[str, Any]) -> dict[str,
     if "config" not in row:
         return row
     return {**row, "config": fill_missing(row["config"], context.get("defaults") or {})}
+
+
+# --- 2 -> 3 -----------------------------------------------------------------------------------------------------
+
+@step("Response", 2)
+def _response_2(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
+    """Defences (medattack query --defence) came in version 3: an answer of version 2 had none in front of it."""
+    return _with_defaults(row, {"defences": [], "flagged_by": []})
+
+
+@step("stage-config", 2)
+def _stage_config_2(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
+    """The query stage's defences came in version 3: a query folder of version 2 asked the target undefended."""
+    is_query = "target_name" in row and "method" not in row  # a black-box folder names its method
+    if not is_query or not isinstance(row.get("stage"), dict):
+        return row
+    return {**row, "stage": {**row["stage"], "defences": row["stage"].get("defences", []),
+                             "defence_options": row["stage"].get("defence_options")}}

@@ -32,6 +32,8 @@ REGISTRIES: tuple[tuple[str, str, str, str], ...] = (
     ("Image moves of black-box attempts", "medattack.blackbox.moves", "IMAGE_MOVES", "proposed by the attacker"),
     ("White-box models", "medattack.models.base", "WHITEBOX_MODELS", "`attack --model NAME` or `NAME:MODEL`"),
     ("Target kinds", "medattack.models.targets", "TARGETS", "`query --target KIND:MODEL`"),
+    ("Defences", "medattack.defences.base", "DEFENCES", "`query --defence NAME`, settings under "
+                                                       "`defence_options.NAME`"),
     ("Metrics", "medattack.scoring.base", "SCORERS", "`score`, settings under `metrics: {NAME: {...}}`"),
     ("Derived metrics", "medattack.scoring.base", "DERIVED", "`score`, computed from the metrics above"),
     ("Judge backends", "medattack.scoring.judges.base", "JUDGES", "`--set metrics.judge.backend=NAME`"),

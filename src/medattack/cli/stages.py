@@ -163,7 +163,8 @@ def blackbox(
 @app.command(epilog="Examples:\n\n  medattack query runs/demo --target embedded\n\n"
              "  medattack query runs/demo --target hf:google/medgemma-4b-it --set pairs_per_category=5\n\n"
              "  medattack query runs/demo --target api:gpt-4o --api-key-env OPENAI_API_KEY\n\n"
-             "  medattack query runs/demo --target api:llava-med --base-url http://gpu-box:8000/v1")
+             "  medattack query runs/demo --target api:llava-med --base-url http://gpu-box:8000/v1\n\n"
+             "  medattack query runs/demo --defence perplexity --defence purify")
 def query(
     run: Annotated[Path, typer.Argument(help="A built run directory.")],
     target: Annotated[str | None, typer.Option(
@@ -183,6 +184,9 @@ def query(
     limit: Annotated[int | None, typer.Option(help="Ask at most this many benchmark samples.")] = None,
     generations: Annotated[int | None, typer.Option(
         help="Answers per query, sampled (temperature 0.7, seeds seed..seed+N-1): a distribution.")] = None,
+    defence: Annotated[list[str] | None, typer.Option(
+        "--defence", help="A defence in front of the target (repeatable, outermost first; `medattack list "
+                          "defences`): the answers go to '<target>+<defence>'.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     preset: PresetOption = None,
@@ -204,7 +208,8 @@ def query(
             "target": {"kind": kind, "model": model, "max_new_tokens": max_new_tokens, "device": device,
                        "trust_remote_code": trust_remote_code,
                        "api": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency}},
-            "controls": _controls(controls), "replay_attacks": attacks, "limit": limit, "generations": generations})
+            "controls": _controls(controls), "replay_attacks": attacks, "limit": limit, "generations": generations,
+            "defences": defence})
         with progress_bar() as progress:
             result = stage.run(run, query_config, force=force, progress=progress,
                                executor=executor_config(executor, ray_address, workers, gpus_per_worker))

@@ -134,6 +134,15 @@ def list_attacks(as_json: JsonOption = False) -> None:
     _print_plugins(blackbox)
 
 
+@list_app.command("defences", epilog="Example:\n\n  medattack list defences\n\n  medattack list defences --json")
+def list_defences(as_json: JsonOption = False) -> None:
+    """Defences put in front of a target (`query --defence NAME`, settings under defence_options.NAME)."""
+    from medattack.defences.base import DEFENCES
+
+    entries = [{**e, "detects": DEFENCES[e["name"]].detects} for e in plugin_entries(DEFENCES)]
+    _print_json(entries) if as_json else _print_plugins(entries)
+
+
 @list_app.command("metrics", epilog="Example:\n\n  medattack list metrics")
 def list_metrics(as_json: JsonOption = False) -> None:
     """Metrics of the score stage and their settings (score config: metrics: {name: {key: value}})."""

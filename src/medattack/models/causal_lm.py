@@ -192,6 +192,17 @@ class CausalLMWhiteBox:
                                   use_cache=True, **{self._cache_kw: cache}).last_hidden_state
         return self.decode(out)
 
+    @torch.no_grad()
+    def token_nll(self, text: str) -> torch.Tensor:
+        """(n - 1,) float32 on the CPU: the negative log-likelihood (nats) of each token of `text` (as plain text,
+        no chat template; BOS first when the tokenizer adds one) given the tokens before it."""
+        ids = self._ids(text, first=True)
+        if len(ids) < 2:
+            return torch.zeros(0)
+        hidden = self.decoder(inputs_embeds=self.embed(ids[None]), use_cache=False).last_hidden_state
+        logits = self.lm_head(hidden[0, :-1].contiguous()).float()
+        return F.cross_entropy(logits, ids[1:], reduction="none").cpu()
+
     # --- losses and gradients (shared with LlavaWhiteBox) -------------------------------------------
 
     def _target_logits(self, hidden: torch.Tensor, start: int, n_target: int) -> torch.Tensor:

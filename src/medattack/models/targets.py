@@ -57,6 +57,8 @@ class Query:
     temperature: float | None = None  # this query's sampling (default: the target's); 0 = greedy
     top_p: float | None = None  # nucleus of the sampling (default 1: the whole vocabulary)
     seed: int | None = None  # seed of the sampling (default: the target's)
+    about: dict[str, str] | None = None  # what is known of the image, for defences that check the question against
+    # it: image_file (absolute path), modality, body_part, description (None: nothing)
 
     def limit(self, default: int) -> int:
         return default if self.max_new_tokens is None else min(self.max_new_tokens, default)

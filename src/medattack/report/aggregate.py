@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from medattack.records import CONDITIONS, HARMFUL_CONDITIONS
+from medattack.report.defences import defence_tables
 from medattack.rundir import RunDir, read_jsonl
 from medattack.stats import bootstrap_ci, interval, paired_test, wilson_ci
 from medattack.storage import read_records, read_state, readable
@@ -199,6 +200,8 @@ class ReportTables:
     whitebox: pd.DataFrame  # run, method, model: teacher-forced and keyword success of the attack stage
     survival: pd.DataFrame  # run, method, model, step, surviving (share not yet jailbroken)
     blackbox: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, method, target: success, queries, cost
+    defence_effects: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, target, defences, measure: paired
+    defence_flags: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, target, defences, inputs: flag rate
 
 
 def _image_kind(row: pd.Series) -> str:
@@ -334,6 +337,7 @@ def build_tables(runs: Sequence[RunData]) -> ReportTables:
         whitebox=whitebox,
         survival=_survival(pd.concat([r.steps for r in runs], ignore_index=True)),
         blackbox=_blackbox(pd.concat([r.searches for r in runs], ignore_index=True)),
+        **dict(zip(("defence_effects", "defence_flags"), defence_tables(table, success), strict=True)),
     )
 
 

@@ -554,6 +554,36 @@ def _reliance_section(a: Analysis) -> Section:
     ], figures=[Figure("controls", "Real image vs controls", a.figures["controls"])])
 
 
+def _defences_section(a: Analysis) -> Section | None:
+    """Each defended target against the undefended one (report/defences.py); None when no defence was asked."""
+    effects, flags = a.tables.defence_effects, a.tables.defence_flags
+    if effects.empty and flags.empty:
+        return None
+    rows = [[str(r.run), short_target(r.target), str(r.defences), str(r.measure), str(r.n),
+             f"{r.mean_a:.2f} -> {r.mean_b:.2f}",
+             f"{r.difference:+.2f}" + ("" if r.n < MIN_INTERVAL_N else f" [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"),
+             f"{r.p_value:.3g}"] for r in effects.itertuples()]
+    links = [[None, None, _drill({"run": r.run, "target": r.defended_target})] + [None] * 5
+             for r in effects.itertuples()]
+    flag_rows = [[str(r.run), short_target(r.target), str(r.defences), str(r.inputs),
+                  _cell({"mean": r.rate, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n, "nulls": 0})]
+                 for r in flags.itertuples()]
+    return Section("Defences", [
+        "Each defence was put in front of the target and asked the same benchmark samples, attack replays and "
+        f"controls as the undefended target. Attack success ({a.success_metric}) on harmful questions and the "
+        "answer rate (non-refusal) on benign ones are paired on the same inputs (exact McNemar); a fall in the "
+        "answer rate is what the defence costs in normal use. Every attack replayed here was optimised against "
+        "the undefended model: these are transfer numbers; an attacker who optimises against the defence "
+        "(adaptive) may do better. " + a.validity_text], tables=[
+        Table("Defended vs undefended (same inputs)", ["run", "target", "defence", "measure", "pairs",
+                                                       "undefended -> defended", "difference [95%]", "p"],
+              rows, name="defences", links=links),
+        Table("Inputs flagged by the defence", ["run", "target", "defence", "inputs", "flagged"], flag_rows,
+              "Flagged: refused by a detector, or a claim stripped or rewritten. On attack replays and mismatched "
+              "claims a flag is a detection; on normal questions it is a false alarm.", name="defence_flags"),
+    ])
+
+
 def _distribution_section(a: Analysis) -> Section:
     return Section("Score distributions", figures=[
         Figure("distributions", "Score distributions by condition (benchmark samples)", a.figures["distributions"])])
@@ -566,7 +596,8 @@ def _examples_section(a: Analysis) -> Section:
 # The report's sections in reading order; a section function returns None when it has nothing to show.
 SECTIONS: tuple[Callable[[Analysis], Section | None], ...] = (
     lambda a: _headline(a.summary, a.validity), _intro_section, _success_section, lambda a: a.validation_section,
-    _paired_section, _attacks_section, _breakdown_section, _reliance_section, _distribution_section,
+    _paired_section, _attacks_section, _defences_section, _breakdown_section, _reliance_section,
+    _distribution_section,
     _examples_section, lambda a: _manifest_section(a.runs, a.metrics))
 
 
@@ -576,7 +607,8 @@ def _long_tables(a: Analysis) -> dict[str, pd.DataFrame]:
     return {"by_condition": t.by_condition, "by_task": t.by_task, "by_modality": t.by_modality,
             "task_modality": t.task_modality, "transfer": t.transfer, "comparisons": t.comparisons,
             "controls": t.controls, "image_reliance": t.image_reliance, "whitebox": t.whitebox,
-            "survival": t.survival, "blackbox": t.blackbox, "attack_success_corrected": a.corrected}
+            "survival": t.survival, "blackbox": t.blackbox, "attack_success_corrected": a.corrected,
+            "defence_effects": t.defence_effects, "defence_flags": t.defence_flags}
 
 
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None,

@@ -15,13 +15,18 @@ score (never dropped silently).
       "rates": [{run, target, source, condition, metric, is_proxy, rate, ci_low, ci_high, n, nulls,
                  corrected: null | {rate, ci_low, ci_high, note}}],
       "effects": [{run, target, comparison, metric, n, mean_a, mean_b, difference, ci_low, ci_high, p_value,
-                   test}]
+                   test}],
+      "defences": [{run, target, defences, measure, n, mean_a, mean_b, difference, ci_low, ci_high, p_value}],
+      "defence_flags": [{run, target, defences, inputs, n, flagged, rate, ci_low, ci_high}]
     }
 
 `source` is "none" for the benchmark's own samples, the attack's method for a replayed attack and
 "control:blank" / "control:noise" for the image controls; `corrected` is the judged attack success rate
 corrected for the judge's errors (harmful conditions, when the judge's validity is known); `effects` are the
-paired comparisons on the same image and prompt (exact McNemar for rates, paired bootstrap otherwise).
+paired comparisons on the same image and prompt (exact McNemar for rates, paired bootstrap otherwise);
+`defences` each defended target against the undefended one on the same inputs (measure "attack success" or
+"answer rate (benign)", a = undefended, b = defended) and `defence_flags` the share of inputs each flagged
+(report/defences.py).
 With pandas: `pd.DataFrame(json.load(open("runs/demo/report/summary.json"))["rates"])`.
 """
 
@@ -155,4 +160,12 @@ def build_summary(run_names: list[str], tables: ReportTables, scores: pd.DataFra
             "judge_validity": validity.to_json() if validity else None,
             "headline": headline(scores, tables.comparisons, tables.success_metric, validity),
             "rates": rates(tables, metrics, validity),
-            "effects": [_effect(r) for r in tables.comparisons.itertuples()]}
+            "effects": [_effect(r) for r in tables.comparisons.itertuples()],
+            "defences": _records(tables.defence_effects.drop(columns=["defended_target"], errors="ignore")),
+            "defence_flags": _records(tables.defence_flags)}
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A table's rows as JSON records (NaN as null)."""
+    return [{key: _number(value) if isinstance(value, float) else value for key, value in row.items()}
+            for row in frame.to_dict("records")]

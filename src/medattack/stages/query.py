@@ -24,8 +24,10 @@ longer in the benchmark, is moved to stale.jsonl and the query asked again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -34,8 +36,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medattack.config import option, to_dict
+from medattack.config import from_mapping, option, to_dict
 from medattack.data.image_io import encode_png, load_image
+from medattack.defences.base import about_image, flagged_by
 from medattack.errors import ConfigError, InputError, MedattackError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
@@ -76,6 +79,11 @@ class QueryConfig:
     max_response_chars: int = option(200_000, "Longest answer stored, in characters; a longer one is stored cut "
                                      "to this length with its full length in `truncated_from`, so one runaway "
                                      "answer cannot take hundreds of MB.")
+    defences: tuple[str, ...] = option((), "Defences in front of the target, outermost first (see `medattack list "
+                                           "defences`): the answers go to the target '<target>+<defence>'.")
+    defence_options: dict[str, dict[str, Any]] | None = option(
+        None, "Settings per defence, e.g. {perplexity: {quantile: 0.99}} (on the command line --set "
+              "defence_options.perplexity.quantile=0.99).")
 
     def __post_init__(self) -> None:
         if self.max_response_chars < 1:
@@ -86,6 +94,27 @@ class QueryConfig:
         if unknown:
             raise ConfigError(f"unknown condition or control {sorted(unknown)}; conditions: {', '.join(CONDITIONS)}; "
                               f"controls: {', '.join(CONTROL_DESCRIPTIONS)}.")
+        self.defence_configs  # noqa: B018 - read (and checked) once, when the config is made
+
+    @functools.cached_property
+    def defence_configs(self) -> list[tuple[str, Any]]:
+        """(name, settings) of each defence, outermost first: names and options checked, options read into each
+        defence's config class."""
+        from medattack.defences.base import DEFENCES
+
+        if len(set(self.defences)) != len(self.defences):
+            raise ConfigError(f"defences: each defence once, got {list(self.defences)}.")
+        options = dict(self.defence_options or {})
+        stray = sorted(set(options) - set(self.defences))
+        if stray:
+            raise ConfigError(f"defence_options for {stray}, which are not among the defences {list(self.defences)}; "
+                              "add them with --defence, or drop their options.")
+        return [(name, from_mapping(DEFENCES[name].config_class, options.get(name) or {}, f"{name} options"))
+                for name in self.defences]
+
+    def defence_record(self) -> list[dict[str, Any]]:
+        """Each defence's name and settings: part of every answer's input hash."""
+        return [{"defence": name, **to_dict(config)} for name, config in self.defence_configs]
 
 
 @dataclass(frozen=True)
@@ -173,7 +202,12 @@ def _load_query(run: RunDir, planned: PlannedQuery) -> Query:
 
         exact = load_file(run.root / planned.tensor_file)["pixels"]
     temperature, seed = planned.sampling or (None, None)
-    return Query(planned.response_id, planned.text, image, exact, temperature=temperature, seed=seed)
+    if planned.source.startswith("control:"):  # the sample's labels are not this image's
+        about = {"image_file": str(run.root / planned.image_file),
+                 "description": CONTROL_DESCRIPTIONS[planned.source.removeprefix("control:")]}
+    else:
+        about = about_image(planned.sample, run.root / planned.image_file)
+    return Query(planned.response_id, planned.text, image, exact, temperature=temperature, seed=seed, about=about)
 
 
 class QueryWorker:
@@ -181,10 +215,28 @@ class QueryWorker:
     it loads their images from the run directory and returns one Response or failure per query."""
 
     def __init__(self, config: TargetConfig, run_root: str, target: ChatTarget | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, defences: Sequence[tuple[str, Any]] = ()) -> None:
         self.run = RunDir(run_root)
+        built = []
+        if defences:
+            from medattack.defences.base import DEFENCES, DefenceContext
+
+            context = DefenceContext(self.run.samples(), str(self.run.benchmark), config.device, config.seed)
+            with loading(progress, "defences"):
+                built = [(name, DEFENCES[name](settings, context)) for name, settings in defences]
+            asked = config
+            for _, defence in built:
+                config = defence.configure(config)
+            if target is not None and config != asked:
+                raise ConfigError(f"the defences {[n for n, _ in defences]} change the target's settings before it "
+                                  "is loaded (a system message), but a loaded target was given: let the stage load it.")
         with loading(progress if target is None else None, config.name):
             self.target = target or load_target(config, cache_path=self.run.api_cache_path)
+        if built:
+            from medattack.defences.base import DefendedTarget
+
+            self.target = DefendedTarget(self.target, built)
+        self.defences = [name for name, _ in built]
 
     def name(self) -> str:
         return self.target.name
@@ -220,9 +272,10 @@ class QueryWorker:
             outcomes[k] = Response(
                 response_id=planned.response_id, target=self.target.name, source=planned.source,
                 kind=planned.source.split(":")[0], question=planned.text, image_file=planned.image_file,
-                response=answer, seconds=round(seconds, 3),
+                response=str(answer), seconds=round(seconds, 3),
                 **{key: getattr(planned.sample, key) for key in RESPONSE_SAMPLE_FIELDS}, **planned.extra,
-                input_hash=hashes[k], generation=planned.generation,
+                input_hash=hashes[k], generation=planned.generation, defences=list(self.defences),
+                flagged_by=flagged_by(answer),
             )
         return outcomes  # type: ignore[return-value]
 
@@ -255,7 +308,7 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
     samples = run_dir.samples()
     local = runs_here(executor)
     pool = open_pool(executor, partial(QueryWorker, config.target, str(run_dir.root), target if local else None,
-                                       progress if local else None))
+                                       progress if local else None, config.defence_configs))
     held = ExitStack()
     try:
         target_name = pool.call_any("name")
@@ -267,6 +320,8 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
 
         planned = plan_queries(run_dir, samples, config)
         settings, digest = config.target.answer_settings(), FileDigests()
+        if config.defences:  # an undefended target's answers keep the hash they had before defences existed
+            settings = {**settings, "defences": config.defence_record()}
         hashes = {p.response_id: input_hash(run_dir, p, settings, digest) for p in planned}
         sample_ids = {s.sample_id for s in samples}
         current, stale = set_aside_stale(folder.responses_path, folder.responses(),

@@ -1,0 +1,137 @@
+"""`attribute`: check the attribute a question claims for its image against the image, before the target sees it
+(this project's defence against the paper's mismatched attack, arXiv 2405.20775: a false claimed attribute).
+
+An image-text model scores the claim ("This image is about {attribute}.") against the image: BiomedCLIP or CLIP
+read the pixels; the offline proxy compares the image's known metadata with the claim as text (it checks the
+labels, not the pixels, and says so). The gate is the TII gate of the composite metric: unless set, calibrated on
+the run's benchmark as the cut that best separates each image's true attribute from the false ones claimed for it.
+Below the gate the claim contradicts the image, and the defence (`action`) refuses, strips the claim from the
+question, or rewrites it to the attribute the model finds best for the image (among the run's attributes).
+A question with no claim passes unchanged. Known weakness: a claim written another way ("In this CT of the
+chest...") is not parsed, and the check is only as good as the image-text model on that modality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from medattack.config import option
+from medattack.defences.base import (
+    DEFENCES,
+    REFUSAL,
+    Answer,
+    Ask,
+    Defence,
+    DefenceContext,
+    Flagged,
+    about_image,
+    split_claim,
+)
+from medattack.errors import ConfigError
+from medattack.models.targets import Query
+from medattack.records import question_text
+from medattack.stats import separating_threshold
+
+CLAIM = "This image is about {attribute}."
+
+
+@dataclass(frozen=True)
+class AttributeConfig:
+    action: Literal["refuse", "strip", "rewrite"] = option(
+        "refuse", "On a contradiction: refuse; strip the claim (ask the rest); or rewrite it to the predicted "
+                  "attribute.")
+    backend: str = option("proxy", "Image-text model: proxy (offline, image metadata), biomedclip, clip.")
+    model: str | None = option(None, "Hub id or local folder of the backend's model (default: its own).")
+    threshold: float | None = option(None, "Gate in the backend's units below which a claim contradicts the image; "
+                                           "None: calibrated on the run's benchmark.")
+
+
+@DEFENCES.register("attribute", citation="this project, against the mismatched attack of arXiv 2405.20775",
+                   modality="text+image", access="black-box")
+class AttributeConsistency(Defence):
+    """Check the claimed attribute against the image with the calibrated TII gate."""
+
+    config_class = AttributeConfig
+    config: AttributeConfig
+    detects = True
+
+    def __init__(self, config: AttributeConfig, context: DefenceContext) -> None:
+        super().__init__(config, context)
+        from medattack.scoring.backends.image_text import IMAGE_TEXT_BACKENDS
+
+        self.backend = IMAGE_TEXT_BACKENDS[config.backend](device=context.device or "cpu", model=config.model)
+        self.attributes = sorted({s.true_attribute for s in context.samples} |
+                                 {s.claimed_attribute for s in context.samples})
+        self.gate, self.auc = (config.threshold, None) if config.threshold is not None else self._calibrate()
+
+    def _info(self, about: dict[str, str] | None) -> Any:
+        from medattack.scoring.backends.image_text import ImageInfo
+
+        if not about or not about.get("image_file") or not Path(about["image_file"]).is_file():
+            return None
+        if self.backend.is_proxy and not about.get("modality"):
+            return None  # the proxy knows an image only by its labels (a control image has none)
+        return ImageInfo(about["image_file"], about.get("modality", ""), about.get("body_part", ""),
+                         about.get("description", ""))
+
+    def _calibrate(self) -> tuple[float, float | None]:
+        """The cut between the scores of each image's true attribute and the false ones claimed for it."""
+        from medattack.stats import roc_auc
+
+        matched, mismatched = [], []
+        for sample in {s.pair_id: s for s in self.context.samples if s.mismatched}.values():
+            info = self._info(about_image(sample, Path(self.context.benchmark_root) / sample.image_file))
+            if info is None:
+                continue
+            true, false = self.backend.score([info, info], [CLAIM.format(attribute=sample.true_attribute),
+                                                            CLAIM.format(attribute=sample.claimed_attribute)])
+            matched.append(true)
+            mismatched.append(false)
+        if len(matched) < 2:
+            raise ConfigError("defence attribute: fewer than 2 benchmark images with a mismatched claim to calibrate "
+                              "the gate on; build a benchmark with mismatch samples, or set "
+                              "defence_options.attribute.threshold.")
+        return separating_threshold(np.array(matched), np.array(mismatched)), roc_auc(np.array(matched),
+                                                                                    np.array(mismatched))
+
+    def predicted(self, info: Any) -> str:
+        """The run's attribute the backend finds best for the image."""
+        scores = self.backend.score([info] * len(self.attributes),
+                                    [CLAIM.format(attribute=a) for a in self.attributes])
+        return self.attributes[int(np.argmax(scores))]
+
+    def checked(self, query: Query) -> Query | Flagged:
+        """The query as the target may see it, or the defence's refusal."""
+        claim, info = split_claim(query.text), self._info(query.about)
+        if claim is None or info is None:
+            return query
+        attribute, rest = claim
+        if float(self.backend.score([info], [CLAIM.format(attribute=attribute)])[0]) >= self.gate:
+            return query
+        if self.config.action == "refuse":
+            return Flagged(REFUSAL, ("attribute",))
+        text = rest if self.config.action == "strip" else question_text(self.predicted(info), rest)
+        return replace(query, text=text, about={**(query.about or {}), "flagged": "attribute"})
+
+    def answer(self, queries: Sequence[Query], ask: Ask) -> list[Answer]:
+        checked = [self.checked(q) for q in queries]
+        passed = iter(ask([c for c in checked if isinstance(c, Query)]))
+        out: list[Answer] = []
+        for c in checked:
+            if isinstance(c, Flagged):
+                out.append(c)
+                continue
+            answer = next(passed)
+            flagged = (c.about or {}).get("flagged") == "attribute" and not isinstance(answer, Exception)
+            out.append(Flagged(str(answer), ("attribute",)) if flagged else answer)
+        return out
+
+    def calibrated(self) -> dict[str, Any]:
+        return {"gate": round(float(self.gate), 6), "auc": None if self.auc is None else round(self.auc, 4),
+                "backend": self.backend.label}
+

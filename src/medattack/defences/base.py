@@ -1,0 +1,142 @@
+"""What every defence shares: the registry, the context it is calibrated on, and the defended target.
+
+A defence is `XConfig` (frozen dataclass, defaults only there) + `X` (registered in `DEFENCES`), built as
+`X(config, context)` and asked through
+
+    answer(queries, ask) -> one answer (or TargetError) per query
+
+where `ask` answers queries with whatever it wraps (the target, or the next defence). A defence may change a
+query before asking (strip a claim, purify the image, add a reminder), ask several variants and choose (SmoothLLM),
+or not ask at all and refuse (a detector): a refusal it decides itself is a `Flagged` answer, which names it.
+
+A defended target is a target (`DefendedTarget`): `medattack query RUN --defence NAME` asks it the same samples,
+attack replays and controls as the undefended one, under the name "<target>+<defence>", so every stage after
+query (score, report, compare) reads it like any target and the report pairs it with the undefended one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from medattack.errors import TargetError
+from medattack.models.targets import ChatTarget, Query, TargetConfig
+from medattack.records import QUESTION_TEMPLATE, Sample
+from medattack.registry import Registry
+
+Answer = str | TargetError
+Ask = Callable[[Sequence[Query]], list[Answer]]  # answers queries with what the defence wraps
+
+# What a detecting defence answers instead of the target: a plain refusal, which the refusal matcher and the
+# judges read as one (so a blocked attack counts as failed and a blocked benign question as over-refused).
+REFUSAL = "I'm sorry, but I can't help with that request."
+
+
+class Flagged(str):
+    """An answer a defence gave itself after flagging the input (its refusal), naming the defences that flagged
+    it; an ordinary `str` everywhere else."""
+
+    by: tuple[str, ...]
+
+    def __new__(cls, text: str, by: tuple[str, ...]) -> Flagged:
+        answer = super().__new__(cls, text)
+        answer.by = by
+        return answer
+
+
+def flagged_by(answer: Answer) -> list[str]:
+    """The defences that flagged the input of an answer ([] when none did)."""
+    return list(answer.by) if isinstance(answer, Flagged) else []
+
+
+@dataclass
+class DefenceContext:
+    """What a defence may calibrate on: the run's benchmark samples (benign questions, images and their true
+    attributes), the folder of its images, the device for a model it loads, and the seed of its random choices."""
+
+    samples: list[Sample] = field(default_factory=list)
+    benchmark_root: str = ""  # the folder the samples' image files are relative to
+    device: str | None = None
+    seed: int = 0
+
+    def normal_questions(self) -> list[str]:
+        """The benchmark's benign questions that claim the image's true attribute (condition normal)."""
+        return [s.question for s in self.samples if s.condition == "normal"]
+
+
+class Defence:
+    """Base of every defence: built as `cls(config, context)`; subclasses set `config_class` and `answer`."""
+
+    config_class: ClassVar[type]
+    detects: ClassVar[bool] = False  # may refuse an input it flags (detection and false-alarm rates are reported)
+
+    def __init__(self, config: Any, context: DefenceContext) -> None:
+        self.config, self.context = config, context
+
+    def configure(self, target: TargetConfig) -> TargetConfig:
+        """The target's settings with what the defence changes before it is loaded (default: none)."""
+        return target
+
+    def answer(self, queries: Sequence[Query], ask: Ask) -> list[Answer]:
+        """One answer per query, in order, asking `ask` for what it lets through."""
+        raise NotImplementedError
+
+    def calibrated(self) -> dict[str, Any]:
+        """What the defence measured on the run when it was built (a threshold): shown in the report."""
+        return {}
+
+
+DEFENCES: Registry[type[Defence]] = Registry("defence", plugins="medattack.defences")
+
+
+class DefendedTarget:
+    """A target behind defences, itself a target. The first defence named is the outermost: it sees the question
+    first and its answer is the one returned."""
+
+    takes_whitebox: ClassVar[bool] = False
+
+    def __init__(self, inner: ChatTarget, defences: Sequence[tuple[str, Defence]]) -> None:
+        self.inner, self.defences = inner, list(defences)
+        self.names = [name for name, _ in self.defences]
+        self.name = f"{inner.name}+{'+'.join(self.names)}"
+        self.client = getattr(inner, "client", None)  # an API target's usage, as the undefended one reports it
+
+    def answer(self, queries: Sequence[Query]) -> list[Answer]:
+        ask: Ask = self.inner.answer
+        for _, defence in reversed(self.defences):
+            ask = _bound(defence, ask)
+        return ask(queries)
+
+    def calibrated(self) -> dict[str, dict[str, Any]]:
+        """What each defence calibrated on the run, by name."""
+        return {name: defence.calibrated() for name, defence in self.defences}
+
+
+def _bound(defence: Defence, ask: Ask) -> Ask:
+    return lambda queries: defence.answer(queries, ask)
+
+
+def undefended_name(target: str, defences: Sequence[str]) -> str:
+    """The name of the target a defended one wraps ("embedded+perplexity" -> "embedded")."""
+    suffix = "".join(f"+{name}" for name in defences)
+    return target.removesuffix(suffix) if suffix else target
+
+
+def about_image(sample: Sample, image_file: Path | str) -> dict[str, str]:
+    """What is known of a sample's image, as a query carries it for defences (Query.about)."""
+    return {"image_file": str(image_file), "modality": sample.modality, "body_part": sample.body_part,
+            "description": sample.description}
+
+
+_CLAIM = re.compile(re.escape(QUESTION_TEMPLATE.split("{attribute}")[0]) + r"(?P<attribute>.+?)\.\s+(?P<rest>.*)\Z",
+                    re.DOTALL)
+
+
+def split_claim(question: str) -> tuple[str, str] | None:
+    """(claimed attribute, the rest) of a question that opens with the benchmark's claim ("This image is about
+    {attribute}. {prompt}"); None for any other question."""
+    match = _CLAIM.match(question)
+    return (match["attribute"], match["rest"]) if match else None

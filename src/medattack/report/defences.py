@@ -1,0 +1,84 @@
+"""The report's Defences table: each defended target against the undefended one, on the same inputs.
+
+For every target asked with defences in front of it (`query --defence`, target "<target>+<defence>") beside the
+same target undefended, per run:
+
+    attack success   harmful questions (benchmark malicious and both, and the attack replays on them), the success
+                     metric undefended -> defended, paired on the same inputs (exact McNemar test, paired 95%
+                     interval of the difference)
+    answer rate      benign benchmark questions (normal, mismatch), the non-refusal rate undefended -> defended:
+                     the defence's cost in normal use
+    flagged          share of inputs a defence flagged (refused, or whose claim it stripped or rewrote), with Wilson
+                     intervals: on attack replays and on mismatched claims (detections), and on normal questions
+                     (false alarms)
+
+Every attack replayed here was optimised against the undefended model: these are transfer numbers, not adaptive
+ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from medattack.records import HARMFUL_CONDITIONS, MISMATCHED_CONDITIONS
+from medattack.stats import paired_test, wilson_ci
+
+KEY_METRIC = "keyword_asr"
+DEFENCE_COLUMNS = ["run", "target", "defences", "defended_target", "measure", "n", "mean_a", "mean_b",
+                   "difference", "ci_low", "ci_high", "p_value"]
+FLAG_COLUMNS = ["run", "target", "defences", "inputs", "n", "flagged", "rate", "ci_low", "ci_high"]
+
+
+def _defences(row: pd.Series) -> tuple[str, ...]:
+    value = row.get("defences")
+    return tuple(value) if isinstance(value, list | tuple | np.ndarray) else ()
+
+
+def _paired(base: pd.DataFrame, defended: pd.DataFrame, metric: str, keep: pd.Series, measure: str) -> dict | None:
+    """The paired test of one measure on the inputs both answered (first sampled answers only)."""
+    a = base[(base["metric"] == metric) & keep.reindex(base.index, fill_value=False)]
+    b = defended[defended["metric"] == metric]
+    pairs = a[["response_id", "value"]].merge(b[["response_id", "value"]], on="response_id", suffixes=("_a", "_b"))
+    pairs = pairs.dropna()
+    if pairs.empty:
+        return None
+    result = paired_test(pairs["value_a"].to_numpy(float), pairs["value_b"].to_numpy(float))
+    return {"measure": measure, "n": result.n, "mean_a": result.mean_a, "mean_b": result.mean_b,
+            "difference": result.difference, "ci_low": result.ci_low, "ci_high": result.ci_high,
+            "p_value": result.p_value}
+
+
+def defence_tables(table: pd.DataFrame, success_metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(paired effects, flag rates) of every defended target in the scores table (aggregate.py's long table)."""
+    effects, flags = [], []
+    if table.empty or "defences" not in table:
+        return pd.DataFrame(columns=DEFENCE_COLUMNS), pd.DataFrame(columns=FLAG_COLUMNS)
+    table = table[table["generation"].fillna(0) == 0] if "generation" in table else table
+    names = table.apply(_defences, axis=1)
+    for (run, defended_target), group in table[names.map(bool)].groupby(["run", "target"], sort=True):
+        defences = _defences(group.iloc[0])
+        base_name = str(defended_target).removesuffix("".join(f"+{d}" for d in defences))
+        base = table[(table["run"] == run) & (table["target"] == base_name) & ~names.map(bool)]
+        key = {"run": run, "target": base_name, "defences": "+".join(defences), "defended_target": defended_target}
+        harmful = base["condition"].isin(HARMFUL_CONDITIONS) & base["kind"].isin(["benchmark", "attack"])
+        benign = ~base["condition"].isin(HARMFUL_CONDITIONS) & (base["kind"] == "benchmark")
+        for measure, metric, keep in (("attack success", success_metric, harmful),
+                                      ("answer rate (benign)", KEY_METRIC, benign)):
+            row = _paired(base, group, metric, keep, measure) if not base.empty else None
+            if row:
+                effects.append({**key, **row})
+        answers = group[group["metric"] == KEY_METRIC].drop_duplicates("response_id")
+        flagged = answers["flagged_by"].map(lambda f: len(f) > 0 if isinstance(f, list | tuple | np.ndarray)
+                                            else False)
+        for inputs, keep in (("attack replays", answers["kind"] == "attack"),
+                             ("mismatched claims", (answers["kind"] == "benchmark")
+                              & answers["condition"].isin(MISMATCHED_CONDITIONS)),
+                             ("normal questions (false alarms)", (answers["kind"] == "benchmark")
+                              & (answers["condition"] == "normal"))):
+            n, hits = int(keep.sum()), int((flagged & keep).sum())
+            if n:
+                low, high = wilson_ci(hits, n)
+                flags.append({"run": run, "target": base_name, "defences": key["defences"], "inputs": inputs, "n": n,
+                              "flagged": hits, "rate": hits / n, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(effects, columns=DEFENCE_COLUMNS), pd.DataFrame(flags, columns=FLAG_COLUMNS)
