@@ -134,10 +134,12 @@ def test_the_attribute_check_refuses_strips_or_rewrites_a_claim_the_image_contra
     mismatched = next(s for s in samples if s.condition == "mismatch")
     normal = next(s for s in samples if s.condition == "normal" and s.pair_id == mismatched.pair_id)
     about = about_image(mismatched, Path(normal_context.benchmark_root) / mismatched.image_file)
-    outcomes = {}
+    outcomes, gate = {}, None
     for action in ("refuse", "strip", "rewrite"):
-        target, defence = _defended("attribute", normal_context, action=action)
-        assert defence.calibrated()["auc"] > 0.9  # the proxy separates true from false claims on this benchmark
+        target, defence = _defended("attribute", normal_context, action=action, threshold=gate)
+        if gate is None:  # calibrated once, on the benchmark's true and claimed attributes
+            assert defence.calibrated()["auc"] > 0.9  # the proxy separates true from false claims here
+            gate = defence.gate
         answers = target.answer([_query(normal.question, "n", about=about), _query(mismatched.question, "m",
                                                                                     about=about)])
         assert answers[0] == COMPLY and not isinstance(answers[0], Flagged)  # the true claim passes
@@ -151,6 +153,8 @@ def test_the_attribute_check_refuses_strips_or_rewrites_a_claim_the_image_contra
 @pytest.fixture(scope="module")
 def defended_run(tmp_path_factory, tiny_whitebox):
     from medattack.models.targets import LlavaTarget
+    from medattack.stages.attack import AttackStageConfig
+    from medattack.stages.attack import run as run_attack
     from medattack.stages.build import BuildConfig
     from medattack.stages.build import run as build_benchmark
     from medattack.stages.query import QueryConfig
@@ -160,16 +164,19 @@ def defended_run(tmp_path_factory, tiny_whitebox):
 
     root = tmp_path_factory.mktemp("defences") / "run"
     build_benchmark(root, BuildConfig(tasks=("Disease Classification", "Open-ended")))
+    adaptive = run_attack(root, AttackStageConfig(method="gcg", model="tiny", limit=2, defences=("reminder",),
+                                                  options={"steps": 2, "search_width": 8}), model=tiny_whitebox)
     target = LlavaTarget(TargetConfig(model="tiny", max_new_tokens=6), model=tiny_whitebox)
     plain = run_query(root, QueryConfig(pairs_per_category=1), target=target)
     defended = run_query(root, QueryConfig(pairs_per_category=1, defences=("attribute", "purify")), target=target)
     again = run_query(root, QueryConfig(pairs_per_category=1, defences=("attribute", "purify")), target=target)
+    reminded = run_query(root, QueryConfig(pairs_per_category=1, defences=("reminder",)), target=target)
     score(root, ScoreConfig(metrics={"keyword_asr": {}}))
-    return root, plain, defended, again
+    return root, plain, defended, again, adaptive, reminded
 
 
 def test_the_query_stage_asks_the_defended_target_the_same_inputs_and_records_its_flags(defended_run):
-    _, plain, defended, again = defended_run
+    _, plain, defended, again, _, _ = defended_run
     assert defended.target == f"{plain.target}+attribute+purify" and again.asked == 0  # resumable
     assert {r.response_id for r in defended.responses} == {r.response_id for r in plain.responses}
     assert all(r.defences == ["attribute", "purify"] for r in defended.responses)
@@ -195,14 +202,20 @@ def test_defence_options_are_checked_when_the_config_is_made():
 def test_the_report_pairs_each_defended_target_with_the_undefended_one(defended_run, tmp_path):
     from medattack.report import build_report
 
-    root, plain, defended, _ = defended_run
+    root, plain, defended, _, adaptive, reminded = defended_run
     result = build_report([root], tmp_path / "report")
     import pandas as pd
 
     effects = pd.read_csv(result.tables["defence_effects"])
     flags = pd.read_csv(result.tables["defence_flags"])
-    assert set(effects["measure"]) == {"attack success", "answer rate (benign)"}
-    assert (effects["defences"] == "attribute+purify").all() and (effects["n"] > 0).all()
+    assert set(effects["defences"]) == {"attribute+purify", "reminder"} and (effects["n"] > 0).all()
+    assert set(effects[effects["defences"] == "attribute+purify"]["measure"]) == {
+        "attack success (transfer)", "answer rate (benign)"}
+    adaptive_rows = effects[effects["measure"] == "attack success (adaptive)"]
+    assert list(adaptive_rows["defences"]) == ["reminder"]  # its attack was optimised against target+reminder
+    assert adaptive_rows["n"].iloc[0] == len([r for r in adaptive.results if r.condition in ("malicious", "both")])
+    assert reminded.target == adaptive.results[0].model
+    effects = effects[effects["defences"] == "attribute+purify"]
     benign = effects[effects["measure"] == "answer rate (benign)"].iloc[0]
     plain_benign = [r for r in plain.responses if r.kind == "benchmark" and r.condition in ("normal", "mismatch")]
     assert benign["n"] == len(plain_benign)
@@ -211,7 +224,7 @@ def test_the_report_pairs_each_defended_target_with_the_undefended_one(defended_
     assert false_alarms["rate"] == 0 and mismatched["rate"] > 0.5
     assert mismatched["ci_low"] <= mismatched["rate"] <= mismatched["ci_high"]
     html = result.html.read_text()
-    assert "<h2>Defences</h2>" in html and "transfer numbers" in html
+    assert "<h2>Defences</h2>" in html and "adaptive rows" in html
     if find_chromium() is None and not os.environ.get("CI"):
         pytest.skip("chromium is not installed")
     page = render(result.html, screenshot=tmp_path / "defences.png")
@@ -228,3 +241,20 @@ def test_a_run_yaml_asks_every_target_undefended_then_behind_each_defence():
     assert config.query_config(TargetConfig(), ()).defence_options is None
     with pytest.raises(ConfigError, match="not among the defences"):
         RunConfig(defences=("purify",), defence_options={"smoothllm": {"copies": 3}})
+
+
+def test_an_adaptive_attack_optimises_the_prompt_the_defended_target_will_ask(defended_run):
+    from medattack.models.causal_lm import OPTIM_MARK
+    from medattack.stages.attack import AttackStageConfig
+
+    root, _, _, _, adaptive, _ = defended_run
+    record = adaptive.results[0]
+    assert record.model.endswith("+reminder") and record.question == next(
+        s.question for s in __import__("medattack").read_run(root).samples if s.sample_id == record.sample_id)
+    target, defence = _defended("reminder")
+    target.answer([_query(record.replay_text)])
+    optimised = defence.attacked_question(record.question).replace(OPTIM_MARK, record.suffix)
+    assert target.inner.asked[0].text == optimised  # the replay asks exactly what the attack optimised
+    with pytest.raises(ConfigError, match="cannot be optimised through.*Defences an attack optimises through: "
+                                          "reminder"):
+        AttackStageConfig(method="gcg", defences=("perplexity",))

@@ -18,6 +18,7 @@ from typing import Any
 from medattack.analysis.attribute_relevance import AttributeRelevanceResult
 from medattack.analysis.prompt_relevance import PromptRelevanceResult
 from medattack.config import coerce, option
+from medattack.defences.base import read_defences
 from medattack.errors import ConfigError
 from medattack.executor import ExecutorConfig, runs_here
 from medattack.models.base import WhiteBoxTarget, load_whitebox
@@ -110,10 +111,8 @@ class RunConfig:
 
     def query_config(self, target: TargetConfig, defences: tuple[str, ...]) -> QueryConfig:
         """The query stage's config for one target behind `defences` (their options only)."""
+        read_defences(self.defences, self.defence_options)  # every name and option checked
         options = {k: v for k, v in (self.defence_options or {}).items() if k in defences} or None
-        stray = sorted(set(self.defence_options or {}) - set(self.defences))
-        if stray:
-            raise ConfigError(f"defence_options for {stray}, which are not among the defences {list(self.defences)}.")
         return replace(self.query, target=target, defences=defences, defence_options=options)
 
 

@@ -45,7 +45,7 @@ Step = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]
 
 CURRENT: dict[str, int] = {
     "Sample": 2, "AttackRecord": 2, "SearchNode": 2, "BlackBoxRecord": 2, "Response": 3, "ScoreRecord": 2,
-    "failure": 2, "attack-step": 2, "stage-config": 3, "build-stamp": 2, "run-manifest": 2,
+    "failure": 2, "attack-step": 2, "stage-config": 4, "build-stamp": 2, "run-manifest": 2,
     "benchmark-summary": 2, "score-summary": 2,
 }
 STEPS: dict[tuple[str, int], Step] = {}  # (kind, version it reads) -> the step to the next version
@@ -170,6 +170,18 @@ def _stage_config_2(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]
     """The query stage's defences came in version 3: a query folder of version 2 asked the target undefended."""
     is_query = "target_name" in row and "method" not in row  # a black-box folder names its method
     if not is_query or not isinstance(row.get("stage"), dict):
+        return row
+    return {**row, "stage": {**row["stage"], "defences": row["stage"].get("defences", []),
+                             "defence_options": row["stage"].get("defence_options")}}
+
+
+# --- 3 -> 4 -----------------------------------------------------------------------------------------------------
+
+@step("stage-config", 3)
+def _stage_config_3(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
+    """Adaptive attacks (attack --defence) came in version 4: an attack folder of version 3 attacked the model
+    undefended."""
+    if "model_name" not in row or not isinstance(row.get("stage"), dict):
         return row
     return {**row, "stage": {**row["stage"], "defences": row["stage"].get("defences", []),
                              "defence_options": row["stage"].get("defence_options")}}

@@ -73,7 +73,8 @@ def build(
 
 @app.command(epilog="Examples:\n\n  medattack attack runs/demo --method mcm --model embedded --limit 4\n\n"
              "  medattack attack runs/demo --method gcg --model llava-hf/llava-1.5-7b-hf --set options.steps=100\n\n"
-             "  medattack attack runs/demo --method region --condition both --set options.region=outside")
+             "  medattack attack runs/demo --method region --condition both --set options.region=outside\n\n"
+             "  medattack attack runs/demo --method gcg --defence reminder --limit 2")
 def attack(
     run: Annotated[Path, typer.Argument(help="A built run directory.")],
     method: Annotated[str | None, typer.Option(help="Attack: see `medattack list attacks` (default mcm).")] = None,
@@ -85,6 +86,9 @@ def attack(
     seed: Annotated[int | None, typer.Option(help="Seed of every random choice.")] = None,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda or cpu.")] = None,
     max_batch: Annotated[int | None, typer.Option(help="GCG candidates per forward pass at most.")] = None,
+    defence: Annotated[list[str] | None, typer.Option(
+        "--defence", help="Attack the model behind this defence (repeatable; adaptive: only defences an attack can "
+                          "optimise through, e.g. reminder).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     preset: PresetOption = None,
@@ -102,7 +106,7 @@ def attack(
     with errors():
         attack_config = stage_config(AttackStageConfig, config, set_, preset=preset, flags={
             "method": method, "model": model, "conditions": condition, "tasks": task, "limit": limit, "seed": seed,
-            "device": device, "max_batch": max_batch})
+            "device": device, "max_batch": max_batch, "defences": defence})
         with progress_bar() as progress:
             result = stage.run(run, attack_config, force=force, progress=progress,
                                executor=executor_config(executor, ray_address, workers, gpus_per_worker))

@@ -139,7 +139,8 @@ def list_defences(as_json: JsonOption = False) -> None:
     """Defences put in front of a target (`query --defence NAME`, settings under defence_options.NAME)."""
     from medattack.defences.base import DEFENCES
 
-    entries = [{**e, "detects": DEFENCES[e["name"]].detects} for e in plugin_entries(DEFENCES)]
+    entries = [{**e, "detects": DEFENCES[e["name"]].detects, "adaptive": DEFENCES[e["name"]].adaptive or None}
+               for e in plugin_entries(DEFENCES)]
     _print_json(entries) if as_json else _print_plugins(entries)
 
 

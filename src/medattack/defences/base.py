@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from medattack.errors import TargetError
+from medattack.errors import ConfigError, TargetError
 from medattack.models.targets import ChatTarget, Query, TargetConfig
 from medattack.records import QUESTION_TEMPLATE, Sample
 from medattack.registry import Registry
@@ -45,6 +45,9 @@ class Flagged(str):
         answer = super().__new__(cls, text)
         answer.by = by
         return answer
+
+    def __getnewargs__(self) -> tuple[str, tuple[str, ...]]:  # type: ignore[override]
+        return str(self), self.by
 
 
 def flagged_by(answer: Answer) -> list[str]:
@@ -72,6 +75,7 @@ class Defence:
 
     config_class: ClassVar[type]
     detects: ClassVar[bool] = False  # may refuse an input it flags (detection and false-alarm rates are reported)
+    adaptive: ClassVar[str] = ""  # how `attack --defence` optimises through it ("": it cannot; transfer only)
 
     def __init__(self, config: Any, context: DefenceContext) -> None:
         self.config, self.context = config, context
@@ -88,8 +92,34 @@ class Defence:
         """What the defence measured on the run when it was built (a threshold): shown in the report."""
         return {}
 
+    def attacked_question(self, question: str) -> str:
+        """The question as a white-box attack optimises it behind this defence: what the defended target will
+        ask its model, with `{optim_str}` where the suffix goes (only for an `adaptive` defence)."""
+        raise ConfigError(f"an attack cannot be optimised through the defence {type(self).__name__}; ask the "
+                          "defended target the undefended attack's inputs instead (query --defence: transfer).")
+
 
 DEFENCES: Registry[type[Defence]] = Registry("defence", plugins="medattack.defences")
+
+
+def read_defences(names: Sequence[str], options: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """(name, settings) of each named defence, outermost first: names checked (each once, known), options read
+    into each defence's config class (unknown keys and bad values refused), options of defences not named refused."""
+    from medattack.config import from_mapping
+
+    if len(set(names)) != len(names):
+        raise ConfigError(f"defences: each defence once, got {list(names)}.")
+    stray = sorted(set(options or {}) - set(names))
+    if stray:
+        raise ConfigError(f"defence_options for {stray}, which are not among the defences {list(names)}; add them "
+                          "with --defence, or drop their options.")
+    return [(name, from_mapping(DEFENCES[name].config_class, (options or {}).get(name) or {}, f"{name} options"))
+            for name in names]
+
+
+def defended_name(name: str, defences: Sequence[str]) -> str:
+    """The name of a target (or white-box model) behind `defences`: "<name>+<defence>..."."""
+    return name + "".join(f"+{d}" for d in defences)
 
 
 class DefendedTarget:
@@ -101,7 +131,7 @@ class DefendedTarget:
     def __init__(self, inner: ChatTarget, defences: Sequence[tuple[str, Defence]]) -> None:
         self.inner, self.defences = inner, list(defences)
         self.names = [name for name, _ in self.defences]
-        self.name = f"{inner.name}+{'+'.join(self.names)}"
+        self.name = defended_name(inner.name, self.names)
         self.client = getattr(inner, "client", None)  # an API target's usage, as the undefended one reports it
 
     def answer(self, queries: Sequence[Query]) -> list[Answer]:

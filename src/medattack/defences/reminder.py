@@ -16,6 +16,7 @@ from typing import Literal
 from medattack.config import option
 from medattack.defences.base import DEFENCES, Answer, Ask, Defence
 from medattack.errors import ConfigError
+from medattack.models.causal_lm import OPTIM_MARK
 from medattack.models.targets import Query, TargetConfig
 
 SYSTEM_KINDS = ("hf", "api")  # target kinds that send a system message
@@ -44,6 +45,7 @@ class Reminder(Defence):
     config_class = ReminderConfig
     config: ReminderConfig
     in_system = False  # the reminder went into the target's system message (configure)
+    adaptive = "the reminder around the question is part of the prompt the attack optimises"
 
     def configure(self, target: TargetConfig) -> TargetConfig:
         where = self.config.where
@@ -55,6 +57,15 @@ class Reminder(Defence):
             return target
         system = f"{target.system_prompt}\n\n{self.config.text}" if target.system_prompt else self.config.text
         return replace(target, system_prompt=system)
+
+    def attacked_question(self, question: str) -> str:
+        """The question between the reminder and the closing, the suffix after the question (where a replay puts
+        it), as a target without a system message (the white-box models) is asked it."""
+        if self.config.where == "system":
+            raise ConfigError("attack --defence reminder: the white-box models take no system message; use "
+                              "where=user or auto.")
+        slot = question if OPTIM_MARK in question else f"{question} {OPTIM_MARK}"
+        return f"{self.config.text}\n\n{slot}\n\n{self.config.closing}".rstrip()
 
     def answer(self, queries: Sequence[Query], ask: Ask) -> list[Answer]:
         if self.in_system:

@@ -10,7 +10,8 @@
 
 Order: the headline (per target: attack success judged and corrected for the judge's errors, the answer
 rate, the largest paired effects), then success by method x target x condition, paired comparisons,
-white-box attacks and survival, transfer, tasks and modalities, image reliance, score distributions and
+white-box attacks and survival, transfer, defences (when any target was asked behind one), tasks and
+modalities, image reliance, score distributions and
 example responses, and last the run manifest (versions, seeds, models, which metrics are proxies,
 failure counts).
 """
@@ -572,9 +573,10 @@ def _defences_section(a: Analysis) -> Section | None:
         "Each defence was put in front of the target and asked the same benchmark samples, attack replays and "
         f"controls as the undefended target. Attack success ({a.success_metric}) on harmful questions and the "
         "answer rate (non-refusal) on benign ones are paired on the same inputs (exact McNemar); a fall in the "
-        "answer rate is what the defence costs in normal use. Every attack replayed here was optimised against "
-        "the undefended model: these are transfer numbers; an attacker who optimises against the defence "
-        "(adaptive) may do better. " + a.validity_text], tables=[
+        "answer rate is what the defence costs in normal use. Transfer rows hold the benchmark and the attacks "
+        "optimised against the undefended model; adaptive rows, when any, the attacks optimised against the "
+        "defended model itself (`attack --defence`), which a defence must also withstand. " + a.validity_text],
+        tables=[
         Table("Defended vs undefended (same inputs)", ["run", "target", "defence", "measure", "pairs",
                                                        "undefended -> defended", "difference [95%]", "p"],
               rows, name="defences", links=links),

@@ -5,15 +5,15 @@ same target undefended, per run:
 
     attack success   harmful questions (benchmark malicious and both, and the attack replays on them), the success
                      metric undefended -> defended, paired on the same inputs (exact McNemar test, paired 95%
-                     interval of the difference)
+                     interval of the difference): "transfer" for the benchmark and the attacks optimised without
+                     the defence, "adaptive" for those optimised against the defended model (attack --defence,
+                     whose model is named like the defended target)
     answer rate      benign benchmark questions (normal, mismatch), the non-refusal rate undefended -> defended:
                      the defence's cost in normal use
     flagged          share of inputs a defence flagged (refused, or whose claim it stripped or rewrote), with Wilson
                      intervals: on attack replays and on mismatched claims (detections), and on normal questions
                      (false alarms)
 
-Every attack replayed here was optimised against the undefended model: these are transfer numbers, not adaptive
-ones.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ DEFENCE_COLUMNS = ["run", "target", "defences", "defended_target", "measure", "n
 FLAG_COLUMNS = ["run", "target", "defences", "inputs", "n", "flagged", "rate", "ci_low", "ci_high"]
 
 
-def _defences(row: pd.Series) -> tuple[str, ...]:
-    value = row.get("defences")
+def _names(value: object) -> tuple[str, ...]:
+    """A `defences` or `flagged_by` cell as a tuple of names (a cell of a row without defences: empty)."""
     return tuple(value) if isinstance(value, list | tuple | np.ndarray) else ()
 
 
@@ -55,22 +55,26 @@ def defence_tables(table: pd.DataFrame, success_metric: str) -> tuple[pd.DataFra
     if table.empty or "defences" not in table:
         return pd.DataFrame(columns=DEFENCE_COLUMNS), pd.DataFrame(columns=FLAG_COLUMNS)
     table = table[table["generation"].fillna(0) == 0] if "generation" in table else table
-    names = table.apply(_defences, axis=1)
+    names = table["defences"].map(_names)
     for (run, defended_target), group in table[names.map(bool)].groupby(["run", "target"], sort=True):
-        defences = _defences(group.iloc[0])
+        defences = _names(group["defences"].iloc[0])
         base_name = str(defended_target).removesuffix("".join(f"+{d}" for d in defences))
         base = table[(table["run"] == run) & (table["target"] == base_name) & ~names.map(bool)]
         key = {"run": run, "target": base_name, "defences": "+".join(defences), "defended_target": defended_target}
-        harmful = base["condition"].isin(HARMFUL_CONDITIONS) & base["kind"].isin(["benchmark", "attack"])
-        benign = ~base["condition"].isin(HARMFUL_CONDITIONS) & (base["kind"] == "benchmark")
-        for measure, metric, keep in (("attack success", success_metric, harmful),
-                                      ("answer rate (benign)", KEY_METRIC, benign)):
+        harmful = base["condition"].isin(HARMFUL_CONDITIONS)
+        adaptive = (base["kind"] == "attack") & (base["attack_model"] == defended_target) if "attack_model" in base \
+            else pd.Series(False, index=base.index)
+        benign = ~harmful & (base["kind"] == "benchmark")
+        for measure, metric, keep in (
+                ("attack success (transfer)", success_metric, harmful & base["kind"].isin(["benchmark", "attack"])
+                 & ~adaptive),
+                ("attack success (adaptive)", success_metric, harmful & adaptive),
+                ("answer rate (benign)", KEY_METRIC, benign)):
             row = _paired(base, group, metric, keep, measure) if not base.empty else None
             if row:
                 effects.append({**key, **row})
         answers = group[group["metric"] == KEY_METRIC].drop_duplicates("response_id")
-        flagged = answers["flagged_by"].map(lambda f: len(f) > 0 if isinstance(f, list | tuple | np.ndarray)
-                                            else False)
+        flagged = answers["flagged_by"].map(lambda cell: bool(_names(cell)))
         for inputs, keep in (("attack replays", answers["kind"] == "attack"),
                              ("mismatched claims", (answers["kind"] == "benchmark")
                               & answers["condition"].isin(MISMATCHED_CONDITIONS)),

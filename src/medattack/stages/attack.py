@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -31,7 +31,8 @@ from medattack.attacks.base import ATTACKS, AttackResult, AttackTask, require_im
 from medattack.config import from_mapping, option, to_dict
 from medattack.data.image_io import encode_png, load_image
 from medattack.data.typography import render_text_band
-from medattack.errors import MedattackError
+from medattack.defences.base import DEFENCES, DefenceContext, defended_name, read_defences
+from medattack.errors import ConfigError, MedattackError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.models.base import WhiteBoxTarget, load_whitebox
 from medattack.records import AttackRecord, Sample, check_conditions
@@ -67,6 +68,10 @@ class AttackStageConfig:
         "llava-med (LLaVA-Med's ###Human/###Assistant conversation: question, image, suffix, as in the paper).")
     options: dict[str, Any] | None = option(None, "Method settings, e.g. {rounds: 5} (see `medattack list attacks`; "
                                             "on the command line --set options.rounds=5).")
+    defences: tuple[str, ...] = option((), "Attack the model behind these defences (adaptive: only defences an "
+                                           "attack can optimise through); its results are the model "
+                                           "'<model>+<defence>'.")
+    defence_options: dict[str, dict[str, Any]] | None = option(None, "Settings per defence (as the query stage's).")
 
     @classmethod
     def from_text(cls, method: str) -> AttackStageConfig:
@@ -76,6 +81,21 @@ class AttackStageConfig:
     def __post_init__(self) -> None:
         check_conditions(self.conditions, "attack conditions")
         self.method_config  # noqa: B018 - read (and checked) once, when the config is made
+        self.defence_configs  # noqa: B018 - likewise
+        cannot = [name for name in self.defences if not DEFENCES[name].adaptive]
+        if cannot:
+            able = [name for name in DEFENCES if DEFENCES[name].adaptive]
+            raise ConfigError(f"attack --defence {', '.join(cannot)}: an attack cannot be optimised through it; ask "
+                              "the defended target the undefended attack's inputs instead (query --defence: transfer). "
+                              f"Defences an attack optimises through: {', '.join(able)}.")
+        if self.defences and self.prompt_layout != "chat-template":
+            raise ConfigError("attack --defence: the defended question is laid out by the model's chat template; "
+                              "use prompt_layout chat-template.")
+
+    @functools.cached_property
+    def defence_configs(self) -> list[tuple[str, Any]]:
+        """(name, settings) of each defence the model is attacked behind, outermost first."""
+        return read_defences(self.defences, self.defence_options)
 
     @functools.cached_property
     def method_config(self) -> Any:
@@ -196,12 +216,23 @@ class AttackWorker:
             self.model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
                                                 max_batch=config.max_batch, **layout)
         require_image(config.method, self.model)
-        self.folder = self.run.attack_folder(config.method, self.model.name)
+        context = DefenceContext(self.run.samples(), str(self.run.benchmark), config.device, config.seed) \
+            if config.defences else DefenceContext()
+        self.defences = [DEFENCES[name](settings, context) for name, settings in config.defence_configs]
+        self.model_name = defended_name(self.model.name, config.defences)
+        self.folder = self.run.attack_folder(config.method, self.model_name)
         self.budget = next((getattr(self.method_config, k) for k in ("steps", "rounds") if hasattr(
             self.method_config, k)), None)  # steps at most, for the progress line
 
     def name(self) -> str:
-        return self.model.name
+        """The attacked model's name, with the defences it is attacked behind ("<model>+<defence>")."""
+        return self.model_name
+
+    def attacked_question(self, question: str) -> str:
+        """The question the attack optimises: as the defences (innermost first) will put it to the model."""
+        for defence in reversed(self.defences):
+            question = defence.attacked_question(question)
+        return question
 
     def run_sample(self, sample: Sample) -> dict[str, Any]:
         sample_id = sample.sample_id
@@ -209,13 +240,15 @@ class AttackWorker:
                                   self.progress)
         try:
             task = build_task(self.model, self.run, sample, self.config.seed, self.needs)
+            if self.defences:
+                task = replace(task, question=self.attacked_question(sample.question))
             result = self.attack.run(self.model, task, checkpoint)
         except MedattackError as exc:
             log.warning("sample %s failed: %s", sample_id, exc)
             return {"failure": failure("sample_id", sample_id, exc)}
         record = AttackRecord(
             sample_id=sample_id, pair_id=sample.pair_id, condition=sample.condition, task=sample.task,
-            category=sample.category, method=self.config.method, model=self.model.name, seed=self.config.seed,
+            category=sample.category, method=self.config.method, model=self.model_name, seed=self.config.seed,
             question=sample.question, target=sample.target, suffix=result.suffix, suffix_ids=result.suffix_ids,
             success=result.success, keyword_success=keyword_success(result.response, sample.question),
             response=result.response, best_loss=result.best_loss, n_steps=len(result.steps),

@@ -36,9 +36,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medattack.config import from_mapping, option, to_dict
+from medattack.config import option, to_dict
 from medattack.data.image_io import encode_png, load_image
-from medattack.defences.base import about_image, flagged_by
+from medattack.defences.base import about_image, flagged_by, read_defences
 from medattack.errors import ConfigError, InputError, MedattackError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
@@ -98,19 +98,8 @@ class QueryConfig:
 
     @functools.cached_property
     def defence_configs(self) -> list[tuple[str, Any]]:
-        """(name, settings) of each defence, outermost first: names and options checked, options read into each
-        defence's config class."""
-        from medattack.defences.base import DEFENCES
-
-        if len(set(self.defences)) != len(self.defences):
-            raise ConfigError(f"defences: each defence once, got {list(self.defences)}.")
-        options = dict(self.defence_options or {})
-        stray = sorted(set(options) - set(self.defences))
-        if stray:
-            raise ConfigError(f"defence_options for {stray}, which are not among the defences {list(self.defences)}; "
-                              "add them with --defence, or drop their options.")
-        return [(name, from_mapping(DEFENCES[name].config_class, options.get(name) or {}, f"{name} options"))
-                for name in self.defences]
+        """(name, settings) of each defence, outermost first (defences.base.read_defences)."""
+        return read_defences(self.defences, self.defence_options)
 
     def defence_record(self) -> list[dict[str, Any]]:
         """Each defence's name and settings: part of every answer's input hash."""
