@@ -10,9 +10,9 @@ same target undefended, per run:
                      whose model is named like the defended target)
     answer rate      benign benchmark questions (normal, mismatch), the non-refusal rate undefended -> defended:
                      the defence's cost in normal use
-    flagged          share of inputs a defence flagged (refused, or whose claim it stripped or rewrote), with Wilson
-                     intervals: on attack replays and on mismatched claims (detections), and on normal questions
-                     (false alarms)
+    flagged          share of inputs a detector flagged (refused, or whose claim it stripped or rewrote), with
+                     Wilson intervals: on attack replays and on mismatched claims (detections), and on normal
+                     questions (false alarms); only for targets behind at least one detector
 
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from medattack.defences.base import DEFENCES
 from medattack.records import HARMFUL_CONDITIONS, MISMATCHED_CONDITIONS
 from medattack.stats import paired_test, wilson_ci
 
@@ -73,6 +74,8 @@ def defence_tables(table: pd.DataFrame, success_metric: str) -> tuple[pd.DataFra
             row = _paired(base, group, metric, keep, measure) if not base.empty else None
             if row:
                 effects.append({**key, **row})
+        if not any(name in DEFENCES and DEFENCES[name].detects for name in defences):
+            continue  # no detector among them: nothing is ever flagged, and a row of zeros would say otherwise
         answers = group[group["metric"] == KEY_METRIC].drop_duplicates("response_id")
         flagged = answers["flagged_by"].map(lambda cell: bool(_names(cell)))
         for inputs, keep in (("attack replays", answers["kind"] == "attack"),
