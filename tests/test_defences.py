@@ -113,6 +113,7 @@ def normal_context(embedded_run):
 
 
 def test_the_perplexity_filter_refuses_an_optimised_suffix_and_no_normal_question(normal_context):
+    normal_context = DefenceContext([s for s in normal_context.samples if s.condition == "normal"][:24])
     target, defence = _defended("perplexity", normal_context)
     normal = normal_context.normal_questions()
     assert defence.threshold == pytest.approx(max(defence.score(q) for q in normal))

@@ -165,14 +165,19 @@ def _response_2(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
     return _with_defaults(row, {"defences": [], "flagged_by": []})
 
 
+UNDEFENDED = {"defences": [], "defence_options": None}  # the defence settings of a stage asked without defences
+
+
+def _with_stage_settings(row: dict[str, Any], added: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage folder's stamp with settings added to its stage at the values that mean what it did before."""
+    return {**row, "stage": {**added, **row["stage"]}} if isinstance(row.get("stage"), dict) else row
+
+
 @step("stage-config", 2)
 def _stage_config_2(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
     """The query stage's defences came in version 3: a query folder of version 2 asked the target undefended."""
     is_query = "target_name" in row and "method" not in row  # a black-box folder names its method
-    if not is_query or not isinstance(row.get("stage"), dict):
-        return row
-    return {**row, "stage": {**row["stage"], "defences": row["stage"].get("defences", []),
-                             "defence_options": row["stage"].get("defence_options")}}
+    return _with_stage_settings(row, UNDEFENDED) if is_query else row
 
 
 # --- 3 -> 4 -----------------------------------------------------------------------------------------------------
@@ -181,7 +186,4 @@ def _stage_config_2(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]
 def _stage_config_3(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
     """Adaptive attacks (attack --defence) came in version 4: an attack folder of version 3 attacked the model
     undefended."""
-    if "model_name" not in row or not isinstance(row.get("stage"), dict):
-        return row
-    return {**row, "stage": {**row["stage"], "defences": row["stage"].get("defences", []),
-                             "defence_options": row["stage"].get("defence_options")}}
+    return _with_stage_settings(row, UNDEFENDED) if "model_name" in row else row

@@ -35,7 +35,8 @@ from medattack.defences.base import (
 from medattack.errors import ConfigError
 from medattack.models.targets import Query
 from medattack.records import question_text
-from medattack.stats import separating_threshold
+from medattack.scoring.backends.image_text import IMAGE_TEXT_BACKENDS, ImageInfo
+from medattack.stats import roc_auc, separating_threshold
 
 CLAIM = "This image is about {attribute}."
 
@@ -62,16 +63,13 @@ class AttributeConsistency(Defence):
 
     def __init__(self, config: AttributeConfig, context: DefenceContext) -> None:
         super().__init__(config, context)
-        from medattack.scoring.backends.image_text import IMAGE_TEXT_BACKENDS
-
         self.backend = IMAGE_TEXT_BACKENDS[config.backend](device=context.device or "cpu", model=config.model)
         self.attributes = sorted({s.true_attribute for s in context.samples} |
                                  {s.claimed_attribute for s in context.samples})
         self.gate, self.auc = (config.threshold, None) if config.threshold is not None else self._calibrate()
 
-    def _info(self, about: dict[str, str] | None) -> Any:
-        from medattack.scoring.backends.image_text import ImageInfo
-
+    def _info(self, about: dict[str, str] | None) -> ImageInfo | None:
+        """What the backend reads of the query's image (None: nothing to check it by)."""
         if not about or not about.get("image_file") or not Path(about["image_file"]).is_file():
             return None
         if self.backend.is_proxy and not about.get("modality"):
@@ -81,8 +79,6 @@ class AttributeConsistency(Defence):
 
     def _calibrate(self) -> tuple[float, float | None]:
         """The cut between the scores of each image's true attribute and the false ones claimed for it."""
-        from medattack.stats import roc_auc
-
         matched, mismatched = [], []
         for sample in {s.pair_id: s for s in self.context.samples if s.mismatched}.values():
             info = self._info(about_image(sample, Path(self.context.benchmark_root) / sample.image_file))
@@ -99,7 +95,7 @@ class AttributeConsistency(Defence):
         return separating_threshold(np.array(matched), np.array(mismatched)), roc_auc(np.array(matched),
                                                                                     np.array(mismatched))
 
-    def predicted(self, info: Any) -> str:
+    def predicted(self, info: ImageInfo) -> str:
         """The run's attribute the backend finds best for the image."""
         scores = self.backend.score([info] * len(self.attributes),
                                     [CLAIM.format(attribute=a) for a in self.attributes])

@@ -151,8 +151,7 @@ def _bound(defence: Defence, ask: Ask) -> Ask:
 
 def undefended_name(target: str, defences: Sequence[str]) -> str:
     """The name of the target a defended one wraps ("embedded+perplexity" -> "embedded")."""
-    suffix = "".join(f"+{name}" for name in defences)
-    return target.removesuffix(suffix) if suffix else target
+    return target.removesuffix(defended_name("", defences))
 
 
 def about_image(sample: Sample, image_file: Path | str) -> dict[str, str]:

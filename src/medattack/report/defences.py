@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from medattack.defences.base import DEFENCES
+from medattack.defences.base import DEFENCES, undefended_name
 from medattack.records import HARMFUL_CONDITIONS, MISMATCHED_CONDITIONS
 from medattack.stats import paired_test, wilson_ci
 
@@ -59,7 +59,7 @@ def defence_tables(table: pd.DataFrame, success_metric: str) -> tuple[pd.DataFra
     names = table["defences"].map(_names)
     for (run, defended_target), group in table[names.map(bool)].groupby(["run", "target"], sort=True):
         defences = _names(group["defences"].iloc[0])
-        base_name = str(defended_target).removesuffix("".join(f"+{d}" for d in defences))
+        base_name = undefended_name(str(defended_target), defences)
         base = table[(table["run"] == run) & (table["target"] == base_name) & ~names.map(bool)]
         key = {"run": run, "target": base_name, "defences": "+".join(defences), "defended_target": defended_target}
         harmful = base["condition"].isin(HARMFUL_CONDITIONS)
