@@ -60,11 +60,17 @@ class PerplexityFilter(Defence):
         if not questions:
             raise ConfigError("defence perplexity: the run has no normal questions to calibrate the threshold on; "
                               "query a benchmark with condition normal, or set defence_options.perplexity.threshold.")
-        return float(np.quantile([self.score(q) for q in questions], self.config.quantile))
+        return float(np.quantile(self.scores(questions), self.config.quantile))
+
+    def scores(self, texts: list[str]) -> list[float]:
+        """Log-perplexity of each text (nats per token), or of its worst window; texts scored in batches."""
+        return [self._reduce(nll.numpy()) for nll in self.scorer.token_nlls(texts)]
 
     def score(self, text: str) -> float:
-        """Log-perplexity of `text` (nats per token), or its worst window's."""
-        nll = self.scorer.token_nll(text).numpy()  # (n - 1,)
+        return self.scores([text])[0]
+
+    def _reduce(self, nll: np.ndarray) -> float:
+        """(n - 1,) token NLLs -> their mean, or the highest mean over `window` consecutive tokens."""
         window = self.config.window
         if window is None or len(nll) <= window:
             return float(nll.mean()) if len(nll) else 0.0
@@ -72,7 +78,7 @@ class PerplexityFilter(Defence):
         return float(sums.max() / window)
 
     def answer(self, queries: Sequence[Query], ask: Ask) -> list[Answer]:
-        blocked = [self.score(q.text) > self.threshold for q in queries]
+        blocked = [score > self.threshold for score in self.scores([q.text for q in queries])]
         passed = iter(ask([q for q, out in zip(queries, blocked, strict=True) if not out]))
         return [Flagged(REFUSAL, ("perplexity",)) if out else next(passed) for out in blocked]
 

@@ -192,16 +192,28 @@ class CausalLMWhiteBox:
                                   use_cache=True, **{self._cache_kw: cache}).last_hidden_state
         return self.decode(out)
 
-    @torch.no_grad()
     def token_nll(self, text: str) -> torch.Tensor:
         """(n - 1,) float32 on the CPU: the negative log-likelihood (nats) of each token of `text` (as plain text,
         no chat template; BOS first when the tokenizer adds one) given the tokens before it."""
-        ids = self._ids(text, first=True)
-        if len(ids) < 2:
-            return torch.zeros(0)
-        hidden = self.decoder(inputs_embeds=self.embed(ids[None]), use_cache=False).last_hidden_state
-        logits = self.lm_head(hidden[0, :-1].contiguous()).float()
-        return F.cross_entropy(logits, ids[1:], reduction="none").cpu()
+        return self.token_nlls([text])[0]
+
+    @torch.no_grad()
+    def token_nlls(self, texts: list[str], batch_size: int = 32) -> list[torch.Tensor]:
+        """token_nll of each text, `batch_size` texts per forward pass. The texts are padded on the right: under
+        causal attention a token never sees the padding after it, so the values equal the unbatched ones."""
+        out: list[torch.Tensor] = []
+        for start in range(0, len(texts), batch_size):
+            rows = [self._ids(text, first=True) for text in texts[start:start + batch_size]]
+            longest = max(len(r) for r in rows)
+            if longest < 2:
+                out.extend(torch.zeros(0) for _ in rows)
+                continue
+            ids = torch.stack([F.pad(r, (0, longest - len(r))) for r in rows])  # (B, L), right-padded with 0
+            hidden = self.decoder(inputs_embeds=self.embed(ids), use_cache=False).last_hidden_state
+            logits = self.lm_head(hidden[:, :-1].contiguous()).float()  # (B, L - 1, V)
+            nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").cpu()  # (B, L - 1)
+            out.extend(nll[k, :max(0, len(r) - 1)] for k, r in enumerate(rows))
+        return out
 
     # --- losses and gradients (shared with LlavaWhiteBox) -------------------------------------------
 
