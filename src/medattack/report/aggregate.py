@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from medattack.records import CONDITIONS, HARMFUL_CONDITIONS
-from medattack.report.defences import defence_tables
 from medattack.rundir import RunDir, read_jsonl
 from medattack.stats import bootstrap_ci, interval, paired_test, wilson_ci
 from medattack.storage import read_records, read_state, readable
@@ -337,8 +336,15 @@ def build_tables(runs: Sequence[RunData]) -> ReportTables:
         whitebox=whitebox,
         survival=_survival(pd.concat([r.steps for r in runs], ignore_index=True)),
         blackbox=_blackbox(pd.concat([r.searches for r in runs], ignore_index=True)),
-        **dict(zip(("defence_effects", "defence_flags"), defence_tables(table, success), strict=True)),
+        **dict(zip(("defence_effects", "defence_flags"), _defence_tables(table, success), strict=True)),
     )
+
+
+def _defence_tables(table: pd.DataFrame, success: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """report/defences.py's tables (imported here, as it reads this module's metric names and helpers)."""
+    from medattack.report.defences import defence_tables
+
+    return defence_tables(table, success)
 
 
 def _blackbox(searches: pd.DataFrame) -> pd.DataFrame:

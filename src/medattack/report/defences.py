@@ -23,9 +23,9 @@ import pandas as pd
 
 from medattack.defences.base import DEFENCES, undefended_name
 from medattack.records import HARMFUL_CONDITIONS, MISMATCHED_CONDITIONS
+from medattack.report.aggregate import KEY_METRIC, first_answers
 from medattack.stats import paired_test, wilson_ci
 
-KEY_METRIC = "keyword_asr"
 DEFENCE_COLUMNS = ["run", "target", "defences", "defended_target", "measure", "n", "mean_a", "mean_b",
                    "difference", "ci_low", "ci_high", "p_value"]
 FLAG_COLUMNS = ["run", "target", "defences", "inputs", "n", "flagged", "rate", "ci_low", "ci_high"]
@@ -55,12 +55,12 @@ def defence_tables(table: pd.DataFrame, success_metric: str) -> tuple[pd.DataFra
     effects, flags = [], []
     if table.empty or "defences" not in table:
         return pd.DataFrame(columns=DEFENCE_COLUMNS), pd.DataFrame(columns=FLAG_COLUMNS)
-    table = table[table["generation"].fillna(0) == 0] if "generation" in table else table
-    names = table["defences"].map(_names)
-    for (run, defended_target), group in table[names.map(bool)].groupby(["run", "target"], sort=True):
+    table = first_answers(table)
+    defended = table["defences"].map(_names).map(bool)
+    for (run, defended_target), group in table[defended].groupby(["run", "target"], sort=True):
         defences = _names(group["defences"].iloc[0])
         base_name = undefended_name(str(defended_target), defences)
-        base = table[(table["run"] == run) & (table["target"] == base_name) & ~names.map(bool)]
+        base = table[(table["run"] == run) & (table["target"] == base_name) & ~defended]
         key = {"run": run, "target": base_name, "defences": "+".join(defences), "defended_target": defended_target}
         harmful = base["condition"].isin(HARMFUL_CONDITIONS)
         adaptive = (base["kind"] == "attack") & (base["attack_model"] == defended_target) if "attack_model" in base \

@@ -24,9 +24,9 @@ score (never dropped silently).
 "control:blank" / "control:noise" for the image controls; `corrected` is the judged attack success rate
 corrected for the judge's errors (harmful conditions, when the judge's validity is known); `effects` are the
 paired comparisons on the same image and prompt (exact McNemar for rates, paired bootstrap otherwise);
-`defences` each defended target against the undefended one on the same inputs (measure "attack success" or
-"answer rate (benign)", a = undefended, b = defended) and `defence_flags` the share of inputs each flagged
-(report/defences.py).
+`defences` each defended target against the undefended one on the same inputs (measure "attack success
+(transfer)", "attack success (adaptive)" or "answer rate (benign)", a = undefended, b = defended) and
+`defence_flags` the share of inputs each detector flagged (report/defences.py).
 With pandas: `pd.DataFrame(json.load(open("runs/demo/report/summary.json"))["rates"])`.
 """
 
