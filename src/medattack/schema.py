@@ -90,11 +90,6 @@ def upgraded(kind: str, row: Mapping[str, Any], where: str, **context: Any) -> d
     return out
 
 
-def _with_defaults(row: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """`row` with the fields it lacks taken from `defaults` (top level only: the record's own fields)."""
-    return {**defaults, **row}
-
-
 def fill_missing(record: Any, defaults: Any) -> Any:
     """`record` with the keys it lacks (at any depth) taken from `defaults`."""
     if not isinstance(record, dict) or not isinstance(defaults, dict):
@@ -109,26 +104,26 @@ def fill_missing(record: Any, defaults: Any) -> Any:
 def _response_1(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
     """Fields added to Response before versions: the attack it replays (none), what produced the answer ("":
     unknown, so the query asks it again rather than trust it), which sampled answer (the first), cut (no)."""
-    return _with_defaults(row, {"attack_method": None, "attack_model": None, "attack_success": None,
+    return fill_missing(row, {"attack_method": None, "attack_model": None, "attack_success": None,
                                 "input_hash": "", "generation": 0, "truncated_from": None})
 
 
 @step("ScoreRecord", 1)
 def _score_1(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
     """Fields added to ScoreRecord before versions: no detail; what produced the value unknown (scored again)."""
-    return _with_defaults(row, {"detail": {}, "input_hash": ""})
+    return fill_missing(row, {"detail": {}, "input_hash": ""})
 
 
 @step("AttackRecord", 1)
 def _attack_1(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
     """The method's extra information was added to AttackRecord before versions: none."""
-    return _with_defaults(row, {"info": {}})
+    return fill_missing(row, {"info": {}})
 
 
 @step("SearchNode", 1)
 def _node_1(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
     """The reason a target gave no answer was added to SearchNode before versions: none (it answered)."""
-    return _with_defaults(row, {"problem": None})
+    return fill_missing(row, {"problem": None})
 
 
 def _unchanged(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,22 +157,17 @@ def _build_stamp_1(row: dict[str, Any], context: Mapping[str, Any]) -> dict[str,
 @step("Response", 2)
 def _response_2(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
     """Defences (medattack query --defence) came in version 3: an answer of version 2 had none in front of it."""
-    return _with_defaults(row, {"defences": [], "flagged_by": []})
+    return fill_missing(row, {"defences": [], "flagged_by": []})
 
 
-UNDEFENDED = {"defences": [], "defence_options": None}  # the defence settings of a stage asked without defences
-
-
-def _with_stage_settings(row: dict[str, Any], added: Mapping[str, Any]) -> dict[str, Any]:
-    """A stage folder's stamp with settings added to its stage at the values that mean what it did before."""
-    return {**row, "stage": {**added, **row["stage"]}} if isinstance(row.get("stage"), dict) else row
+UNDEFENDED = {"stage": {"defences": [], "defence_options": None}}  # a stage asked without defences
 
 
 @step("stage-config", 2)
 def _stage_config_2(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
     """The query stage's defences came in version 3: a query folder of version 2 asked the target undefended."""
     is_query = "target_name" in row and "method" not in row  # a black-box folder names its method
-    return _with_stage_settings(row, UNDEFENDED) if is_query else row
+    return fill_missing(row, UNDEFENDED) if is_query else row
 
 
 # --- 3 -> 4 -----------------------------------------------------------------------------------------------------
@@ -186,4 +176,4 @@ def _stage_config_2(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]
 def _stage_config_3(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
     """Adaptive attacks (attack --defence) came in version 4: an attack folder of version 3 attacked the model
     undefended."""
-    return _with_stage_settings(row, UNDEFENDED) if "model_name" in row else row
+    return fill_missing(row, UNDEFENDED) if "model_name" in row else row
