@@ -102,8 +102,7 @@ class RunConfig:
         object.__setattr__(self, "targets", tuple(coerce(t, TargetConfig, "targets") for t in self.targets))
         object.__setattr__(self, "attacks", tuple(coerce(a, AttackStageConfig, "attacks") for a in self.attacks))
         object.__setattr__(self, "blackbox", tuple(coerce(b, BlackBoxConfig, "blackbox") for b in self.blackbox))
-        for names in self.defence_sets():  # names and options checked now, not after the attacks ran
-            self.query_config(TargetConfig(), names)
+        read_defences(self.defences, self.defence_options)  # names and options checked now, not after the attacks
 
     def defence_sets(self) -> list[tuple[str, ...]]:
         """What each target is asked behind: nothing, then each defence alone."""
@@ -111,7 +110,6 @@ class RunConfig:
 
     def query_config(self, target: TargetConfig, defences: tuple[str, ...]) -> QueryConfig:
         """The query stage's config for one target behind `defences` (their options only)."""
-        read_defences(self.defences, self.defence_options)  # every name and option checked
         options = {k: v for k, v in (self.defence_options or {}).items() if k in defences} or None
         return replace(self.query, target=target, defences=defences, defence_options=options)
 

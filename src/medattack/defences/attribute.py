@@ -30,6 +30,7 @@ from medattack.defences.base import (
     DefenceContext,
     Flagged,
     about_image,
+    ask_rest,
     split_claim,
 )
 from medattack.errors import ConfigError
@@ -78,22 +79,19 @@ class AttributeConsistency(Defence):
                          about.get("description", ""))
 
     def _calibrate(self) -> tuple[float, float | None]:
-        """The cut between the scores of each image's true attribute and the false ones claimed for it."""
-        matched, mismatched = [], []
-        for sample in {s.pair_id: s for s in self.context.samples if s.mismatched}.values():
-            info = self._info(about_image(sample, Path(self.context.benchmark_root) / sample.image_file))
-            if info is None:
-                continue
-            true, false = self.backend.score([info, info], [CLAIM.format(attribute=sample.true_attribute),
-                                                            CLAIM.format(attribute=sample.claimed_attribute)])
-            matched.append(true)
-            mismatched.append(false)
-        if len(matched) < 2:
+        """The cut between the scores of each image's true attribute and the false ones claimed for it (every
+        image's pair of claims scored in one call)."""
+        pairs = [(sample, info) for sample in {s.pair_id: s for s in self.context.samples if s.mismatched}.values()
+                 if (info := self._info(about_image(sample, Path(self.context.benchmark_root) / sample.image_file)))]
+        if len(pairs) < 2:
             raise ConfigError("defence attribute: fewer than 2 benchmark images with a mismatched claim to calibrate "
                               "the gate on; build a benchmark with mismatch samples, or set "
                               "defence_options.attribute.threshold.")
-        return separating_threshold(np.array(matched), np.array(mismatched)), roc_auc(np.array(matched),
-                                                                                    np.array(mismatched))
+        scores = self.backend.score([info for _, info in pairs for _ in (0, 1)],
+                                    [CLAIM.format(attribute=a) for sample, _ in pairs
+                                     for a in (sample.true_attribute, sample.claimed_attribute)])
+        matched, mismatched = np.asarray(scores[0::2], dtype=float), np.asarray(scores[1::2], dtype=float)
+        return separating_threshold(matched, mismatched), roc_auc(matched, mismatched)
 
     def predicted(self, info: ImageInfo) -> str:
         """The run's attribute the backend finds best for the image."""
@@ -101,31 +99,26 @@ class AttributeConsistency(Defence):
                                     [CLAIM.format(attribute=a) for a in self.attributes])
         return self.attributes[int(np.argmax(scores))]
 
-    def checked(self, query: Query) -> Query | Flagged:
-        """The query as the target may see it, or the defence's refusal."""
-        claim, info = split_claim(query.text), self._info(query.about)
-        if claim is None or info is None:
-            return query
-        attribute, rest = claim
-        if float(self.backend.score([info], [CLAIM.format(attribute=attribute)])[0]) >= self.gate:
-            return query
-        if self.config.action == "refuse":
-            return Flagged(REFUSAL, ("attribute",))
-        text = rest if self.config.action == "strip" else question_text(self.predicted(info), rest)
-        return replace(query, text=text, about={**(query.about or {}), "flagged": "attribute"})
-
     def answer(self, queries: Sequence[Query], ask: Ask) -> list[Answer]:
-        checked = [self.checked(q) for q in queries]
-        passed = iter(ask([c for c in checked if isinstance(c, Query)]))
-        out: list[Answer] = []
-        for c in checked:
-            if isinstance(c, Flagged):
-                out.append(c)
+        """Every claim that can be checked is scored in one call; a contradicted one is refused, or its query is
+        asked stripped or rewritten and its answer marked flagged."""
+        found = [(k, claim, info) for k, query in enumerate(queries)
+                 if (claim := split_claim(query.text)) and (info := self._info(query.about))]
+        scores = self.backend.score([info for _, _, info in found],
+                                    [CLAIM.format(attribute=claim[0]) for _, claim, _ in found]) if found else []
+        items: list[Query | Answer] = list(queries)
+        changed: set[int] = set()
+        for (k, (_, rest), info), score in zip(found, scores, strict=True):
+            if float(score) >= self.gate:
                 continue
-            answer = next(passed)
-            flagged = (c.about or {}).get("flagged") == "attribute" and not isinstance(answer, Exception)
-            out.append(Flagged(str(answer), ("attribute",)) if flagged else answer)
-        return out
+            if self.config.action == "refuse":
+                items[k] = Flagged(REFUSAL, ("attribute",))
+                continue
+            text = rest if self.config.action == "strip" else question_text(self.predicted(info), rest)
+            items[k] = replace(queries[k], text=text)
+            changed.add(k)
+        return [Flagged(str(answer), ("attribute",)) if k in changed and not isinstance(answer, Exception) else answer
+                for k, answer in enumerate(ask_rest(items, ask))]
 
     def calibrated(self) -> dict[str, Any]:
         return {"gate": round(float(self.gate), 6), "auc": None if self.auc is None else round(self.auc, 4),

@@ -16,16 +16,22 @@ query (score, report, compare) reads it like any target and the report pairs it 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
 
 from medattack.errors import ConfigError, TargetError
 from medattack.models.targets import ChatTarget, Query, TargetConfig
 from medattack.records import QUESTION_TEMPLATE, Sample
 from medattack.registry import Registry
+
+if TYPE_CHECKING:
+    from medattack.rundir import RunDir
 
 Answer = str | TargetError
 Ask = Callable[[Sequence[Query]], list[Answer]]  # answers queries with what the defence wraps
@@ -89,7 +95,7 @@ class Defence:
         raise NotImplementedError
 
     def calibrated(self) -> dict[str, Any]:
-        """What the defence measured on the run when it was built (a threshold): shown in the report."""
+        """What the defence measured on the run when it was built (a threshold), for a caller to inspect."""
         return {}
 
     def attacked_question(self, question: str) -> str:
@@ -100,6 +106,28 @@ class Defence:
 
 
 DEFENCES: Registry[type[Defence]] = Registry("defence", plugins="medattack.defences")
+
+
+def build_defences(configs: Sequence[tuple[str, Any]], run: RunDir, device: str | None,
+                   seed: int) -> list[tuple[str, Defence]]:
+    """Each configured defence (read_defences), built on the run's benchmark; nothing is read when there are none."""
+    if not configs:
+        return []
+    context = DefenceContext(run.samples(), str(run.benchmark), device, seed)
+    return [(name, DEFENCES[name](settings, context)) for name, settings in configs]
+
+
+def ask_rest(items: Sequence[Query | Answer], ask: Ask) -> list[Answer]:
+    """The answers of a defence that decided some inputs itself: each item is a query to ask (all in one call to
+    `ask`) or the answer it already gave; answers come back in the items' order."""
+    asked = iter(ask([item for item in items if isinstance(item, Query)]))
+    return [next(asked) if isinstance(item, Query) else item for item in items]
+
+
+def seeded(*parts: object) -> np.random.Generator:
+    """A generator seeded from the parts' text ("|"-joined; stable across processes, unlike hash())."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
 def read_defences(names: Sequence[str], options: dict[str, Any] | None) -> list[tuple[str, Any]]:
@@ -139,10 +167,6 @@ class DefendedTarget:
         for _, defence in reversed(self.defences):
             ask = _bound(defence, ask)
         return ask(queries)
-
-    def calibrated(self) -> dict[str, dict[str, Any]]:
-        """What each defence calibrated on the run, by name."""
-        return {name: defence.calibrated() for name, defence in self.defences}
 
 
 def _bound(defence: Defence, ask: Ask) -> Ask:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from medattack.config import option
-from medattack.defences.base import DEFENCES, REFUSAL, Answer, Ask, Defence, DefenceContext, Flagged
+from medattack.defences.base import DEFENCES, REFUSAL, Answer, Ask, Defence, DefenceContext, Flagged, ask_rest
 from medattack.errors import ConfigError
 from medattack.models.targets import Query
 
@@ -78,9 +78,9 @@ class PerplexityFilter(Defence):
         return float(sums.max() / window)
 
     def answer(self, queries: Sequence[Query], ask: Ask) -> list[Answer]:
-        blocked = [score > self.threshold for score in self.scores([q.text for q in queries])]
-        passed = iter(ask([q for q, out in zip(queries, blocked, strict=True) if not out]))
-        return [Flagged(REFUSAL, ("perplexity",)) if out else next(passed) for out in blocked]
+        scores = self.scores([q.text for q in queries])
+        return ask_rest([Flagged(REFUSAL, ("perplexity",)) if score > self.threshold else query
+                         for query, score in zip(queries, scores, strict=True)], ask)
 
     def calibrated(self) -> dict[str, Any]:
         return {"threshold": round(self.threshold, 4), "scorer": self.scorer.name}

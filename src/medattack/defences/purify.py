@@ -9,7 +9,6 @@ heavy purification blurs the fine detail a medical image is read by.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -17,7 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from medattack.config import option
-from medattack.defences.base import DEFENCES, Answer, Ask, Defence
+from medattack.defences.base import DEFENCES, Answer, Ask, Defence, seeded
 from medattack.errors import ConfigError
 from medattack.models.targets import Query
 
@@ -70,8 +69,7 @@ class Purify(Defence):
             return query
         pixels = query.image
         if self.config.min_scale is not None and self.config.min_scale < 1.0:
-            digest = hashlib.sha256(f"{self.context.seed}|{query.query_id}".encode()).digest()
-            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            rng = seeded(self.context.seed, query.query_id)
             pixels = resize_and_pad(pixels, float(rng.uniform(self.config.min_scale, 1.0)), rng)
         if self.config.jpeg_quality is not None:
             pixels = jpeg(pixels, self.config.jpeg_quality)

@@ -10,7 +10,6 @@ perturbed questions are answered worse (a utility cost), and semantic jailbreaks
 
 from __future__ import annotations
 
-import hashlib
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -19,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from medattack.config import option
-from medattack.defences.base import DEFENCES, Answer, Ask, Defence
+from medattack.defences.base import DEFENCES, Answer, Ask, Defence, seeded
 from medattack.errors import ConfigError, TargetError
 from medattack.models.targets import Query
 from medattack.scoring.keyword import keyword_success
@@ -71,8 +70,7 @@ class SmoothLLM(Defence):
     def copies(self, query: Query) -> list[Query]:
         out = []
         for k in range(self.config.copies):
-            digest = hashlib.sha256(f"{self.context.seed}|{query.query_id}|{k}".encode()).digest()
-            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            rng = seeded(self.context.seed, query.query_id, k)
             out.append(replace(query, text=perturb(query.text, self.config.rate, self.config.perturbation, rng)))
         return out
 

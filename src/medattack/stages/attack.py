@@ -31,7 +31,7 @@ from medattack.attacks.base import ATTACKS, AttackResult, AttackTask, require_im
 from medattack.config import from_mapping, option, to_dict
 from medattack.data.image_io import encode_png, load_image
 from medattack.data.typography import render_text_band
-from medattack.defences.base import DEFENCES, DefenceContext, defended_name, read_defences
+from medattack.defences.base import DEFENCES, build_defences, defended_name, read_defences
 from medattack.errors import ConfigError, MedattackError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.models.base import WhiteBoxTarget, load_whitebox
@@ -216,9 +216,7 @@ class AttackWorker:
             self.model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
                                                 max_batch=config.max_batch, **layout)
         require_image(config.method, self.model)
-        context = DefenceContext(self.run.samples(), str(self.run.benchmark), config.device, config.seed) \
-            if config.defences else DefenceContext()
-        self.defences = [DEFENCES[name](settings, context) for name, settings in config.defence_configs]
+        self.defences = [d for _, d in build_defences(config.defence_configs, self.run, config.device, config.seed)]
         self.model_name = defended_name(self.model.name, config.defences)
         self.folder = self.run.attack_folder(config.method, self.model_name)
         self.budget = next((getattr(self.method_config, k) for k in ("steps", "rounds") if hasattr(

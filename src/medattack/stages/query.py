@@ -38,7 +38,7 @@ import numpy as np
 
 from medattack.config import option, to_dict
 from medattack.data.image_io import encode_png, load_image
-from medattack.defences.base import about_image, flagged_by, read_defences
+from medattack.defences.base import DefendedTarget, about_image, build_defences, flagged_by, read_defences
 from medattack.errors import ConfigError, InputError, MedattackError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
@@ -206,13 +206,9 @@ class QueryWorker:
     def __init__(self, config: TargetConfig, run_root: str, target: ChatTarget | None = None,
                  progress: Progress | None = None, defences: Sequence[tuple[str, Any]] = ()) -> None:
         self.run = RunDir(run_root)
-        built = []
-        if defences:
-            from medattack.defences.base import DEFENCES, DefenceContext
-
-            context = DefenceContext(self.run.samples(), str(self.run.benchmark), config.device, config.seed)
-            with loading(progress, "defences"):
-                built = [(name, DEFENCES[name](settings, context)) for name, settings in defences]
+        with loading(progress if defences else None, "defences"):
+            built = build_defences(defences, self.run, config.device, config.seed)
+        if built:
             asked = config
             for _, defence in built:
                 config = defence.configure(config)
@@ -222,8 +218,6 @@ class QueryWorker:
         with loading(progress if target is None else None, config.name):
             self.target = target or load_target(config, cache_path=self.run.api_cache_path)
         if built:
-            from medattack.defences.base import DefendedTarget
-
             self.target = DefendedTarget(self.target, built)
         self.defences = [name for name, _ in built]
 
