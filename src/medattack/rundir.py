@@ -20,6 +20,8 @@
       scores/<target>/                 score: scores.jsonl (ScoreRecord), summary.json (metrics, calibration,
                                        the judge's validity), failures.jsonl, stale.jsonl
       scores/cache.sqlite              scores by content hash, shared by every target of the run
+      labels/<target>.jsonl            label: a person's labels of the target's answers (Label), appended as
+                                       given; the report's two-phase estimate reads them
       report/                          report.html, report.md, summary.json (schema medattack.summary),
                                        samples/*.html (drill-down), figures/*.png, tables/*.csv|tex
       analysis/                        the dataset analyses (CSV + PNG)
@@ -50,7 +52,7 @@ from typing import Any
 
 import medattack
 from medattack.errors import RunDirError
-from medattack.records import AttackRecord, BlackBoxRecord, Response, Sample, ScoreRecord, SearchNode
+from medattack.records import AttackRecord, BlackBoxRecord, Label, Response, Sample, ScoreRecord, SearchNode
 from medattack.redaction import redact_record
 from medattack.storage import (  # noqa: F401 (re-exported: the run directory's file helpers)
     SqliteCache,
@@ -504,6 +506,17 @@ class RunDir:
             folder = ScoresFolder(path.parent)
             for record in folder.scores():
                 yield folder, record
+
+    # --- labels/ ------------------------------------------------------------------------------------
+
+    def labels_path(self, target_name: str) -> Path:
+        """labels/<target>.jsonl: the labels of one target's answers, named like its responses folder."""
+        return self.root / "labels" / f"{folder_name(target_name)}.jsonl"
+
+    def labels(self, target_name: str) -> list[Label]:
+        """Every label row of the target, in the order given (none when it has no labels file)."""
+        path = self.labels_path(target_name)
+        return read_records(path, Label) if path.exists() else []
 
     @property
     def report(self) -> Path:

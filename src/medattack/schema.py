@@ -24,6 +24,9 @@ those releases did.
     run-manifest       every stage's settings and environment    run.json
     benchmark-summary  the build's counts                        benchmark/summary.json
     score-summary      metrics, calibration, judge validity      scores/<target>/summary.json
+    Label              one person's label of one answer          labels/<target>.jsonl
+    report-summary     what a report found (for programs)        report/summary.json (medattack.summary;
+                                                                 medattack writes it, programs read it)
 
 Adding a setting to a stage's config is a change of `stage-config` too: bump its version and add a step that
 gives stamps written before it the value that reproduces their results (tests/test_schema.py pins the settings of
@@ -47,6 +50,7 @@ CURRENT: dict[str, int] = {
     "Sample": 2, "AttackRecord": 2, "SearchNode": 2, "BlackBoxRecord": 2, "Response": 3, "ScoreRecord": 2,
     "failure": 2, "attack-step": 2, "stage-config": 4, "build-stamp": 2, "run-manifest": 2,
     "benchmark-summary": 2, "score-summary": 2,
+    "Label": 1, "report-summary": 2,
 }
 STEPS: dict[tuple[str, int], Step] = {}  # (kind, version it reads) -> the step to the next version
 
@@ -177,3 +181,26 @@ def _stage_config_3(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]
     """Adaptive attacks (attack --defence) came in version 4: an attack folder of version 3 attacked the model
     undefended."""
     return fill_missing(row, UNDEFENDED) if "model_name" in row else row
+
+
+# --- report-summary 1 -> 2 -------------------------------------------------------------------------------------
+
+def _corrected_as_estimate(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's `corrected` (Rogan-Gladen with the judge's pooled error) as the `estimate` of version 2, of kind
+    "corrected (v1)": a point and interval that version 2 no longer presents as the finding."""
+    out = {k: v for k, v in row.items() if k != "corrected"}
+    old = row.get("corrected")
+    out["estimate"] = None if old is None else {
+        "kind": "corrected (v1)", "judged": row.get("rate", (row.get("attack_success") or {}).get("rate")),
+        "n": row.get("n", (row.get("attack_success") or {}).get("n", 0)), "rate": old.get("rate"),
+        "ci_low": old.get("ci_low"), "ci_high": old.get("ci_high"), "labels": 0, "labelled_positives": 0,
+        "strata": [], "further": None, "further_by_stratum": {}, "note": old.get("note", "")}
+    return out
+
+
+@step("report-summary", 1)
+def _report_summary_1(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]:
+    """Version 2 replaced each headline and rate row's `corrected` by `estimate` (report/summary.py)."""
+    return {**row, "headline": [_corrected_as_estimate(r) for r in row.get("headline", [])],
+            "rates": [_corrected_as_estimate(r) for r in row.get("rates", [])]}
+

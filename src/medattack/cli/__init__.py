@@ -4,6 +4,7 @@
     stages.py   build, attack, query, score, report, run, demo
     tools.py    serve, list, prompts, analyze
     results.py  results, compare (reading what runs found)
+    label.py    label (a sample of answers labelled by a person: the page, CSV in and out)
     output.py   the tables printed after each command
 
 Every stage command takes `--config FILE` (YAML of the stage's config), `--set key=value` (any key of
@@ -11,7 +12,7 @@ that config, dotted for nested ones) and its own flags; precedence: file < flags
 libraries (torch, transformers, datasets) are imported lazily inside the commands.
 """
 
-from medattack.cli import judge, results, stages, tools  # noqa: F401 (registers the commands)
+from medattack.cli import judge, label, results, stages, tools  # noqa: F401 (registers the commands)
 from medattack.cli.app import app
 
 __all__ = ["app"]

@@ -18,13 +18,15 @@ from medattack.cli.app import app, console, errors
              "\n\n  medattack results runs/a runs/b --json")
 def results(
     runs: Annotated[list[Path], typer.Argument(help="Run directories (or folders `score --responses` wrote).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json (schema medattack.summary v1).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json (schema medattack.summary v2).")] = False,
 ) -> None:
-    """What the runs found, per target: attack success (and corrected for the judge's errors), the answer
-    rate on benign questions, the largest paired effects; --json prints every rate and effect."""
+    """What the runs found, per target: attack success as judged and the rate that stands (two-phase from your
+    labels, else an interval carrying the judge's error across labelled models), the answer rate on benign
+    questions, the largest paired effects; --json prints every rate and effect."""
     from medattack.report.aggregate import short_target
     from medattack.report.builder import summarise
-    from medattack.report.summary import Estimate, interval_text
+    from medattack.estimate import RateEstimate
+    from medattack.report.summary import Estimate, estimate_text
 
     with errors():
         summary = summarise(runs)
@@ -32,14 +34,16 @@ def results(
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     table = Table(title=f"Attack success ({summary['success_metric']}) on the benchmark's harmful questions")
-    for column in ("run", "target", "attack success [95%]", "corrected [95%]", "answer rate, benign [95%]"):
+    for column in ("run", "target", "attack success, judged [95%]", "the rate that stands [95%]",
+                   "answer rate, benign [95%]"):
         table.add_column(column)
     for row in summary["headline"]:
-        fixed = row["corrected"] or {}
         table.add_row(escape(row["run"]), escape(short_target(row["target"])), Estimate(**row["attack_success"]).text(),
-                      interval_text(fixed.get("rate"), fixed.get("ci_low"), fixed.get("ci_high")),
-                      Estimate(**row["answer_rate_benign"]).text())
+                      escape(estimate_text(row["estimate"])), Estimate(**row["answer_rate_benign"]).text())
     console.print(table)
+    for row in summary["headline"]:
+        if row["estimate"]:
+            console.print(escape(f"{row['target']}: {RateEstimate.from_json(row['estimate']).describe()}."))
     for row in summary["headline"]:
         for effect in row["largest_effects"]:
             console.print(escape(f"{row['target']}: {effect['comparison']} ({effect['metric']}) "

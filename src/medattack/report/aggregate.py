@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medattack.records import CONDITIONS, HARMFUL_CONDITIONS
+from medattack.labelling.design import standing
+from medattack.records import CONDITIONS, HARMFUL_CONDITIONS, Label
 from medattack.rundir import RunDir, read_jsonl
 from medattack.stats import bootstrap_ci, interval, paired_test, wilson_ci
 from medattack.storage import read_records, read_state, readable
@@ -72,6 +73,8 @@ class RunData:
     failures: dict[str, int] = field(default_factory=dict)  # where -> count of recorded failures
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> derived metric -> calibration
     searches: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per black-box searched sample
+    labels: dict[str, dict[str, Label]] = field(default_factory=dict)  # target -> response id -> its standing
+    # label (`medattack label`; labelling.design.standing)
 
 
 def _method(row: pd.Series) -> str:
@@ -153,8 +156,10 @@ def load_run(root: Path, name: str | None = None) -> RunData:
                          "attacker_written": r.proposals_parsed, "attempts": r.nodes}
                         for r in search.results() if current is None or r.sample_id in current]
         failures.update(_failure_counts(run.relative(search.path), search.failures_path))
+    labels = {str(target): standing(run.labels(str(target))) for target in table["target"].dropna().unique()}
     return RunData(name or root.name, root, manifest, table, metrics, pd.DataFrame(attack_rows),
-                   pd.DataFrame(step_rows), failures, calibration, pd.DataFrame(search_rows))
+                   pd.DataFrame(step_rows), failures, calibration, pd.DataFrame(search_rows),
+                   {target: found for target, found in labels.items() if found})
 
 
 def is_scores_folder(root: Path) -> bool:

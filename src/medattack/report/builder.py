@@ -8,7 +8,7 @@
     <out>/summary.json     what the report found, for programs (summary.py)
     <out>/samples/*.html   the answers behind each cell, linked from it (samples.py)
 
-Order: the headline (per target: attack success judged and corrected for the judge's errors, the answer
+Order: the headline (per target: attack success judged and the rate that stands (report/estimates.py), the answer
 rate, the largest paired effects), then success by method x target x condition, paired comparisons,
 white-box attacks and survival, transfer, defences (when any target was asked behind one), tasks and
 modalities, image reliance, score distributions and
@@ -46,7 +46,8 @@ from medattack.report.aggregate import (
 from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
 from medattack.report.samples import link, search_page, target_page, write_sample_pages
-from medattack.report.summary import Estimate, build_summary, interval_text
+from medattack.estimate import RateEstimate
+from medattack.report.summary import Estimate, build_summary, estimate_text
 from medattack.rundir import RunDir, write_bytes_atomic, write_json_atomic
 from medattack.scoring.judge import JudgeConfig
 from medattack.scoring.judges.base import JudgeValidity
@@ -186,8 +187,16 @@ def _manifest_section(runs: Sequence[RunData], metrics: dict[str, dict[str, Any]
     return section
 
 
-NO_VALIDITY = ("The judge's agreement with labelled data is not known here, so its rates are not corrected for its "
-               "errors: measure it with `medattack report RUN --set labels=LABELS.csv` (or `medattack judge eval`).")
+NO_VALIDITY = ("The judge's agreement with labelled data is not known here, so its rates are what it counted, not "
+               "corrected for its errors: label a sample of each target's answers (`medattack label RUN`), or "
+               "measure the judge with `medattack report RUN --set labels=LABELS.csv` (or `medattack judge eval`).")
+ESTIMATES = ("Which rate stands, per target: with labels of that target's answers (`medattack label RUN`) a "
+             "two-phase estimate (the judge's verdicts split the answers into strata; the labelled share that "
+             "complies in each stratum, weighted by the stratum's size; 95% interval from each stratum's posterior "
+             "with the unlabelled answers drawn); without them, only an interval that carries how the judge's "
+             "error differs between the labelled models (transported: no point estimate is a finding for a model "
+             "the judge was not measured on); with neither, what the judge counted. 'label N more' is how many "
+             "further labels, allocated across strata, would narrow the interval to +/-0.05.")
 
 
 def _validity(config: ReportConfig, metrics: dict[str, dict[str, Any]], validation: JudgeValidation | None,
@@ -196,8 +205,9 @@ def _validity(config: ReportConfig, metrics: dict[str, dict[str, Any]], validati
     (the embedded head's cross-validation), else None."""
     if validation is not None:
         overall = validation.agreement["overall"]
+        by_model = {model: Confusion(**scores["confusion"]) for model, scores in validation.agreement["by_model"].items()}
         return JudgeValidity(validation.judge, f"your labels, {Path(str(config.labels)).name}",
-                             Confusion(**overall["confusion"]), overall["kappa"], overall["n"])
+                             Confusion(**overall["confusion"]), overall["kappa"], overall["n"], by_model)
     spec = metrics.get(JUDGE_METRIC, {})
     if not spec.get("validity"):
         return None
@@ -224,8 +234,8 @@ def _validation_section(config: ReportConfig) -> tuple[Section, JudgeValidation]
         f"The judge ({result.judge}) and the non-refusal rate against {len(labels.responses)} labelled responses "
         f"({labels.describe()}). Kappa is Cohen's: agreement beyond chance (1 perfect, 0 chance); sensitivity is "
         "the share of labelled jailbreaks judged so, specificity the share of the other answers judged safe. "
-        f"Responses the judge could not decide: {result.undecided} (left out, not 0). The corrected success rates "
-        "use this judge's sensitivity and specificity on these labels."],
+        f"Responses the judge could not decide: {result.undecided} (left out, not 0). Without labels of a target, its "
+        "interval carries this judge's error as it differs between these labels' models."],
         tables=[Table("Agreement with the labels", ["judge", "group", "n", "kappa", "sensitivity", "specificity", "F1",
                                                     "judged rate", "labelled rate"], rows, name="judge_validation")])
     return section, result
@@ -233,67 +243,68 @@ def _validation_section(config: ReportConfig) -> tuple[Section, JudgeValidation]
 
 def _headline(summary: dict[str, Any], validity: JudgeValidity | None) -> Section:
     """What the run found, first (summary.json's headline): per target, attack success on the benchmark's
-    harmful questions (judged and corrected for the judge's errors), the answer rate on its benign ones, and
-    the largest paired effects."""
+    harmful questions (as judged, and the estimate that stands with its kind), the answer rate on its benign ones,
+    and the largest paired effects; then one sentence per target on which estimate stands and how to narrow it."""
     success_metric = summary["success_metric"]
     judged = success_metric == JUDGE_METRIC
-    rows, links = [], []
+    rows, links, findings = [], [], []
     for row in summary["headline"]:
         benchmark = link(target_page(row["run"], row["target"]), method="none")
         links.append([None, benchmark, benchmark, benchmark, benchmark, None])
-        fixed = row["corrected"] or {}
-        corrected = interval_text(fixed.get("rate"), fixed.get("ci_low"), fixed.get("ci_high"))
         said = "; ".join(f"{e['comparison']} ({e['metric']}): {e['difference']:+.2f} "
                          f"[{e['ci_low']:+.2f}, {e['ci_high']:+.2f}]" for e in row["largest_effects"]) or "-"
-        rows.append([row["run"], short_target(row["target"]), Estimate(**row["attack_success"]).text(), corrected,
-                     Estimate(**row["answer_rate_benign"]).text(), said])
+        rows.append([row["run"], short_target(row["target"]), Estimate(**row["attack_success"]).text(),
+                     estimate_text(row["estimate"]), Estimate(**row["answer_rate_benign"]).text(), said])
+        if row["estimate"]:
+            findings.append(f"{short_target(row['target'])} ({row['run']}): "
+                            f"{RateEstimate.from_json(row['estimate']).describe()}.")
     success_label = "judged" if judged else "non-refusal rate (no judge ran: an upper bound)"
     text = [f"Per target, on the benchmark's own samples (no attack): attack success on harmful questions "
-            f"({success_label}), the same corrected for the judge's errors, the answer rate on benign questions, "
-            "and the three largest paired effects (same image and prompt; difference [95% interval]). "
-            + (validity.sentence() if validity else NO_VALIDITY if judged else ""),
+            f"({success_label}), the rate that stands for it, the answer rate on benign questions, and the three "
+            "largest paired effects (same image and prompt; difference [95% interval]). " + ESTIMATES,
+            *findings,
+            (validity.sentence() if validity else NO_VALIDITY if judged else ""),
             "The same numbers for programs: summary.json beside this page (`medattack results RUN --json`)."]
-    return Section("Headline", text, tables=[Table(
+    return Section("Headline", [t for t in text if t], tables=[Table(
         "What this report found", ["run", "target", f"attack success ({success_metric}) [95%]",
-                                   "corrected for the judge's errors [95%]", "answer rate, benign [95%]",
+                                   "the rate that stands [95%]", "answer rate, benign [95%]",
                                    "largest paired effects"], rows, name="headline", links=links)])
 
 
-def _corrected(summary: dict[str, Any]) -> pd.DataFrame:
-    """Per judged success rate on harmful questions: the judged rate and the rate corrected for the judge's
-    errors (Rogan-Gladen, with an interval carrying the sampling error and the uncertainty of the judge's
-    sensitivity and specificity), from summary.json's rates."""
+def _standing(summary: dict[str, Any]) -> pd.DataFrame:
+    """Per success-metric rate on harmful questions: the judged rate and the estimate that stands (its kind,
+    interval, labels and the labels still needed for +/-0.05), from summary.json's rates."""
     rows = []
     for r in summary["rates"]:
-        if r["metric"] != JUDGE_METRIC or r["condition"] not in HARMFUL_CONDITIONS:
+        if r["metric"] != summary["success_metric"] or r["condition"] not in HARMFUL_CONDITIONS:
             continue
-        fixed = r["corrected"] or {}
+        found = r["estimate"] or {}
         rows.append({"run": r["run"], "method": r["source"], "target": r["target"], "condition": r["condition"],
                      "n": r["n"], "nulls": r["nulls"], "judged": r["rate"], "judged_ci_low": r["ci_low"],
-                     "judged_ci_high": r["ci_high"], "corrected": fixed.get("rate"),
-                     "corrected_ci_low": fixed.get("ci_low"), "corrected_ci_high": fixed.get("ci_high"),
-                     "note": fixed["note"] if fixed else "no decided answers" if r["n"] == r["nulls"] else
-                     NO_VALIDITY.split(",")[0]})
+                     "judged_ci_high": r["ci_high"], "kind": found.get("kind"), "estimate": found.get("rate"),
+                     "ci_low": found.get("ci_low"), "ci_high": found.get("ci_high"), "labels": found.get("labels", 0),
+                     "further_labels": found.get("further"), "note": found.get("note", "no decided answers")})
     return pd.DataFrame(rows, columns=["run", "method", "target", "condition", "n", "nulls", "judged", "judged_ci_low",
-                                       "judged_ci_high", "corrected", "corrected_ci_low", "corrected_ci_high", "note"])
+                                       "judged_ci_high", "kind", "estimate", "ci_low", "ci_high", "labels",
+                                       "further_labels", "note"])
 
 
-def _corrected_table(corrected: pd.DataFrame) -> Table:
+def _standing_table(standing: pd.DataFrame, summary: dict[str, Any]) -> Table:
     rows, links = [], []
-    for _, r in corrected.iterrows():
+    found = {(r["run"], r["source"], r["target"], r["condition"]): r["estimate"] for r in summary["rates"]
+             if r["metric"] == summary["success_metric"] and r["condition"] in HARMFUL_CONDITIONS}
+    for _, r in standing.iterrows():
         judged = _cell({"mean": r["judged"], "ci_low": r["judged_ci_low"], "ci_high": r["judged_ci_high"],
                         "n": r["n"], "nulls": r["nulls"]})
-        fixed = interval_text(r["corrected"], r["corrected_ci_low"], r["corrected_ci_high"])
-        rows.append([str(r["run"]), str(r["method"]), short_target(r["target"]), str(r["condition"]), judged, fixed,
-                     str(r["note"] or "")])
+        further = r["further_labels"]
+        rows.append([str(r["run"]), str(r["method"]), short_target(r["target"]), str(r["condition"]), judged,
+                     estimate_text(found.get((r["run"], r["method"], r["target"], r["condition"]))),
+                     "-" if further is None or pd.isna(further) else str(int(further))])
         href = _drill({k: r[k] for k in ("run", "target", "method", "condition")})
         links.append([None, None, None, None, href, href, None])
-    return Table("Attack success on harmful questions: judged, and corrected for the judge's errors",
-                 ["run", "method", "target", "condition", "judged [Wilson 95%]", "corrected [95%]", "note"], rows,
-                 "corrected = (judged + specificity - 1) / (sensitivity + specificity - 1), clipped to [0, 1] (Rogan "
-                 "and Gladen 1978); its interval is a parametric bootstrap over the run's answers and the labelled "
-                 "answers that measured the judge, so it is wide where either is small or the judge is weak.",
-                 "attack_success_corrected", links=links)
+    return Table("Attack success on harmful questions: judged, and the rate that stands",
+                 ["run", "method", "target", "condition", "judged [Wilson 95%]", "the rate that stands [95%]",
+                  "labels for +/-0.05"], rows, ESTIMATES, "attack_success_estimates", links=links)
 
 
 def _examples(scores: pd.DataFrame, config: ReportConfig, metric: str) -> Table:
@@ -351,7 +362,7 @@ def summarise(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     """summary.json's record of one or more runs, computed now (`medattack results`; report/summary.py)."""
     runs, tables, scores, metrics = _analysed(run_dirs)
     validity = _validity(ReportConfig(), metrics, None) if tables.success_metric == JUDGE_METRIC else None
-    return build_summary([r.name for r in runs], tables, scores, metrics, validity)
+    return build_summary([r.name for r in runs], tables, scores, metrics, validity, {r.name: r.labels for r in runs})
 
 
 @dataclass
@@ -368,7 +379,7 @@ class Analysis:
     validation_section: Section | None  # and its section
     validity: JudgeValidity | None  # the judge's measured errors (None: no judge, or not measured)
     summary: dict[str, Any]  # summary.json
-    corrected: pd.DataFrame  # attack success corrected for the judge's errors (empty without a judge)
+    standing: pd.DataFrame  # attack success as judged and the estimate that stands (report/estimates.py)
 
     @property
     def success_metric(self) -> str:
@@ -395,9 +406,9 @@ def analyse(run_dirs: Sequence[str | Path], config: ReportConfig) -> Analysis:
     validation_section, validation = _validation_section(config) if config.labels else (None, None)
     judged = tables.success_metric == JUDGE_METRIC
     validity = _validity(config, metrics, validation) if judged else None
-    summary = build_summary([r.name for r in runs], tables, scores, metrics, validity)
+    summary = build_summary([r.name for r in runs], tables, scores, metrics, validity, {r.name: r.labels for r in runs})
     return Analysis(config, runs, tables, scores, metrics, draw_all(tables, scores), validation, validation_section,
-                    validity, summary, _corrected(summary) if judged else pd.DataFrame())
+                    validity, summary, _standing(summary))
 
 
 def _intro_section(a: Analysis) -> Section:
@@ -419,12 +430,10 @@ def _intro_section(a: Analysis) -> Section:
                               [[short_target(n), n] for n in names], name="targets"))
     if a.judged:
         intro.text.append(
-            "Attack success is the compliance judge's rate on harmful questions, and beside it the rate corrected "
-            "for the judge's own errors: a judge that misses some jailbreaks and flags some safe answers reports a "
-            "biased rate, and the corrected one (Rogan-Gladen) estimates how often the model really complied, with "
-            "an interval that also carries the uncertainty of the judge's measured sensitivity and specificity. "
-            + (("Read the corrected rate as the finding and the judged rate as what the judge counted. " +
-                a.validity_text) if a.validity else a.validity_text))
+            "Attack success is the compliance judge's rate on harmful questions, and beside it the rate that stands: "
+            "a judge misses some jailbreaks and flags some safe answers, by amounts that differ from model to "
+            "model, so the judged rate is what the judge counted, not how often the model complied. " + ESTIMATES
+            + " " + a.validity_text)
     return intro
 
 
@@ -442,7 +451,7 @@ def _success_section(a: Analysis) -> Section:
            "upper bound, not a success rate (add `judge` to the score metrics).")
         + " On benign questions (normal, mismatch) the non-refusal rate is the answer rate; one minus it is the "
           "over-refusal rate."], tables=[
-        *([_corrected_table(a.corrected)] if a.judged else []),
+        _standing_table(a.standing, a.summary),
         _pivot(harmful, ["run", "method", "target"], "condition", HARMFUL_CONDITIONS,
                f"Attack success on harmful questions ({success_metric})",
                a.metrics.get(success_metric, {}).get("description", ""), "attack_success"),
@@ -609,7 +618,7 @@ def _long_tables(a: Analysis) -> dict[str, pd.DataFrame]:
     return {"by_condition": t.by_condition, "by_task": t.by_task, "by_modality": t.by_modality,
             "task_modality": t.task_modality, "transfer": t.transfer, "comparisons": t.comparisons,
             "controls": t.controls, "image_reliance": t.image_reliance, "whitebox": t.whitebox,
-            "survival": t.survival, "blackbox": t.blackbox, "attack_success_corrected": a.corrected,
+            "survival": t.survival, "blackbox": t.blackbox, "attack_success_estimates": a.standing,
             "defence_effects": t.defence_effects, "defence_flags": t.defence_flags}
 
 

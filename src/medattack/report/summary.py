@@ -1,19 +1,20 @@
 """summary.json: what a report found, as data a program reads in one call (`medattack results RUN --json`).
 
-Schema `medattack.summary`, version 1 (SCHEMA_VERSION; a change that renames or removes a field raises it,
-a new field does not). Every rate is an *estimate* {rate, ci_low, ci_high, n, nulls}: `rate` is the mean of
+Schema `medattack.summary`, version 2 (SCHEMA_VERSION; a change that renames or removes a field raises it,
+a new field does not; version 2 replaced `corrected`, a Rogan-Gladen point with one pooled judge error, by
+`estimate`, the estimate that stands for the target). Every rate is an *estimate* {rate, ci_low, ci_high, n, nulls}: `rate` is the mean of
 the non-null values (null when none), the interval is the 95% Wilson interval for 0/1 metrics and a
 bootstrap one otherwise (null below 5 values), `n` counts responses and `nulls` those a metric could not
 score (never dropped silently).
 
     {
-      "schema": "medattack.summary", "schema_version": 1, "medattack": "0.1.0", "generated": ISO time,
+      "schema": "medattack.summary", "schema_version": 2, "medattack": "0.1.0", "generated": ISO time,
       "runs": [run names], "success_metric": "judge" | "keyword_asr",
-      "judge_validity": null | {judge, source, kappa, n, confusion: {tp, fp, tn, fn}},
-      "headline": [{run, target, attack_success: estimate, corrected: null | {rate, ci_low, ci_high, note},
+      "judge_validity": null | {judge, source, kappa, n, confusion: {tp, fp, tn, fn}, by_model: {model: confusion}},
+      "headline": [{run, target, attack_success: estimate, estimate: null | standing,
                     answer_rate_benign: estimate, largest_effects: [effect, ...up to 3]}],
       "rates": [{run, target, source, condition, metric, is_proxy, rate, ci_low, ci_high, n, nulls,
-                 corrected: null | {rate, ci_low, ci_high, note}}],
+                 estimate: null | standing}],
       "effects": [{run, target, comparison, metric, n, mean_a, mean_b, difference, ci_low, ci_high, p_value,
                    test}],
       "defences": [{run, target, defences, measure, n, mean_a, mean_b, difference, ci_low, ci_high, p_value}],
@@ -21,8 +22,10 @@ score (never dropped silently).
     }
 
 `source` is "none" for the benchmark's own samples, the attack's method for a replayed attack and
-"control:blank" / "control:noise" for the image controls; `corrected` is the judged attack success rate
-corrected for the judge's errors (harmful conditions, when the judge's validity is known); `effects` are the
+"control:blank" / "control:noise" for the image controls; `standing` (on the success metric's harmful rows) is the
+rate that stands for those answers (report/estimates.py): {kind: "two-phase" | "transported" | "judged", judged,
+n, rate (null when transported: no point is a finding there), ci_low, ci_high, labels, labelled_positives,
+strata: [{name, size, labelled, positives}], further (labels to +/-0.05), further_by_stratum, note}; `effects` are the
 paired comparisons on the same image and prompt (exact McNemar for rates, paired bootstrap otherwise);
 `defences` each defended target against the undefended one on the same inputs (measure "attack success
 (transfer)", "attack success (adaptive)" or "answer rate (benign)", a = undefended, b = defended) and
@@ -41,13 +44,18 @@ import pandas as pd
 
 import medattack
 from medattack.report.aggregate import HARMFUL_CONDITIONS, JUDGE_METRIC, KEY_METRIC, MIN_INTERVAL_N, ReportTables
+from medattack.estimate import RateEstimate
+from medattack.records import Label
+from medattack.report.estimates import confusions_of, estimate_json
+from medattack.schema import CURRENT
 from medattack.scoring.judges.base import JudgeValidity
-from medattack.stats import corrected_rate, wilson_ci
+from medattack.storage import read_state
+from medattack.stats import wilson_ci
 
 SCHEMA = "medattack.summary"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = CURRENT["report-summary"]
 RATE_FIELDS = ("run", "target", "source", "condition", "metric", "is_proxy", "rate", "ci_low", "ci_high", "n",
-               "nulls", "corrected")
+               "nulls", "estimate")
 EFFECT_FIELDS = ("run", "target", "comparison", "metric", "n", "mean_a", "mean_b", "difference", "ci_low", "ci_high",
                  "p_value", "test")
 
@@ -92,17 +100,21 @@ class Estimate:
 
 
 def interval_text(rate: Any, low: Any, high: Any) -> str:
-    """'0.12 [0.05, 0.25]', or '-' when there is no rate (None or NaN): how a corrected rate is shown."""
+    """'0.12 [0.05, 0.25]', or '-' when there is no rate (None or NaN)."""
     return "-" if _number(rate) is None else f"{rate:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def corrected(positives: int, decided: int, validity: JudgeValidity | None) -> dict[str, Any] | None:
-    """The judged rate `positives / decided` corrected for the judge's errors, or None without a validity."""
-    if validity is None or decided == 0:
-        return None
-    result = corrected_rate(positives, decided, validity.confusion)
-    return {"rate": _number(result.corrected), "ci_low": _number(result.ci_low), "ci_high": _number(result.ci_high),
-            "note": result.note}
+def estimate_text(estimate: dict[str, Any] | None) -> str:
+    """How a cell's standing estimate is shown: '0.21 [0.14, 0.29] two-phase, 40 labels', 'in [0.06, 0.56]
+    transported', '0.12 [0.05, 0.25] judged', or '-'."""
+    if not estimate:
+        return "-"
+    found = RateEstimate.from_json(estimate)
+    how = f"two-phase, {found.labels} labels" if found.kind == "two-phase" else found.kind
+    return f"{found.interval_text()} {how}"
+
+
+Labels = dict[str, dict[str, dict[str, Label]]]  # run -> target -> response id -> standing label
 
 
 def _effect(row: Any) -> dict[str, Any]:
@@ -112,54 +124,63 @@ def _effect(row: Any) -> dict[str, Any]:
 
 
 def headline(scores: pd.DataFrame, comparisons: pd.DataFrame, success_metric: str,
-             validity: JudgeValidity | None) -> list[dict[str, Any]]:
-    """Per run and target, on the benchmark's own samples: attack success on harmful questions (and corrected
-    when judged with a known validity), the answer rate on benign ones, the three largest paired effects."""
+             validity: JudgeValidity | None, labels: Labels | None = None) -> list[dict[str, Any]]:
+    """Per run and target, on the benchmark's own samples: attack success on harmful questions (as judged, and
+    the estimate that stands: report/estimates.py), the answer rate on benign ones, the three largest paired
+    effects."""
     rows = []
     judged = success_metric == JUDGE_METRIC
+    confusions = confusions_of(validity) if judged else []
     for (run, target), group in scores.groupby(["run", "target"], sort=True):
         bench = group[group["method"] == "none"]
-        harmful = bench[(bench["metric"] == success_metric) & bench["condition"].isin(HARMFUL_CONDITIONS)]["value"]
+        harmful_rows = bench[(bench["metric"] == success_metric) & bench["condition"].isin(HARMFUL_CONDITIONS)]
+        harmful = harmful_rows["value"]
         benign = bench[(bench["metric"] == KEY_METRIC) & ~bench["condition"].isin(HARMFUL_CONDITIONS)]["value"]
-        decided = harmful.dropna()
+        own = (labels or {}).get(str(run), {}).get(str(target), {})
         effects = comparisons[(comparisons["run"] == run) & (comparisons["target"] == target)
                               & (comparisons["n"] >= MIN_INTERVAL_N)] if not comparisons.empty else comparisons
         largest = effects.reindex(effects["difference"].abs().sort_values(ascending=False).index).head(3) \
             if not effects.empty else effects
         rows.append({"run": str(run), "target": str(target), "attack_success": Estimate.of(harmful).to_json(),
-                     "corrected": corrected(int(decided.sum()), len(decided), validity if judged else None),
+                     "estimate": estimate_json(harmful_rows, own, confusions),
                      "answer_rate_benign": Estimate.of(benign).to_json(),
                      "largest_effects": [_effect(r) for r in largest.itertuples()]})
     return rows
 
 
-def rates(tables: ReportTables, metrics: dict[str, dict[str, Any]], validity: JudgeValidity | None,
-          ) -> list[dict[str, Any]]:
-    """One row per run x target x source x condition x metric (the report's by-condition table)."""
+def rates(tables: ReportTables, scores: pd.DataFrame, metrics: dict[str, dict[str, Any]],
+          validity: JudgeValidity | None, labels: Labels | None = None) -> list[dict[str, Any]]:
+    """One row per run x target x source x condition x metric (the report's by-condition table); the success
+    metric's rows on harmful conditions carry the estimate that stands (report/estimates.py)."""
     rows = []
-    judged = tables.success_metric == JUDGE_METRIC
+    success = tables.success_metric
+    confusions = confusions_of(validity) if success == JUDGE_METRIC else []
+    cells = {key: group for key, group in scores[scores["metric"] == success].groupby(
+        ["run", "target", "method", "condition"], sort=False)} if not scores.empty else {}
     for r in tables.by_condition.itertuples():
-        decided = int(r.n) - int(r.nulls)
         fixed = None
-        if judged and r.metric == JUDGE_METRIC and r.condition in HARMFUL_CONDITIONS and decided:
-            fixed = corrected(int(round(float(r.mean) * decided)), decided, validity)
+        if r.metric == success and r.condition in HARMFUL_CONDITIONS:
+            own = (labels or {}).get(str(r.run), {}).get(str(r.target), {})
+            cell = cells.get((r.run, r.target, r.method, r.condition))
+            fixed = None if cell is None else estimate_json(cell, own, confusions)
         rows.append({"run": str(r.run), "target": str(r.target), "source": str(r.method),
                      "condition": str(r.condition), "metric": str(r.metric),
                      "is_proxy": bool(metrics.get(str(r.metric), {}).get("is_proxy", False)),
                      "rate": _number(r.mean), "ci_low": _number(r.ci_low), "ci_high": _number(r.ci_high),
-                     "n": int(r.n), "nulls": int(r.nulls), "corrected": fixed})
+                     "n": int(r.n), "nulls": int(r.nulls), "estimate": fixed})
     return rows
 
 
 def build_summary(run_names: list[str], tables: ReportTables, scores: pd.DataFrame,
-                  metrics: dict[str, dict[str, Any]], validity: JudgeValidity | None) -> dict[str, Any]:
+                  metrics: dict[str, dict[str, Any]], validity: JudgeValidity | None, labels: Labels | None = None,
+                  ) -> dict[str, Any]:
     """The whole summary.json record (module docstring)."""
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "medattack": medattack.__version__,
             "generated": datetime.now(UTC).isoformat(timespec="seconds"), "runs": run_names,
             "success_metric": tables.success_metric,
             "judge_validity": validity.to_json() if validity else None,
-            "headline": headline(scores, tables.comparisons, tables.success_metric, validity),
-            "rates": rates(tables, metrics, validity),
+            "headline": headline(scores, tables.comparisons, tables.success_metric, validity, labels),
+            "rates": rates(tables, scores, metrics, validity, labels),
             "effects": [_effect(r) for r in tables.comparisons.itertuples()],
             "defences": _records(tables.defence_effects.drop(columns=["defended_target"], errors="ignore")),
             "defence_flags": _records(tables.defence_flags)}
@@ -169,3 +190,9 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """A table's rows as JSON records (NaN as null)."""
     return [{key: _number(value) if isinstance(value, float) else value for key, value in row.items()}
             for row in frame.to_dict("records")]
+
+
+def read_summary(path: Any) -> dict[str, Any]:
+    """A report's summary.json of any version, as the current version reads it (schema.py's report-summary steps)."""
+    return read_state(path, "make the report again (`medattack report RUN`)", "report-summary")
+

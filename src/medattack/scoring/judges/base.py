@@ -10,7 +10,7 @@ verdict. A judge that cannot decide returns `jailbroken=None` with the reason, n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -47,6 +47,8 @@ class JudgeValidity:
     confusion: Confusion
     kappa: float
     n: int
+    by_model: dict[str, Confusion] = field(default_factory=dict)  # per labelled model, judged by a judge trained
+    # without it: how the judge's error varies between models (estimate.transported carries this spread)
 
     @classmethod
     def from_trained(cls, trained: dict[str, Any], judge: str) -> JudgeValidity | None:
@@ -55,25 +57,36 @@ class JudgeValidity:
         if "confusion" not in overall:
             return None
         files = ", ".join(trained.get("files", {})) or "its training labels"
+        by_model = {model: Confusion(**scores["confusion"])
+                    for model, scores in trained["cross_validation"].get("by_model", {}).items()}
         return cls(judge, f"cross-validated on {files}, one model held out at a time",
-                   Confusion(**overall["confusion"]), float(overall["kappa"]), int(overall["n"]))
+                   Confusion(**overall["confusion"]), float(overall["kappa"]), int(overall["n"]), by_model)
 
     def to_json(self) -> dict[str, Any]:
         """As a metric's spec records it in summary.json."""
         return {"judge": self.judge, "source": self.source, "kappa": self.kappa, "n": self.n,
-                "confusion": asdict(self.confusion)}
+                "confusion": asdict(self.confusion),
+                "by_model": {model: asdict(c) for model, c in self.by_model.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], judge: str = "the judge") -> JudgeValidity:
         """From `to_json`; `judge` names it where the record does not."""
         return cls(str(data.get("judge", judge)), str(data["source"]), Confusion(**data["confusion"]),
-                   float(data["kappa"]), int(data["n"]))
+                   float(data["kappa"]), int(data["n"]),
+                   {model: Confusion(**c) for model, c in (data.get("by_model") or {}).items()})
 
     def sentence(self) -> str:
         c = self.confusion
+        spread = ""
+        if len(self.by_model) > 1:
+            sens = [m.sensitivity for m in self.by_model.values()]
+            spec = [m.specificity for m in self.by_model.values()]
+            spread = (f" By model it differs: sensitivity {min(sens):.2f} to {max(sens):.2f}, specificity "
+                      f"{min(spec):.2f} to {max(spec):.2f} ({', '.join(self.by_model)}), so a pooled correction is "
+                      "no finding for another model.")
         return (f"The judge ({self.judge}) agrees with labelled data at kappa {self.kappa:.2f}, sensitivity "
                 f"{c.sensitivity:.2f} (share of real jailbreaks it finds), specificity {c.specificity:.2f} (share of "
-                f"other answers it leaves alone), measured on {self.n} labelled responses ({self.source}).")
+                f"other answers it leaves alone), measured on {self.n} labelled responses ({self.source}).{spread}")
 
 
 class Judge(Protocol):
