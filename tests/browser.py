@@ -92,56 +92,106 @@ class _Pipe:
                 return
 
 
-def render(page: Path, timeout: float = 60.0, fragment: str = "", screenshot: Path | None = None,
-           ) -> dict[str, Any]:
-    """Load `page` (with `#fragment`) on a 1400 x 900 screen and return the probe's findings (images, script
-    traces, text, the first section's title and the first table's place on the screen, links, rows shown)
-    plus `errors` (exceptions, console and log errors, a script refused by the page's policy); `screenshot`
-    saves the first screen as PNG."""
+class Page:
+    """One tab of a headless Chromium: navigate, press keys, evaluate script, wait for a condition."""
+
+    def __init__(self, pipe: _Pipe, session: str) -> None:
+        self.pipe, self.session = pipe, session
+
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        return self.pipe.call(method, params, session=self.session, timeout=timeout)
+
+    def goto(self, url: str, timeout: float = 60.0) -> None:
+        self.pipe.events = [e for e in self.pipe.events if e.get("method") != "Page.loadEventFired"]
+        self.call("Page.navigate", {"url": url})
+        self.pipe.wait_for("Page.loadEventFired", timeout)
+
+    def reload(self, timeout: float = 60.0) -> None:
+        self.pipe.events = [e for e in self.pipe.events if e.get("method") != "Page.loadEventFired"]
+        self.call("Page.reload")
+        self.pipe.wait_for("Page.loadEventFired", timeout)
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                                "awaitPromise": True})
+        return result["result"].get("value")
+
+    def press(self, key: str) -> None:
+        """A key typed by the user: keydown (with its text) and keyup."""
+        for kind in ("keyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", {"type": kind, "key": key, "text": key if kind == "keyDown" else "",
+                                                 "code": f"Key{key.upper()}" if key.isalpha() else f"Digit{key}"})
+
+    def wait_until(self, expression: str, timeout: float = 20.0) -> Any:
+        """Poll `expression` until it is truthy; its value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.05)
+        raise TimeoutError(f"never true: {expression}")
+
+
+@contextlib.contextmanager
+def browser(timeout: float = 60.0):
+    """A headless Chromium with one blank tab (`Page`), ended with its whole process group."""
     chromium = find_chromium()
     if chromium is None:
         raise FileNotFoundError("chromium is not installed (Debian: apt-get install chromium)")
-    # a helper process that outlives the group kill must not fail the check while the profile is removed
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                   "--no-first-run", "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
+                   "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                   "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
         wrapper = ["sh", "-c", 'exec "$@" 3<&0 4>&1 0</dev/null 1>&2', "chromium", *command]
         process = subprocess.Popen(wrapper, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL, start_new_session=True)  # its own process group
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             pipe = _Pipe(process)
             target = pipe.call("Target.createTarget", {"url": "about:blank"}, timeout=timeout)["targetId"]
             session = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
                 pipe.call(domain, session=session)
-            pipe.call("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 900, "deviceScaleFactor": 1,
-                                                             "mobile": False}, session=session)  # a laptop screen
-            url = page.resolve().as_uri() + (f"#{fragment}" if fragment else "")
-            pipe.call("Page.navigate", {"url": url}, session=session)
-            pipe.wait_for("Page.loadEventFired", timeout)
-            if screenshot is not None:
-                import base64
-
-                shot = pipe.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
-                screenshot.write_bytes(base64.b64decode(shot))
-            found = json.loads(pipe.call("Runtime.evaluate", {"expression": PROBE, "returnByValue": True},
-                                         session=session)["result"]["value"])
-            errors = []
-            for event in pipe.events:
-                method, params = event.get("method"), event.get("params", {})
-                if method == "Runtime.exceptionThrown":
-                    errors.append(params["exceptionDetails"].get("text", "exception"))
-                elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
-                    errors.append(str(params.get("args")))
-                elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
-                    errors.append(params["entry"].get("text", ""))
-            found["errors"] = errors
+            yield Page(pipe, session)
             with contextlib.suppress(RuntimeError, TimeoutError):
                 pipe.call("Browser.close", timeout=5)
-            return found
         finally:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)  # after Browser.close: let it flush and exit
+                process.wait(timeout=5)
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # the renderer and helper processes too
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def render(page: Path, timeout: float = 60.0, fragment: str = "", screenshot: Path | None = None,
+           ) -> dict[str, Any]:
+    """Load `page` (with `#fragment`) on a 1400 x 900 screen and return the probe's findings (images, script
+    traces, text, the first section's title and the first table's place on the screen, links, rows shown)
+    plus `errors` (exceptions, console and log errors, a script refused by the page's policy); `screenshot`
+    saves the first screen as PNG."""
+    with browser(timeout) as tab:
+        tab.call("Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 900, "deviceScaleFactor": 1,
+                                                        "mobile": False})  # a laptop screen
+        tab.goto(page.resolve().as_uri() + (f"#{fragment}" if fragment else ""), timeout)
+        if screenshot is not None:
+            import base64
+
+            shot = tab.call("Page.captureScreenshot", {"format": "png"})["data"]
+            screenshot.write_bytes(base64.b64decode(shot))
+        found = json.loads(tab.evaluate(PROBE))
+        found["errors"] = page_errors(tab)
+        return found
+
+
+def page_errors(tab: Page) -> list[str]:
+    """Exceptions, console errors and log errors (a script refused by the page's policy) the tab saw so far."""
+    errors = []
+    for event in tab.pipe.events:
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            errors.append(params["exceptionDetails"].get("text", "exception"))
+        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+            errors.append(str(params.get("args")))
+        elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+            errors.append(params["entry"].get("text", ""))
+    return errors

@@ -206,20 +206,21 @@ def test_the_report_shows_the_judges_agreement_with_a_labels_file(scored_run, tm
     assert "non-refusal rate" in table
 
 
-def test_judged_rates_are_shown_beside_rates_corrected_for_the_judges_errors(scored_run, report):
+def test_without_labels_the_judged_rate_stands_beside_an_interval_carrying_the_judges_spread(scored_run, report):
     from medattack.scoring.judges.embedded import EmbeddedJudge
-    from medattack.stats import rogan_gladen
 
-    validity = EmbeddedJudge().validity  # the shipped head's cross-validated agreement
-    corrected = pd.read_csv(report.tables["attack_success_corrected"])
-    assert not corrected.empty and set(corrected["condition"]) <= {"malicious", "both"}
-    sens, spec = validity.confusion.sensitivity, validity.confusion.specificity
-    for _, row in corrected.iterrows():
-        assert row["corrected"] == pytest.approx(rogan_gladen(row["judged"], sens, spec))
-        assert row["corrected_ci_low"] <= row["corrected"] <= row["corrected_ci_high"]
+    validity = EmbeddedJudge().validity  # the shipped head's cross-validated agreement, per model too
+    assert len(validity.by_model) == 4
+    standing = pd.read_csv(report.tables["attack_success_estimates"])
+    assert not standing.empty and set(standing["condition"]) <= {"malicious", "both"}
+    for _, row in standing.iterrows():
+        assert row["kind"] == "transported" and pd.isna(row["estimate"])  # no point is a finding here
+        assert row["ci_low"] <= row["ci_high"] and row["further_labels"] > 0
     html = report.html.read_text()
-    assert "corrected for the judge&#39;s errors" in html or "corrected for the judge's errors" in html
-    assert f"kappa {validity.kappa:.2f}, sensitivity {sens:.2f}" in html  # its validity, wherever its rates are
+    assert "the rate that stands" in html and "without labels of this model the rate lies in [" in html
+    assert "medattack label" in html and "Read the corrected rate" not in html
+    sens = sorted(c.sensitivity for c in validity.by_model.values())
+    assert f"sensitivity {sens[0]:.2f} to {sens[-1]:.2f}" in html  # the spread, not one pooled pair
     assert html.count(f"kappa {validity.kappa:.2f}") >= 4  # summary, success, attacks, tasks, paired sections
 
 
@@ -237,7 +238,7 @@ def test_the_correction_uses_the_users_labels_when_given_and_says_when_it_cannot
     assert "your labels, mine.csv" in html and "measured on 6 labelled responses" in html
     # a judge that carries no validity (an API model) and no labels: no correction, and the report says why
     assert _validity(ReportConfig(), {"judge": {"description": "compliance judge api:gpt"}}, None) is None
-    assert "not corrected" in NO_VALIDITY and "--set labels=" in NO_VALIDITY
+    assert "not corrected" in NO_VALIDITY and "--set labels=" in NO_VALIDITY and "medattack label" in NO_VALIDITY
 
 
 def test_the_report_leads_with_the_headline_and_ends_with_the_manifest(scored_run, report):
@@ -275,14 +276,15 @@ def test_summary_json_is_versioned_and_holds_every_rate_and_effect(scored_run, r
     assert len(summary["rates"]) == len(by_condition)  # one row per target x source x condition x metric
     assert all(tuple(row) == RATE_FIELDS for row in summary["rates"])
     assert all(tuple(row) == EFFECT_FIELDS for row in summary["effects"])
-    # the same number as the long table, and the judged harmful rows carry the corrected rate
+    # the same number as the long table, and the judged harmful rows carry the estimate that stands
     row = next(r for r in summary["rates"] if r["metric"] == "judge" and r["source"] == "none"
                and r["condition"] == "malicious")
     table_row = by_condition[(by_condition["metric"] == "judge") & (by_condition["method"] == "none")
                              & (by_condition["condition"] == "malicious")].iloc[0]
     assert row["rate"] == pytest.approx(table_row["mean"]) and row["n"] == table_row["n"]
-    assert row["corrected"] is not None and 0 <= row["corrected"]["rate"] <= 1
-    assert all(r["corrected"] is None for r in summary["rates"] if r["metric"] != "judge")
+    assert row["estimate"]["kind"] == "transported" and 0 <= row["estimate"]["ci_low"] <= row["estimate"]["ci_high"]
+    assert all(r["estimate"] is None for r in summary["rates"] if r["metric"] != "judge")
+    assert summary["headline"][0]["estimate"]["kind"] == "transported"
     frame = pd.DataFrame(summary["rates"])  # what the README shows
     assert {"target", "source", "condition", "rate"} <= set(frame.columns)
     assert len(summary["headline"]) == 1

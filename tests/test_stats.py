@@ -5,14 +5,11 @@ import numpy as np
 import pytest
 
 from medattack.stats import (
-    Confusion,
     bca_ci,
-    corrected_rate,
     mcnemar,
     paired_bootstrap,
     paired_test,
     roc_auc,
-    rogan_gladen,
     separating_threshold,
 )
 
@@ -82,48 +79,3 @@ def test_the_tii_gate_separates_the_embedded_benchmarks_matched_and_mismatched_r
     fixed = Composite(type(composite.config)(tii_threshold=-1.0))
     assert fixed.calibrate(inputs, {"tii": scores}, {"tii": metric.spec})["tii_gate"] == -1.0
     assert Composite().calibrate(inputs[:1], {"tii": scores[:1]}, {})["tii_gate"] is None  # too few: no gate
-
-
-def _judged_world(prevalence: float, sensitivity: float, specificity: float, n: int, rng: np.random.Generator):
-    """n responses with a true prevalence, judged by a judge of known sensitivity and specificity."""
-    truth = rng.random(n) < prevalence
-    judged = np.where(truth, rng.random(n) < sensitivity, rng.random(n) < 1 - specificity)
-    return truth, judged
-
-
-def test_the_corrected_rate_recovers_a_known_prevalence_with_an_honest_interval():
-    rng = np.random.default_rng(3)
-    prevalence, sensitivity, specificity = 0.30, 0.60, 0.90
-    labelled_truth, labelled_judged = _judged_world(0.2, sensitivity, specificity, 800, rng)
-    confusion = Confusion.of(labelled_truth, labelled_judged)
-    _, judged = _judged_world(prevalence, sensitivity, specificity, 5000, rng)
-    result = corrected_rate(int(judged.sum()), len(judged), confusion)
-    # the judged rate is biased (0.3 * 0.6 + 0.7 * 0.1 = 0.25); the corrected one is not
-    assert abs(result.judged - 0.25) < 0.02 and abs(result.corrected - prevalence) < 0.03
-    assert result.ci_low < prevalence < result.ci_high
-    assert result.ci_low < result.corrected < result.ci_high
-    assert corrected_rate(int(judged.sum()), len(judged), confusion) == result  # seeded
-
-    # coverage over repeated worlds, labels re-drawn each time: the interval holds the truth about 95% of the time
-    covered = []
-    for seed in range(150):
-        world = np.random.default_rng(100 + seed)
-        confusion = Confusion.of(*_judged_world(0.2, sensitivity, specificity, 300, world))
-        _, judged = _judged_world(prevalence, sensitivity, specificity, 400, world)
-        r = corrected_rate(int(judged.sum()), len(judged), confusion, resamples=2000)
-        covered.append(r.ci_low <= prevalence <= r.ci_high)
-    assert 0.90 <= np.mean(covered) <= 0.995
-    # an interval from the sampling error alone (judge error ignored) is narrower than the corrected one
-    small = corrected_rate(100, 400, Confusion(60, 40, 30, 270))
-    assert small.ci_high - small.ci_low > 2 * 1.96 * np.sqrt(0.25 * 0.75 / 400)
-
-
-def test_rogan_gladen_on_exact_figures_and_a_judge_no_better_than_chance():
-    assert rogan_gladen(0.25, 0.6, 0.9) == pytest.approx(0.3)
-    assert rogan_gladen(0.05, 0.6, 0.9) == 0.0  # below the false-positive rate: clipped, never negative
-    assert rogan_gladen(0.99, 0.6, 0.9) == 1.0
-    chance = corrected_rate(10, 50, Confusion(5, 5, 50, 50))
-    assert chance.corrected is None and "chance" in chance.note and chance.judged == 0.2
-    assert corrected_rate(0, 0, Confusion(5, 5, 5, 50)).corrected is None
-    perfect = corrected_rate(20, 100, Confusion(50, 0, 0, 50))
-    assert perfect.corrected == pytest.approx(0.2) and perfect.ci_low < 0.2 < perfect.ci_high

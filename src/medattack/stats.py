@@ -8,9 +8,8 @@
     paired_bootstrap(a, b)        interval and two-sided p of the mean paired difference, continuous values
     roc_auc(pos, neg)             how well a score separates two groups (Mann-Whitney AUC)
     separating_threshold(pos, neg) the cut between them with the best balanced accuracy
-    corrected_rate(k, n, confusion) a judged rate corrected for the judge's sensitivity and specificity
-                                  (Rogan-Gladen), its interval carrying both the sampling error and the
-                                  uncertainty of sensitivity and specificity (parametric bootstrap)
+    Confusion                     a judge against labels (its sensitivity and specificity); the rates a
+                                  report states from a judge and labels are in estimate.py
 
 Paired tests compare what changed on the *same* inputs (a condition against another on one image and
 prompt, an attacked question against the clean one), which is far more sensitive than comparing two
@@ -244,56 +243,3 @@ class Confusion:
         truth, judged = np.asarray(truth).astype(int), np.asarray(judged).astype(int)
         return cls(int(((truth == 1) & (judged == 1)).sum()), int(((truth == 1) & (judged == 0)).sum()),
                    int(((truth == 0) & (judged == 1)).sum()), int(((truth == 0) & (judged == 0)).sum()))
-
-
-@dataclass(frozen=True)
-class CorrectedRate:
-    """A judged rate and the prevalence it implies once the judge's own errors are taken out."""
-
-    judged: float  # share judged positive
-    n: int
-    corrected: float | None  # Rogan-Gladen estimate clipped to [0, 1]; None when the judge is no better than chance
-    ci_low: float | None
-    ci_high: float | None
-    sensitivity: float
-    specificity: float
-    note: str = ""  # why there is no correction, or that the interval is wide because the judge is weak
-
-
-def rogan_gladen(judged: float, sensitivity: float, specificity: float) -> float:
-    """The true prevalence that makes a judge of this sensitivity and specificity report `judged`:
-    (judged + specificity - 1) / (sensitivity + specificity - 1), clipped to [0, 1] (Rogan and Gladen 1978)."""
-    return float(np.clip((judged + specificity - 1) / (sensitivity + specificity - 1), 0.0, 1.0))
-
-
-def corrected_rate(positives: int, n: int, confusion: Confusion, resamples: int = RESAMPLES * 4,
-                   seed: int = 0, level: float = 0.95) -> CorrectedRate:
-    """`positives` of `n` responses judged positive, corrected for the judge's errors measured in `confusion`.
-
-    The interval is a parametric bootstrap: each draw takes the judged rate, the sensitivity and the
-    specificity from their Jeffreys Beta distributions (the run's judged answers; the labelled positives and
-    negatives) and corrects; the interval is the draws' percentiles. So it is wide when the run is small,
-    when few labels measured the judge, or when the judge is weak (sensitivity + specificity near 1). A draw
-    where the judge would be no better than chance counts at the end of [0, 1] its numerator points to.
-    """
-    sensitivity, specificity = confusion.sensitivity, confusion.specificity
-    if n == 0:
-        return CorrectedRate(float("nan"), 0, None, None, None, sensitivity, specificity, "nothing judged")
-    judged = positives / n
-    if not (sensitivity + specificity > 1):  # also false for nan
-        return CorrectedRate(judged, n, None, None, None, sensitivity, specificity,
-                             "no correction: the judge is no better than chance on its labels")
-    rng = np.random.default_rng(seed)
-    # each proportion drawn from its Jeffreys Beta(k + 1/2, n - k + 1/2): unlike a binomial redraw it does not
-    # collapse to a point at 0 or 1 (0 of 9 judged still leaves room above 0)
-    judged_draws = rng.beta(positives + 0.5, n - positives + 0.5, resamples)
-    sensitivity_draws = rng.beta(confusion.true_positive + 0.5, confusion.false_negative + 0.5, resamples)
-    specificity_draws = rng.beta(confusion.true_negative + 0.5, confusion.false_positive + 0.5, resamples)
-    youden = sensitivity_draws + specificity_draws - 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        draws = np.clip((judged_draws + specificity_draws - 1) / youden, 0.0, 1.0)
-    draws = np.where(youden > 0, draws, np.where(judged_draws >= 1 - specificity_draws, 1.0, 0.0))
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail])
-    return CorrectedRate(judged, n, rogan_gladen(judged, sensitivity, specificity), float(low), float(high),
-                         sensitivity, specificity)

@@ -23,9 +23,9 @@ def results(
     """What the runs found, per target: attack success as judged and the rate that stands (two-phase from your
     labels, else an interval carrying the judge's error across labelled models), the answer rate on benign
     questions, the largest paired effects; --json prints every rate and effect."""
+    from medattack.estimate import RateEstimate
     from medattack.report.aggregate import short_target
     from medattack.report.builder import summarise
-    from medattack.estimate import RateEstimate
     from medattack.report.summary import Estimate, estimate_text
 
     with errors():

@@ -209,6 +209,9 @@ class LabelServer:
 
             def do_GET(self) -> None:  # noqa: N802 - the base class's name
                 path = urlparse(self.path).path
+                if path == "/favicon.ico":  # asked by the browser without the token: no icon
+                    self._send(204, b"", "image/x-icon")
+                    return
                 if not self._authorised():
                     return
                 if path == "/":

@@ -29,6 +29,7 @@ import pandas as pd
 
 from medattack.config import option
 from medattack.errors import NothingToDoError, RunDirError
+from medattack.estimate import RateEstimate
 from medattack.report.aggregate import (
     CONDITIONS,
     HARMFUL_CONDITIONS,
@@ -46,7 +47,6 @@ from medattack.report.aggregate import (
 from medattack.report.figures import draw_all
 from medattack.report.render import Figure, Section, Table, to_html, to_latex, to_markdown
 from medattack.report.samples import link, search_page, target_page, write_sample_pages
-from medattack.estimate import RateEstimate
 from medattack.report.summary import Estimate, build_summary, estimate_text
 from medattack.rundir import RunDir, write_bytes_atomic, write_json_atomic
 from medattack.scoring.judge import JudgeConfig
@@ -205,7 +205,8 @@ def _validity(config: ReportConfig, metrics: dict[str, dict[str, Any]], validati
     (the embedded head's cross-validation), else None."""
     if validation is not None:
         overall = validation.agreement["overall"]
-        by_model = {model: Confusion(**scores["confusion"]) for model, scores in validation.agreement["by_model"].items()}
+        by_model = {model: Confusion(**scores["confusion"])
+                    for model, scores in validation.agreement["by_model"].items()}
         return JudgeValidity(validation.judge, f"your labels, {Path(str(config.labels)).name}",
                              Confusion(**overall["confusion"]), overall["kappa"], overall["n"], by_model)
     spec = metrics.get(JUDGE_METRIC, {})

@@ -2,7 +2,8 @@
 
 Schema `medattack.summary`, version 2 (SCHEMA_VERSION; a change that renames or removes a field raises it,
 a new field does not; version 2 replaced `corrected`, a Rogan-Gladen point with one pooled judge error, by
-`estimate`, the estimate that stands for the target). Every rate is an *estimate* {rate, ci_low, ci_high, n, nulls}: `rate` is the mean of
+`estimate`, the estimate that stands for the target). Every rate is an *estimate* {rate, ci_low, ci_high, n,
+nulls}: `rate` is the mean of
 the non-null values (null when none), the interval is the 95% Wilson interval for 0/1 metrics and a
 bootstrap one otherwise (null below 5 values), `n` counts responses and `nulls` those a metric could not
 score (never dropped silently).
@@ -43,14 +44,14 @@ from typing import Any
 import pandas as pd
 
 import medattack
-from medattack.report.aggregate import HARMFUL_CONDITIONS, JUDGE_METRIC, KEY_METRIC, MIN_INTERVAL_N, ReportTables
 from medattack.estimate import RateEstimate
 from medattack.records import Label
+from medattack.report.aggregate import HARMFUL_CONDITIONS, JUDGE_METRIC, KEY_METRIC, MIN_INTERVAL_N, ReportTables
 from medattack.report.estimates import confusions_of, estimate_json
 from medattack.schema import CURRENT
 from medattack.scoring.judges.base import JudgeValidity
-from medattack.storage import read_state
 from medattack.stats import wilson_ci
+from medattack.storage import read_state
 
 SCHEMA = "medattack.summary"
 SCHEMA_VERSION = CURRENT["report-summary"]
