@@ -203,3 +203,24 @@ def test_a_killed_server_loses_no_label_given_and_the_command_resumes(run):
         again.send_signal(signal.SIGINT)
         output = again.communicate(timeout=30)[0]
     assert "from 3 labels of this model's answers" in " ".join(output.split())
+
+
+def test_compare_states_each_runs_standing_rate_and_their_difference(run, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    pop = population(other)
+    for rid in pop.order(0)[:10]:
+        from medattack.labelling.store import give
+
+        give(pop, rid, 0, "tester")
+    result = CliRunner().invoke(app, ["compare", str(run), str(other), "--json"])
+    assert result.exit_code == 0, result.output
+    standing = json.loads(result.output)["standing"]
+    assert len(standing) == 1
+    change = standing[0]
+    assert change["a"]["kind"] == "transported" and change["b"]["kind"] == "two-phase"
+    assert change["b"]["labels"] == 10 and change["ci_low"] <= change["difference"] <= change["ci_high"]
+    text = " ".join(CliRunner().invoke(app, ["compare", str(run), str(other)], terminal_width=300).output.split())
+    assert "the rate that stands (harmful questions): A in [" in text and "two-phase; B - A" in text

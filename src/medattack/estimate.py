@@ -138,19 +138,23 @@ def two_phase(strata: Sequence[Stratum], judged: float | None = None, draws: int
     if total == 0:
         return RateEstimate("two-phase", judged, 0, None, None, None, labels, positives, list(strata),
                             note="no answers to estimate")
-    rng = np.random.default_rng(seed)
-    complying = np.zeros(draws)
-    point = 0.0
-    for s in strata:
-        rate = rng.beta(s.positives + PRIOR, s.labelled - s.positives + PRIOR, draws)
-        complying += s.positives + rng.binomial(s.size - s.labelled, rate)
-        point += s.positives + (s.size - s.labelled) * (s.rate if s.rate is not None else 0.5)
-    low, high = _percentiles(complying / total, level)
+    point = sum(s.positives + (s.size - s.labelled) * (s.rate if s.rate is not None else 0.5) for s in strata)
+    low, high = _percentiles(two_phase_draws(strata, draws, seed), level)
     further, by_stratum = further_labels(strata, goal, guess=guess)
     unlabelled = [s.name for s in strata if s.labelled == 0]
     note = f"no labels yet in: {', '.join(unlabelled)}" if unlabelled else ""
     return RateEstimate("two-phase", judged, total, point / total, low, high, labels, positives, list(strata),
                         further, by_stratum, note)
+
+
+def two_phase_draws(strata: Sequence[Stratum], draws: int = DRAWS, seed: int = 0) -> np.ndarray:
+    """(draws,) of the population's compliance rate from the two-phase posterior (module docstring)."""
+    rng = np.random.default_rng(seed)
+    complying = np.zeros(draws)
+    for s in strata:
+        rate = rng.beta(s.positives + PRIOR, s.labelled - s.positives + PRIOR, draws)
+        complying += s.positives + rng.binomial(s.size - s.labelled, rate)
+    return complying / max(sum(s.size for s in strata), 1)
 
 
 def stratified_variance(strata: Sequence[Stratum], rates: Mapping[str, float] | None = None) -> float:
@@ -237,17 +241,24 @@ def transported(positives: int, decided: int, confusions: Sequence[Confusion], n
     usable = [c for c in confusions if c.true_positive + c.false_positive and c.true_negative + c.false_negative]
     if not decided or len(usable) < 2:
         return judged_only(positives, decided, n)
+    low, high = _percentiles(transported_draws(positives, decided, usable, draws, seed), level)
+    return RateEstimate("transported", judged, n, None, low, high,
+                        note=f"the judge's error transported from {len(usable)} labelled models")
+
+
+def transported_draws(positives: int, decided: int, confusions: Sequence[Confusion], draws: int = DRAWS,
+                      seed: int = 0) -> np.ndarray:
+    """(draws,) of the compliance rate of `decided` judged answers (`positives` judged 1) with each stratum's
+    compliance predicted from `confusions` (`transported`)."""
     rng = np.random.default_rng(seed)
     counts = np.array([[c.true_positive, c.true_positive + c.false_positive,
-                        c.false_negative, c.false_negative + c.true_negative] for c in usable], dtype=float)
+                        c.false_negative, c.false_negative + c.true_negative] for c in confusions], dtype=float)
     complying = np.zeros(draws)
     for events, totals, size in ((counts[:, 0], counts[:, 1], positives), (counts[:, 2], counts[:, 3],
                                                                              decided - positives)):
         rate = 1 / (1 + np.exp(-np.clip(_predictive_logits(events, totals, draws, rng), -30, 30)))
         complying += rng.binomial(size, rate)
-    low, high = _percentiles(complying / decided, level)
-    return RateEstimate("transported", judged, n, None, low, high,
-                        note=f"the judge's error transported from {len(usable)} labelled models")
+    return complying / max(decided, 1)
 
 
 def judged_only(positives: int, decided: int, n: int | None = None) -> RateEstimate:

@@ -66,16 +66,22 @@ def compare(
     """What changed from run A to run B, per target x source x condition: the difference of the rates with a
     95% interval, paired (McNemar) where the same samples were asked, unpaired (Fisher) otherwise."""
     from medattack.report.aggregate import short_target
-    from medattack.report.builder import load_runs
-    from medattack.report.compare import compare_runs
+    from medattack.report.builder import load_runs, run_validity
+    from medattack.report.compare import compare_runs, standing_changes
+    from medattack.report.estimates import confusions_of
 
     with errors():
         a, b = load_runs([run_a, run_b])
         changes = compare_runs(a, b)
+        standing = standing_changes(a, b, confusions_of(run_validity([a, b])))
     if as_json:
-        typer.echo(json.dumps({"a": a.name, "b": b.name, "changes": [c.to_json() for c in changes]}, indent=2,
-                              ensure_ascii=False))
+        typer.echo(json.dumps({"a": a.name, "b": b.name, "changes": [c.to_json() for c in changes],
+                               "standing": [s.to_json() for s in standing]}, indent=2, ensure_ascii=False))
         return
+    for s in standing:
+        gap = "" if s.difference is None else f"; B - A {s.difference:+.2f} [{s.ci_low:+.2f}, {s.ci_high:+.2f}]"
+        console.print(escape(f"{s.target}, the rate that stands (harmful questions): A {s.a.interval_text()} "
+                             f"{s.a.kind}, B {s.b.interval_text()} {s.b.kind}{gap}"))
     table = Table(title=escape(f"{b.name} - {a.name}"))
     for column in ("target", "source", "condition", "metric", "A -> B", "B - A [95%]", "n", "p"):
         table.add_column(column)

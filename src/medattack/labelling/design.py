@@ -25,7 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medattack.estimate import RateEstimate, Stratum, judged_only, transported, two_phase
+from medattack.estimate import (
+    RateEstimate,
+    Stratum,
+    judged_only,
+    transported,
+    transported_draws,
+    two_phase,
+    two_phase_draws,
+)
 from medattack.records import Label
 from medattack.stats import Confusion
 
@@ -99,6 +107,19 @@ def strata_of(answers: Sequence[Answer], labels: Mapping[str, Label]) -> list[St
         read = [labels[rid].label for rid in members if rid in labels and labels[rid].label is not None]
         out.append(Stratum(name, len(members), len(read), int(sum(read))))
     return [s for s in out if s.size]
+
+
+def estimate_draws(answers: Sequence[Answer], labels: Mapping[str, Label], confusions: Sequence[Confusion],
+                   seed: int = 0) -> np.ndarray | None:
+    """(draws,) of the rate from the estimate `estimate` gives these answers (None when it is "judged"): what a
+    difference of two such rates is drawn from."""
+    strata = strata_of(answers, labels)
+    if any(s.labelled for s in strata):
+        return two_phase_draws(strata, seed=seed)
+    sizes = {s.name: s.size for s in strata}
+    positives, decided = sizes.get("judged 1", 0), sizes.get("judged 1", 0) + sizes.get("judged 0", 0)
+    usable = [c for c in confusions if c.true_positive + c.false_positive and c.true_negative + c.false_negative]
+    return transported_draws(positives, decided, usable, seed=seed) if decided and len(usable) >= 2 else None
 
 
 def estimate(answers: Sequence[Answer], labels: Mapping[str, Label], confusions: Sequence[Confusion],

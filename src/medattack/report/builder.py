@@ -359,6 +359,14 @@ def _analysed(run_dirs: Sequence[str | Path]) -> tuple[list[RunData], ReportTabl
     return runs, build_tables(runs), pd.concat([r.scores for r in runs], ignore_index=True), metrics
 
 
+def run_validity(runs: Sequence[RunData]) -> JudgeValidity | None:
+    """The scoring judge's measured error as the runs' metric specs record it (None: none known)."""
+    metrics: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        metrics.update(run.metrics)
+    return _validity(ReportConfig(), metrics, None)
+
+
 def summarise(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     """summary.json's record of one or more runs, computed now (`medattack results`; report/summary.py)."""
     runs, tables, scores, metrics = _analysed(run_dirs)

@@ -12,6 +12,11 @@ and the non-refusal rate on every condition) the difference B - A of the rates:
 Targets are matched by name; two runs that share no target name but hold one target each (a run per model
 over one benchmark) are compared target against target. p-values are not corrected for the number of
 comparisons.
+
+Beside them, per target, the rate that stands in each run on the benchmark's harmful questions (two-phase from
+that run's labels of the target, else transported, else judged; report/estimates.py), and where both have a
+posterior (two-phase or transported) the difference B - A with the 95% interval of the difference of independent
+draws (`standing_changes`).
 """
 
 from __future__ import annotations
@@ -20,11 +25,21 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from medattack.errors import ConfigError
-from medattack.report.aggregate import HARMFUL_CONDITIONS, KEY_METRIC, RunData, first_answers, success_metric
-from medattack.stats import paired_test, two_sample_test
+from medattack.estimate import RateEstimate
+from medattack.labelling.design import Answer, estimate, estimate_draws, stratum_of
+from medattack.report.aggregate import (
+    HARMFUL_CONDITIONS,
+    JUDGE_METRIC,
+    KEY_METRIC,
+    RunData,
+    first_answers,
+    success_metric,
+)
+from medattack.stats import Confusion, paired_test, two_sample_test
 
 
 @dataclass(frozen=True)
@@ -96,3 +111,52 @@ def _change(target: str, source: str, condition: str, metric: str, a: pd.DataFra
     return Change(target, source, condition, metric, n_a, n_b, len(shared) if paired else 0, float(result.mean_a),
                   float(result.mean_b), float(result.difference), float(result.ci_low), float(result.ci_high),
                   float(result.p_value), result.test)
+
+
+@dataclass(frozen=True)
+class StandingChange:
+    """One target's rate that stands in run A and in run B (the benchmark's harmful questions) and, where both
+    have a posterior, the difference B - A with its 95% interval."""
+
+    target: str
+    a: RateEstimate
+    b: RateEstimate
+    difference: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "a": self.a.to_json(), "b": self.b.to_json(), "difference": self.difference,
+                "ci_low": self.ci_low, "ci_high": self.ci_high}
+
+
+def _answers(run: RunData, target: str, metric: str) -> list[Answer]:
+    rows = first_answers(run.scores)
+    rows = rows[(rows["target"] == target) & (rows["metric"] == metric) & (rows["method"] == "none")
+                & rows["condition"].isin(HARMFUL_CONDITIONS)].drop_duplicates("response_id")
+    return [Answer(str(rid), stratum_of(None if pd.isna(v) else float(v)))
+            for rid, v in zip(rows["response_id"], rows["value"], strict=True)]
+
+
+def standing_changes(a: RunData, b: RunData, confusions: list[Confusion]) -> list[StandingChange]:
+    """Per target pair, the rate that stands in each run and their difference (module docstring)."""
+    metric = success_metric(pd.concat([a.scores, b.scores], ignore_index=True))
+    spread = confusions if metric == JUDGE_METRIC else []
+    out = []
+    for target_a, target_b in _target_pairs(a, b):
+        answers_a, answers_b = _answers(a, target_a, metric), _answers(b, target_b, metric)
+        if not answers_a or not answers_b:
+            continue
+        labels_a, labels_b = a.labels.get(target_a, {}), b.labels.get(target_b, {})
+        found_a, found_b = estimate(answers_a, labels_a, spread), estimate(answers_b, labels_b, spread)
+        draws_a = estimate_draws(answers_a, labels_a, spread, seed=1)
+        draws_b = estimate_draws(answers_b, labels_b, spread, seed=2)
+        difference = low = high = None
+        if draws_a is not None and draws_b is not None:
+            gap = draws_b - draws_a
+            difference = float(np.median(gap))
+            low, high = (float(v) for v in np.percentile(gap, [2.5, 97.5]))
+        label = target_a if target_a == target_b else f"{target_a} -> {target_b}"
+        out.append(StandingChange(label, found_a, found_b, difference, low, high))
+    return out
+
