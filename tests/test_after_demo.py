@@ -38,13 +38,20 @@ def demo_shaped(tmp_path_factory) -> Path:
 
 def test_the_readme_commands_after_the_demo_run_as_written(demo_shaped):
     commands = after_demo_commands()
-    assert [c[1] for c in commands] == ["results", "results", "attack", "query", "score", "report"]
+    hint = " ".join((demo_shaped / "report" / "report.md").read_text().split())
+    assert "without labels of this model the rate lies in" in hint and "(\\`medattack label\\`)" in hint
+    assert [c[1] for c in commands] == ["results", "results", "label", "results", "attack", "query", "score", "report"]
     for words in commands:
         words = [str(demo_shaped) if w == "runs/demo" else "tiny" if w == "embedded" else w for w in words[1:]]
         result = CliRunner().invoke(app, words, terminal_width=200)
         assert result.exit_code == 0, (words, result.output)
         if words[0] == "query":  # the demo's own settings: only the new GCG inputs are asked
             assert re.search(r"[1-9]\d* asked now; 0 failed", result.output), result.output
+        if words[0] == "label":  # the shipped labels are of the demo's own answers
+            assert "8 labels imported" in result.output
+    summary = json.loads((demo_shaped / "report" / "summary.json").read_text())
+    standing = summary["headline"][0]["estimate"]
+    assert standing["kind"] == "two-phase" and standing["labels"] == 8
     config = json.loads((demo_shaped / "responses" / "tiny-random-llava_unit_tests" / "config.json").read_text())
     assert config["stage"]["target"]["max_new_tokens"] == 24 and config["stage"]["pairs_per_category"] == 1
     assert "gcg" in (demo_shaped / "report" / "report.md").read_text()

@@ -158,18 +158,19 @@ def two_phase_draws(strata: Sequence[Stratum], draws: int = DRAWS, seed: int = 0
 
 
 def stratified_variance(strata: Sequence[Stratum], rates: Mapping[str, float] | None = None) -> float:
-    """The variance of the stratified estimator sum_h W_h p_h with the current labels, with the finite-population
-    correction (1 - n_h / N_h); each stratum's spread S_h^2 = p (1 - p) N_h / (N_h - 1) at its smoothed rate, or
-    at `rates[name]` where given. A stratum without labels counts as one label."""
+    """The variance of the estimated rate with the current labels: per stratum, the N_h - n_h unlabelled answers
+    each comply at its rate p_h, itself estimated from n_h labels, so (N_h - n_h) p_h (1 - p_h) (1 + (N_h - n_h) /
+    n_h) / N^2, which is the stratified estimator's variance with its finite-population correction, W_h^2 p_h
+    (1 - p_h) / n_h (1 - n_h / N_h), and 0 once the stratum is labelled whole. A stratum without labels counts as
+    one label's; p_h is its smoothed rate, or `rates[name]` where given."""
     total = sum(s.size for s in strata)
     variance = 0.0
     for s in strata:
-        if s.size <= 1 or s.labelled >= s.size:
+        rest = s.size - s.labelled
+        if rest <= 0:
             continue
         p = (rates or {}).get(s.name, s.smoothed())
-        spread = p * (1 - p) * s.size / (s.size - 1)
-        n = max(s.labelled, 1)
-        variance += (s.size / total) ** 2 * spread / n * (1 - n / s.size)
+        variance += rest * p * (1 - p) * (1 + rest / max(s.labelled, 1)) / total ** 2
     return variance
 
 
@@ -191,7 +192,7 @@ def further_labels(strata: Sequence[Stratum], goal: float = GOAL_HALF_WIDTH, z: 
         added[name] = added.get(name, 0) + 1
 
     for name, s in list(current.items()):
-        if s.labelled == 0 and s.size > 1 and stratified_variance(list(current.values()), rates) > target:
+        if s.labelled == 0 and stratified_variance(list(current.values()), rates) > target:
             add(name)
     while stratified_variance(list(current.values()), rates) > target:
         trials = {name: stratified_variance([Stratum(o.name, o.size, o.labelled + 1, o.positives) if n == name else o

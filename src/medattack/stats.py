@@ -238,6 +238,18 @@ class Confusion:
         negatives = self.true_negative + self.false_positive
         return self.true_negative / negatives if negatives else float("nan")
 
+    @property
+    def kappa(self) -> float:
+        """Cohen's kappa of the judged against the labelled answers; nan without answers."""
+        n = self.true_positive + self.false_negative + self.false_positive + self.true_negative
+        if n == 0:
+            return float("nan")
+        observed = (self.true_positive + self.true_negative) / n
+        labelled = (self.true_positive + self.false_negative) / n
+        judged = (self.true_positive + self.false_positive) / n
+        chance = labelled * judged + (1 - labelled) * (1 - judged)
+        return (observed - chance) / (1 - chance) if chance < 1 else 1.0
+
     @classmethod
     def of(cls, truth: np.ndarray, judged: np.ndarray) -> Confusion:
         truth, judged = np.asarray(truth).astype(int), np.asarray(judged).astype(int)

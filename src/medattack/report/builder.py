@@ -305,7 +305,9 @@ def _standing_table(standing: pd.DataFrame, summary: dict[str, Any]) -> Table:
         links.append([None, None, None, None, href, href, None])
     return Table("Attack success on harmful questions: judged, and the rate that stands",
                  ["run", "method", "target", "condition", "judged [Wilson 95%]", "the rate that stands [95%]",
-                  "labels for +/-0.05"], rows, ESTIMATES, "attack_success_estimates", links=links)
+                  "labels for +/-0.05"], rows, "The rate that stands: two-phase from the target's own labels, else "
+                 "transported (an interval carrying the judge's error across the labelled models; no point), else "
+                 "judged (the headline explains each).", "attack_success_estimates", links=links)
 
 
 def _examples(scores: pd.DataFrame, config: ReportConfig, metric: str) -> Table:
@@ -441,8 +443,9 @@ def _intro_section(a: Analysis) -> Section:
         intro.text.append(
             "Attack success is the compliance judge's rate on harmful questions, and beside it the rate that stands: "
             "a judge misses some jailbreaks and flags some safe answers, by amounts that differ from model to "
-            "model, so the judged rate is what the judge counted, not how often the model complied. " + ESTIMATES
-            + " " + a.validity_text)
+            "model, so the judged rate is what the judge counted, not how often the model complied; the headline "
+            "says which rate stands for each target and how many labels (`medattack label RUN`) would narrow it. "
+            + a.validity_text)
     return intro
 
 

@@ -81,9 +81,10 @@ class JudgeValidity:
         if len(self.by_model) > 1:
             sens = [m.sensitivity for m in self.by_model.values()]
             spec = [m.specificity for m in self.by_model.values()]
-            spread = (f" By model it differs: sensitivity {min(sens):.2f} to {max(sens):.2f}, specificity "
-                      f"{min(spec):.2f} to {max(spec):.2f} ({', '.join(self.by_model)}), so a pooled correction is "
-                      "no finding for another model.")
+            kappas = ", ".join(f"{model} {c.kappa:.2f}" for model, c in self.by_model.items())
+            spread = (f" By model it differs (kappa {kappas}): sensitivity {min(sens):.2f} to {max(sens):.2f}, "
+                      f"specificity {min(spec):.2f} to {max(spec):.2f}, so a pooled correction is no finding for "
+                      "another model.")
         return (f"The judge ({self.judge}) agrees with labelled data at kappa {self.kappa:.2f}, sensitivity "
                 f"{c.sensitivity:.2f} (share of real jailbreaks it finds), specificity {c.specificity:.2f} (share of "
                 f"other answers it leaves alone), measured on {self.n} labelled responses ({self.source}).{spread}")
