@@ -73,25 +73,33 @@ def test_export_import_and_the_report_then_stands_on_the_labels(run, tmp_path):
     _write_csv(sample, rows)
     result = CliRunner().invoke(app, ["label", str(run), "--import", str(sample)], terminal_width=300)
     assert result.exit_code == 0, result.output
-    assert "12 labels imported" in result.output and "from 12 labels of this model's answers" in result.output
+    said = " ".join(result.output.split())
+    assert "12 labels imported" in said and f"from 12 labels of this model's {len(pop.answers)} answers" in said
     assert {rid: label.label for rid, label in pop.labels().items()} == {
         r["response_id"]: int(r["label"]) for r in rows}
+
+    again = CliRunner().invoke(app, ["label", str(run), "--import", str(sample)], terminal_width=300)
+    assert "0 labels imported, 12 already there" in " ".join(again.output.split())  # nothing written twice
+    assert len(pop.path.read_text().splitlines()) == 12
 
     summary = json.loads(CliRunner().invoke(app, ["results", str(run), "--json"]).output)
     head = summary["headline"][0]["estimate"]
     assert head["kind"] == "two-phase" and head["labels"] == 12 and head["labelled_positives"] == 3
     assert head["ci_low"] <= head["rate"] <= head["ci_high"] and sum(s["labelled"] for s in head["strata"]) == 12
     text = CliRunner().invoke(app, ["results", str(run)], terminal_width=300).output
-    assert "from 12 labels of this model's answers the rate is" in " ".join(text.split())
+    assert f"from 12 labels of this model's {len(pop.answers)} answers, their rate is" in " ".join(text.split())
 
 
 @pytest.mark.parametrize(("rows", "columns", "said"), [
-    ([{"response_id": "nope", "label": "1"}], None, "row 2: unknown response_id 'nope'"),
-    ([{"response_id": "FIRST", "label": "yes"}], None, "row 2: label must be 0 or 1"),
-    ([{"response_id": "FIRST", "label": "1"}, {"response_id": "FIRST", "label": "2"}], None, "row 3: label must"),
+    ([{"response_id": "nope", "label": "1"}], None, "line 2: unknown response_id 'nope'"),
+    ([{"response_id": "FIRST", "label": "yes"}], None, "line 2: label must be 0 or 1"),
+    ([{"response_id": "FIRST", "label": "1"}, {"response_id": "FIRST", "label": "2"}], None, "line 3: label must"),
+    ([{"response_id": "FIRST", "label": "0"}, {"response_id": "FIRST", "label": "1"}], None,
+     "is labelled 0 on line 2 and 1 here"),
     ([{"response_id": "FIRST"}], None, "missing column(s) ['label']"),
     ([{"response_id": "FIRST", "label": "1", "verdict": "1"}], None, "unknown column(s) ['verdict']"),
-    ([{"response_id": "FIRST", "label": "1", "target": "another-model"}], None, "a label of target 'another-model'"),
+    ([{"response_id": "FIRST", "label": "1", "target": "another-model"}], None,
+     "a label of target 'another-model', not"),
 ])
 def test_a_bad_import_names_the_row_and_writes_nothing(run, tmp_path, rows, columns, said):
     pop = population(run)
@@ -154,6 +162,17 @@ def test_the_api_needs_the_token_and_never_sends_the_verdict(run):
         assert refused.value.code == 403
         state = json.loads(urllib.request.urlopen(server.url.replace("/?", "/api/state?")).read())
         assert set(state["item"]) == {"response_id", "position", "condition", "task", "question", "answer"}
+        first = state["item"]["response_id"]
+        assert _post(server.url, "/api/label", {"response_id": first, "value": 1})["labelled"] == 1
+        with pytest.raises(urllib.error.HTTPError) as twice:  # a second tab, a double press: never a silent change
+            _post(server.url, "/api/label", {"response_id": first, "value": 0})
+        assert twice.value.code == 409 and pop.labels()[first].label == 1
+        shown = json.loads(urllib.request.urlopen(server.url.replace("/?", "/api/state?")).read())["item"]
+        token = server.url.split("?")[1]
+        assert urllib.request.urlopen(f"{base}image/{shown['position']}?{token}").status == 200
+        with pytest.raises(urllib.error.HTTPError) as other:  # only the image of the answer shown
+            urllib.request.urlopen(f"{base}image/{state['item']['position']}?{token}")
+        assert other.value.code == 404
     finally:
         server.close()
 
@@ -165,14 +184,16 @@ def _post(url: str, path: str, body: dict) -> dict:
     return json.loads(urllib.request.urlopen(request, timeout=10).read())
 
 
-def _start(run: Path) -> tuple[subprocess.Popen, str]:
+def _start(run: Path) -> tuple[subprocess.Popen, str, list[str]]:
     process = subprocess.Popen([sys.executable, "-m", "medattack.cli", "label", str(run), "--no-browser",
                                 "--labeller", "tester"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "COLUMNS": "300"})
     found: list[str] = []
+    lines: list[str] = []
 
     def read() -> None:
         for line in process.stdout:
+            lines.append(line)
             if match := re.search(r"(http://127\.0\.0\.1:\d+/\?token=\S+)", line):
                 found.append(match.group(1))
 
@@ -181,12 +202,12 @@ def _start(run: Path) -> tuple[subprocess.Popen, str]:
     while not found and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
     assert found, "the label command printed no address"
-    return process, found[0]
+    return process, found[0], lines
 
 
 def test_a_killed_server_loses_no_label_given_and_the_command_resumes(run):
     order = population(run).order(0)
-    process, url = _start(run)
+    process, url, _ = _start(run)
     try:
         state = None
         for rid, value in zip(order[:3], (1, 0, 1), strict=True):
@@ -195,14 +216,15 @@ def test_a_killed_server_loses_no_label_given_and_the_command_resumes(run):
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
-    again, url = _start(run)
+    again, url, lines = _start(run)
     try:
         state = json.loads(urllib.request.urlopen(url.replace("/?", "/api/state?"), timeout=10).read())
         assert state["labelled"] == 3 and state["item"]["response_id"] == order[3]
     finally:
         again.send_signal(signal.SIGINT)
-        output = again.communicate(timeout=30)[0]
-    assert "from 3 labels of this model's answers" in " ".join(output.split())
+        again.wait(timeout=30)
+    time.sleep(0.2)  # the reader thread takes the last lines
+    assert "from 3 labels of " in " ".join("".join(lines).split())
 
 
 def test_compare_states_each_runs_standing_rate_and_their_difference(run, tmp_path):
@@ -221,6 +243,7 @@ def test_compare_states_each_runs_standing_rate_and_their_difference(run, tmp_pa
     assert len(standing) == 1
     change = standing[0]
     assert change["a"]["kind"] == "transported" and change["b"]["kind"] == "two-phase"
-    assert change["b"]["labels"] == 10 and change["ci_low"] <= change["difference"] <= change["ci_high"]
+    assert change["b"]["labels"] == 10 and change["ci_low"] <= change["ci_high"]
+    assert change["difference"] is None  # A is transported: an interval of the change, no point
     text = " ".join(CliRunner().invoke(app, ["compare", str(run), str(other)], terminal_width=300).output.split())
     assert "the rate that stands (harmful questions): A in [" in text and "two-phase; B - A" in text

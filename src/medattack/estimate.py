@@ -107,11 +107,17 @@ class RateEstimate:
     def describe(self) -> str:
         """One sentence on which estimate stands and what would narrow it."""
         judged = "-" if self.judged is None else f"{self.judged:.2f}"
-        more = (f"; label {self.further} more answers (`medattack label`) to narrow it to +/-{GOAL_HALF_WIDTH:.2f}"
-                if self.further else "")
+        unlabelled = sum(s.size - s.labelled for s in self.strata)
+        every = " (every one left)" if self.further and self.further >= unlabelled > 0 else ""
+        more = (f"; label {self.further} more answers{every} (`medattack label`) to narrow it to "
+                f"+/-{GOAL_HALF_WIDTH:.2f}" if self.further else "")
         if self.kind == "two-phase":
-            return (f"judged {judged}; from {self.labels} labels of this model's answers the rate is "
-                    f"{self.interval_text()}{more}")
+            off = ""
+            if (self.judged is not None and self.ci_low is not None and self.ci_high is not None
+                    and not self.ci_low <= self.judged <= self.ci_high):
+                off = " (the judge's rate lies outside it: the judge misreads this model)"
+            return (f"judged {judged}; from {self.labels} labels of this model's {self.n} answers, their rate is "
+                    f"{self.interval_text()}{off} (95% posterior interval){more}")
         if self.kind == "transported":
             return (f"judged {judged}; without labels of this model the rate lies {self.interval_text()} (the "
                     f"judge's error as it varies between the labelled models){more}")

@@ -19,17 +19,17 @@ def _print_estimate(pop) -> None:  # noqa: ANN001 - a labelling.store.Population
 
     found = estimate(pop.answers, pop.labels(), transport_confusions(pop.run.root, pop.target))
     console.print(escape(f"{pop.target} ({pop.metric} on harmful questions, source {pop.source}, "
-                         f"{len(pop.answers)} answers): {found.describe()}."))
+                         f"{len(pop.answers)} answers): {found.describe()}."), soft_wrap=True)
 
 
 @app.command(epilog="Examples:\n\n  medattack label runs/demo\n\n"
-             "  medattack label runs/demo --target embedded --n 60\n\n"
+             "  medattack label runs/demo --target smollm2 --n 60     (a unique start of the target's name)\n\n"
              "  medattack label runs/demo --export sample.csv     (label it elsewhere, then:)\n\n"
              "  medattack label runs/demo --import sample.csv")
 def label(
     run: Annotated[Path, typer.Argument(help="The run directory.")],
-    target: Annotated[str | None, typer.Option(help="The target whose answers to label (default: the run's "
-                                                    "only target).")] = None,
+    target: Annotated[str | None, typer.Option(help="The target whose answers to label: its name or a unique "
+                                                    "start of it (default: the run's only target).")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Labels to aim for (the page counts them; more narrow the "
                                                       "interval further).")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the sample's order (keep it to resume the same sample).")] = 0,
@@ -55,18 +55,21 @@ def label(
     with errors():
         pop = population(run, target, source)
         if import_file is not None:
-            written = import_csv(pop, import_file, who)
-            console.print(escape(f"{written} labels imported into {pop.path}."))
+            written, unchanged, changed = import_csv(pop, import_file, who)
+            console.print(escape(f"{written} labels imported" + (f" ({changed} of them replace an earlier label)"
+                                                                  if changed else "")
+                                 + (f", {unchanged} already there" if unchanged else "") + f" into {pop.path}."),
+                          soft_wrap=True)
             _print_estimate(pop)
             return
         if export_file is not None:
             rows = export_csv(pop, export_file, seed, n)
             console.print(escape(f"{rows} answers written to {export_file}: fill in `label` (1 or 0), then "
-                                 f"`medattack label {run} --import {export_file}`."))
+                                 f"`medattack label {run} --import {export_file}`."), soft_wrap=True)
             return
-        server = LabelServer(pop, n, seed, who, port=port)
+        server = LabelServer(pop, min(n, len(pop.answers)), seed, who, port=port)
     console.print(escape(f"Labelling {len(pop.answers)} answers of {pop.target} (source {pop.source}); "
-                         f"labels go to {pop.path}."))
+                         f"labels go to {pop.path}."), soft_wrap=True)
     console.print(f"Open {server.url}  (Ctrl+C stops; every label is already saved)")
     if not no_browser:
         webbrowser.open(server.url)

@@ -79,7 +79,8 @@ def compare(
                                "standing": [s.to_json() for s in standing]}, indent=2, ensure_ascii=False))
         return
     for s in standing:
-        gap = "" if s.difference is None else f"; B - A {s.difference:+.2f} [{s.ci_low:+.2f}, {s.ci_high:+.2f}]"
+        point = "" if s.difference is None else f"{s.difference:+.2f} "
+        gap = "" if s.ci_low is None else f"; B - A {point}[{s.ci_low:+.2f}, {s.ci_high:+.2f}]"
         console.print(escape(f"{s.target}, the rate that stands (harmful questions): A {s.a.interval_text()} "
                              f"{s.a.kind}, B {s.b.interval_text()} {s.b.kind}{gap}"))
     table = Table(title=escape(f"{b.name} - {a.name}"))

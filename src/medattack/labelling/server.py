@@ -2,9 +2,10 @@
 
     GET  /?token=T               the page (the token is in the address the command prints and opens)
     GET  /api/state?token=T      {target, rubric, goal, labelled, skipped, item | null, can_undo}
-    POST /api/label?token=T      {"response_id": id, "value": 1 | 0 | "skip"} -> the next state
-    POST /api/undo?token=T       the last label given is undone (its answer comes back first) -> the next state
-    GET  /image/<n>?token=T      the image of the answer shown (n = its place in the order)
+    POST /api/label?token=T      {"response_id": id, "value": 1 | 0 | "skip"} -> the next state; 409 when that
+                                 answer is labelled already (a second tab, a double press): undo it first
+    POST /api/undo?token=T       the last label given on the page is undone (its answer comes back first)
+    GET  /image/<n>?token=T      the image of the answer shown (n = its place in the order; no other)
 
 Each label is appended and fsynced before the reply (store.give), so closing the tab or killing the server loses
 at most the label being typed, and the next `medattack label` resumes where it stopped. The item shown is the
@@ -87,7 +88,11 @@ async function call(path, body) {
     const r = await fetch(`${path}?token=${encodeURIComponent(token)}`, body === undefined ? {} :
       {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
     const data = await r.json();
-    if (!r.ok) { document.getElementById("error").textContent = data.error; return; }
+    if (!r.ok) {
+      document.getElementById("error").textContent = data.error;
+      if (data.item !== undefined) show(data);
+      return;
+    }
     document.getElementById("error").textContent = "";
     show(data);
   } catch (e) {
@@ -106,6 +111,10 @@ call("/api/state");
 </script>
 </body></html>
 """
+
+
+class LabelledAlready(Exception):
+    """The answer has a standing label: a second tab or a double key press, never a silent change."""
 
 
 class LabelServer:
@@ -152,8 +161,10 @@ class LabelServer:
                 "skipped": skipped, "item": item, "can_undo": bool(self._last_given(labels))}
 
     def _last_given(self, labels: dict[str, Any]) -> str | None:
-        """The answer whose standing label was given last (labelled or skipped), or None."""
-        rows = [r for r in self.pop.run.labels(self.pop.target) if r.response_id in labels]
+        """The answer whose standing label was given last on the page (labelled or skipped), or None: imported
+        labels are not undone here."""
+        rows = [r for r in self.pop.run.labels(self.pop.target) if r.response_id in labels and r.via == "page"
+                and labels[r.response_id] == r]
         return rows[-1].response_id if rows else None
 
     def label(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +172,8 @@ class LabelServer:
         if value not in (0, 1, "skip"):
             raise InputError("label", f"a label is 1, 0 or \"skip\", not {value!r}.")
         with self._lock:
+            if rid in self.pop.labels():
+                raise LabelledAlready(rid)
             give(self.pop, rid, value, self.labeller)
             return self.state()
 
@@ -172,8 +185,9 @@ class LabelServer:
             return self.state()
 
     def image(self, position: int) -> Path | None:
-        """The image file of the answer at `position` of the order, when it lies inside the run."""
-        if not 0 <= position < len(self.order):
+        """The image file of the answer shown, at `position` of the order, when it lies inside the run."""
+        item = self.state()["item"]
+        if item is None or item["position"] != position:
             return None
         path = (self.pop.run.root / self.pop.responses[self.order[position]].image_file).resolve()
         root = self.pop.run.root.resolve()
@@ -244,7 +258,12 @@ class LabelServer:
                         self._json(200, server.undo())
                     else:
                         self._json(404, {"error": "not found"})
-                except (InputError, json.JSONDecodeError) as exc:
+                except LabelledAlready:
+                    self._json(409, {"error": "that answer is labelled already (another tab?); press u to undo "
+                                              "the last label", **server.state()})
+                except json.JSONDecodeError:
+                    self._json(400, {"error": "the body must be JSON: {\"response_id\": ..., \"value\": 1}"})
+                except InputError as exc:
                     self._json(400, {"error": str(exc)})
 
         return Handler

@@ -28,7 +28,7 @@ from medattack.rundir import RunDir, append_records, folder_name, write_bytes_at
 from medattack.storage import csv_cell
 
 CSV_COLUMNS = ("response_id", "target", "source", "condition", "question", "response", "label", "labeller")
-IMPORT_REQUIRED = ("response_id", "label")
+IMPORT_REQUIRED = ("response_id", "label")  # and "target" when the run holds several targets
 LABEL_VALUES = {"1": 1, "0": 0, "1.0": 1, "0.0": 0}
 
 
@@ -74,6 +74,21 @@ def _targets(run: RunDir) -> dict[str, str]:
     return names
 
 
+def _match_target(run: RunDir, name: str, targets: dict[str, str]) -> str:
+    """The run's target called `name`: its full name, its folder name, or a unique start of either (any case)."""
+    if name in targets:
+        return name
+    by_folder = {folder: full for full, folder in targets.items()}
+    if folder_name(name) in by_folder:
+        return by_folder[folder_name(name)]
+    starts = {full for full, folder in targets.items()
+              if full.lower().startswith(name.lower()) or folder.lower().startswith(name.lower())}
+    if len(starts) == 1:
+        return starts.pop()
+    said = "names several targets" if starts else "is no target of this run"
+    raise SourceError(str(run.root), f"{name!r} {said}.", f"use one of: {', '.join(sorted(starts or targets))}.")
+
+
 def population(run_dir: str | Path, target: str | None = None, source: str = "none") -> Population:
     """The labelling population of `target` (the run's only target when None) and `source`."""
     run = RunDir(run_dir)
@@ -85,11 +100,7 @@ def population(run_dir: str | Path, target: str | None = None, source: str = "no
             raise SourceError(str(run.root), f"it holds {len(targets)} targets.",
                               f"name one with --target: {', '.join(sorted(targets))}.")
         target = next(iter(targets))
-    if target not in targets:
-        by_folder = {folder: name for name, folder in targets.items()}
-        if folder_name(target) not in by_folder:
-            raise SourceError(str(run.root), f"no target {target!r}.", f"use one of: {', '.join(sorted(targets))}.")
-        target = by_folder[folder_name(target)]
+    target = _match_target(run, target, targets)
     folder = run.responses_folder(target)
     scores = list(run.scores_folder(folder.path.name).scores())
     by_metric: dict[str, dict[str, float | None]] = {}
@@ -137,28 +148,35 @@ def give(pop: Population, response_id: str, value: int | str, labeller: str, via
     return row
 
 
-def import_csv(pop: Population, path: Path, labeller: str) -> int:
+def import_csv(pop: Population, path: Path, labeller: str) -> tuple[int, int, int]:
     """Append the labels of a CSV (columns response_id, label; optional target, labeller and the export's other
-    columns). Every row is checked before any is written. Returns the number of labels written (empty labels are
-    left out)."""
+    columns; `target` required when the run holds several targets, whose answers share ids). Every row is checked
+    before any is written: an unknown id, a value other than 0/1, missing or extra columns, a row of another
+    target, one answer given two different labels. An empty label is left out; a label equal to the one that
+    stands is not written again. Returns (written, unchanged, changed: of the written, those that replace another
+    standing label)."""
     rows = read_table(Path(path))
     if not rows:
         raise SourceError(str(path), "no rows.", "export the sample with --export, fill in `label`, import it.")
     columns = list(rows[0])
-    missing = [c for c in IMPORT_REQUIRED if c not in columns]
+    several = len(_targets(pop.run)) > 1
+    missing = [c for c in (*IMPORT_REQUIRED, *(("target",) if several else ())) if c not in columns]
     extra = [c for c in columns if c not in CSV_COLUMNS]
     if missing or extra:
         problems = ([f"missing column(s) {missing}"] if missing else []) + ([f"unknown column(s) {extra}"] if extra
                                                                              else [])
-        raise SourceError(str(path), "; ".join(problems) + ".", f"use the columns {', '.join(CSV_COLUMNS)} "
+        why = " (the run holds several targets, whose answers share ids)" if several and "target" in missing else ""
+        raise SourceError(str(path), "; ".join(problems) + why + ".", f"use the columns {', '.join(CSV_COLUMNS)} "
                           "(response_id and label required), as `medattack label RUN --export FILE` writes.")
-    parsed = []
-    for number, row in enumerate(rows, start=2):  # row 1 is the header
-        where = f"{path}:row {number}"
+    parsed: dict[str, tuple[int, str, int]] = {}  # response id -> (label, labeller, line)
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        where = f"{path}:line {line}"
         rid, value, target = cell(row, "response_id"), cell(row, "label"), cell(row, "target")
         if target and target != pop.target:
+            known = target in _targets(pop.run)
             raise SourceError(where, f"a label of target {target!r}, not {pop.target!r}.",
-                              f"import it with --target {target!r}, or fix the row.")
+                              f"import it with --target {target!r}." if known else
+                              f"{target!r} is not a target of this run: fix the row or leave it out.")
         if rid not in pop.responses:
             raise SourceError(where, f"unknown response_id {rid!r}: not one of {pop.target}'s answers to harmful "
                               f"questions (source {pop.source}).", "use the ids `--export` writes.")
@@ -166,12 +184,19 @@ def import_csv(pop: Population, path: Path, labeller: str) -> int:
             continue
         if value not in LABEL_VALUES:
             raise SourceError(where, f"label must be 0 or 1 (or empty: not labelled), got {value!r}.")
-        parsed.append((rid, LABEL_VALUES[value], cell(row, "labeller") or labeller))
+        if rid in parsed and parsed[rid][0] != LABEL_VALUES[value]:
+            raise SourceError(where, f"{rid!r} is labelled {parsed[rid][0]} on line {parsed[rid][2]} and "
+                              f"{LABEL_VALUES[value]} here.", "keep one label per answer.")
+        parsed[rid] = (LABEL_VALUES[value], cell(row, "labeller") or labeller, line)
+    standing_now = pop.labels()
+    fresh = {rid: found for rid, found in parsed.items()
+             if rid not in standing_now or standing_now[rid].label != found[0]}
+    changed = sum(1 for rid in fresh if rid in standing_now and standing_now[rid].label is not None)
     via = f"import:{Path(path).name}"
     pop.path.parent.mkdir(parents=True, exist_ok=True)
     append_records(pop.path, *[Label(rid, pop.target, value, "labelled", who, _now(), via)
-                               for rid, value, who in parsed])
-    return len(parsed)
+                               for rid, (value, who, _) in fresh.items()])
+    return len(fresh), len(parsed) - len(fresh), changed
 
 
 def export_csv(pop: Population, path: Path, seed: int, n: int | None = None) -> int:

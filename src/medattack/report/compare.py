@@ -116,7 +116,7 @@ def _change(target: str, source: str, condition: str, metric: str, a: pd.DataFra
 @dataclass(frozen=True)
 class StandingChange:
     """One target's rate that stands in run A and in run B (the benchmark's harmful questions) and, where both
-    have a posterior, the difference B - A with its 95% interval."""
+    have a posterior, the 95% interval of B - A (and its point where both have one: not when transported)."""
 
     target: str
     a: RateEstimate
@@ -154,8 +154,9 @@ def standing_changes(a: RunData, b: RunData, confusions: list[Confusion]) -> lis
         difference = low = high = None
         if draws_a is not None and draws_b is not None:
             gap = draws_b - draws_a
-            difference = float(np.median(gap))
             low, high = (float(v) for v in np.percentile(gap, [2.5, 97.5]))
+            if found_a.rate is not None and found_b.rate is not None:  # no point where either is transported
+                difference = found_b.rate - found_a.rate
         label = target_a if target_a == target_b else f"{target_a} -> {target_b}"
         out.append(StandingChange(label, found_a, found_b, difference, low, high))
     return out
