@@ -184,3 +184,18 @@ def test_a_query_folder_written_before_defences_reads_as_asked_undefended(tmp_pa
     defended = {**record, "stage": {**record["stage"], "defences": ["purify"]}}
     with pytest.raises(Exception, match=r"stage.defences: \[\] -> \['purify'\]"):
         claim_folder(folder, defended, force=False, change="the target", defaults={"stage": to_dict(QueryConfig())})
+
+
+def test_a_report_summary_of_version_1_reads_with_its_correction_as_an_estimate_of_its_kind():
+    from medattack.report.summary import SCHEMA_VERSION, read_summary
+
+    old_file = json.loads((FIXTURES / "v1" / "report-summary.json").read_text())
+    old, new = read_summary(FIXTURES / "v1" / "report-summary.json"), read_summary(FIXTURES / "v4" /
+                                                                                   "report-summary.json")
+    assert old_file["schema_version"] == 1 and SCHEMA_VERSION == 2 == CURRENT["report-summary"]
+    was = old_file["headline"][0]["corrected"]
+    estimate = old["headline"][0]["estimate"]
+    assert "corrected" not in old["headline"][0] and estimate["kind"] == "corrected (v1)"
+    assert (estimate["rate"], estimate["ci_low"], estimate["ci_high"]) == (was["rate"], was["ci_low"], was["ci_high"])
+    assert all("estimate" in r and "corrected" not in r for r in old["rates"])
+    assert new["headline"][0]["estimate"]["kind"] == "transported" and set(old) == set(new)
