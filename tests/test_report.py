@@ -362,8 +362,13 @@ def test_long_target_names_are_short_in_tables_with_a_legend(report):
     from medattack.report.aggregate import SHORT_TARGET_CHARS, short_target
 
     long = "smollm2-135m-llava-random-vision (not a medical model)"
-    assert short_target(long) == "smollm2-135m-llava-rand…" and len(short_target(long)) == SHORT_TARGET_CHARS
+    assert short_target(long) == "smollm2-135…andom-vision" and len(short_target(long)) == SHORT_TARGET_CHARS
     assert short_target("gpt-4o") == "gpt-4o"
+    # a defended target keeps its defences whole, and targets that differ only at the end stay apart
+    api = "api:microsoft/llava-med-v1.5-mistral-7b"
+    names = [api, f"{api}+attribute", f"{api}+reminder", f"{long}+reminder", f"{api}-4bit"]
+    shown = [short_target(n) for n in names]
+    assert len(set(shown)) == len(names) and shown[1].endswith("+attribute") and shown[3].endswith("+reminder")
     markdown = report.markdown.read_text()
     legend = markdown.split("### Targets and models")[1].split("###")[0]
     assert "| tiny-random-llava | tiny-random-llava (unit tests) |" in legend
@@ -440,6 +445,8 @@ def test_read_run_gives_every_record_typed(scored_run):
     assert attack.startswith("gcg/") and all(isinstance(r, AttackRecord) for r in results) and len(results) == 3
     assert all(isinstance(r, BlackBoxRecord) for rows in records.searches.values() for r in rows)
     [(target, answers)] = records.responses.items()
-    assert all(isinstance(r, Response) for r in answers)
-    assert len(answers) == len(read_jsonl(scored_run / "responses" / target / "responses.jsonl"))
-    assert all(isinstance(r, ScoreRecord) for r in records.scores[target])
+    assert all(isinstance(r, Response) for r in answers) and all(r.target == target for r in answers)
+    from medattack.rundir import folder_name
+
+    assert len(answers) == len(read_jsonl(scored_run / "responses" / folder_name(target) / "responses.jsonl"))
+    assert all(isinstance(r, ScoreRecord) for r in records.scores[target]) and records.labels == {}

@@ -167,7 +167,8 @@ def test_read_run_reads_a_run_written_before_versions(tmp_path):
     records = read_run(run.root)
     assert [s.sample_id for s in records.samples] == [json.loads((FIXTURES / "v1" / "samples.jsonl").read_text())[
         "sample_id"]]
-    assert len(records.responses["embedded"]) == 2
+    [(target, answers)] = records.responses.items()
+    assert len(answers) == 2 and target == answers[0].target  # keyed by the target's name, not its folder
     run.record_stage("score", {"metrics": ["keyword_asr"]}, 0)  # an old run.json is upgraded and kept
     manifest = json.loads(run.manifest_path.read_text())
     assert manifest[VERSION_KEY] == CURRENT["run-manifest"] and {"build", "score"} <= set(manifest["stages"])

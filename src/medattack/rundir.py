@@ -531,8 +531,9 @@ class RunDir:
 class RunRecords:
     """Everything a run directory holds, as typed records (`medattack.read_run`): for notebooks.
 
-    Keys of the dicts are folder names relative to the run: "mcm/<model>" for attacks and searches, the
-    target's folder name for responses and scores."""
+    Attacks and searches are keyed "<method>/<model or target folder>"; responses, scores and labels by the
+    target's name as its answers give it ("smollm2-135m-llava-random-vision (not a medical model)", "gpt-4o+reminder"),
+    never by its folder name."""
 
     root: Path
     samples: list[Sample]
@@ -540,17 +541,26 @@ class RunRecords:
     searches: dict[str, list[BlackBoxRecord]]
     responses: dict[str, list[Response]]
     scores: dict[str, list[ScoreRecord]]
+    labels: dict[str, list[Label]]
 
 
 def read_run(path: str | Path) -> RunRecords:
-    """Read a run directory's records (samples, attack and search results, responses, scores), typed."""
+    """Read a run directory's records (samples, attack and search results, responses, scores, labels), typed."""
     run = RunDir(path)
     run.settle()
     samples = run.samples() if run.has_samples() else []
+    responses = {}
+    names = {}  # folder name -> target name
+    for folder in run.responses_folders():
+        answers = folder.responses()
+        names[folder.path.name] = answers[0].target if answers else folder.path.name
+        responses[names[folder.path.name]] = answers
     scores_root = run.root / "scores"
     return RunRecords(
         root=run.root, samples=samples,
         attacks={f"{f.method}/{f.model}": f.results() for f in run.attack_folders()},
         searches={f"{f.method}/{f.target}": f.results() for f in run.search_folders()},
-        responses={f.target: f.responses() for f in run.responses_folders()},
-        scores={p.parent.name: ScoresFolder(p.parent).scores() for p in sorted(scores_root.glob("*/scores.jsonl"))})
+        responses=responses,
+        scores={names.get(p.parent.name, p.parent.name): ScoresFolder(p.parent).scores()
+                for p in sorted(scores_root.glob("*/scores.jsonl"))},
+        labels={target: found for target in responses if (found := run.labels(target))})

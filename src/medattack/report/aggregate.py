@@ -12,6 +12,7 @@ paired tests compare conditions and attacks on the same image x prompt. The `met
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,12 +37,24 @@ GROUP_COLUMNS = ["n", "nulls", "mean", "ci_low", "ci_high"]
 SHORT_TARGET_CHARS = 24
 
 
+DEFENCE_SUFFIX = re.compile(r"(\+[A-Za-z][A-Za-z0-9_-]*)+$")  # "<target>+<defence>[+<defence>]" (defences/base.py)
+
+
 def short_target(name: str) -> str:
     """A target's name as a table column or plot label: its words before any parenthesis, cut to
-    SHORT_TARGET_CHARS with an ellipsis ("smollm2-135m-llava-random-vision (not a medical model)" ->
-    "smollm2-135m-llava-rand…"); the report's "Targets" legend gives the full names."""
-    short = str(name).split(" (")[0].strip() or str(name)
-    return short if len(short) <= SHORT_TARGET_CHARS else short[: SHORT_TARGET_CHARS - 1] + "…"
+    SHORT_TARGET_CHARS by an ellipsis in the middle, so both ends stay ("smollm2-135m-llava-random-vision (not a
+    medical model)" -> "smollm2-135…andom-vision"), and the defences of a defended target ("+reminder") never cut;
+    the report's "Targets" legend gives the full names."""
+    name = str(name)
+    suffix = DEFENCE_SUFFIX.search(name)
+    defences = suffix.group(0) if suffix else ""
+    base = name[: len(name) - len(defences)]
+    short = base.split(" (")[0].strip() or base
+    room = max(SHORT_TARGET_CHARS - len(defences), 9)
+    if len(short) > room:
+        head = (room - 1) // 2
+        short = short[:head] + "…" + short[len(short) - (room - 1 - head):]
+    return short + defences
 
 
 def summarise_groups(table: pd.DataFrame, keys: Sequence[str], value: str = "value") -> pd.DataFrame:
