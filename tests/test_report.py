@@ -25,6 +25,7 @@ from medattack.stages.build import run as build_benchmark
 from medattack.stages.query import QueryConfig
 from medattack.stages.query import run as run_query_stage
 from medattack.stages.score import run as score
+from medattack.stats import PAIRED_RATES, UNPAIRED_RATES
 
 from browser import find_chromium, render
 
@@ -182,7 +183,7 @@ def test_paired_comparisons_and_the_tii_gate_are_reported(scored_run, report):
     attacked = {r["sample_id"] for r in responses if r["kind"] == "attack"}
     asked = {r["sample_id"] for r in responses if r["kind"] == "benchmark"}
     assert row["n"] == len(attacked & asked) > 0  # the pairs: attacked samples also asked clean
-    assert row["metric"] == "judge" and row["test"] == "McNemar exact"
+    assert row["metric"] == "judge" and row["test"] == PAIRED_RATES
     assert comparisons["p_value"].between(0, 1).all()
     html = report.html.read_text()
     assert "Paired comparisons (same image and prompt)" in html
@@ -330,7 +331,7 @@ def test_compare_pairs_the_same_samples_and_measures_the_change(scored_run, tmp_
     a, b = load_runs([scored_run, after])
     changes = {(c.source, c.condition, c.metric): c for c in compare_runs(a, b)}
     same = changes[("none", "malicious", "judge")]
-    assert same.pairs == same.n_a and same.difference == 0 and same.test == "McNemar exact"
+    assert same.pairs == same.n_a and same.difference == 0 and same.test == PAIRED_RATES
     normal = changes[("none", "normal", "keyword_asr")]
     assert normal.pairs > 0 and normal.rate_b == 1.0
     assert normal.difference == pytest.approx(flipped / normal.pairs)
@@ -339,8 +340,6 @@ def test_compare_pairs_the_same_samples_and_measures_the_change(scored_run, tmp_
 
 
 def test_compare_is_unpaired_when_the_runs_asked_other_samples():
-    from scipy.stats import fisher_exact
-
     from medattack.report.compare import _change
     from medattack.stats import two_sample_test
 
@@ -349,11 +348,11 @@ def test_compare_is_unpaired_when_the_runs_asked_other_samples():
                              "value": [1.0] * hits + [0.0] * (n - hits)})
 
     unpaired = _change("t", "none", "normal", "keyword_asr", answers("a", 2, 20), answers("b", 12, 20))
-    assert unpaired.pairs == 0 and unpaired.test.startswith("Fisher exact") and (unpaired.n_a, unpaired.n_b) == (20, 20)
-    assert unpaired.difference == pytest.approx(0.5) and 0.2 < unpaired.ci_low < 0.5 < unpaired.ci_high < 0.75
-    assert unpaired.p_value == pytest.approx(fisher_exact([[2, 18], [12, 8]]).pvalue)
+    assert unpaired.pairs == 0 and unpaired.test == UNPAIRED_RATES and (unpaired.n_a, unpaired.n_b) == (20, 20)
+    assert unpaired.difference == pytest.approx(0.5) and 0.2 < unpaired.ci_low < 0.5 < unpaired.ci_high < 0.8
+    assert unpaired.p_value < 0.01
     subset = _change("t", "none", "normal", "keyword_asr", answers("a", 2, 20), answers("a", 5, 10))
-    assert subset.pairs == 10 and subset.test == "McNemar exact"  # B asked a --limit of A's samples: paired
+    assert subset.pairs == 10 and subset.test == PAIRED_RATES  # B asked a --limit of A's samples: paired
     scores = two_sample_test(np.linspace(0, 1, 30), np.linspace(0, 1, 30) + 0.5)
     assert scores.test == "bootstrap" and scores.ci_low < 0.5 < scores.ci_high and scores.p_value < 0.05
 

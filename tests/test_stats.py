@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from medattack.stats import (
+    PAIRED_RATES,
     bca_ci,
-    mcnemar,
     paired_bootstrap,
+    paired_rates,
     paired_test,
     roc_auc,
     separating_threshold,
@@ -23,18 +24,38 @@ def test_bca_interval_covers_the_mean_and_is_skewed_like_the_data():
     assert bca_ci(np.array([0.3, 0.3])) == (0.3, 0.3) and all(np.isnan(bca_ci(np.array([]))))
 
 
-def test_mcnemar_on_a_constructed_example():
+def test_paired_rates_on_a_constructed_example():
     # 20 pairs: 12 both 0, 2 both 1, 1 pair only a succeeds, 5 pairs only b succeeds
     a = np.array([0] * 12 + [1] * 2 + [1] * 1 + [0] * 5)
     b = np.array([0] * 12 + [1] * 2 + [0] * 1 + [1] * 5)
-    result = mcnemar(a, b)
-    assert result.discordant == (1, 5) and result.n == 20
+    result = paired_rates(a, b)
+    assert result.discordant == (1, 5) and result.n == 20 and result.test == PAIRED_RATES
     assert result.difference == pytest.approx(0.2) and result.mean_b == pytest.approx(0.35)
-    assert result.p_value == pytest.approx(0.21875)  # exact binomial: 2 * P(X <= 1 | n=6, p=1/2) = 2 * 7/64
-    assert result.ci_low < 0.2 < result.ci_high
-    assert mcnemar(a, a).p_value == 1.0 and mcnemar(a, a).difference == 0.0
-    strong = mcnemar(np.zeros(30, int), np.ones(30, int))
-    assert strong.p_value < 1e-8 and strong.difference == 1.0
+    assert result.ci_low < 0.2 < result.ci_high and result.ci_low < 0 and result.p_value > 0.05
+    assert paired_rates(a, b) == result  # seeded
+    same = paired_rates(a, a)
+    assert same.difference == 0.0 and same.p_value > 0.5 and same.ci_low < 0 < same.ci_high  # never zero width
+    strong = paired_rates(np.zeros(30, int), np.ones(30, int))
+    assert strong.p_value < 1e-3 and strong.difference == 1.0 and strong.ci_low > 0.75
+
+
+def test_nine_pairs_without_a_discordant_one_give_no_zero_width_interval():
+    result = paired_rates(np.zeros(9, int), np.zeros(9, int))
+    assert result.ci_high - result.ci_low > 0.1 and result.p_value == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_an_interval_and_its_p_value_never_disagree(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 60))
+    a = (rng.random(n) < rng.uniform(0, 1)).astype(int)
+    b = np.where(rng.random(n) < rng.uniform(0, 1), 1 - a, a) if seed % 2 else (rng.random(n) < 0.5).astype(int)
+    from medattack.stats import two_sample_test
+
+    for result in (paired_rates(a, b), paired_bootstrap(a * rng.random(n), b * rng.random(n) + rng.normal(0, .1)),
+                   two_sample_test(a, b[: max(1, n // 2)]), two_sample_test(a * rng.random(n), b + rng.random(n))):
+        excludes_zero = result.ci_low > 0 or result.ci_high < 0
+        assert excludes_zero == (result.p_value < 0.05), (result, seed)
 
 
 def test_paired_bootstrap_sees_a_shift_that_an_unpaired_look_would_miss():
@@ -46,7 +67,7 @@ def test_paired_bootstrap_sees_a_shift_that_an_unpaired_look_would_miss():
     assert 0 < result.ci_low < 0.1 < result.ci_high
     assert paired_bootstrap(base, base).p_value == 1.0
     assert paired_test(base, shifted).test == "paired bootstrap"
-    assert paired_test(np.array([0, 1]), np.array([1, 1])).test == "McNemar exact"
+    assert paired_test(np.array([0, 1]), np.array([1, 1])).test == PAIRED_RATES
 
 
 def test_auc_and_separating_threshold():

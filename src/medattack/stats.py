@@ -4,8 +4,11 @@
     bca_ci(values)                BCa bootstrap interval of a mean (scipy), for continuous metrics
     bootstrap_ci(values)          percentile bootstrap (kept for what is not a mean of one sample)
     interval(values)              Wilson for 0/1 values, BCa otherwise
-    mcnemar(a, b)                 exact McNemar test of two paired 0/1 vectors (same image x prompt)
-    paired_bootstrap(a, b)        interval and two-sided p of the mean paired difference, continuous values
+    paired_rates(a, b)            difference of two paired 0/1 vectors (same image x prompt): Dirichlet
+                                  posterior interval and its tail probability, one method for both
+    paired_bootstrap(a, b)        interval and two-sided p of the mean paired difference from one set of
+                                  resamples, continuous values
+    two_sample_test(a, b)         unpaired: Beta posteriors for rates, a bootstrap otherwise, one method each
     roc_auc(pos, neg)             how well a score separates two groups (Mann-Whitney AUC)
     separating_threshold(pos, neg) the cut between them with the best balanced accuracy
     Confusion                     a judge against labels (its sensitivity and specificity); the rates a
@@ -18,6 +21,7 @@ rates as if their samples were unrelated.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -99,53 +103,74 @@ class PairedResult:
     ci_low: float
     ci_high: float
     p_value: float
-    test: str  # "McNemar exact" or "paired bootstrap"
-    discordant: tuple[int, int] | None = None  # McNemar: (a=1 b=0, a=0 b=1)
+    test: str  # PAIRED_RATES or PAIRED_SCORES
+    discordant: tuple[int, int] | None = None  # 0/1 outcomes: (a=1 b=0, a=0 b=1)
 
 
-def mcnemar(a: np.ndarray, b: np.ndarray) -> PairedResult:
-    """Exact McNemar test of paired 0/1 outcomes `a`, `b` (N,): only the discordant pairs carry
-    information; under "no difference" each is equally likely to go either way (binomial, p = 1/2). The
-    interval of the difference in rates is the Wald interval of paired proportions (Agresti), clipped."""
-    from scipy.stats import binomtest
+PAIRED_RATES = "paired Dirichlet (Jeffreys)"
+PAIRED_SCORES = "paired bootstrap"
 
+
+def _tail_p(draws: np.ndarray) -> float:
+    """Twice the smaller share of `draws` on either side of 0 (at most 1): the two-sided tail probability of "no
+    difference" that agrees with the draws' equal-tailed interval (it excludes 0 exactly when this is below
+    1 - level)."""
+    if np.all(draws == 0):
+        return 1.0
+    return float(min(1.0, 2 * min((draws <= 0).mean(), (draws >= 0).mean())))
+
+
+def _equal_tailed(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The draws' equal-tailed interval, each end an order statistic taken from its own side (so it excludes 0
+    exactly when `_tail_p` is below 1 - level)."""
+    ordered = np.sort(draws)
+    k = max(1, math.ceil((1 - level) / 2 * len(ordered) - 1e-9))  # the k-th draw from each end
+    return float(ordered[k - 1]), float(ordered[len(ordered) - k])
+
+
+def paired_rates(a: np.ndarray, b: np.ndarray, draws: int = 20_000, seed: int = 0) -> PairedResult:
+    """Paired 0/1 outcomes `a`, `b` (N,), one per pair (the same image x prompt): the difference of rates b - a
+    with one method for its interval and its p-value. The four outcome cells (both 1, a only, b only, both 0) get
+    a Dirichlet posterior with Jeffreys' prior (counts + 1/2); the interval is the equal-tailed 95% of the
+    posterior difference (b only - a only), and p is its two-sided tail probability at 0 (`_tail_p`), so the
+    interval excludes 0 exactly when p < 0.05. Unlike a Wald interval it never has zero width at small n (9 pairs
+    and no discordant one still leave the discordant cells possible), and unlike McNemar's exact test beside a
+    Wald interval the two never disagree."""
     a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
     n = len(a)
     only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
     if n == 0:
-        return PairedResult(0, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), float("nan"),
-                            "McNemar exact", (0, 0))
-    p = binomtest(only_b, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    difference = (only_b - only_a) / n
-    se = np.sqrt(max(only_a + only_b - (only_b - only_a) ** 2 / n, 0.0)) / n
-    return PairedResult(n, float(a.mean()), float(b.mean()), float(difference),
-                        float(max(-1.0, difference - Z95 * se)), float(min(1.0, difference + Z95 * se)),
-                        float(p), "McNemar exact", (only_a, only_b))
+        nan = float("nan")
+        return PairedResult(0, nan, nan, nan, nan, nan, nan, PAIRED_RATES, (0, 0))
+    both = int(((a == 1) & (b == 1)).sum())
+    cells = np.array([both, only_a, only_b, n - both - only_a - only_b], dtype=float) + 0.5
+    posterior = np.random.default_rng(seed).dirichlet(cells, draws)
+    difference = posterior[:, 2] - posterior[:, 1]
+    low, high = _equal_tailed(difference)
+    return PairedResult(n, float(a.mean()), float(b.mean()), (only_b - only_a) / n, float(low), float(high),
+                        _tail_p(difference), PAIRED_RATES, (only_a, only_b))
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> PairedResult:
-    """Paired bootstrap of the mean difference b - a over the same inputs (N,): the pairs are resampled
-    together; the p-value is twice the smaller share of resampled differences on either side of 0."""
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES * 4, seed: int = 0) -> PairedResult:
+    """Paired bootstrap of the mean difference b - a over the same inputs (N,): the pairs are resampled together;
+    the interval is the resampled means' equal-tailed 95% and p their two-sided tail probability at 0 (`_tail_p`):
+    one set of resamples gives both, so they never disagree."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     n = len(a)
     if n == 0:
         return PairedResult(0, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), float("nan"),
-                            "paired bootstrap")
+                            PAIRED_SCORES)
     differences = b - a
     means = bootstrap_means(differences, resamples, seed)
-    low, high = bca_ci(differences, resamples, seed)
-    if np.all(differences == differences[0]):
-        p = 1.0 if differences[0] == 0 else 0.0
-    else:
-        p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
-    return PairedResult(n, float(a.mean()), float(b.mean()), float(differences.mean()), low, high, p,
-                        "paired bootstrap")
+    low, high = _equal_tailed(means)
+    return PairedResult(n, float(a.mean()), float(b.mean()), float(differences.mean()), low, high,
+                        _tail_p(means), PAIRED_SCORES)
 
 
 def paired_test(a: np.ndarray, b: np.ndarray) -> PairedResult:
-    """McNemar for 0/1 outcomes, the paired bootstrap otherwise."""
+    """`paired_rates` for 0/1 outcomes, `paired_bootstrap` otherwise."""
     both = np.concatenate([np.asarray(a, dtype=float), np.asarray(b, dtype=float)])
-    return mcnemar(a, b) if len(both) and np.isin(both, (0.0, 1.0)).all() else paired_bootstrap(a, b)
+    return paired_rates(a, b) if len(both) and np.isin(both, (0.0, 1.0)).all() else paired_bootstrap(a, b)
 
 
 @dataclass(frozen=True)
@@ -161,34 +186,35 @@ class TwoSampleResult:
     ci_low: float
     ci_high: float
     p_value: float
-    test: str  # "Fisher exact (Newcombe interval)" or "bootstrap"
+    test: str  # UNPAIRED_RATES or UNPAIRED_SCORES
 
 
-def two_sample_test(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> TwoSampleResult:
-    """Unpaired: for 0/1 outcomes Fisher's exact test with Newcombe's hybrid score interval of the difference
-    in rates (from the two Wilson intervals; Newcombe 1998, method 10); otherwise each group resampled on its
-    own (percentile interval of the difference of means, p twice the smaller tail share beyond 0)."""
+UNPAIRED_RATES = "Beta posteriors (Jeffreys)"
+UNPAIRED_SCORES = "bootstrap"
+
+
+def two_sample_test(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES * 4, seed: int = 0,
+                    ) -> TwoSampleResult:
+    """Unpaired, with the interval and p from one set of draws (`_equal_tailed`, `_tail_p`), so they never
+    disagree: for 0/1 outcomes each group's rate from its Jeffreys posterior Beta(k + 1/2, n - k + 1/2) (honest at
+    small n and at 0 or 1); otherwise each group resampled on its own (the difference of resampled means)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     nan = float("nan")
     if len(a) == 0 or len(b) == 0:
         return TwoSampleResult(len(a), len(b), nan, nan, nan, nan, nan, nan, "none (an empty group)")
     difference = float(b.mean() - a.mean())
-    if np.isin(np.concatenate([a, b]), (0.0, 1.0)).all():
-        from scipy.stats import fisher_exact
-
-        hits_a, hits_b = int(a.sum()), int(b.sum())
-        (low_a, high_a), (low_b, high_b) = wilson_ci(hits_a, len(a)), wilson_ci(hits_b, len(b))
-        low = difference - np.sqrt((b.mean() - low_b) ** 2 + (high_a - a.mean()) ** 2)
-        high = difference + np.sqrt((high_b - b.mean()) ** 2 + (a.mean() - low_a) ** 2)
-        p = float(fisher_exact([[hits_a, len(a) - hits_a], [hits_b, len(b) - hits_b]]).pvalue)
-        return TwoSampleResult(len(a), len(b), float(a.mean()), float(b.mean()), difference, float(low), float(high),
-                               p, "Fisher exact (Newcombe interval)")
     rng = np.random.default_rng(seed)
-    means = (rng.choice(b, (resamples, len(b))).mean(axis=1) - rng.choice(a, (resamples, len(a))).mean(axis=1))
-    low, high = np.quantile(means, [0.025, 0.975])
-    p = 1.0 if np.all(means == 0) else min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
-    return TwoSampleResult(len(a), len(b), float(a.mean()), float(b.mean()), difference, float(low), float(high), p,
-                           "bootstrap")
+    if np.isin(np.concatenate([a, b]), (0.0, 1.0)).all():
+        def rate(x: np.ndarray) -> np.ndarray:
+            return rng.beta(x.sum() + 0.5, len(x) - x.sum() + 0.5, resamples)
+
+        draws, test = rate(b) - rate(a), UNPAIRED_RATES
+    else:
+        draws = rng.choice(b, (resamples, len(b))).mean(axis=1) - rng.choice(a, (resamples, len(a))).mean(axis=1)
+        test = UNPAIRED_SCORES
+    low, high = _equal_tailed(draws)
+    return TwoSampleResult(len(a), len(b), float(a.mean()), float(b.mean()), difference, low, high, _tail_p(draws),
+                           test)
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:

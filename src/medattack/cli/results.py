@@ -64,7 +64,7 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print every difference as JSON.")] = False,
 ) -> None:
     """What changed from run A to run B, per target x source x condition: the difference of the rates with a
-    95% interval, paired (McNemar) where the same samples were asked, unpaired (Fisher) otherwise."""
+    95% interval and a p-value from one method, paired where the same samples were asked, unpaired otherwise."""
     from medattack.report.aggregate import short_target
     from medattack.report.builder import load_runs, run_validity
     from medattack.report.compare import compare_runs, standing_changes
@@ -94,5 +94,7 @@ def compare(
     if not changes:
         console.print("The runs share no group (target, source and condition) to compare.")
     else:
-        console.print("Pairs: the same samples in both runs (exact McNemar; paired bootstrap for scores); n A / B: "
-                      "unpaired (Fisher exact, Newcombe interval). p is not corrected for the number of rows.")
+        console.print("Pairs: the same samples in both runs (a paired Dirichlet posterior for rates, a paired "
+                      "bootstrap for scores); n A / B: unpaired (a Beta posterior per run for rates, a bootstrap "
+                      "per run for scores). Each interval and its p come from one method; p is not corrected "
+                      "for the number of rows.")

@@ -291,7 +291,7 @@ def _paired_rows(run: str, target: str, comparison: str, metric: str, a: pd.Seri
 
 
 def comparisons(table: pd.DataFrame, success: str) -> pd.DataFrame:
-    """Paired tests on the same image x prompt, per run and target (McNemar for rates):
+    """Paired tests on the same image x prompt, per run and target (stats.paired_test: one method for interval and p):
 
     - `malicious -> both`: does claiming a mismatched attribute change attack success on harmful questions?
     - `normal -> mismatch`: does it change the answer rate on benign ones?

@@ -551,8 +551,9 @@ def _paired_section(a: Analysis) -> Section:
     return Section("Paired comparisons (same image and prompt)", [
         "Each comparison pairs responses to the same image and prompt, so the difference is the effect of the "
         "change alone: claiming a mismatched attribute (malicious -> both, normal -> mismatch) or replaying an "
-        "attack (none -> method). p is the two-sided p-value of no difference (exact McNemar for rates, paired "
-        "bootstrap otherwise); it is not corrected for the number of comparisons. " + a.validity_text], tables=[
+        "attack (none -> method). The interval and p come from one method, so they never disagree (for rates a "
+        "Dirichlet posterior of the four paired outcomes, p its two-sided tail probability at 0; a paired "
+        "bootstrap otherwise); p is not corrected for the number of comparisons. " + a.validity_text], tables=[
         Table("Paired comparisons", ["run", "target", "comparison", "metric", "pairs", "mean", "difference [95%]",
                                      "p", "test"], rows, name="comparisons", links=links)])
 
@@ -593,7 +594,8 @@ def _defences_section(a: Analysis) -> Section | None:
     return Section("Defences", [
         "Each defence was put in front of the target and asked the same benchmark samples, attack replays and "
         f"controls as the undefended target. Attack success ({a.success_metric}) on harmful questions and the "
-        "answer rate (non-refusal) on benign ones are paired on the same inputs (exact McNemar); a fall in the "
+        "answer rate (non-refusal) on benign ones are paired on the same inputs (interval and p from one "
+        "paired method); a fall in the "
         "answer rate is what the defence costs in normal use. Transfer rows hold the benchmark and the attacks "
         "optimised against the undefended model; adaptive rows, when any, the attacks optimised against the "
         "defended model itself (`attack --defence`), which a defence must also withstand. " + a.validity_text],

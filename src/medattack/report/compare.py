@@ -4,10 +4,12 @@ For every group both runs hold (target, source, condition, metric; the success m
 and the non-refusal rate on every condition) the difference B - A of the rates:
 
 - **paired** where the same samples were asked in both (one run's samples all in the other: the same
-  benchmark, perhaps a --limit of it): exact McNemar on the shared samples' first answers for 0/1 metrics,
-  the paired bootstrap otherwise;
-- **unpaired** otherwise (different benchmarks or seeds): Fisher's exact test with Newcombe's interval for
-  rates, a two-group bootstrap otherwise.
+  benchmark, perhaps a --limit of it): on the shared samples' first answers, a Dirichlet posterior of the four
+  paired outcomes for 0/1 metrics, the paired bootstrap otherwise;
+- **unpaired** otherwise (different benchmarks or seeds): a Jeffreys Beta posterior per run for rates, a
+  two-group bootstrap otherwise.
+
+Each interval and its p-value come from one set of draws (stats._tail_p), so they never disagree.
 
 Targets are matched by name; two runs that share no target name but hold one target each (a run per model
 over one benchmark) are compared target against target. p-values are not corrected for the number of

@@ -4,10 +4,10 @@ For every target asked with defences in front of it (`query --defence`, target "
 same target undefended, per run:
 
     attack success   harmful questions (benchmark malicious and both, and the attack replays on them), the success
-                     metric undefended -> defended, paired on the same inputs (exact McNemar test, paired 95%
-                     interval of the difference): "transfer" for the benchmark and the attacks optimised without
-                     the defence, "adaptive" for those optimised against the defended model (attack --defence,
-                     whose model is named like the defended target)
+                     metric undefended -> defended, paired on the same inputs (stats.paired_test: the
+                     95% interval of the difference and its p from one method): "transfer" for the benchmark
+                     and the attacks optimised without the defence, "adaptive" for those optimised against the
+                     defended model (attack --defence, whose model is named like the defended target)
     answer rate      benign benchmark questions (normal, mismatch), the non-refusal rate undefended -> defended:
                      the defence's cost in normal use
     flagged          share of inputs a detector flagged (refused, or whose claim it stripped or rewrote), with

@@ -27,7 +27,8 @@ score (never dropped silently).
 rate that stands for those answers (report/estimates.py): {kind: "two-phase" | "transported" | "judged", judged,
 n, rate (null when transported: no point is a finding there), ci_low, ci_high, labels, labelled_positives,
 strata: [{name, size, labelled, positives}], further (labels to +/-0.05), further_by_stratum, note}; `effects` are the
-paired comparisons on the same image and prompt (exact McNemar for rates, paired bootstrap otherwise);
+paired comparisons on the same image and prompt (a paired Dirichlet interval for rates, a paired bootstrap otherwise;
+both give interval and p from one method);
 `defences` each defended target against the undefended one on the same inputs (measure "attack success
 (transfer)", "attack success (adaptive)" or "answer rate (benign)", a = undefended, b = defended) and
 `defence_flags` the share of inputs each detector flagged (report/defences.py).
