@@ -140,9 +140,9 @@ def test_the_page_labels_with_the_keyboard_and_resumes_after_a_reload(run):
             page.press("0")
             page.wait_until(f"document.body.dataset.item === {json.dumps(order[4])}")
             assert json.loads(_state(page))["progress"].startswith("4 / 5 labelled")
-            image = page.evaluate("(() => { const i = document.getElementById('image'); "
-                                  "return i.complete && i.naturalWidth > 0; })()")
-            assert image and page_errors(page) == []
+            page.wait_until("(() => { const i = document.getElementById('image'); "
+                            "return i.complete && i.naturalWidth > 0; })()")  # the shown answer's image loads
+            assert page_errors(page) == []
     finally:
         server.close()
     labels = {rid: label.label for rid, label in pop.labels().items()}
