@@ -252,8 +252,12 @@ def test_the_report_leads_with_the_headline_and_ends_with_the_manifest(scored_ru
     block = html.split("<h3>What this report found</h3>")[1].split("</table>")[0]
     scores = load_run(scored_run).scores
     bench = scores[(scores["method"] == "none") & (scores["metric"] == "judge")]
-    harmful = bench[bench["condition"].isin(HARMFUL_CONDITIONS)]["value"]
-    assert Estimate.of(harmful).text() in block and "n=" in block  # the judged rate of the harmful questions
+    harmful = bench[bench["condition"].isin(HARMFUL_CONDITIONS)]
+    shown = Estimate.of(harmful["value"], harmful["pair_id"])
+    assert shown.text() in block and "n=" in block  # the judged rate of the harmful questions
+    assert shown.pairs == harmful["pair_id"].nunique() < shown.n and f"from {shown.pairs} pairs" in block
+    clustered_high = shown.ci_high
+    assert clustered_high >= Estimate.of(harmful["value"]).ci_high  # two answers of a pair weigh less than two pairs
     assert "malicious -&gt; both" in block or "none -&gt; gcg" in block  # a paired effect with its interval
 
 

@@ -12,6 +12,7 @@ from medattack.stats import (
     paired_test,
     roc_auc,
     separating_threshold,
+    wilson_ci,
 )
 
 
@@ -100,3 +101,29 @@ def test_the_tii_gate_separates_the_embedded_benchmarks_matched_and_mismatched_r
     fixed = Composite(type(composite.config)(tii_threshold=-1.0))
     assert fixed.calibrate(inputs, {"tii": scores}, {"tii": metric.spec})["tii_gate"] == -1.0
     assert Composite().calibrate(inputs[:1], {"tii": scores[:1]}, {})["tii_gate"] is None  # too few: no gate
+
+
+@pytest.mark.parametrize(("pairs", "answers", "rate", "correlation"),
+                         [(9, 2, 0.2, 0.5), (30, 4, 0.3, 0.3), (20, 2, 0.1, 0.6), (50, 3, 0.2, 0.2), (15, 6, 0.3, 0.5)])
+def test_the_clustered_interval_covers_the_rate_when_answers_of_a_pair_go_together(pairs, answers, rate, correlation):
+    from medattack.stats import clustered_rate_ci
+
+    rng = np.random.default_rng(pairs * 100 + answers)
+    a, b = rate * (1 - correlation) / correlation, (1 - rate) * (1 - correlation) / correlation
+    held = naive = 0
+    for _ in range(1000):  # a pair's answers share its own rate (beta-binomial): intra-pair correlation `correlation`
+        values = np.concatenate([rng.random(answers) < q for q in rng.beta(a, b, pairs)]).astype(float)
+        low, high = clustered_rate_ci(values, np.repeat(np.arange(pairs), answers))
+        held += low <= rate <= high
+        low, high = wilson_ci(int(values.sum()), len(values))
+        naive += low <= rate <= high
+    assert 0.93 <= held / 1000 <= 0.975 and naive / 1000 < held / 1000
+
+
+def test_a_rate_of_zero_has_an_interval_that_starts_at_zero():
+    from medattack.stats import clustered_rate_ci
+
+    assert wilson_ci(0, 9)[0] == 0.0 and wilson_ci(9, 9)[1] == 1.0
+    low, high = clustered_rate_ci(np.zeros(18), np.repeat(np.arange(9), 2))
+    assert low == 0.0 and high == pytest.approx(wilson_ci(0, 9)[1])  # 18 answers of 9 pairs weigh as 9
+

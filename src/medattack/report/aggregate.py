@@ -33,7 +33,7 @@ __all__ = ["CONDITIONS", "HARMFUL_CONDITIONS", "RunData", "bootstrap_ci", "build
 KEY_METRIC = "keyword_asr"  # the non-refusal rate: the answer rate on benign questions, success without a judge
 JUDGE_METRIC = "judge"  # attack success on harmful questions whenever a judge ran
 MIN_INTERVAL_N = 5  # below this many values a cell shows no interval (it would only look precise)
-GROUP_COLUMNS = ["n", "nulls", "mean", "ci_low", "ci_high"]
+GROUP_COLUMNS = ["n", "nulls", "mean", "ci_low", "ci_high", "pairs"]  # pairs: image x prompt pairs behind the n
 SHORT_TARGET_CHARS = 24
 
 
@@ -58,17 +58,21 @@ def short_target(name: str) -> str:
 
 
 def summarise_groups(table: pd.DataFrame, keys: Sequence[str], value: str = "value") -> pd.DataFrame:
-    """One row per group: keys + n (rows), nulls, mean and 95% interval of the non-null `value`s (Wilson
-    for rates, BCa bootstrap otherwise; see `stats.interval`)."""
+    """One row per group: keys + n (rows), nulls, mean and 95% interval of the non-null `value`s, and the
+    image x prompt pairs they came from (`pair_id`): the pair is the unit of sampling, so the interval is
+    clustered by it (Wilson at the effective n for rates, a cluster bootstrap otherwise; `stats.interval`)."""
     rows = []
     if table.empty:
         return pd.DataFrame(columns=[*keys, *GROUP_COLUMNS])
     for group, members in table.groupby(list(keys), sort=True, dropna=False):
-        values = members[value].dropna().to_numpy(dtype=float)
-        low, high = interval(values)
+        decided = members[members[value].notna()]
+        values = decided[value].to_numpy(dtype=float)
+        clusters = decided["pair_id"].to_numpy() if "pair_id" in decided else None
+        low, high = interval(values, clusters)
         rows.append({**dict(zip(keys, group if isinstance(group, tuple) else (group,), strict=True)),
                      "n": len(members), "nulls": int(members[value].isna().sum()),
-                     "mean": float(values.mean()) if len(values) else float("nan"), "ci_low": low, "ci_high": high})
+                     "mean": float(values.mean()) if len(values) else float("nan"), "ci_low": low, "ci_high": high,
+                     "pairs": int(members["pair_id"].nunique()) if "pair_id" in members else len(members)})
     return pd.DataFrame(rows, columns=[*keys, *GROUP_COLUMNS])
 
 

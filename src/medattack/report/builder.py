@@ -82,7 +82,10 @@ def _cell(row: Any, digits: int = 2) -> str:
     """'mean [low, high]' + counts, 'mean' alone below MIN_INTERVAL_N values, or 'null' when nothing
     could be scored."""
     mean = row["mean"]
-    counts = f" n={int(row['n'])}" + (f", {int(row['nulls'])} null" if row["nulls"] else "")
+    pairs = row.get("pairs")
+    clustered = pairs is not None and not pd.isna(pairs) and int(pairs) < int(row["n"])
+    counts = (f" n={int(row['n'])}" + (f" from {int(pairs)} pairs" if clustered else "")
+              + (f", {int(row['nulls'])} null" if row["nulls"] else ""))
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "null" + counts
     if int(row["n"]) - int(row["nulls"]) < MIN_INTERVAL_N or math.isnan(row["ci_low"]):
@@ -428,7 +431,9 @@ def _intro_section(a: Analysis) -> Section:
         f"Generated {datetime.now(UTC).isoformat(timespec='seconds')}.",
         f"Runs: {', '.join(r.name for r in a.runs)}. Responses scored: {a.scores['response_id'].nunique()}; "
         f"targets: {', '.join(sorted(a.scores['target'].dropna().unique())) or 'none'}.",
-        "Every cell is mean [95% interval: Wilson for rates, bootstrap otherwise] with n (responses) and the null "
+        "Every cell is mean [95% interval: Wilson for rates, bootstrap otherwise] with n (responses), the image x "
+        "prompt pairs they came from where fewer ('n=18 from 9 pairs': the pair is the unit of sampling, and the "
+        "interval is clustered by it: Wilson at the effective n, a bootstrap of whole pairs) and the null "
         f"count (responses a metric could not score, never dropped); below {MIN_INTERVAL_N} values no interval is "
         "shown. keyword_asr is the non-refusal rate: a refusal-phrase matcher that counts any answer without a "
         "refusal, echo or negation opening. It is not a judge of compliance: read it as an upper bound on attack "

@@ -51,7 +51,7 @@ from medattack.report.aggregate import HARMFUL_CONDITIONS, JUDGE_METRIC, KEY_MET
 from medattack.report.estimates import confusions_of, estimate_json
 from medattack.schema import CURRENT
 from medattack.scoring.judges.base import JudgeValidity
-from medattack.stats import wilson_ci
+from medattack.stats import interval
 from medattack.storage import read_state
 
 SCHEMA = "medattack.summary"
@@ -79,26 +79,34 @@ class Estimate:
     n: int
     nulls: int
 
+    pairs: int | None = None  # the image x prompt pairs the n responses came from (the unit of sampling)
+
     @classmethod
-    def of(cls, values: pd.Series) -> Estimate:
-        """Of 0/1 values (nulls counted, not dropped); Wilson interval from MIN_INTERVAL_N decided values."""
+    def of(cls, values: pd.Series, pairs: pd.Series | None = None) -> Estimate:
+        """Of 0/1 values (nulls counted, not dropped), with their image x prompt pairs (`pairs`, aligned) when
+        known: the interval is then clustered by pair (stats.clustered_rate_ci); from MIN_INTERVAL_N decided
+        values."""
         decided = values.dropna()
+        clusters = None if pairs is None else pairs.loc[decided.index].to_numpy()
+        count = None if pairs is None else int(pairs.nunique())
         if decided.empty:
-            return cls(None, None, None, len(values), len(values))
-        low, high = wilson_ci(int(decided.sum()), len(decided)) if len(decided) >= MIN_INTERVAL_N else (None, None)
-        return cls(float(decided.mean()), low, high, len(values), len(values) - len(decided))
+            return cls(None, None, None, len(values), len(values), count)
+        low, high = interval(decided.to_numpy(dtype=float), clusters) if len(decided) >= MIN_INTERVAL_N \
+            else (None, None)
+        return cls(float(decided.mean()), low, high, len(values), len(values) - len(decided), count)
 
     def text(self) -> str:
         """'0.12 [0.05, 0.25] n=48, 2 null' (no interval below MIN_INTERVAL_N values; 'null' when none)."""
         nulls = f", {self.nulls} null" if self.nulls and self.rate is not None else ""
         if self.rate is None:
             return f"null n={self.n}"
-        interval = "" if self.ci_low is None else f" [{self.ci_low:.2f}, {self.ci_high:.2f}]"
-        return f"{self.rate:.2f}{interval} n={self.n - self.nulls}{nulls}"
+        shown = "" if self.ci_low is None else f" [{self.ci_low:.2f}, {self.ci_high:.2f}]"
+        pairs = f" from {self.pairs} pairs" if self.pairs is not None and self.pairs < self.n else ""
+        return f"{self.rate:.2f}{shown} n={self.n - self.nulls}{pairs}{nulls}"
 
     def to_json(self) -> dict[str, Any]:
         return {"rate": _number(self.rate), "ci_low": _number(self.ci_low), "ci_high": _number(self.ci_high),
-                "n": self.n, "nulls": self.nulls}
+                "n": self.n, "nulls": self.nulls, "pairs": self.pairs}
 
 
 def interval_text(rate: Any, low: Any, high: Any) -> str:
@@ -137,15 +145,16 @@ def headline(scores: pd.DataFrame, comparisons: pd.DataFrame, success_metric: st
         bench = group[group["method"] == "none"]
         harmful_rows = bench[(bench["metric"] == success_metric) & bench["condition"].isin(HARMFUL_CONDITIONS)]
         harmful = harmful_rows["value"]
-        benign = bench[(bench["metric"] == KEY_METRIC) & ~bench["condition"].isin(HARMFUL_CONDITIONS)]["value"]
+        benign_rows = bench[(bench["metric"] == KEY_METRIC) & ~bench["condition"].isin(HARMFUL_CONDITIONS)]
         own = (labels or {}).get(str(run), {}).get(str(target), {})
         effects = comparisons[(comparisons["run"] == run) & (comparisons["target"] == target)
                               & (comparisons["n"] >= MIN_INTERVAL_N)] if not comparisons.empty else comparisons
         largest = effects.reindex(effects["difference"].abs().sort_values(ascending=False).index).head(3) \
             if not effects.empty else effects
-        rows.append({"run": str(run), "target": str(target), "attack_success": Estimate.of(harmful).to_json(),
+        rows.append({"run": str(run), "target": str(target),
+                     "attack_success": Estimate.of(harmful, harmful_rows.get("pair_id")).to_json(),
                      "estimate": estimate_json(harmful_rows, own, confusions),
-                     "answer_rate_benign": Estimate.of(benign).to_json(),
+                     "answer_rate_benign": Estimate.of(benign_rows["value"], benign_rows.get("pair_id")).to_json(),
                      "largest_effects": [_effect(r) for r in largest.itertuples()]})
     return rows
 
