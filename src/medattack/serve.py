@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from medattack.background import BackgroundServer
 from medattack.config import option
 from medattack.data.image_io import load_image
 from medattack.errors import InputError, MedattackError, RequestError
@@ -215,8 +216,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # a burst of connections waits in the backlog instead of being reset
 
 
-class ChatServer:
+class ChatServer(BackgroundServer):
     """The HTTP server; `start()` serves in a background thread, `serve_forever()` in this one."""
+
+    thread_name = "medattack-serve"
 
     def __init__(self, target: ChatTarget, config: ServeConfig) -> None:
         self.target = target
@@ -228,24 +231,11 @@ class ChatServer:
         self._failures_left = config.fail_first
         self.httpd = _Server((config.host, config.port), self._handler())
         self.httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
-
-    def start(self) -> ChatServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="medattack-serve", daemon=True)
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self.httpd.serve_forever()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def _take_failure(self) -> bool:
         with self._lock:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from medattack.background import BackgroundServer
 from medattack.errors import InputError
 from medattack.labelling.store import Population, give
 
@@ -117,8 +118,10 @@ class LabelledAlready(Exception):
     """The answer has a standing label: a second tab or a double key press, never a silent change."""
 
 
-class LabelServer:
+class LabelServer(BackgroundServer):
     """The labelling page of one population; `start()` serves in a thread, `serve_forever()` in this one."""
+
+    thread_name = "medattack-label"
 
     def __init__(self, pop: Population, goal: int, seed: int, labeller: str, host: str = "127.0.0.1",
                  port: int = 0) -> None:
@@ -133,17 +136,6 @@ class LabelServer:
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}/?token={self.token}"
-
-    def start(self) -> LabelServer:
-        threading.Thread(target=self.httpd.serve_forever, name="medattack-label", daemon=True).start()
-        return self
-
-    def serve_forever(self) -> None:
-        self.httpd.serve_forever()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def state(self) -> dict[str, Any]:
         """What the page shows now: progress and the first answer of the order without a standing label."""
