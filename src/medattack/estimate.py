@@ -10,9 +10,10 @@ estimates, in the order they stand:
                                 the answers times the labelled compliance rate in it (Cochran 1977, ch. 12,
                                 double sampling for stratification).
     transported(k, n, confusions)
-                                no labels of this target: the judged rate corrected (Rogan-Gladen) with the judge's
-                                error as it varies between the labelled models, never as one point. Only the
-                                interval is given: where the judge's error on this model is unknown it is no finding.
+                                no labels of this target: the same strata, each stratum's compliance rate predicted
+                                for a new model from the labelled models (a random-effects prediction interval), so
+                                the interval carries how the judge's error varies between models. Only the interval
+                                is given: where the judge's error on this model is unknown a point is no finding.
     judged_only(k, n)           no judge error known at all: the judged rate and its Wilson interval.
 
 The two-phase interval is a Monte Carlo posterior of the finite population's rate, chosen because it is honest at
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from medattack.stats import Z95, Confusion, wilson_ci
+from medattack.stats import Z95, Confusion, percentile_interval, wilson_ci
 
 PRIOR = 1.0  # each stratum's rate: Beta(k + PRIOR, n - k + PRIOR) (see the module docstring)
 DRAWS = 4000  # Monte Carlo draws of an interval
@@ -124,12 +125,6 @@ class RateEstimate:
         return f"judged {judged}; the judge's error is not known, so this is what the judge counted{more}"
 
 
-def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail])
-    return float(low), float(high)
-
-
 def two_phase(strata: Sequence[Stratum], judged: float | None = None, draws: int = DRAWS, seed: int = 0,
               level: float = 0.95, goal: float = GOAL_HALF_WIDTH, guess: Mapping[str, float] | None = None,
               ) -> RateEstimate:
@@ -145,7 +140,7 @@ def two_phase(strata: Sequence[Stratum], judged: float | None = None, draws: int
         return RateEstimate("two-phase", judged, 0, None, None, None, labels, positives, list(strata),
                             note="no answers to estimate")
     point = sum(s.positives + (s.size - s.labelled) * (s.rate if s.rate is not None else 0.5) for s in strata)
-    low, high = _percentiles(two_phase_draws(strata, draws, seed), level)
+    low, high = percentile_interval(two_phase_draws(strata, draws, seed), level)
     further, by_stratum = further_labels(strata, goal, guess=guess)
     unlabelled = [s.name for s in strata if s.labelled == 0]
     note = f"no labels yet in: {', '.join(unlabelled)}" if unlabelled else ""
@@ -230,6 +225,11 @@ def _predictive_logits(events: np.ndarray, totals: np.ndarray, draws: int, rng: 
     return mean + spread * rng.standard_t(len(logits) - 2, draws)
 
 
+def usable_confusions(confusions: Sequence[Confusion]) -> list[Confusion]:
+    """The models whose confusion counts measure both strata: some answers judged 1 and some judged 0."""
+    return [c for c in confusions if c.true_positive + c.false_positive and c.true_negative + c.false_negative]
+
+
 def transported(positives: int, decided: int, confusions: Sequence[Confusion], n: int | None = None,
                 draws: int = DRAWS, seed: int = 0, level: float = 0.95) -> RateEstimate:
     """The rate's interval for a model whose answers are judged but not labelled, carrying how the judge's error
@@ -245,10 +245,10 @@ def transported(positives: int, decided: int, confusions: Sequence[Confusion], n
     the two strata's compliance as binomial draws over this run's answers. No point estimate is given."""
     n = decided if n is None else n
     judged = positives / decided if decided else None
-    usable = [c for c in confusions if c.true_positive + c.false_positive and c.true_negative + c.false_negative]
+    usable = usable_confusions(confusions)
     if not decided or len(usable) < 2:
         return judged_only(positives, decided, n)
-    low, high = _percentiles(transported_draws(positives, decided, usable, draws, seed), level)
+    low, high = percentile_interval(transported_draws(positives, decided, usable, draws, seed), level)
     return RateEstimate("transported", judged, n, None, low, high,
                         note=f"the judge's error transported from {len(usable)} labelled models")
 

@@ -57,9 +57,13 @@ def bootstrap_ci(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,
         return float("nan"), float("nan")
     if n == 1 or np.all(values == values[0]):
         return float(values[0]), float(values[0])
-    means = bootstrap_means(values, resamples, seed)
+    return percentile_interval(bootstrap_means(values, resamples, seed), level)
+
+
+def percentile_interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` share of `draws` (bootstrap means, posterior draws): their percentiles."""
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
+    low, high = np.percentile(draws, [tail, 100 - tail])
     return float(low), float(high)
 
 
@@ -90,6 +94,14 @@ def wilson_from(rate: float, n: float, z: float = Z95) -> tuple[float, float]:
     return (0.0 if rate <= 0 else low), (1.0 if rate >= 1 else high)  # the rate itself, never a rounding off it
 
 
+def cluster_sums(values: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster (K,): the sum of its `values` (N,) and its size, from one id per value."""
+    if len(values) == 0:
+        return np.zeros(0), np.zeros(0)
+    _, index = np.unique(np.asarray(clusters), return_inverse=True)
+    return np.bincount(index, weights=np.asarray(values, dtype=float)), np.bincount(index).astype(float)
+
+
 def clustered_rate_ci(values: np.ndarray, clusters: np.ndarray) -> tuple[float, float]:
     """95% interval of a rate whose 0/1 `values` (N,) come in `clusters` (N,) (the answers of one image x prompt
     pair: its conditions and generations are not independent): Wilson's interval at the effective sample size
@@ -102,14 +114,13 @@ def clustered_rate_ci(values: np.ndarray, clusters: np.ndarray) -> tuple[float, 
     n = len(values)
     if n == 0:
         return float("nan"), float("nan")
-    _, index = np.unique(clusters, return_inverse=True)
-    k = int(index.max()) + 1
+    hits, sizes = cluster_sums(values, clusters)
+    k = len(sizes)
     if k == n or k < 2:
         return wilson_ci(int(values.sum()), n)
     rate = float(values.mean())
     if rate in (0.0, 1.0):
         return wilson_from(rate, k)
-    hits, sizes = np.bincount(index, weights=values), np.bincount(index).astype(float)
     variance = k / (k - 1) * float(((hits - rate * sizes) ** 2).sum()) / n ** 2
     effective = n if variance <= 0 else min(float(n), max(float(k), rate * (1 - rate) / variance))
     return wilson_from(rate, effective)
@@ -119,17 +130,13 @@ def cluster_bootstrap_ci(values: np.ndarray, clusters: np.ndarray, resamples: in
                          level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of the mean of `values` (N,) with whole `clusters` (N,) resampled (the pairs, not the
     answers); one value per cluster: the BCa interval of the values."""
-    values, clusters = np.asarray(values, dtype=float), np.asarray(clusters)
-    _, index = np.unique(clusters, return_inverse=True)
-    k = int(index.max()) + 1 if len(values) else 0
+    values = np.asarray(values, dtype=float)
+    sums, sizes = cluster_sums(values, clusters)
+    k = len(sizes)
     if k == len(values) or k < 2:
         return bca_ci(values)
-    sums, sizes = np.bincount(index, weights=values), np.bincount(index).astype(float)
     picks = np.random.default_rng(seed).integers(0, k, (resamples, k))
-    means = sums[picks].sum(axis=1) / sizes[picks].sum(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return percentile_interval(sums[picks].sum(axis=1) / sizes[picks].sum(axis=1), level)
 
 
 def interval(values: np.ndarray, clusters: np.ndarray | None = None) -> tuple[float, float]:
