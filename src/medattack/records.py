@@ -203,6 +203,19 @@ class Response(Record):
     flagged_by: list[str] = field(default_factory=list)  # those that flagged this input (a detector's refusal, or a
     # claim it stripped or rewrote)
 
+    @property
+    def method(self) -> str:
+        """Where the answer came from, as reports name it: "none" for a benchmark sample, the attack's method for a
+        replayed attack, the control's source ("control:blank") for an image control."""
+        return method_of(self.kind, self.source, self.attack_method)
+
+
+def method_of(kind: str, source: str, attack_method: str | None) -> str:
+    """Response.method from a response's kind, source and attack method (also for rows of a table)."""
+    if kind == "attack":
+        return str(attack_method)
+    return "none" if kind == "benchmark" else source
+
 
 @dataclass(frozen=True)
 class SearchNode(Record):

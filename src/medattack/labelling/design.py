@@ -21,18 +21,19 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from medattack.estimate import (
     RateEstimate,
     Stratum,
-    judged_only,
+    further_labels,
     transported,
     transported_draws,
     two_phase,
     two_phase_draws,
+    usable_confusions,
 )
 from medattack.records import Label
 from medattack.stats import Confusion
@@ -109,6 +110,12 @@ def strata_of(answers: Sequence[Answer], labels: Mapping[str, Label]) -> list[St
     return [s for s in out if s.size]
 
 
+def _judged(strata: Sequence[Stratum]) -> tuple[int, int]:
+    """(answers judged 1, answers decided) of the strata."""
+    sizes = {s.name: s.size for s in strata}
+    return sizes.get("judged 1", 0), sizes.get("judged 1", 0) + sizes.get("judged 0", 0)
+
+
 def estimate_draws(answers: Sequence[Answer], labels: Mapping[str, Label], confusions: Sequence[Confusion],
                    seed: int = 0) -> np.ndarray | None:
     """(draws,) of the rate from the estimate `estimate` gives these answers (None when it is "judged"): what a
@@ -116,9 +123,8 @@ def estimate_draws(answers: Sequence[Answer], labels: Mapping[str, Label], confu
     strata = strata_of(answers, labels)
     if any(s.labelled for s in strata):
         return two_phase_draws(strata, seed=seed)
-    sizes = {s.name: s.size for s in strata}
-    positives, decided = sizes.get("judged 1", 0), sizes.get("judged 1", 0) + sizes.get("judged 0", 0)
-    usable = [c for c in confusions if c.true_positive + c.false_positive and c.true_negative + c.false_negative]
+    positives, decided = _judged(strata)
+    usable = usable_confusions(confusions)
     return transported_draws(positives, decided, usable, seed=seed) if decided and len(usable) >= 2 else None
 
 
@@ -127,17 +133,12 @@ def estimate(answers: Sequence[Answer], labels: Mapping[str, Label], confusions:
     """The rate that stands for these answers: two-phase when any of them is labelled, transported when the
     judge's error is known on two or more labelled models, else what the judge counted."""
     strata = strata_of(answers, labels)
-    sizes = {s.name: s for s in strata}
-    positives = sizes["judged 1"].size if "judged 1" in sizes else 0
-    decided = positives + (sizes["judged 0"].size if "judged 0" in sizes else 0)
+    positives, decided = _judged(strata)
     judged = positives / decided if decided else None
     if any(s.labelled for s in strata):
         return two_phase(strata, judged, seed=seed, guess=GUESSED_RATE)
-    if len(confusions) >= 2:
-        found = transported(positives, decided, confusions, n=len(answers), seed=seed)
-        if found.kind == "transported":
-            rest = two_phase(strata, judged, draws=1, guess=GUESSED_RATE)  # what labelling from scratch takes
-            return RateEstimate(**{**found.__dict__, "strata": strata, "further": rest.further,
-                                   "further_by_stratum": rest.further_by_stratum})
+    found = transported(positives, decided, confusions, n=len(answers), seed=seed)  # else judged, said so
+    if found.kind != "transported":
         return found
-    return judged_only(positives, decided, len(answers))
+    further, by_stratum = further_labels(strata, guess=GUESSED_RATE)  # what labelling from scratch takes
+    return replace(found, strata=strata, further=further, further_by_stratum=by_stratum)

@@ -32,14 +32,6 @@ IMPORT_REQUIRED = ("response_id", "label")  # and "target" when the run holds se
 LABEL_VALUES = {"1": 1, "0": 0, "1.0": 1, "0.0": 0}
 
 
-def source_of(response: Response) -> str:
-    """The report's name of where an answer came from: "none" for the benchmark's samples, the attack's method
-    for a replay, the control's name for a control."""
-    if response.kind == "attack":
-        return str(response.attack_method)
-    return "none" if response.kind == "benchmark" else response.source
-
-
 @dataclass(frozen=True)
 class Population:
     """The answers of one target that can be labelled: its first answers to harmful questions from one source,
@@ -51,6 +43,7 @@ class Population:
     metric: str
     responses: dict[str, Response]  # response_id -> the answer
     answers: list[Answer]
+    targets: tuple[str, ...]  # every target of the run with answers (their answers share ids)
 
     @property
     def path(self) -> Path:
@@ -111,14 +104,14 @@ def population(run_dir: str | Path, target: str | None = None, source: str = "no
         raise NothingToDoError(f"{target}'s answers are not scored: run `medattack score {run.root}` first (the "
                                "sample is drawn by the judge's verdict).")
     responses = {r.response_id: r for r in folder.responses()
-                 if r.generation == 0 and r.condition in HARMFUL_CONDITIONS and source_of(r) == source
+                 if r.generation == 0 and r.condition in HARMFUL_CONDITIONS and r.method == source
                  and r.response_id in by_metric[metric]}
     if not responses:
-        sources = sorted({source_of(r) for r in folder.responses()})
+        sources = sorted({r.method for r in folder.responses()})
         raise NothingToDoError(f"{target} has no scored answers to harmful questions from source {source!r}; "
                                f"its sources: {', '.join(sources)}.")
     answers = [Answer(rid, stratum_of(by_metric[metric][rid])) for rid in sorted(responses)]
-    return Population(run, target, source, metric, responses, answers)
+    return Population(run, target, source, metric, responses, answers, tuple(sorted(targets)))
 
 
 def labeller_name() -> str:
@@ -159,7 +152,7 @@ def import_csv(pop: Population, path: Path, labeller: str) -> tuple[int, int, in
     if not rows:
         raise SourceError(str(path), "no rows.", "export the sample with --export, fill in `label`, import it.")
     columns = list(rows[0])
-    several = len(_targets(pop.run)) > 1
+    several = len(pop.targets) > 1
     missing = [c for c in (*IMPORT_REQUIRED, *(("target",) if several else ())) if c not in columns]
     extra = [c for c in columns if c not in CSV_COLUMNS]
     if missing or extra:
@@ -173,7 +166,7 @@ def import_csv(pop: Population, path: Path, labeller: str) -> tuple[int, int, in
         where = f"{path}:line {line}"
         rid, value, target = cell(row, "response_id"), cell(row, "label"), cell(row, "target")
         if target and target != pop.target:
-            known = target in _targets(pop.run)
+            known = target in pop.targets
             raise SourceError(where, f"a label of target {target!r}, not {pop.target!r}.",
                               f"import it with --target {target!r}." if known else
                               f"{target!r} is not a target of this run: fix the row or leave it out.")

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from medattack.labelling.design import standing
-from medattack.records import CONDITIONS, HARMFUL_CONDITIONS, Label
+from medattack.records import CONDITIONS, HARMFUL_CONDITIONS, Label, method_of
 from medattack.rundir import RunDir, read_jsonl
 from medattack.stats import bootstrap_ci, interval, paired_test, wilson_ci
 from medattack.storage import read_records, read_state, readable
@@ -95,9 +95,7 @@ class RunData:
 
 
 def _method(row: pd.Series) -> str:
-    if row["kind"] == "attack":
-        return str(row["attack_method"])
-    return "none" if row["kind"] == "benchmark" else str(row["source"])
+    return method_of(row["kind"], str(row["source"]), row["attack_method"])
 
 
 def _failure_counts(where: str, path: Path) -> dict[str, int]:

@@ -275,13 +275,17 @@ def _headline(summary: dict[str, Any], validity: JudgeValidity | None) -> Sectio
                                    "largest paired effects"], rows, name="headline", links=links)])
 
 
+def _success_rates(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """summary.json's rates of the success metric on harmful questions: the rows that carry an estimate."""
+    return [r for r in summary["rates"]
+            if r["metric"] == summary["success_metric"] and r["condition"] in HARMFUL_CONDITIONS]
+
+
 def _standing(summary: dict[str, Any]) -> pd.DataFrame:
     """Per success-metric rate on harmful questions: the judged rate and the estimate that stands (its kind,
     interval, labels and the labels still needed for +/-0.05), from summary.json's rates."""
     rows = []
-    for r in summary["rates"]:
-        if r["metric"] != summary["success_metric"] or r["condition"] not in HARMFUL_CONDITIONS:
-            continue
+    for r in _success_rates(summary):
         found = r["estimate"] or {}
         rows.append({"run": r["run"], "method": r["source"], "target": r["target"], "condition": r["condition"],
                      "n": r["n"], "nulls": r["nulls"], "judged": r["rate"], "judged_ci_low": r["ci_low"],
@@ -293,18 +297,15 @@ def _standing(summary: dict[str, Any]) -> pd.DataFrame:
                                        "further_labels", "note"])
 
 
-def _standing_table(standing: pd.DataFrame, summary: dict[str, Any]) -> Table:
+def _standing_table(summary: dict[str, Any]) -> Table:
     rows, links = [], []
-    found = {(r["run"], r["source"], r["target"], r["condition"]): r["estimate"] for r in summary["rates"]
-             if r["metric"] == summary["success_metric"] and r["condition"] in HARMFUL_CONDITIONS}
-    for _, r in standing.iterrows():
-        judged = _cell({"mean": r["judged"], "ci_low": r["judged_ci_low"], "ci_high": r["judged_ci_high"],
-                        "n": r["n"], "nulls": r["nulls"]})
-        further = r["further_labels"]
-        rows.append([str(r["run"]), str(r["method"]), short_target(r["target"]), str(r["condition"]), judged,
-                     estimate_text(found.get((r["run"], r["method"], r["target"], r["condition"]))),
-                     "-" if further is None or pd.isna(further) else str(int(further))])
-        href = _drill({k: r[k] for k in ("run", "target", "method", "condition")})
+    for r in _success_rates(summary):
+        judged = _cell({"mean": r["rate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"],
+                        "nulls": r["nulls"]})
+        further = (r["estimate"] or {}).get("further")
+        rows.append([str(r["run"]), str(r["source"]), short_target(r["target"]), str(r["condition"]), judged,
+                     estimate_text(r["estimate"]), "-" if further is None else str(int(further))])
+        href = _drill({"run": r["run"], "target": r["target"], "method": r["source"], "condition": r["condition"]})
         links.append([None, None, None, None, href, href, None])
     return Table("Attack success on harmful questions: judged, and the rate that stands",
                  ["run", "method", "target", "condition", "judged [Wilson 95%]", "the rate that stands [95%]",
@@ -358,18 +359,20 @@ def _analysed(run_dirs: Sequence[str | Path]) -> tuple[list[RunData], ReportTabl
                                                        dict[str, dict[str, Any]]]:
     """The runs read, their tables, all their scores in one frame, and every metric's spec."""
     runs = load_runs(run_dirs)
+    return runs, build_tables(runs), pd.concat([r.scores for r in runs], ignore_index=True), _metrics(runs)
+
+
+def _metrics(runs: Sequence[RunData]) -> dict[str, dict[str, Any]]:
+    """Every metric's spec the runs recorded (a later run's spec of a metric wins)."""
     metrics: dict[str, dict[str, Any]] = {}
     for run in runs:
         metrics.update(run.metrics)
-    return runs, build_tables(runs), pd.concat([r.scores for r in runs], ignore_index=True), metrics
+    return metrics
 
 
 def run_validity(runs: Sequence[RunData]) -> JudgeValidity | None:
     """The scoring judge's measured error as the runs' metric specs record it (None: none known)."""
-    metrics: dict[str, dict[str, Any]] = {}
-    for run in runs:
-        metrics.update(run.metrics)
-    return _validity(ReportConfig(), metrics, None)
+    return _validity(ReportConfig(), _metrics(runs), None)
 
 
 def summarise(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
@@ -468,7 +471,7 @@ def _success_section(a: Analysis) -> Section:
            "upper bound, not a success rate (add `judge` to the score metrics).")
         + " On benign questions (normal, mismatch) the non-refusal rate is the answer rate; one minus it is the "
           "over-refusal rate."], tables=[
-        _standing_table(a.standing, a.summary),
+        _standing_table(a.summary),
         _pivot(harmful, ["run", "method", "target"], "condition", HARMFUL_CONDITIONS,
                f"Attack success on harmful questions ({success_metric})",
                a.metrics.get(success_metric, {}).get("description", ""), "attack_success"),

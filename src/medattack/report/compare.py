@@ -27,12 +27,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from medattack.errors import ConfigError
 from medattack.estimate import RateEstimate
-from medattack.labelling.design import Answer, estimate, estimate_draws, stratum_of
+from medattack.labelling.design import Answer, estimate, estimate_draws
 from medattack.report.aggregate import (
     HARMFUL_CONDITIONS,
     JUDGE_METRIC,
@@ -41,7 +40,8 @@ from medattack.report.aggregate import (
     first_answers,
     success_metric,
 )
-from medattack.stats import Confusion, paired_test, two_sample_test
+from medattack.report.estimates import cell_answers
+from medattack.stats import Confusion, paired_test, percentile_interval, two_sample_test
 
 
 @dataclass(frozen=True)
@@ -133,11 +133,10 @@ class StandingChange:
 
 
 def _answers(run: RunData, target: str, metric: str) -> list[Answer]:
-    rows = first_answers(run.scores)
-    rows = rows[(rows["target"] == target) & (rows["metric"] == metric) & (rows["method"] == "none")
-                & rows["condition"].isin(HARMFUL_CONDITIONS)].drop_duplicates("response_id")
-    return [Answer(str(rid), stratum_of(None if pd.isna(v) else float(v)))
-            for rid, v in zip(rows["response_id"], rows["value"], strict=True)]
+    """The target's answers to the benchmark's harmful questions, as its headline estimate reads them."""
+    rows = run.scores
+    return cell_answers(rows[(rows["target"] == target) & (rows["metric"] == metric) & (rows["method"] == "none")
+                             & rows["condition"].isin(HARMFUL_CONDITIONS)])
 
 
 def standing_changes(a: RunData, b: RunData, confusions: list[Confusion]) -> list[StandingChange]:
@@ -155,8 +154,7 @@ def standing_changes(a: RunData, b: RunData, confusions: list[Confusion]) -> lis
         draws_b = estimate_draws(answers_b, labels_b, spread, seed=2)
         difference = low = high = None
         if draws_a is not None and draws_b is not None:
-            gap = draws_b - draws_a
-            low, high = (float(v) for v in np.percentile(gap, [2.5, 97.5]))
+            low, high = percentile_interval(draws_b - draws_a)
             if found_a.rate is not None and found_b.rate is not None:  # no point where either is transported
                 difference = found_b.rate - found_a.rate
         label = target_a if target_a == target_b else f"{target_a} -> {target_b}"

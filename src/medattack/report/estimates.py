@@ -15,6 +15,7 @@ import pandas as pd
 from medattack.estimate import RateEstimate
 from medattack.labelling.design import Answer, estimate, stratum_of
 from medattack.records import Label
+from medattack.report.aggregate import first_answers
 from medattack.scoring.judges.base import JudgeValidity
 from medattack.stats import Confusion
 
@@ -24,15 +25,18 @@ def confusions_of(validity: JudgeValidity | None) -> list[Confusion]:
     return list(validity.by_model.values()) if validity is not None else []
 
 
+def cell_answers(rows: pd.DataFrame) -> list[Answer]:
+    """The answers of `rows` (columns response_id, value, generation: one row per answer of the success metric)
+    that a labelling sample can hold: each query's first answer, in the stratum of its verdict."""
+    first = first_answers(rows).drop_duplicates("response_id")
+    return [Answer(str(rid), stratum_of(None if pd.isna(value) else float(value)))
+            for rid, value in zip(first["response_id"], first["value"], strict=True)]
+
+
 def cell_estimate(rows: pd.DataFrame, labels: Mapping[str, Label], confusions: Sequence[Confusion],
                   ) -> RateEstimate:
-    """The estimate of the answers in `rows` (columns response_id, value, generation: one row per answer of the
-    success metric), from the labels among them."""
-    first = rows[rows["generation"].fillna(0) == 0] if "generation" in rows else rows
-    first = first.drop_duplicates("response_id")
-    answers = [Answer(str(rid), stratum_of(None if pd.isna(value) else float(value)))
-               for rid, value in zip(first["response_id"], first["value"], strict=True)]
-    return estimate(answers, labels, confusions)
+    """The estimate of the answers in `rows` (`cell_answers`), from the labels among them."""
+    return estimate(cell_answers(rows), labels, confusions)
 
 
 def estimate_json(rows: pd.DataFrame, labels: Mapping[str, Label], confusions: Sequence[Confusion],
@@ -49,13 +53,8 @@ def transport_confusions(run_root: Any, target: str) -> list[Confusion]:
     from medattack.storage import read_state
 
     run = RunDir(run_root)
-    for folder in run.responses_folders():
-        first = next(iter(folder.responses()), None)
-        if first is None or first.target != target:
-            continue
-        summary_path = run.scores_folder(folder.path.name).summary_path
-        if summary_path.exists():
-            spec = read_state(summary_path, "score the run again", "score-summary")["metrics"].get("judge", {})
-            if spec.get("validity"):
-                return confusions_of(JudgeValidity.from_json(spec["validity"]))
-    return []
+    summary_path = run.scores_folder(run.responses_folder(target).path.name).summary_path
+    if not summary_path.exists():
+        return []
+    spec = read_state(summary_path, "score the run again", "score-summary")["metrics"].get("judge", {})
+    return confusions_of(JudgeValidity.from_json(spec["validity"])) if spec.get("validity") else []

@@ -109,11 +109,6 @@ class Estimate:
                 "n": self.n, "nulls": self.nulls, "pairs": self.pairs}
 
 
-def interval_text(rate: Any, low: Any, high: Any) -> str:
-    """'0.12 [0.05, 0.25]', or '-' when there is no rate (None or NaN)."""
-    return "-" if _number(rate) is None else f"{rate:.2f} [{low:.2f}, {high:.2f}]"
-
-
 def estimate_text(estimate: dict[str, Any] | None) -> str:
     """How a cell's standing estimate is shown: '0.21 [0.14, 0.29] two-phase, 40 labels', 'in [0.06, 0.56]
     transported', '0.12 [0.05, 0.25] judged', or '-'."""
