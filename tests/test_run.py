@@ -40,13 +40,20 @@ def _command(config: Path) -> list[str]:
 
 
 def _progress(run_dir: Path) -> int:
-    """How much a run holds: records in its JSONL files plus its files (grows with every write)."""
+    """How much a run holds: records in its JSONL files plus its files (grows with every write).
+
+    The run renames temporary folders into place while this walks, so a folder or file that vanishes
+    between listing and reading is skipped (os.walk ignores folders gone mid-walk; Path.rglob raises).
+    """
     total = 0
-    for path in run_dir.rglob("*"):
-        if path.is_file():
+    for folder, _, names in os.walk(run_dir):
+        for name in names:
             total += 1
-            if path.suffix == ".jsonl":
-                total += path.read_bytes().count(b"\n")
+            if name.endswith(".jsonl"):
+                try:
+                    total += (Path(folder) / name).read_bytes().count(b"\n")
+                except FileNotFoundError:
+                    pass
     return total
 
 
