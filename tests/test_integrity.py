@@ -318,7 +318,7 @@ def test_a_key_echoed_by_a_server_never_reaches_disk(tmp_path, monkeypatch):
 def test_a_retry_after_longer_than_a_minute_fails_at_once_instead_of_stalling(fake_api):
     import time
 
-    from medattack.api import APIClient, APIConfig, APIError
+    from medattack.openai_client import APIClient, APIConfig, APIError
 
     fake_api.fail_next, fake_api.fail_status = 10, 429
     original = fake_api.httpd.RequestHandlerClass.send_header
@@ -406,7 +406,6 @@ def _chat(**fields) -> bytes:
     (_post(b"{}", length="abc"), "Content-Length"),
     (_post(b"{}", length="-1"), "Content-Length"),
     (_post(_chat(max_tokens=1e999)), "max_tokens"),
-    (_post(_chat(max_tokens=10**9)), "max_tokens"),
     (_post(b"[" * 100_000 + b"]" * 100_000), "nested"),
     (_post(json.dumps({"messages": [{"role": "user", "content": "x" * 1_000_000}]}).encode()), "characters"),
     (_post(b"not json"), "not JSON"),
@@ -448,7 +447,7 @@ def test_a_full_queue_answers_503_with_retry_after_instead_of_resetting(slow_ser
 
 def test_a_setting_added_since_a_folder_was_written_reads_as_its_default(tmp_path):
     from medattack.errors import RunDirError
-    from medattack.rundir import claim_folder
+    from medattack.stamps import claim_folder
 
     folder = tmp_path / "f"
     folder.mkdir()
