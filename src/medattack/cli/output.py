@@ -29,6 +29,11 @@ def print_build(result: Any) -> None:
         f"{summary['images']} images, {len(summary['by_modality'])} modalities, "
         f"{len(summary['by_task'])} tasks." + (" (already built: reused)" if result.reused else "")
     )
+    if result.skipped_tasks:
+        from medattack.data.prompt_bank import skipped_message
+
+        source = summary.get("prompt_bank", {}).get("source", "the prompt bank")
+        console.print(f"[yellow]{escape(skipped_message(result.skipped_tasks, source))}[/yellow]")
     if result.failures:
         console.print(f"[yellow]{len(result.failures)} input(s) skipped[/yellow] "
                       f"(details in {escape(str(result.run_dir / 'benchmark' / 'failures.jsonl'))}):")

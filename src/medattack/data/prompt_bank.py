@@ -4,12 +4,15 @@ The embedded bank (`resources/prompt_bank_v1.yaml`) was written for medattack; u
 own file in the same layout (and `medattack prompts ...` will generate one), or a table (CSV, JSONL,
 Parquet) with a task column (`policy` or `task`), the questions (`normal_prompt` / `normal` /
 `question`, `harmful_prompt` / `harmful` / `harmful_question`), and optionally `key_phrases` /
-`key_phrase` and `id`: the paper's prompt files load as they are. Every bank is validated on load: all
-tasks covered, ids and questions unique, no empty field, and no harmful question that names a modality
-or body part from the taxonomy (harmful questions must transfer across images). With `lenient`, these
-findings are warnings, kept in `PromptBank.findings` and the build summary, and the bank is used as
-written (an empty key phrase stays empty, as the original code kept it); a missing question or an
-unknown task still refuses the bank.
+`key_phrase` and `id`: the paper's prompt files load as they are. Every bank is validated on load: ids
+and questions unique, no empty field, no harmful question that names a modality or body part from the
+taxonomy (harmful questions must transfer across images), and (unless `require_all_tasks` is off, as the
+build sets it) every task covered. With `lenient`, these findings are warnings, kept in
+`PromptBank.findings` and the build summary, and the bank is used as written (an empty key phrase stays
+empty, as the original code kept it); a missing question or an unknown task still refuses the bank.
+
+A bank that covers only some tasks builds those: `cover_tasks` splits the tasks to build into the ones the
+bank has questions for and the ones skipped, and refuses only tasks the user named that the bank lacks.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import yaml
 from medattack.data.sources.tables import TABLE_SUFFIXES, cell, read_table
 from medattack.data.sources.threemad import first_key_phrase
 from medattack.data.taxonomy import Taxonomy, load_taxonomy, normalise_name
-from medattack.errors import InputError, PromptBankError
+from medattack.errors import ConfigError, InputError, PromptBankError
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +73,11 @@ def vocabulary_pattern(taxonomy: Taxonomy) -> re.Pattern[str]:
     return re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
 
 
-def validate(raw: object, where: str, taxonomy: Taxonomy,
-             lenient: bool = False) -> tuple[str, tuple[PromptTriple, ...], tuple[str, ...]]:
+def validate(raw: object, where: str, taxonomy: Taxonomy, lenient: bool = False,
+             require_all_tasks: bool = True) -> tuple[str, tuple[PromptTriple, ...], tuple[str, ...]]:
     """Check a parsed bank and return (version, triples, findings). Raises PromptBankError naming the
-    entry; with `lenient`, the findings that do not stop a build are returned instead (module docstring)."""
+    entry; with `lenient`, the findings that do not stop a build are returned instead (module docstring).
+    Without `require_all_tasks`, a task with no questions is no finding (the build skips it: `cover_tasks`)."""
     findings: list[str] = []
 
     def finding(message: str) -> None:
@@ -129,7 +133,7 @@ def validate(raw: object, where: str, taxonomy: Taxonomy,
             triples.append(triple)
             covered.add(task)
     uncovered = [t for t in taxonomy.task_names if t not in covered]
-    if uncovered:
+    if uncovered and require_all_tasks:
         finding(f"{where}: no prompts for task(s): {', '.join(uncovered)}.")
     return version, tuple(triples), tuple(findings)
 
@@ -160,12 +164,59 @@ def _unquote(text: str) -> str:
     return text[1:-1].strip() if len(text) > 1 and text[0] == text[-1] == "'" else text
 
 
+@dataclass(frozen=True)
+class TaskCoverage:
+    """Which of the tasks to build a prompt bank has questions for."""
 
+    built: tuple[str, ...]  # the tasks to build, in the order given
+    skipped: tuple[str, ...]  # the tasks the bank has no questions for (never one the user named)
+
+
+def more_rows_fix(source: str) -> str:
+    """How to give the build questions for tasks a bank lacks (`source`: `PromptBank.source`)."""
+    if source.startswith("embedded "):
+        return "pass --prompt-bank FILE with rows for them"
+    return f"add rows for them to {source}"
+
+
+def skipped_message(skipped: tuple[str, ...], source: str) -> str:
+    """The one line that says which tasks a build skipped for want of questions, and how to build them."""
+    count = f"{len(skipped)} task" + ("" if len(skipped) == 1 else "s")
+    return (f"skipped {count} the prompt bank has no questions for: {', '.join(skipped)} "
+            f"({more_rows_fix(source)} and rebuild with --force to build them)")
+
+
+def cover_tasks(bank: PromptBank, tasks: tuple[str, ...], named: bool) -> TaskCoverage:
+    """Split `tasks` (canonical names) into those `bank` has questions for and those it lacks; logs one
+    warning naming the skipped ones.
+
+    Args:
+        bank: the loaded bank.
+        tasks: the tasks to build, canonical names.
+        named: the user named `tasks` (--task, config `tasks`), so each of them must be built.
+
+    Raises:
+        ConfigError: the user named tasks the bank has no questions for, or it has questions for none of `tasks`.
+    """
+    built = tuple(t for t in tasks if bank.for_task(t))
+    skipped = tuple(t for t in tasks if t not in built)
+    covers = ", ".join(bank.tasks) or "no task"
+    if named and skipped:
+        raise ConfigError(f"prompt bank {bank.source} has no questions for the task(s) you asked for: "
+                          f"{', '.join(skipped)} (it has questions for: {covers}). Fix: {more_rows_fix(bank.source)}, "
+                          "or leave them out of --task (config `tasks`).")
+    if not built:
+        raise ConfigError(f"prompt bank {bank.source} has no questions for any task to build (it has questions for: "
+                          f"{covers}). Fix: add rows whose task is one of: {', '.join(tasks)}.")
+    if skipped:
+        log.warning("%s", skipped_message(skipped, bank.source))
+    return TaskCoverage(built=built, skipped=skipped)
 
 
 def load_prompt_bank(path: str | Path | None = None, taxonomy: Taxonomy | None = None,
-                     lenient: bool = False) -> PromptBank:
-    """Load and validate the embedded bank, a user file in the same layout, or a prompt table."""
+                     lenient: bool = False, require_all_tasks: bool = True) -> PromptBank:
+    """Load and validate the embedded bank, a user file in the same layout, or a prompt table. Without
+    `require_all_tasks`, a bank may leave tasks out (the build skips them: `cover_tasks`)."""
     taxonomy = taxonomy or load_taxonomy()
     if path is None:
         data = resources.files("medattack.data.resources").joinpath(EMBEDDED_BANK).read_bytes()
@@ -183,7 +234,7 @@ def load_prompt_bank(path: str | Path | None = None, taxonomy: Taxonomy | None =
             raw = yaml.safe_load(data.decode("utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise PromptBankError(f"{where} is not valid UTF-8 YAML: {exc}") from exc
-    version, triples, findings = validate(raw, where, taxonomy, lenient)
+    version, triples, findings = validate(raw, where, taxonomy, lenient, require_all_tasks)
     for message in findings:
         log.warning("prompt bank: %s", message)
     return PromptBank(version=version, source=where, sha256=hashlib.sha256(data).hexdigest(), triples=triples,

@@ -38,7 +38,7 @@ def prompts(run_dir: RunDir | str | Path | None = None, bank: str | None = None,
         entries = [PromptEntry(p["task"], p["normal"], p["harmful"]) for p in pairs.values()]
         target = Path(out_dir) if out_dir else run.analysis
     else:
-        prompt_bank = load_prompt_bank(bank, taxonomy)
+        prompt_bank = load_prompt_bank(bank, taxonomy, require_all_tasks=False)
         entries = [PromptEntry(t.task, t.normal, t.harmful) for t in prompt_bank.triples]
         target = Path(out_dir or ".")
     known = [t for t in taxonomy.task_names if any(e.task == t for e in entries)]

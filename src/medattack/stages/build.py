@@ -13,11 +13,14 @@ with question "This image is about {attribute}. {prompt}" and attack target
 pixels, and every random choice (images kept per category, prompts per task, claimed attribute)
 is drawn from a generator keyed by (seed, item), so the same command and seed give the same table
 and adding images does not reshuffle the others. Bad inputs are recorded in failures.jsonl and the
-build goes on; it fails only when no sample at all could be built.
+build goes on; it fails only when no sample at all could be built. A prompt bank with questions for only
+some tasks builds those and reports the others as skipped (`BuildResult.skipped_tasks`); a task the user
+named (`tasks`) that the bank lacks is a ConfigError.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from collections import Counter
@@ -30,7 +33,7 @@ from medattack.data.expand import ImageStore, cap_per_category, load_mask, pairs
 from medattack.data.export import export_3mad_layout
 from medattack.data.image_io import DEFAULT_MAX_PIXELS
 from medattack.data.mismatch import FROM_DATA, MISMATCH_STRATEGIES
-from medattack.data.prompt_bank import load_prompt_bank
+from medattack.data.prompt_bank import cover_tasks, load_prompt_bank
 from medattack.data.sources import SourceContext, SourceItem, open_source
 from medattack.data.taxonomy import load_taxonomy
 from medattack.data.typography import render_text_band
@@ -60,7 +63,8 @@ class BuildConfig:
     sources: tuple[str, ...] = option(
         ("embedded",), "Image sources: embedded, folder:PATH, manifest:FILE, 3mad:HUB_ID_OR_DIR."
     )
-    tasks: tuple[str, ...] | None = option(None, "Clinical tasks to include (default: all 18).")
+    tasks: tuple[str, ...] | None = option(None, "Clinical tasks to include, each one the prompt bank must have "
+                                           "questions for (default: all 18; those a bank lacks are skipped).")
     prompts_per_task: int = option(1, "Prompt triples drawn per task per image (bank sources).")
     max_images_per_category: int | None = option(
         None, "Keep at most this many images (3MAD: rows) per category, drawn by seed."
@@ -96,6 +100,7 @@ class BuildResult:
     failures: list[dict[str, Any]]
     reused: bool = False  # True when an identical earlier build was found and kept
     summary: dict[str, Any] = field(default_factory=dict)
+    skipped_tasks: tuple[str, ...] = ()  # tasks left out because the prompt bank has no questions for them
 
 
 def failure_record(error: InputError) -> dict[str, Any]:
@@ -141,7 +146,10 @@ def run(run_dir: RunDir | str | Path, config: BuildConfig | None = None, *, exec
     accepted for the common stage signature).
 
     Raises:
-        RunDirError: the run already holds a benchmark built with a different config (and not force).
+        RunDirError: the run already holds a benchmark built with a different config or from a prompt bank
+            file that has changed since (and not force).
+        ConfigError: the user named tasks (`tasks`) the prompt bank has no questions for, or it has
+            questions for none of the tasks to build.
         BuildError: no sample could be built; the failures are still written.
     """
     config = config or BuildConfig()
@@ -160,9 +168,14 @@ def _build(run: RunDir, config: BuildConfig, force: bool, progress: Progress | N
         old = built.get("config", {})
         changed = sorted(k for k in config_record if old.get(k) != config_record[k])
         if built.get("config_hash") == config_hash or not changed:
+            stored = read_state(run.summary_path, "rebuild the benchmark with --force",
+                                "benchmark-summary") if run.summary_path.exists() else {}
+            _refuse_changed_bank(run, config, stored)
             samples, failures = run.samples(), read_jsonl(run.failures_path, "failure")
-            return BuildResult(run.root, samples, failures, reused=True,
-                               summary=summarise(samples, failures))
+            summary = summarise(samples, failures)
+            summary.update({k: stored[k] for k in ("prompt_bank", "skipped_tasks") if k in stored})
+            return BuildResult(run.root, samples, failures, reused=True, summary=summary,
+                               skipped_tasks=tuple(stored.get("skipped_tasks", ())))
         raise RunDirError(
             f"run {run.root} already holds a benchmark built with a different config "
             f"(changed: {', '.join(changed)}). Use another run name, or pass --force to rebuild it."
@@ -188,7 +201,24 @@ def _build(run: RunDir, config: BuildConfig, force: bool, progress: Progress | N
     write_json_atomic(staging.build_stamp_path, {"config": config_record, "config_hash": config_hash}, "build-stamp")
     _swap_in(run, staging)
     run.record_stage("build", config_record, config.seed)
-    return BuildResult(run.root, samples, failures, summary=summary)
+    return BuildResult(run.root, samples, failures, summary=summary,
+                       skipped_tasks=tuple(summary.get("skipped_tasks", ())))
+
+
+def _refuse_changed_bank(run: RunDir, config: BuildConfig, stored: dict[str, Any]) -> None:
+    """Refuse to reuse a benchmark whose prompt bank file has changed since it was built from it (its config,
+    which names only the file, is the same): its questions would be stale. The same bank resumes."""
+    built_from = (stored.get("prompt_bank") or {}).get("sha256")
+    if config.prompt_bank is None or not built_from:
+        return
+    try:
+        now = hashlib.sha256(Path(config.prompt_bank).read_bytes()).hexdigest()
+    except OSError:
+        return  # the file is gone: the benchmark built from it stands
+    if now != built_from:
+        raise RunDirError(f"prompt bank {config.prompt_bank} has changed since the benchmark in {run.root} was "
+                          "built from it. Pass --force to rebuild it from the bank as it is now, or use another "
+                          "run name.")
 
 
 def _refuse_foreign(run: RunDir) -> None:
@@ -216,7 +246,8 @@ def _build_into(run: RunDir, config: BuildConfig, progress: Progress | None,
     """Build the benchmark into `run.benchmark` (a staging folder); (samples, failures, summary), no
     samples when every input failed."""
     taxonomy = load_taxonomy(config.taxonomy)
-    bank = load_prompt_bank(config.prompt_bank, taxonomy, lenient=config.prompt_bank_lenient)
+    bank = load_prompt_bank(config.prompt_bank, taxonomy, lenient=config.prompt_bank_lenient,
+                            require_all_tasks=False)  # a task with no questions is skipped (cover_tasks)
     tasks = tuple(taxonomy.task(t).name for t in config.tasks) if config.tasks else taxonomy.task_names
     context = SourceContext(
         taxonomy=taxonomy,
@@ -234,6 +265,10 @@ def _build_into(run: RunDir, config: BuildConfig, progress: Progress | None,
             else:
                 items.append(entry)
     items = cap_per_category(items, config.max_images_per_category, config.seed)
+    skipped: tuple[str, ...] = ()
+    if any(item.preset is None for item in items):  # the bank is used (3MAD rows bring their own prompts)
+        coverage = cover_tasks(bank, tasks, named=bool(config.tasks))
+        tasks, skipped = coverage.built, coverage.skipped
     present = {it.category for it in items}
     catalogue = sorted(present if config.mismatch_strategy in FROM_DATA else set(taxonomy.categories) | present,
                        key=lambda c: (c.modality, c.body_part))
@@ -278,7 +313,8 @@ def _build_into(run: RunDir, config: BuildConfig, progress: Progress | None,
     write_records_atomic(run.samples_path, samples)
     summary = summarise(samples, failures)
     summary.update({"prompt_bank": {"source": bank.source, "version": bank.version,
-                                    "sha256": bank.sha256, "findings": list(bank.findings)}})
+                                    "sha256": bank.sha256, "findings": list(bank.findings)},
+                    "skipped_tasks": list(skipped)})
     write_json_atomic(run.summary_path, summary, "benchmark-summary")
     export_3mad_layout(run.benchmark, samples)
     return samples, failures, summary
