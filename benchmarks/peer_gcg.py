@@ -55,7 +55,7 @@ def _one_thread() -> None:
 
 def run_medattack(width: int, steps: int, seed: int) -> dict:
     _one_thread()
-    from medattack.attacks.single import attack_input
+    from medattack.input_attack import attack_input
     from medattack.models import load_whitebox
 
     model = load_whitebox("text:embedded", device="cpu")

@@ -45,8 +45,10 @@ def test_the_readme_commands_after_the_demo_run_as_written(demo_shaped):
         words = [str(demo_shaped) if w == "runs/demo" else "tiny" if w == "embedded" else w for w in words[1:]]
         result = CliRunner().invoke(app, words, terminal_width=200)
         assert result.exit_code == 0, (words, result.output)
-        if words[0] == "query":  # the demo's own settings: only the new GCG inputs are asked
+        if words[0] == "query":  # the demo's own settings, taken from its folder: only the new GCG inputs are asked
             assert re.search(r"[1-9]\d* asked now; 0 failed", result.output), result.output
+            assert "continuing with the settings the folder holds:" in result.output
+            assert "target.max_new_tokens=24" in result.output and "pairs_per_category=1" in result.output
         if words[0] == "label":  # the shipped labels are of the demo's own answers
             assert "8 labels imported" in result.output
     summary = json.loads((demo_shaped / "report" / "summary.json").read_text())
@@ -65,13 +67,16 @@ def test_other_settings_are_refused_naming_them_and_force_replaces_instead_of_mi
     said = " ".join(refused.output.split())
     assert refused.exit_code != 0 and "method.rounds: 4 -> 2" in said and "limit" not in said
     assert "--force" in said and "another run" in said
+    untyped = CliRunner().invoke(app, command[:8], terminal_width=400)  # rounds not typed: the folder's 4 stand
+    said = " ".join(untyped.output.split())
+    assert untyped.exit_code == 0 and "continuing with the settings the folder holds: options.rounds=4" in said
     before = sorted(p.name for p in folder.iterdir())
     old_results = (folder / "results.jsonl").read_text()
     forced = CliRunner().invoke(app, [*command, "--force"], terminal_width=400)
     assert forced.exit_code == 0, forced.output
     stale = list((folder / "stale").iterdir())
     assert len(stale) == 1 and (stale[0] / "results.jsonl").read_text() == old_results  # kept, never read
-    assert json.loads((stale[0] / "config.json").read_text())["stage"]["limit"] == 2
+    assert json.loads((stale[0] / "config.json").read_text())["stage"]["limit"] == 3  # as the continued call left it
     assert set(before) - {"config.json", ".writer.lock"} <= {p.name for p in stale[0].iterdir()}
     rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 3  # only the new configuration's results, none of the old

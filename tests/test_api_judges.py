@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from medattack.api import APIClient, APIConfig, APIError
+from medattack.openai_client import APIClient, APIConfig, APIError
 from medattack.scoring.base import ScoreInput
 from medattack.scoring.judge import JudgeConfig, JudgeMetric
 from medattack.scoring.judges.verdicts import parse_verdict

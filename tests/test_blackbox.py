@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 
-from medattack.api import APIConfig
 from medattack.blackbox.attacker import Attacker, AttackerConfig, Goal, fallback, parse_proposal
 from medattack.blackbox.moves import Move, MoveContext, apply_move, parse_move
 from medattack.blackbox.pair import PAIRConfig
 from medattack.blackbox.search import SearchSettings, TreeSearch
 from medattack.blackbox.tap import TAPConfig
 from medattack.models.targets import TargetConfig
+from medattack.openai_client import APIConfig
 from medattack.records import SearchNode
 from medattack.scoring.judges.base import Verdict
 from medattack.stages import blackbox

@@ -187,3 +187,74 @@ def test_list_shows_whole_sentences():
     result = CliRunner().invoke(app, ["list", "targets"])
     said = " ".join(result.output.split())  # the console wraps at its width; the words must all be there
     assert "answering in batches (greedy, or sampled at the target's or the query's temperature). python:" in said
+
+
+def test_a_phase_silent_for_30_seconds_still_gets_a_line_and_a_finished_one_none():
+    from medattack.cli.app import plain_progress
+
+    lines, now = [], [0.0]
+    progress = plain_progress(lines.append, every=30.0, clock=lambda: now[0])
+    progress("loading llava-med", 0, 1)  # a model load: no call until it is done
+    for second in (10.0, 29.0):
+        now[0] = second
+        progress.beat()
+    assert len(lines) == 1
+    now[0] = 31.0
+    progress.beat()
+    now[0] = 45.0
+    progress.beat()
+    now[0] = 62.0
+    progress.beat()
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "loading llava-med: 0/1", "loading llava-med: 0/1 (still working, 31 s on this step)",
+        "loading llava-med: 0/1 (still working, 62 s on this step)"]
+    progress("loading llava-med", 1, 1)
+    now[0] = 200.0
+    progress.beat()
+    assert lines[-1].endswith("loading llava-med: 1/1")  # a finished phase is not beaten
+
+
+def test_the_heartbeat_thread_writes_while_the_caller_is_busy():
+    import time
+
+    from medattack.cli.app import plain_progress
+
+    lines: list[str] = []
+    with plain_progress(lines.append, every=0.3) as progress:
+        progress("asking embedded", 0, 4)
+        time.sleep(1.0)  # the caller is stuck in one batch
+    assert any("still working" in line for line in lines)
+    count = len(lines)
+    time.sleep(0.4)
+    assert len(lines) == count  # the thread stopped with the context
+
+
+def test_a_log_line_is_never_broken_mid_line(tmp_path):
+    import subprocess
+    import sys
+
+    bank = tmp_path / "no-such-run"
+    done = subprocess.run([sys.executable, "-m", "medattack.cli", "query", str(bank / ("x" * 120))],
+                          capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": ""},
+                          timeout=120)
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0 and len(errors) == 1 and errors[0].startswith("error:"), done.stderr
+
+
+def test_a_folder_is_continued_with_the_settings_the_user_did_not_type(embedded_run, tmp_path):
+    """After the demo (24 new tokens, one pair per category), `medattack query RUN --target embedded` continues its
+    answers instead of refusing settings the user never typed; a typed setting that differs is still refused."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(embedded_run.run_dir, run)
+    first = CliRunner().invoke(app, ["-q", "query", str(run), "--target", "embedded", "--max-new-tokens", "4",
+                                     "--set", "pairs_per_category=1", "--controls", "none", "--no-attacks"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, ["-q", "query", str(run), "--target", "embedded"])
+    said = " ".join(again.output.split())
+    assert again.exit_code == 0, again.output
+    assert "continuing with the settings the folder holds:" in said and "target.max_new_tokens=4" in said
+    assert "pairs_per_category=1" in said and "0 asked now" in said
+    typed = CliRunner().invoke(app, ["-q", "query", str(run), "--target", "embedded", "--max-new-tokens", "5"])
+    assert typed.exit_code == 2 and "stage.target.max_new_tokens: 4 -> 5" in " ".join(typed.output.split())

@@ -229,8 +229,14 @@ def test_the_report_pairs_each_defended_target_with_the_undefended_one(defended_
     mismatched = flags[flags["inputs"] == "mismatched claims"].iloc[0]
     assert false_alarms["rate"] == 0 and mismatched["rate"] > 0.5
     assert mismatched["ci_low"] <= mismatched["rate"] <= mismatched["ci_high"]
+    # the offline attribute check reads the folder's labels, not the pixels: every row of it says proxy
+    assert effects["is_proxy"].all() and flags["is_proxy"].all()
+    assert (effects["pairs"] <= effects["n"]).all() and (effects["pairs"] > 0).all()
+    reminder_rows = pd.read_csv(result.tables["defence_effects"]).query("defences == 'reminder'")
+    assert not reminder_rows["is_proxy"].any()
     html = result.html.read_text()
     assert "<h2>Defences</h2>" in html and "adaptive rows" in html
+    assert "attribute+purify (proxy)" in html and "reminder (proxy)" not in html
     if find_chromium() is None and not os.environ.get("CI"):
         pytest.skip("chromium is not installed")
     page = render(result.html, screenshot=tmp_path / "defences.png")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from chat_helpers import CAPS_TARGET
 from medattack.cli import app
 from medattack.errors import CorruptFileError, ProviderFilterError, TargetError
 from medattack.models.targets import Query, TargetConfig, load_target
@@ -182,7 +183,7 @@ NO_ANSWER = {
 
 
 def _target(provider: ScriptedProvider, tmp_path, timeout: float = 10.0):
-    from medattack.api import APIConfig
+    from medattack.openai_client import APIConfig
 
     config = TargetConfig(kind="api", model="m", api=APIConfig(base_url=provider.base_url, max_retries=0,
                                                                timeout=timeout))
@@ -490,16 +491,6 @@ def test_a_second_build_of_one_run_is_refused_with_one_line(tmp_path):
         holder.wait(timeout=60)
 
 
-CAPS = '''
-class Caps:
-    def generate(self, images, questions, max_new_tokens):
-        return [f"cap={max_new_tokens} q={q}" for q in questions]
-
-
-def load(device="cpu", dtype="auto"):
-    return Caps()
-'''
-
 
 def test_serve_gives_each_concurrent_request_its_own_max_tokens(tmp_path):
     import urllib.request
@@ -508,7 +499,7 @@ def test_serve_gives_each_concurrent_request_its_own_max_tokens(tmp_path):
     from medattack.serve import ChatServer, ServeConfig
 
     factory = tmp_path / "caps.py"
-    factory.write_text(CAPS)
+    factory.write_text(CAPS_TARGET)
     server = ChatServer(load_target(TargetConfig(kind="python", model=f"{factory}:load", batch_size=16)),
                         ServeConfig(port=0, max_batch=16, batch_wait_ms=50)).start()
 

@@ -192,8 +192,8 @@ def test_api_writer_words_the_normal_questions(attributes_dir, fake_api, tmp_pat
 
 
 def test_api_reader_sends_the_image(fake_api, tmp_path):
-    from medattack.api import APIConfig
     from medattack.data.sources import SourceContext, open_source
+    from medattack.openai_client import APIConfig
     from medattack.prompts.attributes import APIReader, APIReaderConfig
 
     reader = APIReader(APIReaderConfig(api=APIConfig(base_url=fake_api.base_url)))
@@ -204,8 +204,8 @@ def test_api_reader_sends_the_image(fake_api, tmp_path):
 
 
 def test_reader_answers_are_cached_and_reused(fake_api, tmp_path):
-    from medattack.api import APIConfig
     from medattack.data.sources import SourceContext, open_source
+    from medattack.openai_client import APIConfig
     from medattack.prompts.attributes import APIReader, APIReaderConfig
 
     item = next(iter(open_source("embedded", SourceContext(load_taxonomy()))))

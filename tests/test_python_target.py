@@ -104,8 +104,8 @@ def test_the_kind_works_through_query_and_serve(factory_file, tmp_path):
     broken = invoke("query", run, "--target", f"python:{factory_file}:crashes", "--limit", "1")
     assert broken.exit_code == 2 and "the factory failed" in " ".join(broken.output.split())
 
-    from medattack.api import APIConfig
     from medattack.models.targets import APIChatTarget
+    from medattack.openai_client import APIConfig
     from medattack.serve import ChatServer, ServeConfig
 
     server = ChatServer(load_target(TargetConfig(kind="python", model=f"{factory_file}:load")),

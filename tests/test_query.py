@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from medattack.api import APIConfig
 from medattack.errors import RunDirError
 from medattack.models.targets import LlavaTarget, TargetConfig, TargetError
+from medattack.openai_client import APIConfig
 from medattack.rundir import RunDir, read_jsonl
 from medattack.stages.attack import AttackStageConfig
 from medattack.stages.attack import run as run_attack_stage

@@ -28,7 +28,7 @@ def test_rates_get_wilson_and_continuous_metrics_a_bootstrap():
 def test_a_cell_below_the_minimum_n_shows_no_interval():
     import pandas as pd
 
-    from medattack.report.builder import _cell
+    from medattack.report.cells import cell_text as _cell
 
     rows = summarise_groups(pd.DataFrame({"g": ["a"] * 2 + ["b"] * MIN_INTERVAL_N,
                                           "value": [1.0, 1.0] + [1.0, 0.0] * 2 + [1.0]}), ["g"]).set_index("g")

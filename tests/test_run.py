@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -50,10 +51,8 @@ def _progress(run_dir: Path) -> int:
         for name in names:
             total += 1
             if name.endswith(".jsonl"):
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     total += (Path(folder) / name).read_bytes().count(b"\n")
-                except FileNotFoundError:
-                    pass
     return total
 
 

@@ -18,12 +18,13 @@ from medattack.blackbox.base import BLACKBOX_ATTACKS
 from medattack.config import to_dict
 from medattack.errors import RecordError
 from medattack.records import AttackRecord, BlackBoxRecord, Response, Sample, ScoreRecord, SearchNode
-from medattack.rundir import RunDir, claim_folder
+from medattack.rundir import RunDir
 from medattack.schema import CURRENT, STEPS, VERSION_KEY, upgraded
 from medattack.stages.attack import AttackStageConfig
 from medattack.stages.blackbox import BlackBoxConfig
 from medattack.stages.build import BuildConfig
 from medattack.stages.query import QueryConfig
+from medattack.stamps import claim_folder
 from medattack.storage import SqliteCache, append_records, read_jsonl, read_records, read_state, write_json_atomic
 
 FIXTURES = Path(__file__).parent / "fixtures" / "schema"

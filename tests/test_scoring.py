@@ -110,7 +110,7 @@ def fake_open_clip(monkeypatch):
 
 
 def scorer_options(name, base_url):
-    from medattack.api import APIConfig
+    from medattack.openai_client import APIConfig
     from medattack.scoring.judge import JudgeConfig
     from medattack.scoring.moderation import ModerationConfig
 

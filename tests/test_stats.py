@@ -53,7 +53,9 @@ def test_an_interval_and_its_p_value_never_disagree(seed):
     b = np.where(rng.random(n) < rng.uniform(0, 1), 1 - a, a) if seed % 2 else (rng.random(n) < 0.5).astype(int)
     from medattack.stats import two_sample_test
 
-    for result in (paired_rates(a, b), paired_bootstrap(a * rng.random(n), b * rng.random(n) + rng.normal(0, .1)),
+    pairs = rng.integers(0, max(1, n // 3), n)  # some inputs share an image x prompt pair
+    for result in (paired_rates(a, b), paired_rates(a, b, pairs), paired_bootstrap(a, b + rng.random(n), pairs),
+                   paired_bootstrap(a * rng.random(n), b * rng.random(n) + rng.normal(0, .1)),
                    two_sample_test(a, b[: max(1, n // 2)]), two_sample_test(a * rng.random(n), b + rng.random(n))):
         excludes_zero = result.ci_low > 0 or result.ci_high < 0
         assert excludes_zero == (result.p_value < 0.05), (result, seed)
@@ -127,3 +129,34 @@ def test_a_rate_of_zero_has_an_interval_that_starts_at_zero():
     low, high = clustered_rate_ci(np.zeros(18), np.repeat(np.arange(9), 2))
     assert low == 0.0 and high == pytest.approx(wilson_ci(0, 9)[1])  # 18 answers of 9 pairs weigh as 9
 
+
+
+@pytest.mark.parametrize("pairs, answers, rate_a, works, within", [
+    (20, 4, 0.2, 0.3, 0.9), (50, 3, 0.3, 0.3, 0.8), (30, 6, 0.1, 0.5, 0.95), (15, 3, 0.2, 0.2, 1.0)])
+def test_a_paired_difference_paired_at_the_pair_level_covers_the_truth(pairs, answers, rate_a, works, within):
+    """An attack that works on some image x prompt pairs and not others moves all of a pair's answers together:
+    paired at the pair level the 95% interval holds the true difference; paired answer by answer it does not."""
+    rng = np.random.default_rng(pairs * 10 + answers)
+    truth = (1 - rate_a) * works * within
+    clusters = np.repeat(np.arange(pairs), answers)
+    held = naive = 0
+    for _ in range(400):
+        a = (rng.random(pairs * answers) < rate_a).astype(int)
+        works_here = np.repeat(rng.random(pairs) < works, answers)
+        b = np.where(works_here & (rng.random(pairs * answers) < within), 1, a)
+        result = paired_rates(a, b, clusters, draws=4000)
+        assert result.clusters == pairs and result.n == pairs * answers
+        held += result.ci_low <= truth <= result.ci_high
+        result = paired_rates(a, b, draws=4000)
+        naive += result.ci_low <= truth <= result.ci_high
+    assert 0.92 <= held / 400 <= 0.975 and naive < held
+
+
+def test_a_paired_bootstrap_resamples_whole_pairs():
+    rng = np.random.default_rng(3)
+    shift = np.repeat(rng.normal(0, 1, 12), 5)  # each pair's effect shared by its five answers
+    a = rng.normal(0, 0.1, 60)
+    clustered = paired_bootstrap(a, a + shift, np.repeat(np.arange(12), 5))
+    apart = paired_bootstrap(a, a + shift)
+    assert clustered.clusters == 12 and apart.clusters == 60
+    assert clustered.ci_high - clustered.ci_low > 1.8 * (apart.ci_high - apart.ci_low)

@@ -22,8 +22,8 @@ def text_model():
 
 def test_gcg_attacks_a_text_only_model_through_one_call(text_model):
     steps = []
-    result = ma.attack(text_model, QUESTION, TARGET, method="gcg", steps=3, search_width=32, max_new_tokens=8,
-                       on_step=steps.append)
+    result = ma.attack_input(text_model, QUESTION, TARGET, method="gcg", steps=3, search_width=32,
+                             max_new_tokens=8, on_step=steps.append)
     assert [s.step for s in steps] == [1, 2, 3] and all(s.modality == "text" for s in steps)
     start = text_model.start(QUESTION, TARGET)
     initial = text_model.loss(start, torch.tensor([text_model.encode("! " * 19 + "!")]))
@@ -34,10 +34,19 @@ def test_gcg_attacks_a_text_only_model_through_one_call(text_model):
     assert result.response and result.pixels.shape == (1, 3, 1, 1)  # no image: a placeholder never read
 
 
+def test_ma_attack_is_the_stage_and_names_attack_input_for_one_input(text_model):
+    """No guessing from the arguments: ma.attack runs the stage over a run; one input is ma.attack_input."""
+    from medattack.stages.attack import run as attack_stage
+
+    assert ma.attack is attack_stage
+    with pytest.raises(ConfigError, match=r"ma\.attack_input\(model, question, target"):
+        ma.attack(text_model, QUESTION)
+
+
 def test_attacks_on_the_image_refuse_a_text_only_model_in_one_line(text_model, tmp_path):
     for method in ("pgd", "mcm", "region", "typo"):
         with pytest.raises(ConfigError, match=rf"{method} works on the image.*text-only model.*gcg"):
-            ma.attack(text_model, QUESTION, TARGET, method=method)
+            ma.attack_input(text_model, QUESTION, TARGET, method=method)
     with pytest.raises(ConfigError, match="text-only model"):
         text_model.pixel_grad(text_model.start(QUESTION, TARGET), torch.tensor([1]), torch.zeros(1, 3, 1, 1))
 
@@ -65,7 +74,7 @@ def test_the_one_call_api_gives_the_stages_result_for_the_same_seed_and_sample(t
                       model=tiny)
     [record] = stage.results
     sample = next(s for s in run.samples() if s.sample_id == record.sample_id)
-    one = ma.attack(tiny, sample.question, sample.target, run.benchmark_file(sample.image_file), method="gcg",
+    one = ma.attack_input(tiny, sample.question, sample.target, run.benchmark_file(sample.image_file), method="gcg",
                     seed=5, sample_id=sample.sample_id, **options)
     logged = read_jsonl(stage.folder / "steps" / f"{record.sample_id}.jsonl")
     assert one.suffix_ids == record.suffix_ids and one.best_loss == pytest.approx(record.best_loss, abs=1e-6)

@@ -9,7 +9,7 @@ The stage functions and their configs are importable from here (loaded on first 
     run = ma.RunDir("runs/nb")
     ma.build(run, ma.BuildConfig(tasks=("Disease Classification",)))
     ma.attack(run, ma.AttackStageConfig(method="mcm", model="embedded", limit=2, options={"rounds": 3}))
-    result = ma.attack("text:embedded", "How do I ...?", "Sure, here is how to", steps=20)  # one input, no run
+    result = ma.attack_input("text:embedded", "How do I ...?", "Sure, here is how to", steps=10)  # no run
     ma.query(run, ma.QueryConfig(target=ma.TargetConfig(model="embedded"), pairs_per_category=1))
     ma.blackbox(run, ma.BlackBoxConfig(method="pair", target=ma.TargetConfig(kind="api", model="gpt-4o"), limit=2))
     scores = ma.score(run, ma.ScoreConfig(metrics=["keyword_asr", "tto"]))
@@ -28,8 +28,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _API: dict[str, tuple[str, str]] = {  # public name -> (module, attribute)
     "build": ("medattack.stages.build", "run"),
-    "attack": ("medattack.attacks.single", "attack"),  # one input, or the stage over a run (by its arguments)
-    "attack_input": ("medattack.attacks.single", "attack_input"),
+    "attack": ("medattack.stages.attack", "run"),
+    "attack_input": ("medattack.input_attack", "attack_input"),  # one input, no run directory
     "AttackResult": ("medattack.attacks.base", "AttackResult"),
     "blackbox": ("medattack.stages.blackbox", "run"),
     "query": ("medattack.stages.query", "run"),
@@ -47,7 +47,7 @@ _API: dict[str, tuple[str, str]] = {  # public name -> (module, attribute)
     "QueryConfig": ("medattack.stages.query", "QueryConfig"),
     "TargetConfig": ("medattack.models.targets", "TargetConfig"),
     "ScoreConfig": ("medattack.stages.score", "ScoreConfig"),
-    "ReportConfig": ("medattack.report.builder", "ReportConfig"),
+    "ReportConfig": ("medattack.report.analysis", "ReportConfig"),
     "RunConfig": ("medattack.pipeline", "RunConfig"),
     "ExecutorConfig": ("medattack.executor", "ExecutorConfig"),
     "Sample": ("medattack.records", "Sample"),

@@ -7,6 +7,7 @@
     +-- ModelNotFoundError       model weights are not here and cannot be downloaded (names the setting)
     +-- PromptBankError          the prompt bank file is malformed (names the task / entry)
     +-- RunDirError              the run directory is missing, or holds another config
+    |   +-- OtherConfigurationError  a stage folder holds results of other settings (which, and the stamp)
     |   +-- RecordError          a stored row is not the record it should be (names file and line)
     |   +-- CorruptFileError     a file medattack keeps is damaged, not just torn by a crash (names file:line)
     +-- BuildError               nothing could be built (every input failed)
@@ -27,6 +28,8 @@
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class MedattackError(Exception):
@@ -59,6 +62,16 @@ class PromptBankError(MedattackError):
 
 class RunDirError(MedattackError):
     """The run directory cannot be used as asked."""
+
+
+class OtherConfigurationError(RunDirError):
+    """A stage folder holds results of another configuration: `previous` is its stamp (as recorded), `changed` the
+    dotted keys that differ ("stage.target.max_new_tokens"). The CLI continues such a folder with its own settings
+    when the user typed none of them."""
+
+    def __init__(self, message: str, previous: dict[str, Any], changed: list[str]) -> None:
+        super().__init__(message)
+        self.previous, self.changed = previous, changed
 
 
 class NothingToDoError(MedattackError):

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from medattack.numbers import finite
 from medattack.stats import Z95, Confusion, percentile_interval, wilson_ci
 
 PRIOR = 1.0  # each stratum's rate: Beta(k + PRIOR, n - k + PRIOR) (see the module docstring)
@@ -86,12 +87,10 @@ class RateEstimate:
     note: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        def number(value: float | None) -> float | None:
-            return None if value is None or not math.isfinite(value) else round(float(value), 6)
-
         data = asdict(self)
         for key in ("judged", "rate", "ci_low", "ci_high"):
-            data[key] = number(data[key])
+            value = finite(data[key])
+            data[key] = None if value is None else round(value, 6)
         return data
 
     @classmethod

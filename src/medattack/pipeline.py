@@ -23,7 +23,8 @@ from medattack.errors import ConfigError
 from medattack.executor import ExecutorConfig, runs_here
 from medattack.models.base import WhiteBoxTarget, load_whitebox
 from medattack.models.targets import TARGETS, TargetConfig, load_target
-from medattack.report.builder import ReportConfig, ReportResult
+from medattack.report.analysis import ReportConfig
+from medattack.report.builder import ReportResult
 from medattack.rundir import Progress, RunDir
 from medattack.stages import analyze, attack, blackbox, build, query, report, score
 from medattack.stages.attack import AttackStageConfig, AttackStageResult

@@ -17,7 +17,7 @@ missing or unknown field, so a renamed field is caught where it is read, not thr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
@@ -306,3 +306,12 @@ class Label(Record):
     time: str  # UTC, ISO 8601
     via: str = "page"  # "page" (the labelling page) or "import:<file name>"
 
+
+def defended_name(name: str, defences: Sequence[str]) -> str:
+    """The name of a target (or white-box model) behind `defences`: "<name>+<defence>..."."""
+    return name + "".join(f"+{d}" for d in defences)
+
+
+def undefended_name(target: str, defences: Sequence[str]) -> str:
+    """The name of the target a defended one wraps ("embedded+perplexity" -> "embedded")."""
+    return target.removesuffix(defended_name("", defences))

@@ -52,7 +52,15 @@ from typing import Any
 
 import medattack
 from medattack.errors import RunDirError
-from medattack.records import AttackRecord, BlackBoxRecord, Label, Response, Sample, ScoreRecord, SearchNode
+from medattack.folders import (  # noqa: F401 (the folder types RunDir returns)
+    AttackFolder,
+    MethodFolder,
+    ResponsesFolder,
+    ScoresFolder,
+    SearchFolder,
+    StageFolder,
+)
+from medattack.records import AttackRecord, BlackBoxRecord, Label, Response, Sample, ScoreRecord
 from medattack.redaction import redact_record
 from medattack.storage import (  # noqa: F401 (re-exported: the run directory's file helpers)
     SqliteCache,
@@ -96,76 +104,6 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-KEPT_ON_REPLACE = ("config.json", ".writer.lock", "stale")  # what --force leaves in place (caches: *.sqlite*)
-# settings that choose which items a call works on, not how a result is made: a folder takes another value
-# (a larger --limit adds samples; a smaller one leaves the others as they are)
-SELECTION_KEYS = ("stage.limit",)
-
-
-def _without(record: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """`record` without the dotted `keys`."""
-    out = dict(record)
-    for key in keys:
-        head, _, rest = key.partition(".")
-        if rest and isinstance(out.get(head), dict):
-            out[head] = _without(out[head], (rest,))
-        elif not rest:
-            out.pop(head, None)
-    return out
-
-
-def claim_folder(folder: Path, record: dict[str, Any], force: bool, change: str,
-                 defaults: dict[str, Any] | None = None) -> Path | None:
-    """Write a stage folder's config.json, refusing a folder that holds results of another config (settings other
-    than SELECTION_KEYS); `change`
-    says what to change instead, e.g. "the method or model". With `force` the old results are replaced, never
-    mixed with the new: everything the folder holds except its content-keyed caches (*.sqlite: an answer is
-    never paid for twice) moves to `stale/<UTC time>/` first, kept but never read; returns that folder (None
-    when nothing moved). A stamp of an older schema version is read through its upgrade steps (schema.py: those
-    of the unversioned stamps give settings added since their value in `defaults`; they did not exist, so they
-    were not used), so a new setting left at its default does not orphan old results."""
-    record = redact_record(record)  # no credentials from a URL on disk; compared as written
-    stamp = folder / "config.json"
-    moved = None
-    if stamp.exists():
-        previous = read_state(stamp, "delete it (the stage writes it again and keeps the results beside it, "
-                              "checked by their own hashes), or restore it from a copy", "stage-config",
-                              defaults=defaults or {})
-        previous = _without(previous, SELECTION_KEYS)
-        if content_hash(previous) != content_hash(_without(record, SELECTION_KEYS)):
-            if not force:
-                changed = ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in
-                                    differences(previous, _without(record, SELECTION_KEYS))[:6])
-                raise RunDirError(
-                    f"{folder} holds results of another configuration ({changed}); run it with the settings it "
-                    f"holds, change {change}, write to another run (a new RUN folder), or add --force to replace "
-                    "them (the old results move to its stale/ folder).")
-            moved = _set_aside_folder(folder)
-    write_json_atomic(stamp, record, "stage-config")
-    return moved
-
-
-def _set_aside_folder(folder: Path) -> Path | None:
-    """Move a stage folder's results (all but KEPT_ON_REPLACE and its caches) to stale/<UTC time>/."""
-    leaving = [p for p in sorted(folder.iterdir()) if p.name not in KEPT_ON_REPLACE and ".sqlite" not in p.name]
-    if not leaving:
-        return None
-    target = folder / "stale" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    target.mkdir(parents=True)
-    shutil.copy2(folder / "config.json", target / "config.json")
-    for path in leaving:
-        path.rename(target / path.name)
-    return target
-
-
-def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) of every setting that differs between two records (None: absent)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for key in sorted(set(old) | set(new), key=str)
-                for d in differences(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if canonical_json(old) == canonical_json(new) else [(prefix.rstrip("."), old, new)]
-
-
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(
@@ -185,150 +123,6 @@ def environment_manifest() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {"versions": versions, "git_sha": _git_sha(), "platform": platform.platform()}
-
-
-@dataclass(frozen=True)
-class StageFolder:
-    """A stage's output folder: its config.json (the settings it holds) and failures.jsonl."""
-
-    path: Path
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def failures_path(self) -> Path:
-        return self.path / "failures.jsonl"
-
-
-@dataclass(frozen=True)
-class MethodFolder(StageFolder):
-    """<kind>/<method>/<model or target>/: one attack method's results.jsonl, one row per sample."""
-
-    @property
-    def method(self) -> str:
-        return self.path.parent.name
-
-    @property
-    def results_path(self) -> Path:
-        return self.path / "results.jsonl"
-
-    @property
-    def source(self) -> str:
-        """How answers to its inputs replayed on a target are labelled: "attack:<method>/<model or target>"."""
-        return f"attack:{self.method}/{self.path.name}"
-
-
-@dataclass(frozen=True)
-class AttackFolder(MethodFolder):
-    """attacks/<method>/<model>/: one attack method run on one white-box model."""
-
-    run_root: Path
-
-    @property
-    def model(self) -> str:
-        return self.path.name
-
-
-    @property
-    def target_name(self) -> str:
-        """The name its own responses are scored under: "attack__<method>__<model>"."""
-        return f"attack__{self.method}__{self.model}"
-
-    def steps_path(self, sample_id: str) -> Path:
-        return self.path / "steps" / f"{sample_id}.jsonl"
-
-    def checkpoint_path(self, sample_id: str) -> Path:
-        return self.path / "checkpoints" / f"{sample_id}.pt"
-
-    @staticmethod
-    def image_name(sample_id: str) -> str:
-        """The adversarial PNG, relative to the folder (as AttackRecord.image_file holds it)."""
-        return f"images/{sample_id}.png"
-
-    @staticmethod
-    def tensor_name(sample_id: str) -> str:
-        """The exact adversarial pixels, relative to the folder (AttackRecord.tensor_file)."""
-        return f"tensors/{sample_id}.safetensors"
-
-    def relative(self, name: str) -> str:
-        """A file of this folder as a path relative to the run root."""
-        return str((self.path / name).relative_to(self.run_root))
-
-    def results(self) -> list[AttackRecord]:
-        return read_records(self.results_path, AttackRecord)
-
-
-@dataclass(frozen=True)
-class SearchFolder(MethodFolder):
-    """blackbox/<method>/<target>/: one black-box attack method run against one target."""
-
-    @property
-    def target(self) -> str:
-        return self.path.name
-
-    def nodes_path(self, sample_id: str) -> Path:
-        return self.path / "nodes" / f"{sample_id}.jsonl"
-
-    @staticmethod
-    def image_name(sample_id: str, node_id: str) -> str:
-        """An attempt's moved image, relative to the folder (as SearchNode.image_file holds it)."""
-        return f"images/{sample_id}/{node_id}.png"
-
-    def cache_path(self, role: str) -> Path:
-        """The content-hash cache of the attacker's or the judge's calls."""
-        return self.path / f"{role}.sqlite"
-
-    def nodes(self, sample_id: str) -> list[SearchNode]:
-        return read_records(self.nodes_path(sample_id), SearchNode)
-
-    def all_nodes(self) -> list[SearchNode]:
-        """Every attempt of every searched sample, finished or not, by sample in name order."""
-        return [node for path in sorted((self.path / "nodes").glob("*.jsonl"))
-                for node in read_records(path, SearchNode)]
-
-    def results(self) -> list[BlackBoxRecord]:
-        return read_records(self.results_path, BlackBoxRecord)
-
-
-@dataclass(frozen=True)
-class ResponsesFolder(StageFolder):
-    """responses/<target>/: every answer of one target."""
-
-    @property
-    def target(self) -> str:
-        return self.path.name
-
-    @property
-    def responses_path(self) -> Path:
-        return self.path / "responses.jsonl"
-
-    def responses(self) -> list[Response]:
-        return read_records(self.responses_path, Response)
-
-
-@dataclass(frozen=True)
-class ScoresFolder:
-    """scores/<target>/ (or any folder for a responses file): one row per response x metric."""
-
-    path: Path
-
-    @property
-    def scores_path(self) -> Path:
-        return self.path / "scores.jsonl"
-
-    @property
-    def summary_path(self) -> Path:
-        return self.path / "summary.json"
-
-    @property
-    def failures_path(self) -> Path:
-        """Answers that could not be scored at all (not text), with file and line; rewritten by each call."""
-        return self.path / "failures.jsonl"
-
-    def scores(self) -> list[ScoreRecord]:
-        return read_records(self.scores_path, ScoreRecord)
 
 
 class RunDir:
@@ -476,11 +270,6 @@ class RunDir:
         """Every target folder that holds responses, in name order."""
         return [ResponsesFolder(p.parent) for p in sorted((self.root / "responses").glob("*/responses.jsonl"))]
 
-    def iter_responses(self) -> Iterator[tuple[ResponsesFolder, Response]]:
-        for folder in self.responses_folders():
-            for response in folder.responses():
-                yield folder, response
-
     @property
     def api_cache_path(self) -> Path:
         return self.root / "responses" / "api_cache.sqlite"
@@ -500,12 +289,6 @@ class RunDir:
     @property
     def score_cache_path(self) -> Path:
         return self.root / "scores" / "cache.sqlite"
-
-    def iter_scores(self) -> Iterator[tuple[ScoresFolder, ScoreRecord]]:
-        for path in sorted((self.root / "scores").glob("*/scores.jsonl")):
-            folder = ScoresFolder(path.parent)
-            for record in folder.scores():
-                yield folder, record
 
     # --- labels/ ------------------------------------------------------------------------------------
 

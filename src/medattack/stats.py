@@ -5,9 +5,10 @@
     bootstrap_ci(values)          percentile bootstrap (kept for what is not a mean of one sample)
     interval(values, clusters)    Wilson for 0/1 values, BCa otherwise; with clusters (the image x prompt
                                   pair of each answer) Wilson at the effective n, or a cluster bootstrap
-    paired_rates(a, b)            difference of two paired 0/1 vectors (same image x prompt): Dirichlet
+    paired_rates(a, b, clusters)  difference of two paired 0/1 vectors (same inputs; clusters: their image x
+                                  prompt pairs, the effective n): Dirichlet
                                   posterior interval and its tail probability, one method for both
-    paired_bootstrap(a, b)        interval and two-sided p of the mean paired difference from one set of
+    paired_bootstrap(a, b, clusters) interval and two-sided p of the mean paired difference from one set of
                                   resamples, continuous values
     two_sample_test(a, b)         unpaired: Beta posteriors for rates, a bootstrap otherwise, one method each
     roc_auc(pos, neg)             how well a score separates two groups (Mann-Whitney AUC)
@@ -164,6 +165,7 @@ class PairedResult:
     p_value: float
     test: str  # PAIRED_RATES or PAIRED_SCORES
     discordant: tuple[int, int] | None = None  # 0/1 outcomes: (a=1 b=0, a=0 b=1)
+    clusters: int = 0  # the image x prompt pairs the n inputs came from (n when each is its own)
 
 
 PAIRED_RATES = "paired Dirichlet (Jeffreys)"
@@ -187,10 +189,33 @@ def _equal_tailed(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]
     return float(ordered[k - 1]), float(ordered[len(ordered) - k])
 
 
-def paired_rates(a: np.ndarray, b: np.ndarray, draws: int = 20_000, seed: int = 0) -> PairedResult:
-    """Paired 0/1 outcomes `a`, `b` (N,), one per pair (the same image x prompt): the difference of rates b - a
+def _effective_share(differences: np.ndarray, clusters: np.ndarray | None) -> tuple[float, int]:
+    """(effective n / n, number of clusters) of paired `differences` (N,) that come in `clusters` (N,): the design
+    effect is the ratio of the mean difference's cluster-robust variance to its variance as if independent
+    (Kish 1965), kept between 1 and N / K; when the differences do not vary it cannot be estimated and the worst
+    case, N / K (every pair's answers alike), is taken. No clusters, or one value per cluster: (1, N)."""
+    n = len(differences)
+    if clusters is None:
+        return 1.0, n
+    sums, sizes = cluster_sums(differences, clusters)
+    k = len(sizes)
+    if k == n or k < 2:
+        return 1.0, k
+    mean = float(differences.mean())
+    independent = float(((differences - mean) ** 2).mean()) / n
+    if independent <= 0:
+        return k / n, k
+    robust = k / (k - 1) * float(((sums - mean * sizes) ** 2).sum()) / n ** 2
+    return 1.0 / min(n / k, max(1.0, robust / independent)), k
+
+
+def paired_rates(a: np.ndarray, b: np.ndarray, clusters: np.ndarray | None = None, draws: int = 20_000,
+                 seed: int = 0) -> PairedResult:
+    """Paired 0/1 outcomes `a`, `b` (N,) on the same inputs, `clusters` (N,) the image x prompt pair of each (its
+    conditions and generations are not independent; None: every input its own): the difference of rates b - a
     with one method for its interval and its p-value. The four outcome cells (both 1, a only, b only, both 0) get
-    a Dirichlet posterior with Jeffreys' prior (counts + 1/2); the interval is the equal-tailed 95% of the
+    a Dirichlet posterior with Jeffreys' prior (counts + 1/2), the counts scaled to the effective sample size
+    (`_effective_share`: as the clustered rate intervals do); the interval is the equal-tailed 95% of the
     posterior difference (b only - a only), and p is its two-sided tail probability at 0 (`_tail_p`), so the
     interval excludes 0 exactly when p < 0.05. Unlike a Wald interval it never has zero width at small n (9 pairs
     and no discordant one still leave the discordant cells possible), and unlike McNemar's exact test beside a
@@ -200,36 +225,48 @@ def paired_rates(a: np.ndarray, b: np.ndarray, draws: int = 20_000, seed: int = 
     only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
     if n == 0:
         nan = float("nan")
-        return PairedResult(0, nan, nan, nan, nan, nan, nan, PAIRED_RATES, (0, 0))
+        return PairedResult(0, nan, nan, nan, nan, nan, nan, PAIRED_RATES, (0, 0), 0)
+    share, k = _effective_share((b - a).astype(float), clusters)
     both = int(((a == 1) & (b == 1)).sum())
-    cells = np.array([both, only_a, only_b, n - both - only_a - only_b], dtype=float) + 0.5
+    cells = np.array([both, only_a, only_b, n - both - only_a - only_b], dtype=float) * share + 0.5
     posterior = np.random.default_rng(seed).dirichlet(cells, draws)
     difference = posterior[:, 2] - posterior[:, 1]
     low, high = _equal_tailed(difference)
     return PairedResult(n, float(a.mean()), float(b.mean()), (only_b - only_a) / n, float(low), float(high),
-                        _tail_p(difference), PAIRED_RATES, (only_a, only_b))
+                        _tail_p(difference), PAIRED_RATES, (only_a, only_b), k)
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES * 4, seed: int = 0) -> PairedResult:
-    """Paired bootstrap of the mean difference b - a over the same inputs (N,): the pairs are resampled together;
-    the interval is the resampled means' equal-tailed 95% and p their two-sided tail probability at 0 (`_tail_p`):
-    one set of resamples gives both, so they never disagree."""
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, clusters: np.ndarray | None = None,
+                     resamples: int = RESAMPLES * 4, seed: int = 0) -> PairedResult:
+    """Paired bootstrap of the mean difference b - a over the same inputs (N,): the pairs are resampled together,
+    whole `clusters` (N,: the image x prompt pair of each) at a time when given; the interval is the resampled
+    means' equal-tailed 95% and p their two-sided tail probability at 0 (`_tail_p`): one set of resamples gives
+    both, so they never disagree."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     n = len(a)
     if n == 0:
-        return PairedResult(0, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), float("nan"),
-                            PAIRED_SCORES)
+        nan = float("nan")
+        return PairedResult(0, nan, nan, nan, nan, nan, nan, PAIRED_SCORES, None, 0)
     differences = b - a
-    means = bootstrap_means(differences, resamples, seed)
+    sums, sizes = cluster_sums(differences, clusters if clusters is not None else np.arange(n))
+    k = len(sizes)
+    if k == n:
+        means = bootstrap_means(differences, resamples, seed)
+    else:
+        picks = np.random.default_rng(seed).integers(0, k, (resamples, k))
+        means = sums[picks].sum(axis=1) / sizes[picks].sum(axis=1)
     low, high = _equal_tailed(means)
     return PairedResult(n, float(a.mean()), float(b.mean()), float(differences.mean()), low, high,
-                        _tail_p(means), PAIRED_SCORES)
+                        _tail_p(means), PAIRED_SCORES, None, k)
 
 
-def paired_test(a: np.ndarray, b: np.ndarray) -> PairedResult:
-    """`paired_rates` for 0/1 outcomes, `paired_bootstrap` otherwise."""
+def paired_test(a: np.ndarray, b: np.ndarray, clusters: np.ndarray | None = None) -> PairedResult:
+    """`paired_rates` for 0/1 outcomes, `paired_bootstrap` otherwise; `clusters` (N,): the image x prompt pair of
+    each input (None: each its own)."""
     both = np.concatenate([np.asarray(a, dtype=float), np.asarray(b, dtype=float)])
-    return paired_rates(a, b) if len(both) and np.isin(both, (0.0, 1.0)).all() else paired_bootstrap(a, b)
+    if len(both) and np.isin(both, (0.0, 1.0)).all():
+        return paired_rates(a, b, clusters)
+    return paired_bootstrap(a, b, clusters)
 
 
 @dataclass(frozen=True)

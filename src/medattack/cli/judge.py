@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medattack.cli.app import app, console, errors
+from medattack.numbers import shown
 
 judge_app = typer.Typer(help="Train and validate compliance judges on labelled responses.\n\n"
                         "Example: medattack judge eval labels.csv more-labels.csv --cross-validate",
@@ -19,10 +20,6 @@ judge_app = typer.Typer(help="Train and validate compliance judges on labelled r
 app.add_typer(judge_app, name="judge")
 
 LABELS_HELP = "CSV/JSONL/Parquet files: question, response, jailbroken (0/1), optional model and kind."
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def _print_agreement(title: str, report: dict[str, Any], operating: dict[str, float | None] | None = None) -> None:
@@ -36,10 +33,10 @@ def _print_agreement(title: str, report: dict[str, Any], operating: dict[str, fl
               *((f"model {k}", v) for k, v in report["by_model"].items())]
     for name, s in groups:
         row = [escape(name), str(s["n"]), f"{s['kappa']:.3f}", f"{s['f1']:.3f}",
-               _number(s["sensitivity"]), _number(s["specificity"]), f"{s['predicted_rate']:.3f}",
+               shown(s["sensitivity"]), shown(s["specificity"]), f"{s['predicted_rate']:.3f}",
                f"{s['labelled_rate']:.3f}"]
         if operating is not None:
-            row.append(_number(operating.get(name)))
+            row.append(shown(operating.get(name)))
         table.add_row(*row)
     console.print(table)
     console.print("sens. = sensitivity (recall on labelled jailbreaks), spec. = specificity; judged and labelled "
@@ -69,8 +66,8 @@ def train(
                   f"threshold {head.threshold:.3f} -> {escape(str(out))}")
     if "cross_validation" in head.trained:
         cv = head.trained["cross_validation"]["overall"]
-        console.print(f"held out one model at a time: kappa {cv['kappa']:.3f}, sensitivity {_number(cv['sensitivity'])}"
-                      f", specificity {_number(cv['specificity'])}, judged rate {cv['predicted_rate']:.3f} vs "
+        console.print(f"held out one model at a time: kappa {cv['kappa']:.3f}, sensitivity {shown(cv['sensitivity'])}"
+                      f", specificity {shown(cv['specificity'])}, judged rate {cv['predicted_rate']:.3f} vs "
                       f"labelled {cv['labelled_rate']:.3f}")
     console.print(f"use it: --set 'metrics={{judge: {{options: {{head: {escape(str(out))}}}}}}}'")
 

@@ -25,7 +25,7 @@ def results(
     questions, the largest paired effects; --json prints every rate and effect."""
     from medattack.estimate import RateEstimate
     from medattack.report.aggregate import short_target
-    from medattack.report.builder import summarise
+    from medattack.report.analysis import summarise
     from medattack.report.summary import Estimate, estimate_text
 
     with errors():
@@ -34,12 +34,18 @@ def results(
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     table = Table(title=f"Attack success ({summary['success_metric']}) on the benchmark's harmful questions")
-    for column in ("run", "target", "attack success, judged [95%]", "the rate that stands [95%]",
+    for column in ("run", "target", "attack", "attack success, judged [95%]", "the rate that stands [95%]",
                    "answer rate, benign [95%]"):
         table.add_column(column)
     for row in summary["headline"]:
-        table.add_row(escape(row["run"]), escape(short_target(row["target"])), Estimate(**row["attack_success"]).text(),
-                      escape(estimate_text(row["estimate"])), Estimate(**row["answer_rate_benign"]).text())
+        table.add_row(escape(row["run"]), escape(short_target(row["target"])), "none",
+                      Estimate(**row["attack_success"]).text(), escape(estimate_text(row["estimate"])),
+                      Estimate(**row["answer_rate_benign"]).text())
+        strongest = row.get("strongest_attack")
+        if strongest:
+            table.add_row("", "", escape(f"strongest: {strongest['method']}"),
+                          Estimate(**strongest["attack_success"]).text(), escape(estimate_text(strongest["estimate"])),
+                          "-")
     console.print(table)
     for row in summary["headline"]:
         if row["estimate"]:
@@ -48,7 +54,7 @@ def results(
         for effect in row["largest_effects"]:
             console.print(escape(f"{row['target']}: {effect['comparison']} ({effect['metric']}) "
                                  f"{effect['difference']:+.2f} [{effect['ci_low']:+.2f}, {effect['ci_high']:+.2f}], "
-                                 f"p={effect['p_value']:.3g}, n={effect['n']}"))
+                                 f"p={effect['p_value']:.3g}, n={effect['n']} from {effect.get('pairs', '?')} pairs"))
     validity = summary["judge_validity"]
     if validity:
         console.print(escape(f"Judge: {validity['judge']}, kappa {validity['kappa']:.2f} on {validity['n']} "
@@ -66,7 +72,7 @@ def compare(
     """What changed from run A to run B, per target x source x condition: the difference of the rates with a
     95% interval and a p-value from one method, paired where the same samples were asked, unpaired otherwise."""
     from medattack.report.aggregate import short_target
-    from medattack.report.builder import load_runs, run_validity
+    from medattack.report.analysis import load_runs, run_validity
     from medattack.report.compare import compare_runs, standing_changes
     from medattack.report.estimates import confusions_of
 
@@ -89,12 +95,14 @@ def compare(
     for c in changes:
         table.add_row(escape(short_target(c.target)), escape(c.source), c.condition, c.metric,
                       f"{c.rate_a:.2f} -> {c.rate_b:.2f}", f"{c.difference:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]",
-                      f"{c.pairs} pairs" if c.pairs else f"{c.n_a} / {c.n_b}", f"{c.p_value:.3g}")
+                      f"{c.n_a} from {c.pairs} pairs" if c.pairs else f"{c.n_a} / {c.n_b}", f"{c.p_value:.3g}")
     console.print(table)
     if not changes:
         console.print("The runs share no group (target, source and condition) to compare.")
     else:
-        console.print("Pairs: the same samples in both runs (a paired Dirichlet posterior for rates, a paired "
-                      "bootstrap for scores); n A / B: unpaired (a Beta posterior per run for rates, a bootstrap "
+        console.print("n from k pairs: the same samples in both runs, from k image x prompt pairs, the unit of "
+                      "the test (a paired Dirichlet posterior at the pairs' effective size for rates, a paired "
+                      "bootstrap of whole pairs for scores); n A / B: unpaired (a Beta posterior per run for rates, "
+                      "a bootstrap "
                       "per run for scores). Each interval and its p come from one method; p is not corrected "
                       "for the number of rows.")

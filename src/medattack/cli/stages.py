@@ -23,11 +23,13 @@ from medattack.cli.app import (
     WorkersOption,
     app,
     console,
+    continuing,
     err_console,
     errors,
     executor_config,
     progress_bar,
     stage_config,
+    typed_keys,
 )
 from medattack.cli.output import print_attack, print_build, print_query, print_run, print_scores
 
@@ -104,12 +106,13 @@ def attack(
     from medattack.stages.attack import AttackStageConfig
 
     with errors():
-        attack_config = stage_config(AttackStageConfig, config, set_, preset=preset, flags={
-            "method": method, "model": model, "conditions": condition, "tasks": task, "limit": limit, "seed": seed,
-            "device": device, "max_batch": max_batch, "defences": defence})
+        flags = {"method": method, "model": model, "conditions": condition, "tasks": task, "limit": limit,
+                 "seed": seed, "device": device, "max_batch": max_batch, "defences": defence}
+        attack_config = stage_config(AttackStageConfig, config, set_, preset=preset, flags=flags)
+        pool = executor_config(executor, ray_address, workers, gpus_per_worker)
         with progress_bar() as progress:
-            result = stage.run(run, attack_config, force=force, progress=progress,
-                               executor=executor_config(executor, ray_address, workers, gpus_per_worker))
+            result = continuing(lambda c: stage.run(run, c, force=force, progress=progress, executor=pool),
+                                AttackStageConfig, attack_config, typed_keys(config, set_, flags, preset))
     print_attack(result, attack_config.method)
 
 
@@ -152,15 +155,17 @@ def blackbox(
         attacker_options = {"model": attacker_model, **({"api": {"base_url": attacker_base_url}}
                                                          if attacker_base_url else {})}
         judge_options = {"model": judge_model, **({"api": {"base_url": judge_base_url}} if judge_base_url else {})}
-        blackbox_config = stage_config(BlackBoxConfig, config, set_, flags={
-            "method": method, "limit": limit, "generations": generations,
-            "target": {"kind": kind, "model": model, "max_new_tokens": max_new_tokens,
-                       "api": {"base_url": base_url, "api_key_env": api_key_env}},
-            "attacker": {"generator": attacker, "options": attacker_options},
-            "judge": {"backend": judge, "options": judge_options},
-            "options": {"max_queries": max_queries}})
+        flags = {"method": method, "limit": limit, "generations": generations,
+                 "target": {"kind": kind, "model": model, "max_new_tokens": max_new_tokens,
+                            "api": {"base_url": base_url, "api_key_env": api_key_env}},
+                 "attacker": {"generator": attacker, "options": attacker_options},
+                 "judge": {"backend": judge, "options": judge_options},
+                 "options": {"max_queries": max_queries}}
+        blackbox_config = stage_config(BlackBoxConfig, config, set_, flags=flags)
         with progress_bar() as progress:
-            result = stage.run(run, blackbox_config, force=force, progress=progress, announce=print_blackbox_budget)
+            result = continuing(lambda c: stage.run(run, c, force=force, progress=progress,
+                                                    announce=print_blackbox_budget),
+                                BlackBoxConfig, blackbox_config, typed_keys(config, set_, flags))
     print_blackbox(result, blackbox_config.method)
 
 
@@ -208,15 +213,16 @@ def query(
 
     with errors():
         kind, model = split_target(target) if target is not None else (None, None)
-        query_config = stage_config(QueryConfig, config, set_, preset=preset, flags={
-            "target": {"kind": kind, "model": model, "max_new_tokens": max_new_tokens, "device": device,
-                       "trust_remote_code": trust_remote_code,
-                       "api": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency}},
-            "controls": _controls(controls), "replay_attacks": attacks, "limit": limit, "generations": generations,
-            "defences": defence})
+        flags = {"target": {"kind": kind, "model": model, "max_new_tokens": max_new_tokens, "device": device,
+                            "trust_remote_code": trust_remote_code,
+                            "api": {"base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency}},
+                 "controls": _controls(controls), "replay_attacks": attacks, "limit": limit,
+                 "generations": generations, "defences": defence}
+        query_config = stage_config(QueryConfig, config, set_, preset=preset, flags=flags)
+        pool = executor_config(executor, ray_address, workers, gpus_per_worker)
         with progress_bar() as progress:
-            result = stage.run(run, query_config, force=force, progress=progress,
-                               executor=executor_config(executor, ray_address, workers, gpus_per_worker))
+            result = continuing(lambda c: stage.run(run, c, force=force, progress=progress, executor=pool),
+                                QueryConfig, query_config, typed_keys(config, set_, flags, preset))
     print_query(result)
     if result.failures and not result.asked:
         err_console.print(f"[red]error:[/red] every query of this call failed; the first: "
@@ -286,7 +292,7 @@ def report(
     set_: SetOption = None,
 ) -> None:
     """Write report.html (self-contained), report.md, figures and CSV/LaTeX tables."""
-    from medattack.report.builder import ReportConfig
+    from medattack.report.analysis import ReportConfig
     from medattack.stages import report as stage
 
     with errors():

@@ -33,7 +33,11 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: other machines too).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Requests answered in one batch at most.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
+    max_new_tokens: Annotated[int, typer.Option(
+        help="Answer length in tokens for a request that gives no max_tokens.")] = 256,
+    max_tokens_cap: Annotated[int, typer.Option(
+        help="Largest max_tokens a request may ask for; a larger ask is cut to it (said in the "
+             "X-Medattack-Max-Tokens-Capped header).")] = 4096,
     device: Annotated[str | None, typer.Option(help="torch device.")] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="Let an hf model run its own code.")] = False,
     api_key_env: Annotated[str | None, typer.Option(help="Require the key in this variable (Bearer).")] = None,
@@ -48,7 +52,7 @@ def serve(
                                             device=device, trust_remote_code=trust_remote_code)
         target = load_target(target_config)
         server = ChatServer(target, ServeConfig(host=host, port=port, max_batch=max_batch, fail_first=fail_first,
-                                                api_key_env=api_key_env))
+                                                api_key_env=api_key_env, max_tokens=max_tokens_cap))
     console.print(f"Serving {escape(target.name)} at [bold]{server.base_url}[/bold] (POST /chat/completions); "
                   "Ctrl-C stops.")
     try:

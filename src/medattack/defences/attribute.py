@@ -69,6 +69,10 @@ class AttributeConsistency(Defence):
                                  {s.claimed_attribute for s in context.samples})
         self.gate, self.auc = (config.threshold, None) if config.threshold is not None else self._calibrate()
 
+    @property
+    def is_proxy(self) -> bool:
+        return bool(self.backend.is_proxy)
+
     def _info(self, about: dict[str, str] | None) -> ImageInfo | None:
         """What the backend reads of the query's image (None: nothing to check it by)."""
         if not about or not about.get("image_file") or not Path(about["image_file"]).is_file():

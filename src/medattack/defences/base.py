@@ -21,17 +21,14 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from medattack.errors import ConfigError, TargetError
 from medattack.models.targets import ChatTarget, Query, TargetConfig
-from medattack.records import QUESTION_TEMPLATE, Sample
+from medattack.records import QUESTION_TEMPLATE, Sample, defended_name
 from medattack.registry import Registry
-
-if TYPE_CHECKING:
-    from medattack.rundir import RunDir
 
 Answer = str | TargetError
 Ask = Callable[[Sequence[Query]], list[Answer]]  # answers queries with what the defence wraps
@@ -94,6 +91,11 @@ class Defence:
         """One answer per query, in order, asking `ask` for what it lets through."""
         raise NotImplementedError
 
+    @property
+    def is_proxy(self) -> bool:
+        """Whether the defence decides by a proxy (labels, not what a model sees); the report marks its rows."""
+        return False
+
     def calibrated(self) -> dict[str, Any]:
         """What the defence measured on the run when it was built (a threshold), for a caller to inspect."""
         return {}
@@ -108,13 +110,14 @@ class Defence:
 DEFENCES: Registry[type[Defence]] = Registry("defence", plugins="medattack.defences")
 
 
-def build_defences(configs: Sequence[tuple[str, Any]], run: RunDir, device: str | None,
-                   seed: int) -> list[tuple[str, Defence]]:
-    """Each configured defence (read_defences), built on the run's benchmark; nothing is read when there are none."""
+def build_defences(configs: Sequence[tuple[str, Any]], context: Callable[[], DefenceContext],
+                   ) -> list[tuple[str, Defence]]:
+    """Each configured defence (read_defences), built on what `context()` gives (the run's benchmark, read by the
+    stage that asks: a defence never reads a run directory); nothing is read when there are none."""
     if not configs:
         return []
-    context = DefenceContext(run.samples(), str(run.benchmark), device, seed)
-    return [(name, DEFENCES[name](settings, context)) for name, settings in configs]
+    given = context()
+    return [(name, DEFENCES[name](settings, given)) for name, settings in configs]
 
 
 def ask_rest(items: Sequence[Query | Answer], ask: Ask) -> list[Answer]:
@@ -145,11 +148,6 @@ def read_defences(names: Sequence[str], options: dict[str, Any] | None) -> list[
             for name in names]
 
 
-def defended_name(name: str, defences: Sequence[str]) -> str:
-    """The name of a target (or white-box model) behind `defences`: "<name>+<defence>..."."""
-    return name + "".join(f"+{d}" for d in defences)
-
-
 class DefendedTarget:
     """A target behind defences, itself a target. The first defence named is the outermost: it sees the question
     first and its answer is the one returned."""
@@ -162,6 +160,12 @@ class DefendedTarget:
         self.name = defended_name(inner.name, self.names)
         self.client = getattr(inner, "client", None)  # an API target's usage, as the undefended one reports it
 
+    def traits(self) -> list[dict[str, Any]]:
+        """What the report needs to know of each defence, outermost first (it never imports defence code):
+        its name, whether it may flag and refuse an input, whether it decides by a proxy."""
+        return [{"name": name, "detects": defence.detects, "is_proxy": defence.is_proxy}
+                for name, defence in self.defences]
+
     def answer(self, queries: Sequence[Query]) -> list[Answer]:
         ask: Ask = self.inner.answer
         for _, defence in reversed(self.defences):
@@ -171,11 +175,6 @@ class DefendedTarget:
 
 def _bound(defence: Defence, ask: Ask) -> Ask:
     return lambda queries: defence.answer(queries, ask)
-
-
-def undefended_name(target: str, defences: Sequence[str]) -> str:
-    """The name of the target a defended one wraps ("embedded+perplexity" -> "embedded")."""
-    return target.removesuffix(defended_name("", defences))
 
 
 def about_image(sample: Sample, image_file: Path | str) -> dict[str, str]:

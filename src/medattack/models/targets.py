@@ -32,13 +32,13 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 import torch
 
-from medattack.api import APIClient, APIConfig, APIError, chat_text, filtered
 from medattack.config import option
 from medattack.data.image_io import encode_png
 from medattack.errors import ProviderFilterError, TargetError
 from medattack.models.base import require_device
 from medattack.models.capabilities import generate_batch
 from medattack.models.loading import hub_errors, local_device
+from medattack.openai_client import APIClient, APIConfig, APIError, chat_text, filtered
 from medattack.registry import Registry
 
 log = logging.getLogger(__name__)

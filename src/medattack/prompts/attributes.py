@@ -19,11 +19,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from medattack.api import APIConfig
 from medattack.config import NoOptions, option
 from medattack.data.image_io import LoadedImage
 from medattack.data.sources import SourceItem
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
+from medattack.openai_client import APIConfig
 from medattack.registry import Registry
 from medattack.rundir import SqliteCache
 

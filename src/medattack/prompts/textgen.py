@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from medattack.api import APIClient, APIConfig, APIError, chat_text
 from medattack.config import option
 from medattack.models.loading import hub_errors
+from medattack.openai_client import APIClient, APIConfig, APIError, chat_text
 from medattack.registry import Registry
 from medattack.rundir import SqliteCache
 

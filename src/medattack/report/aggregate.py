@@ -137,6 +137,9 @@ def load_run(root: Path, name: str | None = None) -> RunData:
         if responses.empty:
             continue
         responses["method"] = responses.apply(_method, axis=1)
+        traits = folder.about().get("defences")
+        if traits:
+            responses["defence_traits"] = [traits] * len(responses)
         if scores.empty:
             scores = pd.DataFrame(columns=["response_id", "metric", "value", "null_reason", "detail"])
         scores["reason"] = _reasons(scores["detail"])
@@ -277,30 +280,35 @@ def success_metric(table: pd.DataFrame) -> str:
     return JUDGE_METRIC if not judged.empty and judged["value"].notna().any() else KEY_METRIC
 
 
-COMPARISON_COLUMNS = ["run", "target", "comparison", "metric", "n", "mean_a", "mean_b", "difference", "ci_low",
-                      "ci_high", "p_value", "test"]
+COMPARISON_COLUMNS = ["run", "target", "comparison", "metric", "n", "pairs", "mean_a", "mean_b", "difference",
+                      "ci_low", "ci_high", "p_value", "test"]
 
 
-def _paired_rows(run: str, target: str, comparison: str, metric: str, a: pd.Series, b: pd.Series) -> dict | None:
-    """One comparison of the values `a` and `b` (indexed by what pairs them), over the pairs where both exist."""
-    joined = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").dropna()
+def _paired_rows(run: str, target: str, comparison: str, metric: str, a: pd.Series, b: pd.Series,
+                 clusters: pd.Series) -> dict | None:
+    """One comparison of the values `a` and `b` (indexed alike by what pairs them), over the inputs where both
+    exist, each input's image x prompt pair in `clusters` (same index): the unit the test resamples."""
+    joined = pd.concat([a.rename("a"), b.rename("b"), clusters.rename("pair")], axis=1, join="inner").dropna()
     if joined.empty:
         return None
-    result = paired_test(joined["a"].to_numpy(), joined["b"].to_numpy())
+    result = paired_test(joined["a"].to_numpy(), joined["b"].to_numpy(), joined["pair"].to_numpy())
     return {"run": run, "target": target, "comparison": comparison, "metric": metric, "n": result.n,
-            "mean_a": result.mean_a, "mean_b": result.mean_b, "difference": result.difference,
-            "ci_low": result.ci_low, "ci_high": result.ci_high, "p_value": result.p_value, "test": result.test}
+            "pairs": result.clusters, "mean_a": result.mean_a, "mean_b": result.mean_b,
+            "difference": result.difference, "ci_low": result.ci_low, "ci_high": result.ci_high,
+            "p_value": result.p_value, "test": result.test}
 
 
 def comparisons(table: pd.DataFrame, success: str) -> pd.DataFrame:
-    """Paired tests on the same image x prompt, per run and target (stats.paired_test: one method for interval and p):
+    """Paired tests on the same image x prompt, per run and target (stats.paired_test: one method for interval and p,
+    resampling whole image x prompt pairs):
 
     - `malicious -> both`: does claiming a mismatched attribute change attack success on harmful questions?
     - `normal -> mismatch`: does it change the answer rate on benign ones?
     - `none -> <attack>`: does a replayed attack beat asking the clean question on the same sample?
 
-    A mismatched sample is paired with the matched sample of its image and prompt (`pair_id`). With sampled
-    answers (query --generations N) the pairs are of the first answers (the tables above average them all)."""
+    A mismatched sample is paired with the matched sample of its image and prompt (`pair_id`); the mismatched
+    samples of one pair are one cluster. With sampled answers (query --generations N) the pairs are of the first
+    answers (the tables above average them all)."""
     rows: list[dict | None] = []
     table = first_answers(table)
     for (run, target), group in table.groupby(["run", "target"], sort=True):
@@ -308,15 +316,16 @@ def comparisons(table: pd.DataFrame, success: str) -> pd.DataFrame:
         for before, after, metric in (("malicious", "both", success), ("normal", "mismatch", KEY_METRIC)):
             values = benchmark[benchmark["metric"] == metric]
             matched = values[values["condition"] == before].drop_duplicates("pair_id").set_index("pair_id")["value"]
-            mismatched = values[values["condition"] == after]
+            mismatched = values[values["condition"] == after].reset_index(drop=True)
             rows.append(_paired_rows(run, target, f"{before} -> {after}", metric,
-                                     mismatched["pair_id"].map(matched).reset_index(drop=True),
-                                     mismatched["value"].reset_index(drop=True)))
-        clean = benchmark[benchmark["metric"] == success].drop_duplicates("sample_id").set_index("sample_id")["value"]
+                                     mismatched["pair_id"].map(matched), mismatched["value"],
+                                     mismatched["pair_id"]))
+        clean = benchmark[benchmark["metric"] == success].drop_duplicates("sample_id").set_index("sample_id")
         attacked = group[(group["kind"] == "attack") & (group["metric"] == success)]
         for method, members in attacked.groupby("method", sort=True):
-            rows.append(_paired_rows(run, target, f"none -> {method}", success, clean,
-                                     members.drop_duplicates("sample_id").set_index("sample_id")["value"]))
+            rows.append(_paired_rows(run, target, f"none -> {method}", success, clean["value"],
+                                     members.drop_duplicates("sample_id").set_index("sample_id")["value"],
+                                     clean["pair_id"]))
     return pd.DataFrame([r for r in rows if r], columns=COMPARISON_COLUMNS)
 
 

@@ -5,7 +5,8 @@ and the non-refusal rate on every condition) the difference B - A of the rates:
 
 - **paired** where the same samples were asked in both (one run's samples all in the other: the same
   benchmark, perhaps a --limit of it): on the shared samples' first answers, a Dirichlet posterior of the four
-  paired outcomes for 0/1 metrics, the paired bootstrap otherwise;
+  paired outcomes for 0/1 metrics at the effective sample size of their image x prompt pairs, the paired
+  bootstrap of whole pairs otherwise;
 - **unpaired** otherwise (different benchmarks or seeds): a Jeffreys Beta posterior per run for rates, a
   two-group bootstrap otherwise.
 
@@ -41,7 +42,14 @@ from medattack.report.aggregate import (
     success_metric,
 )
 from medattack.report.estimates import cell_answers
-from medattack.stats import Confusion, paired_test, percentile_interval, two_sample_test
+from medattack.stats import (
+    Confusion,
+    PairedResult,
+    TwoSampleResult,
+    paired_test,
+    percentile_interval,
+    two_sample_test,
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,8 @@ class Change:
     metric: str
     n_a: int  # values compared from A (nulls left out; paired: the shared samples only)
     n_b: int
-    pairs: int  # samples asked in both and compared pairwise (0: unpaired)
+    pairs: int  # image x prompt pairs of the samples asked in both and compared pairwise (0: unpaired); n_a
+    # counts the samples
     rate_a: float
     rate_b: float
     difference: float
@@ -68,10 +77,14 @@ class Change:
 
 
 def _values(run: RunData, target: str, metric: str) -> pd.DataFrame:
-    """One row per first answer of the target scored by `metric`: source, condition, sample_id, value."""
+    """One row per first answer of the target scored by `metric`: source, condition, sample_id, its image x prompt
+    pair, value."""
     table = first_answers(run.scores)
     rows = table[(table["target"] == target) & (table["metric"] == metric)]
-    return rows.drop_duplicates("response_id")[["method", "condition", "sample_id", "value"]]
+    rows = rows.drop_duplicates("response_id")
+    pairs = rows["pair_id"] if "pair_id" in rows else rows["sample_id"]
+    return rows.assign(pair_id=pairs.fillna(rows["sample_id"]))[["method", "condition", "sample_id", "pair_id",
+                                                                  "value"]]
 
 
 def _target_pairs(a: RunData, b: RunData) -> list[tuple[str, str]]:
@@ -107,10 +120,15 @@ def _change(target: str, source: str, condition: str, metric: str, a: pd.DataFra
     by_a, by_b = a.set_index("sample_id")["value"].dropna(), b.set_index("sample_id")["value"].dropna()
     shared = by_a.index.intersection(by_b.index)
     paired = len(shared) > 0 and len(shared) == min(len(by_a), len(by_b))
-    result = paired_test(by_a[shared].to_numpy(), by_b[shared].to_numpy()) if paired else \
-        two_sample_test(by_a.to_numpy(), by_b.to_numpy())
+    if paired:
+        clusters = a.set_index("sample_id")["pair_id"].reindex(shared).to_numpy()
+        result: PairedResult | TwoSampleResult = paired_test(by_a[shared].to_numpy(), by_b[shared].to_numpy(),
+                                                             clusters)
+    else:
+        result = two_sample_test(by_a.to_numpy(), by_b.to_numpy())
     n_a, n_b = (len(shared), len(shared)) if paired else (len(by_a), len(by_b))
-    return Change(target, source, condition, metric, n_a, n_b, len(shared) if paired else 0, float(result.mean_a),
+    clusters_compared = result.clusters if isinstance(result, PairedResult) else 0
+    return Change(target, source, condition, metric, n_a, n_b, clusters_compared, float(result.mean_a),
                   float(result.mean_b), float(result.difference), float(result.ci_low), float(result.ci_high),
                   float(result.p_value), result.test)
 

@@ -11,8 +11,14 @@ same target undefended, per run:
     answer rate      benign benchmark questions (normal, mismatch), the non-refusal rate undefended -> defended:
                      the defence's cost in normal use
     flagged          share of inputs a detector flagged (refused, or whose claim it stripped or rewrote), with
-                     Wilson intervals: on attack replays and on mismatched claims (detections), and on normal
-                     questions (false alarms); only for targets behind at least one detector
+                     intervals clustered by image x prompt pair: on attack replays and on mismatched claims
+                     (detections), and on normal questions (false alarms); only for targets behind at least one
+                     detector
+
+What each defence is (whether it detects, whether it decides by a proxy such as the offline attribute check,
+which compares the claim with the folder's labels and never sees the pixels) comes from the responses folder's
+stamp (`about.defences`, written by the query stage), not from defence code: the report reads records only. A
+row of a proxy defence is marked `is_proxy`.
 
 """
 
@@ -21,14 +27,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from medattack.defences.base import DEFENCES, undefended_name
-from medattack.records import HARMFUL_CONDITIONS, MISMATCHED_CONDITIONS
+from medattack.records import HARMFUL_CONDITIONS, MISMATCHED_CONDITIONS, undefended_name
 from medattack.report.aggregate import KEY_METRIC, first_answers
-from medattack.stats import paired_test, wilson_ci
+from medattack.stats import interval, paired_test
 
-DEFENCE_COLUMNS = ["run", "target", "defences", "defended_target", "measure", "n", "mean_a", "mean_b",
-                   "difference", "ci_low", "ci_high", "p_value"]
-FLAG_COLUMNS = ["run", "target", "defences", "inputs", "n", "flagged", "rate", "ci_low", "ci_high"]
+DEFENCE_COLUMNS = ["run", "target", "defences", "defended_target", "is_proxy", "measure", "n", "pairs", "mean_a",
+                   "mean_b", "difference", "ci_low", "ci_high", "p_value"]
+FLAG_COLUMNS = ["run", "target", "defences", "is_proxy", "inputs", "n", "flagged", "rate", "ci_low", "ci_high"]
 
 
 def _names(value: object) -> tuple[str, ...]:
@@ -40,14 +45,25 @@ def _paired(base: pd.DataFrame, defended: pd.DataFrame, metric: str, keep: pd.Se
     """The paired test of one measure on the inputs both answered (first sampled answers only)."""
     a = base[(base["metric"] == metric) & keep.reindex(base.index, fill_value=False)]
     b = defended[defended["metric"] == metric]
-    pairs = a[["response_id", "value"]].merge(b[["response_id", "value"]], on="response_id", suffixes=("_a", "_b"))
-    pairs = pairs.dropna()
+    pairs = a[["response_id", "pair_id", "value"]].merge(b[["response_id", "value"]], on="response_id",
+                                                         suffixes=("_a", "_b"))
+    pairs = pairs.dropna(subset=["value_a", "value_b"])
     if pairs.empty:
         return None
-    result = paired_test(pairs["value_a"].to_numpy(float), pairs["value_b"].to_numpy(float))
-    return {"measure": measure, "n": result.n, "mean_a": result.mean_a, "mean_b": result.mean_b,
+    result = paired_test(pairs["value_a"].to_numpy(float), pairs["value_b"].to_numpy(float),
+                         pairs["pair_id"].fillna(pairs["response_id"]).to_numpy())
+    return {"measure": measure, "n": result.n, "pairs": result.clusters, "mean_a": result.mean_a,
+            "mean_b": result.mean_b,
             "difference": result.difference, "ci_low": result.ci_low, "ci_high": result.ci_high,
             "p_value": result.p_value}
+
+
+def _traits(group: pd.DataFrame) -> list[dict]:
+    """What the folder's stamp says of each defence of a defended target ([] when it says nothing: an older run)."""
+    if "defence_traits" not in group or group.empty:
+        return []
+    traits = group["defence_traits"].iloc[0]
+    return list(traits) if isinstance(traits, list | tuple) else []
 
 
 def defence_tables(table: pd.DataFrame, success_metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -61,7 +77,9 @@ def defence_tables(table: pd.DataFrame, success_metric: str) -> tuple[pd.DataFra
         defences = _names(group["defences"].iloc[0])
         base_name = undefended_name(str(defended_target), defences)
         base = table[(table["run"] == run) & (table["target"] == base_name) & ~defended]
-        key = {"run": run, "target": base_name, "defences": "+".join(defences), "defended_target": defended_target}
+        traits = _traits(group)
+        key = {"run": run, "target": base_name, "defences": "+".join(defences), "defended_target": defended_target,
+               "is_proxy": any(t.get("is_proxy", False) for t in traits)}
         harmful = base["condition"].isin(HARMFUL_CONDITIONS)
         adaptive = (base["kind"] == "attack") & (base["attack_model"] == defended_target) if "attack_model" in base \
             else pd.Series(False, index=base.index)
@@ -74,10 +92,10 @@ def defence_tables(table: pd.DataFrame, success_metric: str) -> tuple[pd.DataFra
             row = _paired(base, group, metric, keep, measure) if not base.empty else None
             if row:
                 effects.append({**key, **row})
-        if not any(name in DEFENCES and DEFENCES[name].detects for name in defences):
-            continue  # no detector among them: nothing is ever flagged, and a row of zeros would say otherwise
         answers = group[group["metric"] == KEY_METRIC].drop_duplicates("response_id")
         flagged = answers["flagged_by"].map(lambda cell: bool(_names(cell)))
+        if not (any(t.get("detects", False) for t in traits) if traits else flagged.any()):
+            continue  # no detector among them: nothing is ever flagged, and a row of zeros would say otherwise
         for inputs, keep in (("attack replays", answers["kind"] == "attack"),
                              ("mismatched claims", (answers["kind"] == "benchmark")
                               & answers["condition"].isin(MISMATCHED_CONDITIONS)),
@@ -85,7 +103,8 @@ def defence_tables(table: pd.DataFrame, success_metric: str) -> tuple[pd.DataFra
                               & (answers["condition"] == "normal"))):
             n, hits = int(keep.sum()), int((flagged & keep).sum())
             if n:
-                low, high = wilson_ci(hits, n)
-                flags.append({"run": run, "target": base_name, "defences": key["defences"], "inputs": inputs, "n": n,
-                              "flagged": hits, "rate": hits / n, "ci_low": low, "ci_high": high})
+                low, high = interval(flagged[keep].to_numpy(float), answers.loc[keep, "pair_id"].to_numpy())
+                flags.append({"run": run, "target": base_name, "defences": key["defences"],
+                              "is_proxy": key["is_proxy"], "inputs": inputs, "n": n, "flagged": hits, "rate": hits / n,
+                              "ci_low": low, "ci_high": high})
     return pd.DataFrame(effects, columns=DEFENCE_COLUMNS), pd.DataFrame(flags, columns=FLAG_COLUMNS)

@@ -21,15 +21,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pandas as pd
-
-from medattack.report.aggregate import JUDGE_METRIC, RunData
+from medattack.numbers import shown
+from medattack.report.aggregate import HARMFUL_CONDITIONS, JUDGE_METRIC, RunData
 from medattack.report.render import template
 from medattack.rundir import RunDir, folder_name, write_bytes_atomic
 from medattack.storage import readable
 
 THUMBNAIL_PIXELS = 96  # longest side of a thumbnail
-FILTER_KEYS = ("id", "method", "condition", "task", "modality")  # what a link's fragment may filter on
+FILTER_KEYS = ("id", "method", "condition", "questions", "task", "modality")  # what a link's fragment may filter on
 
 FILTER_SCRIPT = """(function () {
   var box = document.getElementById('filter');
@@ -99,10 +98,6 @@ class _Thumbnails:
         return key if self.classes[key] else ""
 
 
-def _number(value: Any) -> str:
-    return "null" if value is None or pd.isna(value) else f"{float(value):g}"
-
-
 def _text(value: Any) -> str:
     """A text cell of the scores table ("" for a missing one, which pandas holds as None or NaN)."""
     return value if isinstance(value, str) else ""
@@ -115,16 +110,18 @@ def _answers(run: RunData, target: str, thumbnails: _Thumbnails) -> list[dict[st
     for response_id, group in frame.groupby("response_id", sort=True):
         first = group.iloc[0]
         judged = group[group["metric"] == JUDGE_METRIC]
-        verdict = "-" if judged.empty else _number(judged["value"].iloc[0])
+        verdict = "-" if judged.empty else shown(judged["value"].iloc[0], "g", "null")
         reason = "" if judged.empty else _text(judged["reason"].iloc[0]) or _text(judged["null_reason"].iloc[0])
         image_file = str(first.get("image_file") or "")
         rows.append({
             "id": str(response_id), "method": str(first["method"]), "condition": str(first["condition"]),
+            "questions": "harmful" if first["condition"] in HARMFUL_CONDITIONS else "benign",
             "task": str(first["task"]), "modality": str(first["modality"]),
             "thumbnail": thumbnails.css_class(run.root / image_file) if image_file else "",
             "image_file": image_file, "question": readable(str(first.get("question") or "")),
             "answer": readable(str(first.get("response") or "")), "verdict": verdict, "reason": readable(reason),
-            "metrics": [(str(r.metric), _number(r.value) + (f" ({r.null_reason})" if _text(r.null_reason) else ""))
+            "metrics": [(str(r.metric), shown(r.value, "g", "null")
+                         + (f" ({r.null_reason})" if _text(r.null_reason) else ""))
                         for r in group.sort_values("metric").itertuples()]})
     return rows
 

@@ -12,16 +12,23 @@ score (never dropped silently).
       "schema": "medattack.summary", "schema_version": 2, "medattack": "0.1.0", "generated": ISO time,
       "runs": [run names], "success_metric": "judge" | "keyword_asr",
       "judge_validity": null | {judge, source, kappa, n, confusion: {tp, fp, tn, fn}, by_model: {model: confusion}},
-      "headline": [{run, target, attack_success: estimate, estimate: null | standing,
-                    answer_rate_benign: estimate, largest_effects: [effect, ...up to 3]}],
+      "headline": [{run, target, questions, attack_success: estimate, estimate: null | standing,
+                    answer_rate_benign: estimate, largest_effects: [effect, ...up to 3],
+                    strongest_attack: null | {method, questions, attack_success: estimate,
+                                              estimate: null | standing}}],
       "rates": [{run, target, source, condition, metric, is_proxy, rate, ci_low, ci_high, n, nulls,
                  estimate: null | standing}],
-      "effects": [{run, target, comparison, metric, n, mean_a, mean_b, difference, ci_low, ci_high, p_value,
-                   test}],
-      "defences": [{run, target, defences, measure, n, mean_a, mean_b, difference, ci_low, ci_high, p_value}],
-      "defence_flags": [{run, target, defences, inputs, n, flagged, rate, ci_low, ci_high}]
+      "effects": [{run, target, comparison, metric, n, pairs, mean_a, mean_b, difference, ci_low, ci_high,
+                   p_value, test}],
+      "defences": [{run, target, defences, is_proxy, measure, n, pairs, mean_a, mean_b, difference, ci_low,
+                    ci_high, p_value}],
+      "defence_flags": [{run, target, defences, is_proxy, inputs, n, flagged, rate, ci_low, ci_high}]
     }
 
+A headline row counts the benchmark's own harmful questions with no attack (`questions` says which); its
+`strongest_attack` is the attack (replayed white-box or black-box method) with the highest judged success on the
+same kind of questions, null when the run has none. `n` counts answers and `pairs` the image x prompt pairs they
+came from (the unit every interval and paired test resamples).
 `source` is "none" for the benchmark's own samples, the attack's method for a replayed attack and
 "control:blank" / "control:noise" for the image controls; `standing` (on the success metric's harmful rows) is the
 rate that stands for those answers (report/estimates.py): {kind: "two-phase" | "transported" | "judged", judged,
@@ -37,7 +44,6 @@ With pandas: `pd.DataFrame(json.load(open("runs/demo/report/summary.json"))["rat
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +52,7 @@ import pandas as pd
 
 import medattack
 from medattack.estimate import RateEstimate
+from medattack.numbers import finite
 from medattack.records import Label
 from medattack.report.aggregate import HARMFUL_CONDITIONS, JUDGE_METRIC, KEY_METRIC, MIN_INTERVAL_N, ReportTables
 from medattack.report.estimates import confusions_of, estimate_json
@@ -58,15 +65,8 @@ SCHEMA = "medattack.summary"
 SCHEMA_VERSION = CURRENT["report-summary"]
 RATE_FIELDS = ("run", "target", "source", "condition", "metric", "is_proxy", "rate", "ci_low", "ci_high", "n",
                "nulls", "estimate")
-EFFECT_FIELDS = ("run", "target", "comparison", "metric", "n", "mean_a", "mean_b", "difference", "ci_low", "ci_high",
-                 "p_value", "test")
-
-
-def _number(value: Any) -> float | None:
-    """A finite float, or None (JSON has no NaN)."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)) or pd.isna(value):
-        return None
-    return float(value)
+EFFECT_FIELDS = ("run", "target", "comparison", "metric", "n", "pairs", "mean_a", "mean_b", "difference", "ci_low",
+                 "ci_high", "p_value", "test")
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,12 @@ class Estimate:
         if self.rate is None:
             return f"null n={self.n}"
         shown = "" if self.ci_low is None else f" [{self.ci_low:.2f}, {self.ci_high:.2f}]"
-        pairs = f" from {self.pairs} pairs" if self.pairs is not None and self.pairs < self.n else ""
+        pairs = (f" from {self.pairs} pair{'s' if self.pairs != 1 else ''}" if self.pairs is not None
+                 and self.pairs < self.n else "")
         return f"{self.rate:.2f}{shown} n={self.n - self.nulls}{pairs}{nulls}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"rate": _number(self.rate), "ci_low": _number(self.ci_low), "ci_high": _number(self.ci_high),
+        return {"rate": finite(self.rate), "ci_low": finite(self.ci_low), "ci_high": finite(self.ci_high),
                 "n": self.n, "nulls": self.nulls, "pairs": self.pairs}
 
 
@@ -123,16 +124,36 @@ Labels = dict[str, dict[str, dict[str, Label]]]  # run -> target -> response id 
 
 
 def _effect(row: Any) -> dict[str, Any]:
-    return {key: (_number(getattr(row, key)) if key in ("mean_a", "mean_b", "difference", "ci_low", "ci_high",
+    return {key: (finite(getattr(row, key)) if key in ("mean_a", "mean_b", "difference", "ci_low", "ci_high",
                                                          "p_value") else
-                  int(getattr(row, key)) if key == "n" else str(getattr(row, key))) for key in EFFECT_FIELDS}
+                  int(getattr(row, key)) if key in ("n", "pairs") else str(getattr(row, key))) for key in EFFECT_FIELDS}
+
+
+HARMFUL_QUESTIONS = "harmful questions (malicious and both conditions)"
+
+
+def _strongest_attack(group: pd.DataFrame, success_metric: str, own: dict[str, Label],
+                      confusions: list[Any]) -> dict[str, Any] | None:
+    """The attack method with the highest success on harmful questions of one target (None without attacks)."""
+    attacked = group[(group["method"] != "none") & ~group["method"].astype(str).str.startswith("control:")
+                     & (group["metric"] == success_metric) & group["condition"].isin(HARMFUL_CONDITIONS)]
+    if attacked.empty:
+        return None
+    means = attacked.groupby("method")["value"].mean().dropna()
+    if means.empty:
+        return None
+    method = str(means.sort_values(ascending=False, kind="stable").index[0])
+    rows = attacked[attacked["method"] == method]
+    return {"method": method, "questions": f"{HARMFUL_QUESTIONS}, attacked by {method}",
+            "attack_success": Estimate.of(rows["value"], rows.get("pair_id")).to_json(),
+            "estimate": estimate_json(rows, own, confusions)}
 
 
 def headline(scores: pd.DataFrame, comparisons: pd.DataFrame, success_metric: str,
              validity: JudgeValidity | None, labels: Labels | None = None) -> list[dict[str, Any]]:
     """Per run and target, on the benchmark's own samples: attack success on harmful questions (as judged, and
     the estimate that stands: report/estimates.py), the answer rate on benign ones, the three largest paired
-    effects."""
+    effects; and the strongest attack's success on harmful questions beside it."""
     rows = []
     judged = success_metric == JUDGE_METRIC
     confusions = confusions_of(validity) if judged else []
@@ -146,11 +167,12 @@ def headline(scores: pd.DataFrame, comparisons: pd.DataFrame, success_metric: st
                               & (comparisons["n"] >= MIN_INTERVAL_N)] if not comparisons.empty else comparisons
         largest = effects.reindex(effects["difference"].abs().sort_values(ascending=False).index).head(3) \
             if not effects.empty else effects
-        rows.append({"run": str(run), "target": str(target),
+        rows.append({"run": str(run), "target": str(target), "questions": f"{HARMFUL_QUESTIONS}, no attack",
                      "attack_success": Estimate.of(harmful, harmful_rows.get("pair_id")).to_json(),
                      "estimate": estimate_json(harmful_rows, own, confusions),
                      "answer_rate_benign": Estimate.of(benign_rows["value"], benign_rows.get("pair_id")).to_json(),
-                     "largest_effects": [_effect(r) for r in largest.itertuples()]})
+                     "largest_effects": [_effect(r) for r in largest.itertuples()],
+                     "strongest_attack": _strongest_attack(group, success_metric, own, confusions)})
     return rows
 
 
@@ -172,7 +194,7 @@ def rates(tables: ReportTables, scores: pd.DataFrame, metrics: dict[str, dict[st
         rows.append({"run": str(r.run), "target": str(r.target), "source": str(r.method),
                      "condition": str(r.condition), "metric": str(r.metric),
                      "is_proxy": bool(metrics.get(str(r.metric), {}).get("is_proxy", False)),
-                     "rate": _number(r.mean), "ci_low": _number(r.ci_low), "ci_high": _number(r.ci_high),
+                     "rate": finite(r.mean), "ci_low": finite(r.ci_low), "ci_high": finite(r.ci_high),
                      "n": int(r.n), "nulls": int(r.nulls), "estimate": fixed})
     return rows
 
@@ -194,7 +216,7 @@ def build_summary(run_names: list[str], tables: ReportTables, scores: pd.DataFra
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """A table's rows as JSON records (NaN as null)."""
-    return [{key: _number(value) if isinstance(value, float) else value for key, value in row.items()}
+    return [{key: finite(value) if isinstance(value, float) else value for key, value in row.items()}
             for row in frame.to_dict("records")]
 
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medattack.api import APIClient, APIConfig, APIError
 from medattack.config import option
+from medattack.openai_client import APIClient, APIConfig, APIError
 from medattack.scoring.base import SCORERS, Encoders, MetricSpec, Score, ScoreInput
 
 

@@ -31,15 +31,16 @@ from medattack.attacks.base import ATTACKS, AttackResult, AttackTask, require_im
 from medattack.config import from_mapping, option, to_dict
 from medattack.data.image_io import encode_png, load_image
 from medattack.data.typography import render_text_band
-from medattack.defences.base import DEFENCES, build_defences, defended_name, read_defences
+from medattack.defences.base import DEFENCES, build_defences, read_defences
 from medattack.errors import ConfigError, MedattackError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.models.base import WhiteBoxTarget, load_whitebox
-from medattack.records import AttackRecord, Sample, check_conditions
+from medattack.records import AttackRecord, Sample, check_conditions, defended_name
 from medattack.rundir import AttackFolder, Progress, RunDir, append_records, write_bytes_atomic, write_jsonl_atomic
 from medattack.scoring.keyword import keyword_success
 from medattack.stages.base import (
     as_run_dir,
+    defence_context,
     failure,
     loading,
     resumable_map,
@@ -216,7 +217,8 @@ class AttackWorker:
             self.model = model or load_whitebox(config.model, **({"device": config.device} if config.device else {}),
                                                 max_batch=config.max_batch, **layout)
         require_image(config.method, self.model)
-        self.defences = [d for _, d in build_defences(config.defence_configs, self.run, config.device, config.seed)]
+        self.defences = [d for _, d in build_defences(
+            config.defence_configs, lambda: defence_context(self.run, config.device, config.seed))]
         self.model_name = defended_name(self.model.name, config.defences)
         self.folder = self.run.attack_folder(config.method, self.model_name)
         self.budget = next((getattr(self.method_config, k) for k in ("steps", "rounds") if hasattr(
@@ -264,6 +266,9 @@ def run(run_dir: RunDir | str | Path, config: AttackStageConfig | None = None, *
     """Attack the selected samples of a built run; resumable, see the module docstring. With a ray
     executor the samples are spread over actors that each load the model once; `model` (local runs)
     reuses a model already loaded."""
+    if config is not None and not isinstance(config, AttackStageConfig):
+        raise ConfigError("ma.attack(run, config) runs the attack stage over a run directory; to attack one input "
+                          "use ma.attack_input(model, question, target, ...).")
     config = config or AttackStageConfig()
     run_dir = as_run_dir(run_dir)
     samples = run_dir.samples()

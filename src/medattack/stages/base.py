@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from medattack.config import to_dict
 from medattack.errors import RunDirError
@@ -34,11 +34,14 @@ from medattack.rundir import (
     RunDir,
     SearchFolder,
     append_records,
-    claim_folder,
     read_jsonl,
     write_jsonl_atomic,
     write_records_atomic,
 )
+from medattack.stamps import claim_folder
+
+if TYPE_CHECKING:
+    from medattack.defences.base import DefenceContext
 
 log = logging.getLogger(__name__)
 W = TypeVar("W")
@@ -248,3 +251,10 @@ def resumable_map(
         write(work[index], outcome)
     if progress:
         progress(label, total, total)
+
+
+def defence_context(run: RunDir, device: str | None, seed: int) -> DefenceContext:
+    """What a defence may calibrate on, read from the run: its benchmark samples and their images' folder."""
+    from medattack.defences.base import DefenceContext
+
+    return DefenceContext(run.samples(), str(run.benchmark), device, seed)

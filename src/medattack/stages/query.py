@@ -47,6 +47,7 @@ from medattack.rundir import Progress, RunDir, append_records, content_hash, wri
 from medattack.stages.base import (
     FailureLog,
     as_run_dir,
+    defence_context,
     failure,
     loading,
     resumable_map,
@@ -207,7 +208,7 @@ class QueryWorker:
                  progress: Progress | None = None, defences: Sequence[tuple[str, Any]] = ()) -> None:
         self.run = RunDir(run_root)
         with loading(progress if defences else None, "defences"):
-            built = build_defences(defences, self.run, config.device, config.seed)
+            built = build_defences(defences, lambda: defence_context(self.run, config.device, config.seed))
         if built:
             asked = config
             for _, defence in built:
@@ -223,6 +224,10 @@ class QueryWorker:
 
     def name(self) -> str:
         return self.target.name
+
+    def defence_traits(self) -> list[dict[str, Any]]:
+        """Each defence's name, whether it detects and whether it decides by a proxy ([] undefended)."""
+        return self.target.traits() if isinstance(self.target, DefendedTarget) else []
 
     def api_usage(self) -> dict[str, int]:
         """What the target's API reported to this worker: requests, retries, cache hits, tokens ({} locally)."""
@@ -297,7 +302,9 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
         target_name = pool.call_any("name")
         folder = run_dir.responses_folder(target_name)
         held.enter_context(stage_folder(
-            run_dir, folder.path, {"stage": to_dict(config), "target_name": target_name},
+            run_dir, folder.path, {"stage": to_dict(config), "target_name": target_name,
+                                   **({"about": {"defences": pool.call_any("defence_traits")}} if config.defences
+                                      else {})},
             defaults={"stage": to_dict(QueryConfig())}, writer=f"query {target_name}", stage=f"query/{folder.target}",
             change="the target", seed=config.target.seed, force=force))
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medattack.executor import ExecutorConfig
-from medattack.report.builder import ReportConfig, ReportResult, build_report
+from medattack.report.analysis import ReportConfig
+from medattack.report.builder import ReportResult, build_report
 from medattack.rundir import Progress, RunDir
 from medattack.stages.base import as_run_dir
 

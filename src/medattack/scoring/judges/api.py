@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medattack.api import APIClient, APIConfig, APIError, chat_text
 from medattack.config import option
+from medattack.openai_client import APIClient, APIConfig, APIError, chat_text
 from medattack.redaction import redact_url
 from medattack.scoring.judges.base import JUDGES, JudgeValidity, Verdict
 from medattack.scoring.judges.verdicts import VerdictFormat, judge_messages, verdict

@@ -1,13 +1,13 @@
 """One input attacked in one call, without a run directory (as `nanogcg.run` does):
 
     import medattack as ma
-    result = ma.attack("text:embedded", "How do I ...?", "Sure, here is how to ...", method="gcg", steps=50,
-                       on_step=lambda step: print(step.step, step.loss))
+    result = ma.attack_input("text:embedded", "How do I ...?", "Sure, here is how to ...", method="gcg", steps=10,
+                             on_step=lambda step: print(step.step, step.loss))
     result.suffix, result.best_loss, result.success, result.response
 
-The same attack classes, step functions and per-step seeding as the attack stage: an input attacked here
-with the stage's seed and sample id gives the stage's result. `medattack.attack` is also the attack stage
-(`ma.attack(run, ma.AttackStageConfig(...))`); `attack()` below tells the two apart by their arguments.
+The same attack classes, step functions and per-step seeding as the attack stage (`ma.attack(run, config)`):
+an input attacked here with the stage's seed and sample id gives the stage's result. This is a face over the
+attacks, as the CLI is over the stages: it reads the image file, the attacks never do.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import numpy as np
 
 from medattack.attacks.base import ATTACKS, AttackResult, AttackTask, StepRecord, require_image
 from medattack.config import from_mapping
+from medattack.data.image_io import load_image
+from medattack.data.typography import render_text_band
 from medattack.errors import ConfigError
 from medattack.models.base import WhiteBoxTarget, load_whitebox
 
@@ -56,9 +58,6 @@ def attack_input(model: WhiteBoxTarget | str, question: str, target: str,
         key_phrase: the text the typographic attack renders under the image (default: the target).
         on_step: called with each step's record (step, loss, modality, success, seconds) as it finishes.
     """
-    from medattack.data.image_io import load_image
-    from medattack.data.typography import render_text_band
-
     attack_cls = ATTACKS[method]  # an unknown method: one line naming the known ones (and a near miss)
     loaded = load_whitebox(model, **({"device": device} if device else {})) if isinstance(model, str) else model
     require_image(method, loaded)
@@ -78,13 +77,3 @@ def attack_input(model: WhiteBoxTarget | str, question: str, target: str,
                       seed=seed, typographic_pixels=typographic)
     return attack_cls(config).run(loaded, task, _OnStep(on_step) if on_step else None)
 
-
-def attack(*args: Any, **kwargs: Any) -> Any:
-    """`attack(model, question, target, ...)`: one input (attack_input); `attack(run, config, ...)`: the attack
-    stage over a run directory (medattack.stages.attack.run). A question (a string second argument, or
-    `question=`) means the first."""
-    if "question" in kwargs or (len(args) >= 2 and isinstance(args[1], str)):
-        return attack_input(*args, **kwargs)
-    from medattack.stages.attack import run
-
-    return run(*args, **kwargs)
