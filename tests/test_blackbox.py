@@ -188,9 +188,10 @@ def test_cost_needs_a_price_for_every_paid_role():
 
 
 @pytest.mark.parametrize(("settings", "words"), [
-    ({"options": {"streams": 0}}, "streams 0"), ({"generations": 0}, "generations 0"),
+    ({"options": {"streams": 0}}, "'streams' must be 1 or more"), ({"generations": 0}, "generations 0"),
     ({"generations": 5, "options": {"max_queries": 3}}, "less than one attempt"),
-    ({"options": {"success_rate": 0}}, "success_rate"), ({"method": "tap", "options": {"width": 0}}, "width 0")])
+    ({"options": {"success_rate": 0}}, "success_rate"),
+    ({"method": "tap", "options": {"width": 0}}, "'width' must be 1 or more")])
 def test_budgets_that_cannot_run_are_refused_when_configured(settings, words):
     with pytest.raises(Exception, match=words):
         BlackBoxConfig(**settings)
@@ -362,3 +363,29 @@ def test_a_search_never_uses_more_than_its_preview_and_about_what_it_expects(run
     attacker_calls = sum(r.nodes for r in result.results) - first.results[0].nodes
     assert 0 < used <= budget["target_queries"] < 60 * 2 and attacker_calls <= budget["attacker_calls"]
     assert used / 2 <= budget["expected_queries"] <= used * 2
+
+
+def test_a_judge_whose_verdicts_cannot_be_read_leaves_the_search_undecided_never_failed(run_dir, fake_api,
+                                                                                         scripted_attacker):
+    """Every verdict unreadable: the search is undecided (null), counted as such on the console and in the report's
+    table, never 'not jailbroken'."""
+    from medattack.cli.app import console
+    from medattack.cli.output import print_blackbox
+    from medattack.report.aggregate import build_tables, load_run
+    from medattack.scoring.judge import JudgeConfig
+
+    original = fake_api.chat
+    fake_api.chat = lambda payload: ({"choices": [{"message": {"role": "assistant", "content": "hmm, hard to say"}}]}
+                                     if payload["model"] == "judge-model" else original(payload))
+    config = BlackBoxConfig(method="pair", limit=2, target=TargetConfig(
+        kind="api", model="vision", api=APIConfig(base_url=fake_api.base_url)),
+        attacker=AttackerConfig(options={"max_new_tokens": 24}), options={"streams": 2, "depth": 2},
+        judge=JudgeConfig(backend="api", options={"model": "judge-model", "api": {"base_url": fake_api.base_url}}))
+    result = blackbox.run(run_dir, config)
+    assert [r.success for r in result.results] == [None, None] and not result.failures
+    with console.capture() as captured:
+        print_blackbox(result, "pair")
+    cells = [cell.strip() for line in captured.get().splitlines() if "0/0" in line for cell in line.split("│")]
+    assert cells[2:4] == ["0/0", "2"]  # jailbroken of the decided, then undecided
+    row = build_tables([load_run(run_dir)]).blackbox.iloc[0]
+    assert (row["n"], row["nulls"]) == (2, 2) and row["mean"] != row["mean"]  # null, not 0.0

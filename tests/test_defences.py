@@ -270,3 +270,39 @@ def test_an_adaptive_attack_optimises_the_prompt_the_defended_target_will_ask(de
     with pytest.raises(ConfigError, match="cannot be optimised through.*Defences an attack optimises through: "
                                           "reminder"):
         AttackStageConfig(method="gcg", defences=("perplexity",))
+
+
+@pytest.mark.parametrize(("defence", "setting", "said"), [
+    ("attribute", "defence_options.attribute.action=explode", "'action' must be one of 'refuse', 'strip', 'rewrite'"),
+    ("smoothllm", "defence_options.smoothllm.perturbation=zzz", "'perturbation' must be one of"),
+    ("reminder", "defence_options.reminder.where=nowhere", "'where' must be one of 'auto', 'system', 'user'"),
+    ("smoothllm", "defence_options.smoothllm=5", "smoothllm options: expects a mapping"),
+    ("smoothllm", "defence_options.smoothllm.copies=100000000", "'copies' must be from 1 to 64"),
+])
+def test_a_defence_option_outside_its_choices_or_range_is_one_line(tmp_path, defence, setting, said):
+    from typer.testing import CliRunner
+
+    from medattack.cli import app
+
+    result = CliRunner().invoke(app, ["query", str(tmp_path / "run"), "--target", "tiny", "--defence", defence,
+                                      "--set", setting], terminal_width=300)
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_the_cost_of_a_defence_that_asks_many_times_is_said_before_asking(defended_run, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from medattack.stages.query import QueryConfig
+    from medattack.stages.query import run as query
+
+    root = tmp_path / "run"
+    shutil.copytree(defended_run[0], root)
+    config = QueryConfig(target=TargetConfig(model="tiny", max_new_tokens=4), defences=("smoothllm",),
+                         defence_options={"smoothllm": {"copies": 3}}, limit=2, controls=(), replay_attacks=False)
+    with caplog.at_level(logging.WARNING, logger="medattack.stages.query"):
+        result = query(root, config)
+    said = [r.getMessage() for r in caplog.records if "times per question" in r.getMessage()]
+    assert said == [f"the defences smoothllm ask the target 3 times per question: up to {3 * result.asked} target "
+                    f"calls for the {result.asked} queries of this call"]

@@ -353,21 +353,45 @@ def test_damaged_state_files_and_caches_are_named_with_the_fix(tmp_path):
     assert read_jsonl(next((run / "scores").glob("*/scores.jsonl"))) == samples  # nothing moved to stale
 
 
-def test_credentials_in_a_base_url_never_reach_disk_or_the_console(tmp_path):
+def test_credentials_in_a_base_url_are_refused_in_one_line_and_never_reach_disk_or_the_console(tmp_path):
+    import os
+    import subprocess
+    import sys
+
     provider = ScriptedProvider([(500, b'{"error": {"message": "down"}}')])
     try:
         secret_url = provider.base_url.replace("http://", "http://alice:hunter2@") + "?api_key=sk-query-secret&v=1"
         run = tmp_path / "run"
         assert invoke("build", run, "--task", "Matching", "--max-per-category", "1").exit_code == 0
-        result = invoke("query", run, "--target", "api:m", "--base-url", secret_url, "--limit", "1",
-                        "--set", "target.api.max_retries=0")
-        written = "".join(p.read_text(errors="replace") for p in run.rglob("*") if p.is_file()
-                          and p.suffix in (".json", ".jsonl"))
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        done = subprocess.run([sys.executable, "-m", "medattack.cli", "-v", "query", str(run), "--target", "api:m",
+                               "--base-url", secret_url, "--limit", "1"], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "COLUMNS": "300"})
+        said = done.stdout + done.stderr
+        assert done.returncode == 2 and "carries a credential (user-info, api_key)" in said and "--api-key-env" in said
+        assert len([line for line in said.splitlines() if line.strip()]) == 1, said
+        written = "".join(p.read_text(errors="replace") for p in run.rglob("*") if p.is_file())
         for secret in ("hunter2", "alice", "sk-query-secret"):
-            assert secret not in written and secret not in result.output
-        assert "[REDACTED]@127.0.0.1" in written and "api_key=[REDACTED]" in written and "v=1" in written
+            assert secret not in written and secret not in said
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing written at all
+        assert provider.requests == 0  # refused before any request
     finally:
         provider.close()
+
+
+def test_the_console_log_redacts_every_url_the_http_library_logs(caplog):
+    import logging
+
+    from medattack.cli.app import err_console, log_handler
+
+    handler = log_handler()
+    record = logging.LogRecord("httpx", logging.INFO, __file__, 1, "HTTP Request: %s %s \"%s\"", (
+        "POST", "http://alice:hunter2@host:8000/v1/chat/completions?api_key=sk-1&v=1", "HTTP/1.1 200 OK"), None)
+    with err_console.capture() as captured:
+        handler.handle(record)
+    said = captured.get()
+    assert "hunter2" not in said and "sk-1" not in said and "alice" not in said
+    assert "[REDACTED]@host:8000/v1/chat/completions?api_key=[REDACTED]&v=1" in " ".join(said.split())
 
 
 def test_csv_cells_that_start_like_formulas_are_escaped():
@@ -394,9 +418,11 @@ def test_a_formula_from_the_data_reaches_no_report_csv(tmp_path):
 
 
 @pytest.mark.parametrize(("setting", "words"), [
-    ("target.api.timeout=-1", "api.timeout must be above 0"), ("target.api.timeout=nan", "expects a finite number"),
-    ("target.api.timeout=abc", "expects a finite number"), ("target.api.max_retries=-1", "at least 0"),
-    ("target.api.concurrency=0", "at least 1"),
+    ("target.api.timeout=-1", "'timeout' must be 0.001 or more"),
+    ("target.api.timeout=nan", "expects a finite number"),
+    ("target.api.timeout=abc", "expects a finite number"),
+    ("target.api.max_retries=-1", "'max_retries' must be from 0"),
+    ("target.api.concurrency=0", "'concurrency' must be from 1 to 1024"),
 ])
 def test_bad_api_settings_are_one_line_before_anything_runs(tmp_path, setting, words):
     run = tmp_path / "run"
@@ -406,7 +432,7 @@ def test_bad_api_settings_are_one_line_before_anything_runs(tmp_path, setting, w
     assert "Traceback" not in result.output and not list((run / "responses").glob("*/config.json"))
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps", "banana"])
 def test_a_device_this_machine_lacks_is_one_line_before_any_model_loads(tmp_path, device, monkeypatch):
     import torch
 
@@ -419,8 +445,10 @@ def test_a_device_this_machine_lacks_is_one_line_before_any_model_loads(tmp_path
                     ["query", run, "--target", "tiny", "--limit", "1", "--device", device]):
         result = invoke(*command)
         text = " ".join(result.output.split())
-        assert result.exit_code == 2 and f"device {device!r}" in text and "--device cpu" in text, text
-        assert len(result.output.splitlines()) <= 4  # one message, not a traceback
+        assert result.exit_code == 2 and f"device {device!r}" in text, text
+        assert "--device cpu" in text or "use cpu, cuda, cuda:N or mps" in text, text
+        errors = [line for line in result.output.splitlines() if not line[:2].isdigit()]  # progress lines aside
+        assert len(errors) == 1  # one message, not a traceback
 
 
 LONG = '''
@@ -534,3 +562,22 @@ def test_an_api_answer_with_line_breakers_and_a_surrogate_comes_back_whole_and_c
         assert _target(provider, tmp_path).answer([_query()]) == [text] and provider.requests == 1  # from the cache
     finally:
         provider.close()
+
+
+def test_fifty_requests_in_flight_against_a_rate_limited_provider_lose_nothing_and_ask_nothing_twice(tmp_path):
+    """Past its rate the provider answers 429 with Retry-After: the client paces every thread to it, so each of
+    the queries is answered once, none fails after its retries, none is asked twice."""
+    from medattack.openai_client import APIConfig
+    from medattack.stages.query import QueryConfig
+    from medattack.stages.query import run as query
+    from rate_limited import RateLimitedProvider
+
+    run = tmp_path / "run"
+    assert invoke("build", run).exit_code == 0
+    with RateLimitedProvider(rate=40, burst=5) as provider:
+        config = QueryConfig(target=TargetConfig(kind="api", model="vision", max_new_tokens=8, api=APIConfig(
+            base_url=provider.base_url, concurrency=50)), limit=120, controls=(), replay_attacks=False, chunk=120)
+        result = query(run, config)
+    assert provider.refused > 0  # the limit was reached, and ridden out
+    assert result.asked == 120 and not result.failures and provider.accepted == 120 and provider.duplicates == 0
+    assert len(read_jsonl(next((run / "responses").glob("*/responses.jsonl")))) == 120

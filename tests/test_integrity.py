@@ -459,3 +459,48 @@ def test_a_setting_added_since_a_folder_was_written_reads_as_its_default(tmp_pat
     with pytest.raises(RunDirError, match="another configuration"):
         claim_folder(folder, {"stage": {"target": {"kind": "llava", "auto_class": "causal-lm"}}}, False, "x",
                      defaults)
+
+
+class _Killed(BaseException):
+    """A kill -9 at one point of a rebuild: nothing after it runs (not an Exception: no handler catches it)."""
+
+
+@pytest.mark.parametrize("point", ["before the swap", "between the renames", "before the old is removed",
+                                   "before run.json"])
+def test_a_rebuild_killed_at_any_point_leaves_run_json_naming_the_benchmark_that_is_there(tmp_path, monkeypatch,
+                                                                                          point):
+    import shutil
+
+    from medattack.stages import build as stage
+    from medattack.stages.build import BuildConfig
+
+    run = tmp_path / "run"
+    small = {"tasks": ("Matching",), "max_images_per_category": 1}
+    stage.run(run, BuildConfig(**small, mismatch_strategy="both"))
+
+    def die(*args, **kwargs):
+        raise _Killed(point)
+
+    if point == "before the swap":
+        monkeypatch.setattr(stage, "_swap_in", die)
+    elif point == "between the renames":
+        original_rename = Path.rename
+        monkeypatch.setattr(Path, "rename", lambda self, target: (
+            die() if self.name == ".benchmark.building" else original_rename(self, target)))
+    elif point == "before the old is removed":
+        monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: die() if ".benchmark.old" in str(path) and
+                            (Path(path).parent / "benchmark").exists() else None)
+    else:
+        monkeypatch.setattr(stage.RunDir, "record_stage", lambda self, name, *a: die() if name == "build" else None)
+    with pytest.raises(_Killed):
+        stage.run(run, BuildConfig(**small, mismatch_strategy="modality"), force=True)
+    monkeypatch.undo()
+
+    def recorded() -> str:
+        return json.loads((run / "run.json").read_text())["stages"]["build"]["config"]["mismatch_strategy"]
+
+    CliRunner().invoke(app, ["results", str(run)])  # any next command settles the run (this one then finds no scores)
+    installed = json.loads((run / "benchmark" / "build.json").read_text())["config"]["mismatch_strategy"]
+    assert recorded() == installed, point
+    again = stage.run(run, BuildConfig(**small, mismatch_strategy=installed))
+    assert again.reused and recorded() == installed

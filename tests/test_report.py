@@ -501,3 +501,27 @@ def test_a_headline_cell_links_to_exactly_the_answers_it_counts(scored_run, repo
     assert len([row for row in parser.found if all(row[f"data-{k}"] == v for k, v in wanted.items())]) == \
         strongest["attack_success"]["n"]
 
+
+
+def test_the_same_run_twice_is_refused_and_two_runs_of_one_name_stay_apart(scored_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from medattack.cli import app
+    from medattack.report.analysis import summarise
+
+    for command in (["results", str(scored_run), str(scored_run) + "/"], ["report", str(scored_run),
+                                                                          str(scored_run / ".." / scored_run.name)]):
+        result = CliRunner().invoke(app, command, terminal_width=300)
+        assert result.exit_code == 2 and "are the same run" in result.output and "pass each run once" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    first, second = tmp_path / "p" / "a" / "x", tmp_path / "q" / "c" / "a" / "x"
+    shutil.copytree(scored_run, first)
+    shutil.copytree(scored_run, second)
+    summary = summarise([first, second])
+    single = summarise([scored_run])["headline"][0]["attack_success"]["n"]
+    assert summary["runs"] == ["p/a/x", "c/a/x"]
+    assert [row["run"] for row in summary["headline"]] == ["c/a/x", "p/a/x"]
+    assert all(row["attack_success"]["n"] == single for row in summary["headline"])  # never merged
+    run_json = json.loads((scored_run / "run.json").read_text())
+    copied = json.loads((first / "run.json").read_text())
+    assert len(run_json["run_id"]) == 32 and copied["run_id"] == run_json["run_id"]

@@ -160,3 +160,27 @@ def test_a_paired_bootstrap_resamples_whole_pairs():
     apart = paired_bootstrap(a, a + shift)
     assert clustered.clusters == 12 and apart.clusters == 60
     assert clustered.ci_high - clustered.ci_low > 1.8 * (apart.ci_high - apart.ci_low)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_interval_holds_its_own_rate(seed):
+    """Over random counts, clusterings and scores, a reported mean always lies inside its interval."""
+    from medattack.estimate import Stratum, two_phase
+    from medattack.stats import interval
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    rate = [0.0, 1.0, rng.uniform()][seed % 3]
+    values = (rng.random(n) < rate).astype(float)
+    clusters = rng.integers(0, max(1, n // 2), n)
+    scores = rng.choice([0.0, 1e-17, 0.3, 0.3000000001], n)
+    for sample, groups in ((values, None), (values, clusters), (scores, None), (scores, clusters)):
+        low, high = interval(sample, groups)
+        assert low <= sample.mean() <= high, (sample, groups, low, high)
+    strata = [Stratum(name, int(size), int(labelled), int(positives)) for name, size, labelled, positives in
+              ((s, size, min(size, lab), min(size, lab, pos)) for s, size, lab, pos in
+               (("judged 1", rng.integers(1, 30), rng.integers(0, 10), rng.integers(0, 10)),
+                ("judged 0", rng.integers(1, 30), rng.integers(0, 10), 0)))]
+    found = two_phase(strata, judged=0.0)
+    if found.rate is not None:
+        assert found.ci_low <= found.rate <= found.ci_high, found

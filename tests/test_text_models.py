@@ -161,3 +161,11 @@ def test_candidates_sharing_the_current_suffix_get_the_same_losses(spec):
     buckets = _buckets(first, minimum=3)
     assert sorted(int(r) for _, rows in buckets for r in rows) == list(range(9))  # every candidate once
     assert all(start == int(first[rows].min()) for start, rows in buckets)  # a pass starts at its earliest change
+
+
+@pytest.mark.parametrize("target", ["", "   \n"])
+def test_an_empty_target_is_one_line_not_a_success(text_model, target):
+    from medattack.errors import InputError
+
+    with pytest.raises(InputError, match="target .* is empty"):
+        ma.attack_input(text_model, "How? {optim_str}", target, method="gcg", steps=1, search_width=4)

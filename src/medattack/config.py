@@ -22,9 +22,22 @@ from medattack.errors import ConfigError
 C = TypeVar("C")
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at call sites
-    """A dataclass field with a default and a help string (immutable defaults only)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def option(default: Any, help: str, *, low: float | None = None, high: float | None = None) -> Any:  # noqa: A002
+    """A dataclass field with a default and a help string (immutable defaults only); a number may carry its range
+    [low, high] (either end open), which every value read from a mapping, a file or --set is checked against."""
+    metadata: dict[str, Any] = {"help": help}
+    if low is not None or high is not None:
+        metadata["range"] = (low, high)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _in_range(value: Any, bounds: tuple[float | None, float | None], key: str, where: str) -> None:
+    """A one-line ConfigError naming the key and its range when a number lies outside it (None passes)."""
+    low, high = bounds
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(f"{where}: config key {key!r} must be {_span(low, high)}, got {_short(value)}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,15 +50,30 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _span(low: float | None, high: float | None) -> str:
+    """A range as words: "from 1 to 64", "1 or more", "64 or less"."""
+    if low is not None and high is not None:
+        return f"from {low:g} to {high:g}"
+    return f"{low:g} or more" if low is not None else f"{high:g} or less"
+
+
 def config_help(cls: type) -> dict[str, str]:
-    """Field name -> help string of a config dataclass."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+    """Field name -> help string of a config dataclass, with its range where it has one."""
+    return {f.name: f.metadata.get("help", "") + (f" ({_span(*f.metadata['range'])})" if "range" in f.metadata
+                                                    else "") for f in dataclasses.fields(cls)}
 
 
 def coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML value to the field's declared type where it is unambiguous."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"config key {key!r} must be one of {', '.join(map(repr, args))}, got "
+                              f"{_short(value)}.{hint}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -87,7 +115,10 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def from_mapping(cls: type[C], data: Mapping[str, Any], where: str = "config") -> C:
-    """Build config `cls` from a mapping; unknown keys are an error that suggests the right one."""
+    """Build config `cls` from a mapping; unknown keys are an error that suggests the right one, a value outside its
+    field's choices (Literal) or range (`option(low=, high=)`) one naming the key and what it takes."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expects a mapping of settings (key: value), got {_short(data)}.")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
@@ -99,6 +130,8 @@ def from_mapping(cls: type[C], data: Mapping[str, Any], where: str = "config") -
                 f"{where}: unknown key {key!r}.{hint} Known keys: {', '.join(sorted(fields))}."
             )
         kwargs[key] = coerce(value, hints[key], key)
+        if "range" in fields[key].metadata:
+            _in_range(kwargs[key], fields[key].metadata["range"], key, where)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from medattack.numbers import finite
-from medattack.stats import Z95, Confusion, percentile_interval, wilson_ci
+from medattack.stats import Z95, Confusion, holding, percentile_interval, wilson_ci
 
 PRIOR = 1.0  # each stratum's rate: Beta(k + PRIOR, n - k + PRIOR) (see the module docstring)
 DRAWS = 4000  # Monte Carlo draws of an interval
@@ -139,7 +139,7 @@ def two_phase(strata: Sequence[Stratum], judged: float | None = None, draws: int
         return RateEstimate("two-phase", judged, 0, None, None, None, labels, positives, list(strata),
                             note="no answers to estimate")
     point = sum(s.positives + (s.size - s.labelled) * (s.rate if s.rate is not None else 0.5) for s in strata)
-    low, high = percentile_interval(two_phase_draws(strata, draws, seed), level)
+    low, high = holding(point / total, *percentile_interval(two_phase_draws(strata, draws, seed), level))
     further, by_stratum = further_labels(strata, goal, guess=guess)
     unlabelled = [s.name for s in strata if s.labelled == 0]
     note = f"no labels yet in: {', '.join(unlabelled)}" if unlabelled else ""

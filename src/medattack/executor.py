@@ -34,12 +34,13 @@ log = logging.getLogger(__name__)
 class ExecutorConfig:
     kind: Literal["local", "ray"] = option("local", "local (this process) or ray (actors on a Ray cluster).")
     address: str | None = option(None, "Ray cluster address ('auto', 'ray://head:10001'); none: start a local Ray.")
-    workers: int = option(2, "Ray actors, each with its own copy of the model.")
-    cpus_per_worker: float = option(1.0, "CPUs reserved per actor.")
+    workers: int = option(2, "Ray actors, each with its own copy of the model.", low=1)
+    cpus_per_worker: float = option(1.0, "CPUs reserved per actor.", low=0.0)
     gpus_per_worker: float | None = option(None, "GPUs per actor (1: one model per GPU); unset: one each when the "
-                                           "cluster has a GPU per actor, a share when fewer, none on a CPU cluster.")
-    max_retries: int = option(2, "Retries of an item whose actor died (the actor itself is restarted).")
-    in_flight: int = option(1, "Items sent to an actor at once (1: a crash costs only the item it was on).")
+                                           "cluster has a GPU per actor, a share when fewer, none on a CPU cluster.",
+                                               low=0.0)
+    max_retries: int = option(2, "Retries of an item whose actor died (the actor itself is restarted).", low=0)
+    in_flight: int = option(1, "Items sent to an actor at once (1: a crash costs only the item it was on).", low=1)
 
     def __post_init__(self) -> None:
         if self.kind not in ("local", "ray"):

@@ -12,6 +12,7 @@ the config names; it is sent in a header and never written to the cache, the run
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from medattack.config import option
 from medattack.errors import APIError, ConfigError
-from medattack.redaction import redact_url, redact_urls
+from medattack.redaction import credentials_in, redact_url, redact_urls
 from medattack.storage import SqliteCache
 
 if TYPE_CHECKING:
@@ -41,10 +42,12 @@ class APIConfig:
     api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the API key (the key is never stored).")
     azure_api_version: str = option("", "Azure OpenAI API version (e.g. 2024-10-21): talk to an Azure endpoint, "
                                         "the model name being the deployment.")
-    timeout: float = option(60.0, "Seconds per request attempt, from connecting to the last byte of the answer.")
-    max_retries: int = option(5, "Retries on 408/409/429/5xx, timeouts and dropped connections before giving up.")
-    requests_per_second: float = option(0.0, "Rate limit over every attempt, across threads (0: none).")
-    concurrency: int = option(4, "Requests in flight at once.")
+    timeout: float = option(60.0, "Seconds per request attempt, from connecting to the last byte of the answer.",
+                            low=0.001)
+    max_retries: int = option(5, "Retries on 408/409/429/5xx, timeouts and dropped connections before giving up.",
+                              low=0, high=100)
+    requests_per_second: float = option(0.0, "Rate limit over every attempt, across threads (0: none).", low=0.0)
+    concurrency: int = option(4, "Requests in flight at once.", low=1, high=1024)
 
     def __post_init__(self) -> None:
         for name, low, strict in (("timeout", 0, True), ("max_retries", 0, False), ("requests_per_second", 0, False),
@@ -54,6 +57,11 @@ class APIConfig:
                 raise ValueError(f"api.{name} must be {'above' if strict else 'at least'} {low}, got {value!r}")
         if not self.base_url:  # resolved once, so a stage's recorded settings name the endpoint it used
             object.__setattr__(self, "base_url", os.environ.get("OPENAI_BASE_URL") or OPENAI_URL)
+        carried = credentials_in(self.base_url)
+        if carried:
+            raise ValueError(f"api.base_url {redact_url(self.base_url)} carries a credential ({', '.join(carried)}); "
+                             "put the key in an environment variable and name it with api_key_env (--api-key-env), "
+                             "and give the URL without it")
 
 
 # hosted APIs refuse every request without a key; a local server (vLLM, `medattack serve`) needs none
@@ -81,14 +89,19 @@ class APIClient:
         self.config = config
         self._cache = SqliteCache(cache_path)
         self._lock = threading.Lock()
-        self._next_slot = 0.0
+        self._last_start = -math.inf  # when the last attempt went out
+        self._floor = 1.0 / config.requests_per_second if config.requests_per_second > 0 else 0.0
+        self._gap = self._floor  # seconds between attempt starts: the set rate, widened while the API says 429
+        self._paused_until = 0.0  # no attempt before this (a 429's Retry-After, for every thread)
+        self._widened = -math.inf  # when a 429 last widened the gap
         self._sleep = sleep
         self._attempts = threading.local()  # attempts of the request in flight on this thread
         self.stats = {"requests": 0, "retries": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
         import openai  # here, not at import: it costs a second of start-up to every command that never calls an API
 
         self._openai = openai
-        self._http = openai.DefaultHttpxClient(event_hooks={"request": [self._before_each_attempt]},
+        self._http = openai.DefaultHttpxClient(event_hooks={"request": [self._before_each_attempt],
+                                                            "response": [self._after_each_attempt]},
                                                transport=deadline_transport(config.timeout))
         self._sdk: openai.OpenAI | None = None
 
@@ -120,14 +133,31 @@ class APIClient:
             self.stats["requests"] += 1
             if request.headers.get("x-stainless-retry-count", "0") != "0":  # the SDK numbers its attempts
                 self.stats["retries"] += 1
-            wait = 0.0
-            if self.config.requests_per_second > 0:
+        while True:  # the gap is read afresh after each wait: a narrower one applies at once
+            with self._lock:
                 now = time.monotonic()
-                slot = max(now, self._next_slot)
-                self._next_slot = slot + 1.0 / self.config.requests_per_second
-                wait = slot - now
-        if wait > 0:
-            self._sleep(wait)
+                wait = max(self._last_start + self._gap, self._paused_until) - now
+                if wait <= 0:
+                    self._last_start = now
+                    return
+            self._sleep(min(wait, 0.05))
+
+    def _after_each_attempt(self, response: Any) -> None:
+        """The HTTP client's hook after every attempt: pace to what the API takes. A 429 pauses every thread
+        until its Retry-After and widens the gap between attempts by a quarter (once per episode: fifty threads
+        refused at once widen it once); each answer narrows it again by 3%, never below the set rate
+        (`requests_per_second`). So many requests in flight against a rate-limited API settle near its rate
+        instead of spending their retries on 429s (as TCP's congestion control does)."""
+        with self._lock:
+            now = time.monotonic()
+            if response.status_code == 429:
+                wait = min(_retry_after(response.headers), 60.0)
+                if now >= self._widened + max(self._gap, wait):  # once per episode, not once per thread refused
+                    self._gap = min(60.0, max(1.25 * self._gap, 0.005))
+                    self._widened = now
+                self._paused_until = max(self._paused_until, now + wait)
+            elif response.status_code < 400:
+                self._gap = max(self._floor, self._gap * 0.97)
 
     def _told_url(self, path: str) -> str:
         """The URL of `path` as errors tell it: its credentials redacted (the request uses the URL as given)."""
@@ -191,6 +221,16 @@ class APIClient:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _retry_after(headers: Any) -> float:
+    """Seconds a 429 asks to wait (retry-after-ms, else Retry-After in seconds; 0 when it says nothing usable)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            return max(0.0, float(headers.get(name, "")) * scale)
+        except ValueError:
+            continue
+    return 0.0
 
 
 def deadline_transport(seconds: float) -> Any:

@@ -258,7 +258,7 @@ class BlackBoxRecord(Record):
     judge: str
     seed: int
     goal: str  # the harmful question searched for
-    success: bool
+    success: bool | None  # None: the judge decided none of the search's answers (undecided, counted as null)
     best_node: str | None
     question: str  # of the best attempt
     move: dict[str, Any]

@@ -4,11 +4,13 @@ A base URL may hold credentials (`http://user:pass@host/v1`, `...?api_key=...`, 
 URL is recorded (run.json, a stage's config.json, a judge's name in summary.json) or told (an error in
 failures.jsonl, on the console), its user-info becomes `[REDACTED]@` and the value of every query parameter
 whose name looks secret (key, token, secret, password, signature, auth, credential, session) becomes
-`[REDACTED]`. The request itself still goes to the URL as given.
+`[REDACTED]`. An API's base URL may not carry credentials at all (`credentials_in`: the config refuses it, naming
+api_key_env); the CLI's log handler redacts every record (`RedactingFilter`), the HTTP library's included.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import urllib.parse
 from typing import Any
@@ -50,3 +52,24 @@ def redact_record(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_record(item) for item in value]
     return value
+
+
+def credentials_in(url: str) -> list[str]:
+    """What in `url` is a credential: its user-info ("user:password@") and its secret-looking query parameters."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        found = ["user-info"] if parts.username or parts.password else []
+    except ValueError:
+        return []
+    return found + [name for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+                    if SECRET_PARAMETER.search(name)]
+
+
+class RedactingFilter(logging.Filter):
+    """A handler's filter that redacts every URL of a record's message (and its arguments) before it is shown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "://" in message:
+            record.msg, record.args = redact_urls(message), ()
+        return True

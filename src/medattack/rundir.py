@@ -42,6 +42,7 @@ import platform
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import medattack
-from medattack.errors import RunDirError
+from medattack.errors import CorruptFileError, RunDirError
 from medattack.folders import (  # noqa: F401 (the folder types RunDir returns)
     AttackFolder,
     MethodFolder,
@@ -159,6 +160,7 @@ class RunDir:
         with exclusive_lock(self.root / "run.json.lock"):
             manifest = self.read_manifest()
             manifest.setdefault("name", self.root.name)
+            manifest.setdefault("run_id", uuid.uuid4().hex)  # the run's identity, kept by every later stage
             manifest.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
             manifest.setdefault("stages", {})[stage] = record
             write_json_atomic(self.manifest_path, manifest, "run-manifest")
@@ -185,6 +187,20 @@ class RunDir:
             shutil.rmtree(old)
         else:
             old.rename(self.benchmark)
+
+    def repair_build_record(self) -> None:
+        """Write run.json's build record from the benchmark's build.json when a kill left them apart (the new
+        benchmark swapped in, its record not yet written): run.json always names the benchmark that is there. A
+        damaged run.json or build.json is left for the command that reads it to report."""
+        try:
+            stamp = json.loads(self.build_stamp_path.read_text(encoding="utf-8"))
+            recorded = (self.read_manifest().get("stages") or {}).get("build") or {}
+        except (OSError, ValueError, CorruptFileError):
+            return
+        config = stamp.get("config") if isinstance(stamp, dict) else None
+        if isinstance(config, dict) and recorded.get("config_hash") != content_hash(redact_record(config)):
+            seed = config.get("seed")
+            self.record_stage("build", config, seed if isinstance(seed, int) else None)
 
     def staging(self) -> RunDir:
         """The same run with its benchmark in .benchmark.building/: a build writes there and is swapped in

@@ -140,15 +140,29 @@ def cluster_bootstrap_ci(values: np.ndarray, clusters: np.ndarray, resamples: in
     return percentile_interval(sums[picks].sum(axis=1) / sizes[picks].sum(axis=1), level)
 
 
+def holding(point: float, low: float, high: float) -> tuple[float, float]:
+    """An interval widened, where floating point or a posterior's draws left it short, to hold its own point
+    estimate: a reported rate always lies inside its interval (nan stays nan)."""
+    if not (math.isfinite(point) and math.isfinite(low) and math.isfinite(high)):
+        return low, high
+    return min(low, point), max(high, point)
+
+
 def interval(values: np.ndarray, clusters: np.ndarray | None = None) -> tuple[float, float]:
     """95% interval of the mean: Wilson for 0/1 values (rates), BCa bootstrap otherwise; with `clusters` (one
-    id per value: the image x prompt pair) the clustered forms (`clustered_rate_ci`, `cluster_bootstrap_ci`)."""
-    rates = len(values) and np.isin(values, (0.0, 1.0)).all()
+    id per value: the image x prompt pair) the clustered forms (`clustered_rate_ci`, `cluster_bootstrap_ci`).
+    It always holds the mean (`holding`)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rates = np.isin(values, (0.0, 1.0)).all()
     if clusters is not None:
-        return clustered_rate_ci(values, clusters) if rates else cluster_bootstrap_ci(values, clusters)
-    if rates:
-        return wilson_ci(int(values.sum()), len(values))
-    return bca_ci(values)
+        low, high = clustered_rate_ci(values, clusters) if rates else cluster_bootstrap_ci(values, clusters)
+    elif rates:
+        low, high = wilson_ci(int(values.sum()), len(values))
+    else:
+        low, high = bca_ci(values)
+    return holding(float(values.mean()), low, high)
 
 
 @dataclass(frozen=True)

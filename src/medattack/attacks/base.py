@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from medattack.errors import ConfigError
+from medattack.errors import ConfigError, InputError
 from medattack.models.base import AttackState, WhiteBoxTarget
 from medattack.registry import Registry
 
@@ -34,6 +34,11 @@ class AttackTask:
     seed: int = 0
     mask: torch.Tensor | None = None  # (1, 1, H, W) float32 in {0, 1}: lesion region, when known
     typographic_pixels: torch.Tensor | None = None  # (1, 3, H, W): key phrase rendered under the image
+
+    def __post_init__(self) -> None:
+        if not self.target.strip():
+            raise InputError(f"sample {self.sample_id}", "the target (the answer the attack makes the model start "
+                             "with) is empty", "give the opening of the answer sought, e.g. 'Sure, here is how to'")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from medattack.models.base import WhiteBoxTarget
 
 @dataclass(frozen=True)
 class DirectConfig:
-    max_new_tokens: int = option(64, "Tokens generated for the response.")
+    max_new_tokens: int = option(64, "Tokens generated for the response.", low=1)
 
 
 @ATTACKS.register("direct", modality="text", access="any")

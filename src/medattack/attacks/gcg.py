@@ -32,13 +32,13 @@ from medattack.models.capabilities import candidate_loss
 
 @dataclass(frozen=True)
 class GCGConfig:
-    steps: int = option(250, "Optimisation steps at most.")
-    search_width: int = option(512, "Candidates sampled per step.")
-    topk: int = option(256, "Tokens considered per suffix position.")
-    n_replace: int = option(1, "Suffix positions changed per candidate.")
+    steps: int = option(250, "Optimisation steps at most.", low=1)
+    search_width: int = option(512, "Candidates sampled per step.", low=1)
+    topk: int = option(256, "Tokens considered per suffix position.", low=1)
+    n_replace: int = option(1, "Suffix positions changed per candidate.", low=1)
     suffix_init: str = option(SUFFIX_INIT, "Initial suffix text.")
     early_stop: bool = option(True, "Stop when the teacher-forced argmax equals the target.")
-    max_new_tokens: int = option(64, "Tokens generated for the final response.")
+    max_new_tokens: int = option(64, "Tokens generated for the final response.", low=1)
 
 
 @dataclass

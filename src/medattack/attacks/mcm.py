@@ -43,19 +43,19 @@ MaskFn = Callable[[WhiteBoxTarget, AttackState, AttackTask], torch.Tensor | None
 
 @dataclass(frozen=True)
 class MCMConfig:
-    rounds: int = option(10, "Cross-optimisation rounds at most.")
-    search_width: int = option(10, "GCG candidates per round.")
-    topk: int = option(64, "GCG tokens considered per suffix position.")
-    n_replace: int = option(1, "Suffix positions changed per GCG candidate.")
-    pgd_steps: int = option(5, "PGD steps per round (K).")
-    epsilon: float = option(8 / 255, "L-inf (or L2) radius around the clean image, pixel units.")
-    step_size: float = option(1 / 255, "PGD step size, pixel units.")
+    rounds: int = option(10, "Cross-optimisation rounds at most.", low=1)
+    search_width: int = option(10, "GCG candidates per round.", low=1)
+    topk: int = option(64, "GCG tokens considered per suffix position.", low=1)
+    n_replace: int = option(1, "Suffix positions changed per GCG candidate.", low=1)
+    pgd_steps: int = option(5, "PGD steps per round (K).", low=0)
+    epsilon: float = option(8 / 255, "L-inf (or L2) radius around the clean image, pixel units.", low=0.0)
+    step_size: float = option(1 / 255, "PGD step size, pixel units.", low=0.0)
     norm: Literal["linf", "l2"] = option("linf", "PGD threat model.")
     schedule: Literal["best", "alternate"] = option(
         "best", "best: both modalities every round, keep the lower loss; alternate: one modality per round.")
     suffix_init: str = option(SUFFIX_INIT, "Initial suffix text.")
     early_stop: bool = option(True, "Stop when the teacher-forced argmax equals the target.")
-    max_new_tokens: int = option(64, "Tokens generated for the final response.")
+    max_new_tokens: int = option(64, "Tokens generated for the final response.", low=1)
 
     def gcg(self) -> GCGConfig:
         return GCGConfig(search_width=self.search_width, topk=self.topk, n_replace=self.n_replace)

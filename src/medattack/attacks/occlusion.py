@@ -17,9 +17,10 @@ from medattack.models.base import WhiteBoxTarget
 @dataclass(frozen=True)
 class OcclusionConfig:
     region: Region = option("inside", "Occlude inside or outside the lesion mask/bbox, or the saliency patch.")
-    patch_fraction: float = option(0.25, "Area fraction of the automatic patch when a sample has no mask.")
-    fill: float = option(0.5, "Grey level painted over the region, in [0, 1].")
-    max_new_tokens: int = option(64, "Tokens generated for the response.")
+    patch_fraction: float = option(0.25, "Area fraction of the automatic patch when a sample has no mask.",
+                                   low=0.0, high=1.0)
+    fill: float = option(0.5, "Grey level painted over the region, in [0, 1].", low=0.0, high=1.0)
+    max_new_tokens: int = option(64, "Tokens generated for the response.", low=1)
 
 
 @ATTACKS.register("occlusion", modality="image", access="any")

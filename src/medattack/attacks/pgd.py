@@ -30,14 +30,14 @@ from medattack.models.capabilities import loss_with_pixels
 
 @dataclass(frozen=True)
 class PGDConfig:
-    steps: int = option(100, "PGD steps at most.")
-    epsilon: float = option(8 / 255, "Radius of the perturbation ball around the clean image, pixel units.")
-    step_size: float = option(1 / 255, "Step size, pixel units.")
+    steps: int = option(100, "PGD steps at most.", low=1)
+    epsilon: float = option(8 / 255, "Radius of the perturbation ball around the clean image, pixel units.", low=0.0)
+    step_size: float = option(1 / 255, "Step size, pixel units.", low=0.0)
     norm: Literal["linf", "l2"] = option("linf", "Threat model: linf or l2.")
     random_start: bool = option(False, "Start from a uniform random point inside the ball.")
     suffix_init: str = option("", "Fixed text suffix (empty: image-only attack).")
     early_stop: bool = option(True, "Stop when the teacher-forced argmax equals the target.")
-    max_new_tokens: int = option(64, "Tokens generated for the final response.")
+    max_new_tokens: int = option(64, "Tokens generated for the final response.", low=1)
 
 
 def project(pixels: torch.Tensor, clean: torch.Tensor, epsilon: float, norm: str,

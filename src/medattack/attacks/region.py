@@ -63,7 +63,8 @@ def run_in_region(inner: type[PGD] | type[MCM], config: RegionConfig | RegionMCM
 @dataclass(frozen=True)
 class RegionConfig(PGDConfig):
     region: Region = option("inside", "inside or outside the lesion mask/bbox, or saliency (automatic patch).")
-    patch_fraction: float = option(0.25, "Area fraction of the automatic patch when a sample has no mask.")
+    patch_fraction: float = option(0.25, "Area fraction of the automatic patch when a sample has no mask.",
+                                   low=0.0, high=1.0)
 
 
 @ATTACKS.register("region", citation="PGD (Madry et al. 2018) restricted to a region", modality="image",
@@ -85,7 +86,8 @@ class RegionPGD:
 @dataclass(frozen=True)
 class RegionMCMConfig(MCMConfig):
     region: Region = option("inside", "inside or outside the lesion mask/bbox, or saliency (automatic patch).")
-    patch_fraction: float = option(0.25, "Area fraction of the automatic patch when a sample has no mask.")
+    patch_fraction: float = option(0.25, "Area fraction of the automatic patch when a sample has no mask.",
+                                   low=0.0, high=1.0)
 
 
 @ATTACKS.register("region-mcm", citation="MCM (arXiv 2405.20775) restricted to a region", modality="text+image",

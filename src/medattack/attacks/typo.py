@@ -16,7 +16,7 @@ from medattack.models.base import WhiteBoxTarget
 
 @dataclass(frozen=True)
 class TypoConfig:
-    max_new_tokens: int = option(64, "Tokens generated for the response.")
+    max_new_tokens: int = option(64, "Tokens generated for the response.", low=1)
 
 
 @ATTACKS.register("typo", citation="typographic attacks, Gong et al. 2023 (FigStep), arXiv 2311.05608",

@@ -36,7 +36,7 @@ class AttackerConfig:
         "help": "Settings of the generator, e.g. {model: gpt-4o, api: {base_url: ...}, max_tokens: 400}."})
     fallback: bool = option(True, "When a reply is not a proposal, use a built-in rewrite strategy instead "
                                   "(recorded as fallback:<strategy>).")
-    history: int = option(3, "Earlier attempts of the branch shown to the attacker.")
+    history: int = option(3, "Earlier attempts of the branch shown to the attacker.", low=0)
 
     def __post_init__(self) -> None:
         from_mapping(TEXT_GENERATORS[self.generator].config_class, self.options, f"attacker {self.generator} options")

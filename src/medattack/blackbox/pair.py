@@ -19,11 +19,11 @@ class PAIRConfig:
     """PAIR: independent streams refining their own attempt; stop at the first jailbreak."""
 
     checks_topic: ClassVar[bool] = False
-    streams: int = option(20, "Independent branches (N in the paper).")
-    depth: int = option(3, "Refinements per branch (K in the paper).")
-    max_queries: int = option(60, MAX_QUERIES_HELP)
-    max_tokens: int = option(0, MAX_TOKENS_HELP)
-    success_rate: float = option(0.5, SUCCESS_RATE_HELP)
+    streams: int = option(20, "Independent branches (N in the paper).", low=1)
+    depth: int = option(3, "Refinements per branch (K in the paper).", low=1)
+    max_queries: int = option(60, MAX_QUERIES_HELP, low=1)
+    max_tokens: int = option(0, MAX_TOKENS_HELP, low=0)
+    success_rate: float = option(0.5, SUCCESS_RATE_HELP, low=0.0, high=1.0)
 
     def settings(self, generations: int) -> SearchSettings:
         return SearchSettings(depth=self.depth, width=self.streams, branching=1, streams=self.streams,

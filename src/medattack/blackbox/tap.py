@@ -22,14 +22,14 @@ class TAPConfig:
     """TAP: a tree of attempts; off-topic ones dropped unasked, the best branches kept."""
 
     checks_topic: ClassVar[bool] = True
-    branching: int = option(4, "Children of each kept attempt (b in the paper).")
-    width: int = option(10, "Attempts kept after each level (w in the paper).")
-    depth: int = option(10, "Levels at most (d in the paper).")
-    max_queries: int = option(100, MAX_QUERIES_HELP)
-    max_tokens: int = option(0, MAX_TOKENS_HELP)
-    success_rate: float = option(0.5, SUCCESS_RATE_HELP)
+    branching: int = option(4, "Children of each kept attempt (b in the paper).", low=1)
+    width: int = option(10, "Attempts kept after each level (w in the paper).", low=1)
+    depth: int = option(10, "Levels at most (d in the paper).", low=1)
+    max_queries: int = option(100, MAX_QUERIES_HELP, low=1)
+    max_tokens: int = option(0, MAX_TOKENS_HELP, low=0)
+    success_rate: float = option(0.5, SUCCESS_RATE_HELP, low=0.0, high=1.0)
     on_topic_threshold: float = option(0.3, "Cosine (MiniLM) between goal and proposal below which a proposal "
-                                            "is dropped unasked (0: keep all).")
+                                            "is dropped unasked (0: keep all).", low=-1.0, high=1.0)
 
     def settings(self, generations: int) -> SearchSettings:
         return SearchSettings(depth=self.depth, width=self.width, branching=self.branching, streams=1,

@@ -108,11 +108,17 @@ def main(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     QUIET["on"] = quiet
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-    )
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[log_handler()])
+
+
+def log_handler() -> logging.Handler:
+    """The console's log handler: every record, the HTTP library's included, with its URLs redacted first."""
+    from medattack.redaction import RedactingFilter
+
+    handler = RichHandler(console=err_console, show_path=False)
+    handler.addFilter(RedactingFilter())
+    return handler
 
 
 @contextmanager

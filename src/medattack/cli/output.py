@@ -78,12 +78,14 @@ def print_blackbox_budget(budget: dict[str, Any]) -> None:
 
 def print_blackbox(result: Any, method: str) -> None:
     rows = result.results
-    table = Table("samples", "jailbroken", "queries (mean)", "queries to success (median)", "attacker-written",
-                  "failed", title=escape(f"{method} -> {result.folder}"))
+    table = Table("samples", "jailbroken", "undecided", "queries (mean)", "queries to success (median)",
+                  "attacker-written", "failed", title=escape(f"{method} -> {result.folder}"))
     if rows:
         to_success = sorted(r.queries_to_success for r in rows if r.queries_to_success is not None)
         attempts = sum(r.nodes for r in rows)
-        table.add_row(str(len(rows)), f"{sum(r.success for r in rows)}/{len(rows)}",
+        decided = [r for r in rows if r.success is not None]
+        table.add_row(str(len(rows)), f"{sum(bool(r.success) for r in decided)}/{len(decided)}",
+                      str(len(rows) - len(decided)),
                       f"{sum(r.queries for r in rows) / len(rows):.1f}",
                       str(to_success[len(to_success) // 2]) if to_success else "-",
                       f"{sum(r.proposals_parsed for r in rows)}/{attempts}", str(len(result.failures)))

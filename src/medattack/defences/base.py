@@ -91,6 +91,12 @@ class Defence:
         """One answer per query, in order, asking `ask` for what it lets through."""
         raise NotImplementedError
 
+    @classmethod
+    def target_calls(cls, config: Any) -> int:
+        """Target calls the defence makes per question it lets through (1; SmoothLLM: its copies): the query
+        stage previews the cost before asking."""
+        return 1
+
     @property
     def is_proxy(self) -> bool:
         """Whether the defence decides by a proxy (labels, not what a model sees); the report marks its rows."""
@@ -192,3 +198,11 @@ def split_claim(question: str) -> tuple[str, str] | None:
     {attribute}. {prompt}"); None for any other question."""
     match = _CLAIM.match(question)
     return (match["attribute"], match["rest"]) if match else None
+
+
+def target_calls(configs: Sequence[tuple[str, Any]]) -> int:
+    """Target calls per question behind these defences (read_defences' output): the product of each one's."""
+    calls = 1
+    for name, settings in configs:
+        calls *= DEFENCES[name].target_calls(settings)
+    return calls

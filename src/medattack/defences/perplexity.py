@@ -29,8 +29,9 @@ class PerplexityConfig:
                                     "LM's hub id or local path.")
     threshold: float | None = option(None, "Log-perplexity (nats per token) above which a question is refused; "
                                            "None: calibrated on the run's normal questions.")
-    quantile: float = option(1.0, "Calibration: this quantile of the normal questions' scores (1.0: their highest).")
-    window: int | None = option(None, "Score the worst `window` consecutive tokens instead of the whole text.")
+    quantile: float = option(1.0, "Calibration: this quantile of the normal questions' scores (1.0: their highest).",
+                             low=0.0, high=1.0)
+    window: int | None = option(None, "Score the worst `window` consecutive tokens instead of the whole text.", low=1)
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.quantile <= 1.0:

@@ -23,9 +23,10 @@ from medattack.models.targets import Query
 
 @dataclass(frozen=True)
 class PurifyConfig:
-    jpeg_quality: int | None = option(75, "JPEG quality of the re-encoding, 1-95 (None: no re-encoding).")
+    jpeg_quality: int | None = option(75, "JPEG quality of the re-encoding, 1-95 (None: no re-encoding).",
+                                      low=1, high=95)
     min_scale: float | None = option(0.9, "Random resize to a scale in [min_scale, 1] then pad back to the size at "
-                                          "a random offset (None: no resize).")
+                                          "a random offset (None: no resize).", low=0.0, high=1.0)
 
     def __post_init__(self) -> None:
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 95:

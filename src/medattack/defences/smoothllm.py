@@ -28,8 +28,8 @@ ALPHABET = string.printable.strip() + " "
 
 @dataclass(frozen=True)
 class SmoothLLMConfig:
-    copies: int = option(5, "Perturbed copies asked per question (N target calls each).")
-    rate: float = option(0.10, "Share of the characters perturbed in each copy.")
+    copies: int = option(5, "Perturbed copies asked per question (N target calls each).", low=1, high=64)
+    rate: float = option(0.10, "Share of the characters perturbed in each copy.", low=0.0, high=0.5)
     perturbation: Literal["swap", "insert", "patch"] = option("swap", "How characters are perturbed.")
 
     def __post_init__(self) -> None:
@@ -66,6 +66,10 @@ class SmoothLLM(Defence):
 
     config_class = SmoothLLMConfig
     config: SmoothLLMConfig
+
+    @classmethod
+    def target_calls(cls, config: SmoothLLMConfig) -> int:
+        return config.copies
 
     def copies(self, query: Query) -> list[Query]:
         out = []

@@ -179,6 +179,10 @@ def require_device(device: str | None) -> None:
     error comes mid-load, as a long traceback)."""
     if not device:
         return
+    try:
+        torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {str(device)[:40]!r} is not a torch device: use cpu, cuda, cuda:N or mps.") from None
     kind, _, index = str(device).partition(":")
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

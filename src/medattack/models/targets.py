@@ -75,9 +75,9 @@ class TargetConfig:
                        "python (a factory of your own: python:FILE_OR_MODULE:FACTORY).")
     model: str = option("embedded", "embedded | tiny | hub id or local path | the API's model name.")
     max_new_tokens: int = option(512, "Tokens per answer at most (HarmBench's standard 512: a judge needs the whole "
-                                 "answer; the report states the cap).")
-    batch_size: int = option(8, "Queries per generation batch (local models).")
-    temperature: float = option(0.0, "Sampling temperature (0: greedy).")
+                                 "answer; the report states the cap).", low=1, high=32768)
+    batch_size: int = option(8, "Queries per generation batch (local models).", low=1)
+    temperature: float = option(0.0, "Sampling temperature (0: greedy).", low=0.0, high=2.0)
     seed: int = option(0, "Seed for local sampling and the API's `seed` field.")
     device: str | None = option(None, "torch device of a local model (default: cuda when available).")
     dtype: str = option("auto", "auto | bfloat16 | float16 | float32 (local models).")

@@ -118,6 +118,7 @@ def load_run(root: Path, name: str | None = None) -> RunData:
     """Read a run's manifest, query responses joined with their scores, and attack results and steps."""
     run = RunDir(root)
     run.settle()
+    run.repair_build_record()
     run.require_benchmark()
     manifest = run.read_manifest()
     current = {s.sample_id for s in run.samples()} if run.has_samples() else None
@@ -168,7 +169,8 @@ def load_run(root: Path, name: str | None = None) -> RunData:
     search_rows = []
     for search in run.search_folders():
         search_rows += [{"run": name or root.name, "method": r.method, "target": r.target, "judge": r.judge,
-                         "attacker": r.attacker, "sample_id": r.sample_id, "success": float(r.success),
+                         "attacker": r.attacker, "sample_id": r.sample_id,
+                         "success": float("nan") if r.success is None else float(r.success),
                          "queries": r.queries, "queries_to_success": r.queries_to_success,
                          "tokens": sum(r.tokens.values()), "cost_usd": r.cost_usd,
                          "attacker_written": r.proposals_parsed, "attempts": r.nodes}

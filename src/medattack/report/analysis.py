@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ReportConfig:
     title: str = option("medattack red-team report", "Title at the top of the report.")
-    examples: int = option(12, "Example responses shown (successful harmful answers first).")
-    max_response_chars: int = option(600, "Longest example response shown, in characters.")
+    examples: int = option(12, "Example responses shown (successful harmful answers first).", low=0)
+    max_response_chars: int = option(600, "Longest example response shown, in characters.", low=1)
     labels: str | None = option(None, "Labelled responses (question, response, jailbroken): the report then shows "
                                 "how well the judge agrees with them (see `medattack judge eval`).")
     judge: JudgeConfig = option(JudgeConfig(), "The judge validated against `labels` (backend and options).")
@@ -121,17 +121,36 @@ def standing_table_rows(summary: dict[str, Any]) -> pd.DataFrame:
                                        "further_labels", "note"])
 
 
+def run_names(roots: Sequence[Path]) -> list[str]:
+    """A name per run, unique among them: the shortest ending of each resolved path that tells them apart (the
+    folder name when that suffices; `p/a/x` and `q/c/a/x` become `p/a/x` and `c/a/x`). The same folder twice has
+    no such name: `load_runs` refuses it first."""
+    parts = [root.resolve().parts for root in roots]
+    names = []
+    for own in parts:
+        others = [other for other in parts if other is not own]
+        depth = 1
+        while depth < len(own) and any(other[-depth:] == own[-depth:] for other in others):
+            depth += 1
+        names.append("/".join(own[-depth:]))
+    return names
+
+
 def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
-    """Each run directory (or scored responses file's folder) read once, named by its folder (by parent/folder
-    when two share a name); refuses a folder that is neither, and runs with nothing scored."""
+    """Each run directory (or scored responses file's folder) read once and named uniquely (`run_names`); refuses a
+    folder that is neither, the same folder twice, and runs with nothing scored."""
     roots = [Path(r) for r in run_dirs]
     for root in roots:
         if not RunDir(root).has_samples() and not RunDir(root).manifest_path.exists() and not is_scores_folder(root):
             raise RunDirError(f"{root} is not a run directory (no run.json) nor a scored responses file's folder (no "
                               "scores.jsonl); pass the folder `medattack build` or `medattack score --responses` made.")
-    names = [root.name for root in roots]
-    if len(set(names)) != len(names):  # two runs with one folder name: tell them apart by their parents
-        names = [f"{root.parent.name}/{root.name}" for root in roots]
+    seen: dict[Path, Path] = {}
+    for root in roots:
+        if root.resolve() in seen:
+            raise RunDirError(f"{seen[root.resolve()]} and {root} are the same run ({root.resolve()}); pass each run "
+                              "once (its answers would be counted twice).")
+        seen[root.resolve()] = root
+    names = run_names(roots)
     runs = [load_scores_folder(root, name) if is_scores_folder(root) else load_run(root, name)
             for root, name in zip(roots, names, strict=True)]
     if all(run.scores.empty for run in runs):

@@ -19,7 +19,7 @@ from medattack.scoring.base import SCORERS, Encoders, MetricSpec, Score, ScoreIn
 class ModerationConfig:
     model: str = option("omni-moderation-latest", "Moderation model.")
     api: APIConfig = option(APIConfig(), "Endpoint, key variable, retries, rate limit, concurrency.")
-    batch_size: int = option(32, "Texts per moderation request.")
+    batch_size: int = option(32, "Texts per moderation request.", low=1)
 
 
 @SCORERS.register("moderation", citation="OpenAI moderation API", needs=("network", "api-key"))

@@ -60,10 +60,10 @@ class AttackStageConfig:
     model: str = option("embedded", "White-box model: embedded, tiny, or a hub id / local path of a LLaVA model.")
     conditions: tuple[str, ...] = option(("malicious", "both"), "Sample conditions to attack.")
     tasks: tuple[str, ...] | None = option(None, "Only samples of these clinical tasks.")
-    limit: int | None = option(None, "Attack at most this many samples (in table order).")
+    limit: int | None = option(None, "Attack at most this many samples (in table order).", low=1)
     seed: int = option(0, "Seed of every random choice of the attack.")
     device: str | None = option(None, "torch device (default: cuda when available, else cpu).")
-    max_batch: int = option(512, "GCG candidates per forward pass at most (halved on out-of-memory).")
+    max_batch: int = option(512, "GCG candidates per forward pass at most (halved on out-of-memory).", low=1)
     prompt_layout: Literal["chat-template", "llava-med"] = option(
         "chat-template", "How the prompt is laid out: the model's chat template (image, question, suffix), or "
         "llava-med (LLaVA-Med's ###Human/###Assistant conversation: question, image, suffix, as in the paper).")

@@ -49,9 +49,11 @@ R = TypeVar("R", bound=Record)
 
 
 def as_run_dir(run_dir: RunDir | str | Path) -> RunDir:
-    """The run directory, with a rebuild that was killed mid-swap finished first (RunDir.settle)."""
+    """The run directory, with a rebuild that was killed mid-swap finished first (RunDir.settle) and run.json's
+    build record matching the benchmark that is there (RunDir.repair_build_record)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     run.settle()
+    run.repair_build_record()
     return run
 
 

@@ -65,10 +65,10 @@ class BuildConfig:
     )
     tasks: tuple[str, ...] | None = option(None, "Clinical tasks to include, each one the prompt bank must have "
                                            "questions for (default: all 18; those a bank lacks are skipped).")
-    prompts_per_task: int = option(1, "Prompt triples drawn per task per image (bank sources).")
+    prompts_per_task: int = option(1, "Prompt triples drawn per task per image (bank sources).", low=1)
     max_images_per_category: int | None = option(
         None, "Keep at most this many images (3MAD: rows) per category, drawn by seed."
-    )
+    , low=1)
     mismatch_strategy: str = option("both", "How the claimed attribute differs: both, modality, "
                                     "body_part, any, uniform (3MAD's rule: any other category in the data).")
     typographic: bool = option(False, "Also render each key phrase under its image (typographic variant).")
@@ -81,7 +81,7 @@ class BuildConfig:
     data_root: str | None = option(None, "Root that manifest paths must stay inside "
                                    "(default: the manifest's folder).")
     splits: tuple[str, ...] | None = option(None, "3MAD splits to read, e.g. CT_Chest (default: all).")
-    max_pixels: int = option(DEFAULT_MAX_PIXELS, "Refuse images with more pixels than this.")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "Refuse images with more pixels than this.", low=1)
 
     def __post_init__(self) -> None:
         if not self.sources:

@@ -38,7 +38,14 @@ import numpy as np
 
 from medattack.config import option, to_dict
 from medattack.data.image_io import encode_png, load_image
-from medattack.defences.base import DefendedTarget, about_image, build_defences, flagged_by, read_defences
+from medattack.defences.base import (
+    DefendedTarget,
+    about_image,
+    build_defences,
+    flagged_by,
+    read_defences,
+    target_calls,
+)
 from medattack.errors import ConfigError, InputError, MedattackError
 from medattack.executor import ExecutorConfig, open_pool, runs_here
 from medattack.models.targets import ChatTarget, Query, TargetConfig, TargetError, load_target
@@ -68,18 +75,18 @@ class QueryConfig:
     target: TargetConfig = option(TargetConfig(), "The model asked (kind, model, generation and API settings).")
     conditions: tuple[str, ...] = option(CONDITIONS, "Sample conditions asked.")
     tasks: tuple[str, ...] | None = option(None, "Only samples of these clinical tasks.")
-    limit: int | None = option(None, "Ask at most this many benchmark samples (in table order).")
+    limit: int | None = option(None, "Ask at most this many benchmark samples (in table order).", low=1)
     pairs_per_category: int | None = option(None, "Ask at most this many image x prompt pairs per image "
-                                            "category (all their conditions), drawn in a fixed hash order.")
+                                            "category (all their conditions), drawn in a fixed hash order.", low=1)
     replay_attacks: bool = option(True, "Also ask every attack's adversarial inputs found in the run (transfer).")
     controls: tuple[str, ...] = option(("blank", "noise"), "Image-reliance controls: blank, noise (or none).")
     generations: int = option(1, "Answers per query; > 1 samples each at `temperature` with seeds seed..seed+N-1 "
-                                 "(a stochastic target measured as a distribution).")
-    temperature: float = option(0.7, "Sampling temperature of the answers when generations > 1.")
-    chunk: int = option(32, "Queries answered and written per step of the stage.")
+                                 "(a stochastic target measured as a distribution).", low=1, high=100)
+    temperature: float = option(0.7, "Sampling temperature of the answers when generations > 1.", low=0.0, high=2.0)
+    chunk: int = option(32, "Queries answered and written per step of the stage.", low=1)
     max_response_chars: int = option(200_000, "Longest answer stored, in characters; a longer one is stored cut "
                                      "to this length with its full length in `truncated_from`, so one runaway "
-                                     "answer cannot take hundreds of MB.")
+                                     "answer cannot take hundreds of MB.", low=1)
     defences: tuple[str, ...] = option((), "Defences in front of the target, outermost first (see `medattack list "
                                            "defences`): the answers go to the target '<target>+<defence>'.")
     defence_options: dict[str, dict[str, Any]] | None = option(
@@ -322,6 +329,10 @@ def run(run_dir: RunDir | str | Path, config: QueryConfig | None = None, *, exec
             log.warning("%d answer(s) of %s were for inputs that changed since; moved to %s and asked again",
                         len(stale), target_name, folder.responses_path.with_name("stale.jsonl"))
         todo = [(p, hashes[p.response_id]) for p in planned if p.response_id not in done]
+        calls = target_calls(config.defence_configs)
+        if calls > 1 and todo:
+            log.warning("the defences %s ask the target %d times per question: up to %d target calls for the %d "
+                        "queries of this call", "+".join(config.defences), calls, calls * len(todo), len(todo))
         size = max(1, config.chunk)
         chunks = [todo[start:start + size] for start in range(0, len(todo), size)]
         failures = FailureLog(folder.failures_path, "response_id", retried=(p.response_id for p in planned))

@@ -73,9 +73,9 @@ class ScoreConfig:
     text_model: str | None = option(Encoders.text_model, "Hub id or local folder of the text embedder; None = its "
                                     "default (the embedded MiniLM, BAAI/bge-m3).")
     memo_mib: float | None = option(Encoders.memo_mib, "Encodings kept per encoder for reuse across metrics, "
-                                    "batches and targets (MiB); None = each encoder's default, 0 = none.")
+                                    "batches and targets (MiB); None = each encoder's default, 0 = none.", low=0.0)
     image_text_model: str | None = option(Encoders.image_text_model, IMAGE_TEXT_MODEL_HELP)
-    batch_size: int = option(256, "Responses per scoring batch.")
+    batch_size: int = option(256, "Responses per scoring batch.", low=1)
 
     def __post_init__(self) -> None:
         metrics = self.metrics

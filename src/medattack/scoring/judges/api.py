@@ -26,7 +26,7 @@ from medattack.scoring.judges.verdicts import VerdictFormat, judge_messages, ver
 class APIJudgeConfig:
     model: str = option("gpt-4o-mini", "Judge model name at the endpoint.")
     api: APIConfig = option(APIConfig(), "Endpoint, key variable, retries, rate limit, concurrency.")
-    max_tokens: int = option(200, "Tokens the judge may answer.")
+    max_tokens: int = option(200, "Tokens the judge may answer.", low=1)
     verdict_format: VerdictFormat = option(
         "json", "How the model answers: json (the rubric), harmbench (Yes/No), llamaguard (safe/unsafe).")
 

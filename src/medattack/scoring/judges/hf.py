@@ -33,9 +33,10 @@ class HFJudgeConfig:
     device: str = option("cpu", "torch device (cuda, cuda:1, cpu).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = option(
         "auto", "Weights dtype; auto = bfloat16 on a GPU, float32 on CPU.")
-    batch_size: int = option(8, "Judgements per forward pass.")
-    max_new_tokens: int = option(128, "Tokens the judge may answer (llamaguard and harmbench need few).")
-    max_response_chars: int = option(8000, "Longest response given to the judge, in characters (the rest is cut).")
+    batch_size: int = option(8, "Judgements per forward pass.", low=1)
+    max_new_tokens: int = option(128, "Tokens the judge may answer (llamaguard and harmbench need few).", low=1)
+    max_response_chars: int = option(8000, "Longest response given to the judge, in characters (the rest is cut).",
+                                     low=1)
     trust_remote_code: bool = option(False, "Run the model repository's own code (only for models you trust).")
 
 
