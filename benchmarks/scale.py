@@ -8,7 +8,7 @@
 2. Replicated to `--pairs` image x prompt pairs (3MAD-70K's size by default): every row of the benchmark, the
    answers and the scores copied with its pair id made unique (ids stay consistent across files; images and
    content are shared, so the scores' content-hash cache knows every replica).
-3. Timed, each command in its own process (seconds and that process's peak resident memory, from wait4):
+3. Timed, each command in its own process (seconds, and that process's peak resident memory from /proc):
    `score` with every row done (warm), `score` with the scores removed and the cache kept (every score a cache
    hit: the stage's own overhead at scale), `report`, `results --json`, and `compare` of the run against a
    hard-linked copy of it. Cold scoring (no cache) is measured on the template and given per answer, with what
@@ -102,16 +102,31 @@ def replicate(template_root: Path, root: Path, pairs: int) -> int:
     return copies * len(pair_ids)
 
 
+def _high_water_mib(pid: int) -> float | None:
+    """The process's peak resident memory so far (VmHWM: its own, not inherited from this process at fork)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def timed(words: list[str]) -> tuple[float, float, int]:
-    """(seconds, peak resident MiB, exit code) of one medattack command in its own process."""
+    """(seconds, peak resident MiB, exit code) of one medattack command in its own process; the peak is read from
+    /proc every 0.1 s until it exits."""
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "medattack.cli", "-q", *words], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    peak = 0.0
+    while process.poll() is None:
+        peak = max(peak, _high_water_mib(process.pid) or 0.0)
+        time.sleep(0.1)
     seconds = time.perf_counter() - started
-    if status:
+    if process.returncode:
         print(f"  {' '.join(words[:2])} failed: {process.stderr.read().decode()[-400:] if process.stderr else ''}")
-    return seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+    return seconds, peak, process.returncode
 
 
 def count(root: Path, pattern: str) -> int:

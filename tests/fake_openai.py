@@ -43,29 +43,25 @@ class FakeOpenAI:
                         server.fail_next -= 1
                 try:
                     time.sleep(server.delay)
-                    if failing:
-                        self.send_response(server.fail_status)
-                        self.send_header("retry-after-ms", "1")  # the SDK waits 1 ms, not its backoff
-                        self.end_headers()
-                        return
-                    path = self.path.split("?", 1)[0]
-                    if path.endswith("/chat/completions"):
-                        body = server.chat(payload)
-                    elif path.endswith("/moderations"):
-                        body = server.moderate(payload)
-                    else:
-                        self.send_response(404)
-                        self.end_headers()
-                        return
-                    data = json.dumps(body).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    status, data = server.fail_status, b""
+                    if not failing:
+                        path = self.path.split("?", 1)[0]
+                        answer = (server.chat if path.endswith("/chat/completions")
+                                  else server.moderate if path.endswith("/moderations") else None)
+                        status, data = (200, json.dumps(answer(payload)).encode()) if answer else (404, b"")
                 finally:
+                    # out of flight before the answer's last byte leaves: the client may send its next request
+                    # the moment it has read this one, and that must not count as one more in flight
                     with server._lock:
                         server.in_flight -= 1
+                self.send_response(status)
+                if failing:
+                    self.send_header("retry-after-ms", "1")  # the SDK waits 1 ms, not its backoff
+                if data:
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"

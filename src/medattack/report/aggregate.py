@@ -12,9 +12,10 @@ paired tests compare conditions and attacks on the same image x prompt. The `met
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,15 @@ class RunData:
     searches: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per black-box searched sample
     labels: dict[str, dict[str, Label]] = field(default_factory=dict)  # target -> response id -> its standing
     # label (`medattack label`; labelling.design.standing)
+    texts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(TEXT_FRAME)))  # one row per
+    # answer: response_id, question, response (kept out of `scores`, whose rows repeat each answer per metric)
+
+    def texts_of(self, response_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """(question, response) of each answer asked for that the run holds."""
+        wanted = set(response_ids)
+        found = self.texts[self.texts["response_id"].isin(wanted)]
+        return {str(r): (str(q or ""), str(a or "")) for r, q, a in
+                zip(found["response_id"], found["question"], found["response"], strict=True)}
 
 
 def _method(row: pd.Series) -> str:
@@ -109,6 +119,21 @@ def _reasons(details: pd.Series) -> list[str | None]:
     return [d.get("reason") if isinstance(d, dict) else None for d in details]
 
 
+TEXT_FRAME = ("response_id", "question", "response")
+# a response's long texts: kept once per answer in RunData.texts, never repeated on every metric's row of `scores`
+# (at 3MAD's size that repetition was most of the report's memory)
+LONG_TEXTS = ("question", "response", "prompt", "shown_attribute", "true_attribute", "description", "key_phrase",
+              "input_hash")
+
+
+def answer_key(text: Any) -> str | None:
+    """A short key of an answer's words (whitespace ignored): two answers with one key say the same; no answer
+    (None) has no key."""
+    if not isinstance(text, str):
+        return None
+    return hashlib.blake2b(" ".join(text.split()).encode("utf-8", "replace"), digest_size=8).hexdigest()
+
+
 def _shown(row: dict[str, Any]) -> dict[str, Any]:
     """A stored row as the report shows it: its texts without lone surrogates (pandas refuses them)."""
     return {key: readable(value) if isinstance(value, str) else value for key, value in row.items()}
@@ -122,7 +147,7 @@ def load_run(root: Path, name: str | None = None) -> RunData:
     run.require_benchmark()
     manifest = run.read_manifest()
     current = {s.sample_id for s in run.samples()} if run.has_samples() else None
-    frames, metrics, failures, calibration = [], {}, {}, {}
+    frames, texts, metrics, failures, calibration = [], [], {}, {}, {}
     for log in sorted((run.root / "responses").glob("*/failures.jsonl")):  # a target that never answered too
         failures.update(_failure_counts(run.relative(log.parent), log))
     for folder in run.responses_folders():  # answers to samples a rebuilt benchmark no longer has are not shown
@@ -138,6 +163,9 @@ def load_run(root: Path, name: str | None = None) -> RunData:
         if responses.empty:
             continue
         responses["method"] = responses.apply(_method, axis=1)
+        texts.append(responses[list(TEXT_FRAME)])
+        responses["answer_key"] = responses["response"].map(answer_key)
+        responses = responses.drop(columns=[c for c in LONG_TEXTS if c in responses])
         traits = folder.about().get("defences")
         if traits:
             responses["defence_traits"] = [traits] * len(responses)
@@ -179,7 +207,8 @@ def load_run(root: Path, name: str | None = None) -> RunData:
     labels = {str(target): standing(run.labels(str(target))) for target in table["target"].dropna().unique()}
     return RunData(name or root.name, root, manifest, table, metrics, pd.DataFrame(attack_rows),
                    pd.DataFrame(step_rows), failures, calibration, pd.DataFrame(search_rows),
-                   {target: found for target, found in labels.items() if found})
+                   {target: found for target, found in labels.items() if found},
+                   pd.concat(texts, ignore_index=True) if texts else pd.DataFrame(columns=list(TEXT_FRAME)))
 
 
 def is_scores_folder(root: Path) -> bool:
@@ -203,7 +232,7 @@ def load_scores_folder(root: Path, name: str | None = None) -> RunData:
     table["value"] = pd.to_numeric(table["value"], errors="coerce")
     table = table.assign(target=target, method="none", kind="benchmark", source="benchmark", run=name,
                          sample_id=table["response_id"], pair_id=table["response_id"].str.rsplit(":", n=1).str[0],
-                         task="-", modality="-", question="", response="", attack_model=None)
+                         task="-", modality="-", answer_key=None, attack_model=None)
     return RunData(name, root, {}, table, summary.get("metrics", {}), pd.DataFrame(), pd.DataFrame(), {},
                    {target: summary.get("calibration", {})})
 
@@ -242,14 +271,13 @@ def _reliance(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     answers = first_answers(table).drop_duplicates("response_id")
     for (run, target), group in answers.groupby(["run", "target"], sort=True):
-        real = group[group["kind"] == "benchmark"].set_index("sample_id")["response"]
+        real = group[group["kind"] == "benchmark"].set_index("sample_id")["answer_key"]
         for control, members in group[group["kind"] == "control"].groupby("source"):
-            pairs = members.set_index("sample_id")["response"].dropna()
+            pairs = members.set_index("sample_id")["answer_key"].dropna()
             shared = pairs.index.intersection(real.index)
             if shared.empty:
                 continue
-            changed = np.array([" ".join(str(pairs[s]).split()) != " ".join(str(real[s]).split()) for s in shared],
-                               dtype=float)
+            changed = (pairs[shared] != real[shared]).to_numpy(dtype=float)
             low, high = interval(changed)
             rows.append({"run": run, "target": target, "control": control.removeprefix("control:"), "n": len(shared),
                          "changed": float(changed.mean()), "ci_low": low, "ci_high": high})

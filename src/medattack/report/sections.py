@@ -146,7 +146,7 @@ def _standing_table(summary: dict[str, Any]) -> Table:
                  "judged (the headline explains each).", "attack_success_estimates", links=links)
 
 
-def _examples(scores: pd.DataFrame, config: ReportConfig, metric: str) -> Table:
+def _examples(scores: pd.DataFrame, runs: Sequence[RunData], config: ReportConfig, metric: str) -> Table:
     columns = ["target", "method", "condition", "task", "question", "response", metric]
     if scores.empty:
         return Table("Example responses", columns, [], "no responses", "examples", (4, 5))
@@ -155,15 +155,17 @@ def _examples(scores: pd.DataFrame, config: ReportConfig, metric: str) -> Table:
                      hit=key["value"].fillna(0)).sort_values(["hit", "harmful", "response_id"],
                                                              ascending=[False, False, True])
     rows, links = [], []
-    for _, row in key.head(config.examples).iterrows():
+    shown_rows = key.head(config.examples)
+    texts = {run.name: run.texts_of(shown_rows["response_id"]) for run in runs}
+    for _, row in shown_rows.iterrows():
         links.append([link(target_page(str(row["run"]), str(row["target"])), id=row["response_id"])]
                      + [None] * (len(columns) - 1))
-        response = str(row.get("response") or "")
+        question, response = texts.get(str(row["run"]), {}).get(str(row["response_id"]), ("", ""))
         if len(response) > config.max_response_chars:
             response = response[: config.max_response_chars] + " [...]"
         value = row["value"]
         rows.append([short_target(row["target"]), str(row["method"]), str(row["condition"]), str(row["task"]),
-                     str(row["question"]), response, "null" if pd.isna(value) else f"{value:g}"])
+                     question, response, "null" if pd.isna(value) else f"{value:g}"])
     return Table("Example responses", columns, rows, "Model outputs are shown as text, escaped; a target links to "
                  "the answer's row among all its answers.", "examples", (4, 5), links)
 
@@ -368,7 +370,7 @@ def _distribution_section(a: Analysis) -> Section:
 
 
 def _examples_section(a: Analysis) -> Section:
-    return Section("Example responses", tables=[_examples(a.scores, a.config, a.success_metric)])
+    return Section("Example responses", tables=[_examples(a.scores, a.runs, a.config, a.success_metric)])
 
 
 # The report's sections in reading order; a section function returns None when it has nothing to show.
