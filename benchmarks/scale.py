@@ -1,11 +1,12 @@
 """A 3MAD-sized run, timed: what `score`, `report`, `results` and `compare` cost at the size users bring.
 
-    .venv/bin/python benchmarks/scale.py [--pairs 70000] [--out /tmp/medattack-scale] [--steps all]
+    .venv/bin/python benchmarks/scale.py [--pairs 17500] [--out /tmp/medattack-scale] [--steps all]
 
 1. A template run made by the real pipeline: the embedded benchmark (every task, its image x prompt pairs in the
    four conditions) asked of three python-kind targets that answer at once (each its own mix of refusals, echoes
    and compliance) with two sampled generations each, and scored by every default metric.
-2. Replicated to `--pairs` image x prompt pairs (3MAD-70K's size by default): every row of the benchmark, the
+2. Replicated to `--pairs` image x prompt pairs (3MAD-70K's size by default: 17,500 pairs in four conditions
+   are 70,000 questions, asked of 3 targets twice = 420,000 answers): every row of the benchmark, the
    answers and the scores copied with its pair id made unique (ids stay consistent across files; images and
    content are shared, so the scores' content-hash cache knows every replica).
 3. Timed, each command in its own process (seconds, and that process's peak resident memory from /proc):
@@ -164,7 +165,9 @@ def throttled_query(queries: int, rate: float, concurrency: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=70_000, help="Image x prompt pairs (3MAD-70K: 70,000).")
+    parser.add_argument("--pairs", type=int, default=17_500,
+                        help="Image x prompt pairs; each is asked in four conditions (3MAD-70K: 17,500 = 70,000 "
+                        "questions).")
     parser.add_argument("--generations", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "medattack-scale")
     parser.add_argument("--queries", type=int, default=200, help="Answers asked of the 429 provider.")

@@ -371,7 +371,8 @@ def test_a_judge_whose_verdicts_cannot_be_read_leaves_the_search_undecided_never
     table, never 'not jailbroken'."""
     from medattack.cli.app import console
     from medattack.cli.output import print_blackbox
-    from medattack.report.aggregate import build_tables, load_run
+    from medattack.report.aggregate import build_tables
+    from medattack.report.reading import load_run
     from medattack.scoring.judge import JudgeConfig
 
     original = fake_api.chat

@@ -233,7 +233,7 @@ def test_a_content_filtered_answer_is_its_own_kind_counted_and_never_scored(tmp_
         failures = read_jsonl(folder / "failures.jsonl")
         assert failures and {f["error"] for f in failures} == {"ProviderFilterError"}
         assert not read_jsonl(folder / "responses.jsonl")  # no empty answer to be scored as a refusal
-        from medattack.report.aggregate import load_run
+        from medattack.report.reading import load_run
 
         counts = load_run(run).failures
         assert counts.get(f"responses/{folder.name} (ProviderFilterError)") == len(failures), counts

@@ -14,7 +14,8 @@ import pytest
 from medattack.blackbox.attacker import AttackerConfig
 from medattack.models.targets import LlavaTarget, TargetConfig
 from medattack.report import ReportConfig, build_report
-from medattack.report.aggregate import bootstrap_ci, load_run, summarise_groups
+from medattack.report.aggregate import bootstrap_ci, summarise_groups
+from medattack.report.reading import load_run
 from medattack.report.render import Section, Table, latex_escape, to_latex, to_markdown
 from medattack.rundir import read_jsonl
 from medattack.stages.attack import AttackStageConfig
@@ -245,7 +246,8 @@ def test_the_correction_uses_the_users_labels_when_given_and_says_when_it_cannot
 
 
 def test_the_report_leads_with_the_headline_and_ends_with_the_manifest(scored_run, report):
-    from medattack.report.aggregate import HARMFUL_CONDITIONS, load_run
+    from medattack.report.aggregate import HARMFUL_CONDITIONS
+    from medattack.report.reading import load_run
     from medattack.report.summary import Estimate
 
     html = report.html.read_text()
@@ -411,7 +413,7 @@ def test_every_cell_link_leads_to_a_page_of_the_answers_behind_it(scored_run, re
 
 @pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"), reason="chromium is not installed")
 def test_drill_down_pages_filter_by_their_link_and_run_nothing_else_in_chromium(scored_run, report, tmp_path):
-    from medattack.report.aggregate import load_run
+    from medattack.report.reading import load_run
 
     scores = load_run(scored_run).scores
     judged = scores[scores["metric"] == "judge"]

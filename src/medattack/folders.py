@@ -9,13 +9,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medattack.records import AttackRecord, BlackBoxRecord, Response, ScoreRecord, SearchNode
 from medattack.stamps import ABOUT_KEY
-from medattack.storage import read_records, read_state
+from medattack.storage import each_record, read_records, read_state
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,9 @@ class ResponsesFolder(StageFolder):
     def responses(self) -> list[Response]:
         return read_records(self.responses_path, Response)
 
+    def each_response(self) -> Iterator[Response]:
+        return each_record(self.responses_path, Response)
+
 
 @dataclass(frozen=True)
 class ScoresFolder:
@@ -169,3 +173,6 @@ class ScoresFolder:
 
     def scores(self) -> list[ScoreRecord]:
         return read_records(self.scores_path, ScoreRecord)
+
+    def each_score(self) -> Iterator[ScoreRecord]:
+        return each_record(self.scores_path, ScoreRecord)

@@ -210,7 +210,12 @@ def _upgraded_row(kind: str, row: Any, where: str) -> Any:
 def read_records(path: Path, record: type[R]) -> list[R]:
     """The rows of a JSONL file as records, each read at its record's current version (Record.from_json); a row
     that is not one fails with the file and line."""
-    return [record.from_json(row, f"{path}:{number}") for number, row in _jsonl_rows(path)]
+    return list(each_record(path, record))
+
+
+def each_record(path: Path, record: type[R]) -> Iterator[R]:
+    """read_records one row at a time, for a reader that keeps less than every record (the report at scale)."""
+    return (record.from_json(row, f"{path}:{number}") for number, row in _jsonl_rows(path))
 
 
 def record_row(record: Record) -> dict[str, Any]:

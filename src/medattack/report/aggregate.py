@@ -12,25 +12,18 @@ paired tests compare conditions and attacks on the same image x prompt. The `met
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from medattack.labelling.design import standing
-from medattack.records import CONDITIONS, HARMFUL_CONDITIONS, Label, method_of
-from medattack.rundir import RunDir, read_jsonl
+from medattack.records import CONDITIONS, HARMFUL_CONDITIONS
+from medattack.report.reading import RunData
 from medattack.stats import bootstrap_ci, interval, paired_test, wilson_ci
-from medattack.storage import read_records, read_state, readable
 
-__all__ = ["CONDITIONS", "HARMFUL_CONDITIONS", "RunData", "bootstrap_ci", "build_tables", "interval", "load_run",
-           "wilson_ci"]
+__all__ = ["CONDITIONS", "HARMFUL_CONDITIONS", "bootstrap_ci", "build_tables", "interval", "wilson_ci"]
 KEY_METRIC = "keyword_asr"  # the non-refusal rate: the answer rate on benign questions, success without a judge
 JUDGE_METRIC = "judge"  # attack success on harmful questions whenever a judge ran
 MIN_INTERVAL_N = 5  # below this many values a cell shows no interval (it would only look precise)
@@ -75,166 +68,6 @@ def summarise_groups(table: pd.DataFrame, keys: Sequence[str], value: str = "val
                      "mean": float(values.mean()) if len(values) else float("nan"), "ci_low": low, "ci_high": high,
                      "pairs": int(members["pair_id"].nunique()) if "pair_id" in members else len(members)})
     return pd.DataFrame(rows, columns=[*keys, *GROUP_COLUMNS])
-
-
-@dataclass
-class RunData:
-    """What one run directory holds, read once."""
-
-    name: str
-    root: Path
-    manifest: dict[str, Any]
-    scores: pd.DataFrame  # one row per response x metric, with the response's columns
-    metrics: dict[str, dict[str, Any]]  # metric name -> spec (range, direction, is_proxy)
-    attacks: pd.DataFrame  # one row per attacked sample (attack stage results)
-    steps: pd.DataFrame  # one row per attack step: method, model, sample_id, step, success
-    failures: dict[str, int] = field(default_factory=dict)  # where -> count of recorded failures
-    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> derived metric -> calibration
-    searches: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per black-box searched sample
-    labels: dict[str, dict[str, Label]] = field(default_factory=dict)  # target -> response id -> its standing
-    # label (`medattack label`; labelling.design.standing)
-    texts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(TEXT_FRAME)))  # one row per
-    # answer: response_id, question, response (kept out of `scores`, whose rows repeat each answer per metric)
-
-    def texts_of(self, response_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
-        """(question, response) of each answer asked for that the run holds."""
-        wanted = set(response_ids)
-        found = self.texts[self.texts["response_id"].isin(wanted)]
-        return {str(r): (str(q or ""), str(a or "")) for r, q, a in
-                zip(found["response_id"], found["question"], found["response"], strict=True)}
-
-
-def _method(row: pd.Series) -> str:
-    return method_of(row["kind"], str(row["source"]), row["attack_method"])
-
-
-def _failure_counts(where: str, path: Path) -> dict[str, int]:
-    """Recorded failures of one folder by kind ("responses/t (ProviderFilterError)": 2); an empty log counts 0."""
-    kinds = Counter(str(row.get("error") or "failure") for row in read_jsonl(path, "failure"))
-    return {f"{where} ({kind})": count for kind, count in sorted(kinds.items())} or {where: 0}
-
-
-def _reasons(details: pd.Series) -> list[str | None]:
-    """Each score's reason (a judge's "reason" in its detail), None where it gave none."""
-    return [d.get("reason") if isinstance(d, dict) else None for d in details]
-
-
-TEXT_FRAME = ("response_id", "question", "response")
-# a response's long texts: kept once per answer in RunData.texts, never repeated on every metric's row of `scores`
-# (at 3MAD's size that repetition was most of the report's memory)
-LONG_TEXTS = ("question", "response", "prompt", "shown_attribute", "true_attribute", "description", "key_phrase",
-              "input_hash")
-
-
-def answer_key(text: Any) -> str | None:
-    """A short key of an answer's words (whitespace ignored): two answers with one key say the same; no answer
-    (None) has no key."""
-    if not isinstance(text, str):
-        return None
-    return hashlib.blake2b(" ".join(text.split()).encode("utf-8", "replace"), digest_size=8).hexdigest()
-
-
-def _shown(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored row as the report shows it: its texts without lone surrogates (pandas refuses them)."""
-    return {key: readable(value) if isinstance(value, str) else value for key, value in row.items()}
-
-
-def load_run(root: Path, name: str | None = None) -> RunData:
-    """Read a run's manifest, query responses joined with their scores, and attack results and steps."""
-    run = RunDir(root)
-    run.settle()
-    run.repair_build_record()
-    run.require_benchmark()
-    manifest = run.read_manifest()
-    current = {s.sample_id for s in run.samples()} if run.has_samples() else None
-    frames, texts, metrics, failures, calibration = [], [], {}, {}, {}
-    for log in sorted((run.root / "responses").glob("*/failures.jsonl")):  # a target that never answered too
-        failures.update(_failure_counts(run.relative(log.parent), log))
-    for folder in run.responses_folders():  # answers to samples a rebuilt benchmark no longer has are not shown
-        scores_folder = run.scores_folder(folder.target)
-        responses = pd.DataFrame([_shown(r.to_json()) for r in folder.responses()
-                                  if current is None or r.sample_id in current])
-        scores = pd.DataFrame([r.to_json() for r in scores_folder.scores()])
-        if scores_folder.summary_path.exists():
-            summary = read_state(scores_folder.summary_path, "score the run again (`medattack score RUN`)",
-                                 "score-summary")
-            metrics.update(summary["metrics"])
-            calibration[folder.target] = summary.get("calibration", {})
-        if responses.empty:
-            continue
-        responses["method"] = responses.apply(_method, axis=1)
-        texts.append(responses[list(TEXT_FRAME)])
-        responses["answer_key"] = responses["response"].map(answer_key)
-        responses = responses.drop(columns=[c for c in LONG_TEXTS if c in responses])
-        traits = folder.about().get("defences")
-        if traits:
-            responses["defence_traits"] = [traits] * len(responses)
-        if scores.empty:
-            scores = pd.DataFrame(columns=["response_id", "metric", "value", "null_reason", "detail"])
-        scores["reason"] = _reasons(scores["detail"])
-        joined = responses.merge(scores[["response_id", "metric", "value", "null_reason", "reason"]],
-                                 on="response_id", how="inner")
-        frames.append(joined)
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["response_id", "target", "method", "kind", "condition", "task", "modality", "metric", "value"])
-    table["value"] = pd.to_numeric(table["value"], errors="coerce")
-    table["run"] = name or root.name
-
-    attack_rows, step_rows = [], []
-    for folder in run.attack_folders():
-        for row in folder.results():
-            if current is not None and row.sample_id not in current:
-                continue
-            attack_rows.append({"sample_id": row.sample_id, "condition": row.condition, "task": row.task,
-                                "method": row.method, "model": row.model, "success": row.success,
-                                "keyword_success": row.keyword_success, "n_steps": row.n_steps,
-                                "seconds": row.seconds, "best_loss": row.best_loss, "linf": row.linf,
-                                "run": name or root.name})
-            for step in read_jsonl(folder.steps_path(row.sample_id), "attack-step"):
-                step_rows.append({"method": row.method, "model": row.model, "sample_id": row.sample_id,
-                                  "step": step["step"], "success": step["success"], "run": name or root.name})
-        failures.update(_failure_counts(run.relative(folder.path), folder.failures_path))
-    search_rows = []
-    for search in run.search_folders():
-        search_rows += [{"run": name or root.name, "method": r.method, "target": r.target, "judge": r.judge,
-                         "attacker": r.attacker, "sample_id": r.sample_id,
-                         "success": float("nan") if r.success is None else float(r.success),
-                         "queries": r.queries, "queries_to_success": r.queries_to_success,
-                         "tokens": sum(r.tokens.values()), "cost_usd": r.cost_usd,
-                         "attacker_written": r.proposals_parsed, "attempts": r.nodes}
-                        for r in search.results() if current is None or r.sample_id in current]
-        failures.update(_failure_counts(run.relative(search.path), search.failures_path))
-    labels = {str(target): standing(run.labels(str(target))) for target in table["target"].dropna().unique()}
-    return RunData(name or root.name, root, manifest, table, metrics, pd.DataFrame(attack_rows),
-                   pd.DataFrame(step_rows), failures, calibration, pd.DataFrame(search_rows),
-                   {target: found for target, found in labels.items() if found},
-                   pd.concat(texts, ignore_index=True) if texts else pd.DataFrame(columns=list(TEXT_FRAME)))
-
-
-def is_scores_folder(root: Path) -> bool:
-    """A folder `medattack score --responses FILE` wrote (scores.jsonl and summary.json, no run)."""
-    return (root / "scores.jsonl").is_file() and (root / "summary.json").is_file() and not RunDir(root).has_samples()
-
-
-def load_scores_folder(root: Path, name: str | None = None) -> RunData:
-    """A scored responses file as a run of one target (the file's name, without `.scores`): every row a
-    benchmark response whose condition the file gave; rows of one file row (wide files: `ROW:condition`)
-    share a pair id, so the paired comparisons work. No texts, tasks or modalities: the file's scores only."""
-    from medattack.records import ScoreRecord
-
-    target = root.name.removesuffix(".scores")
-    name = (name or target).removesuffix(".scores")
-    summary = read_state(root / "summary.json", "score the file again (`medattack score --responses FILE`)",
-                         "score-summary")
-    rows = [r.to_json() for r in read_records(root / "scores.jsonl", ScoreRecord)]
-    table = pd.DataFrame(rows, columns=["response_id", "condition", "metric", "value", "null_reason", "detail"])
-    table["reason"] = _reasons(table.pop("detail"))
-    table["value"] = pd.to_numeric(table["value"], errors="coerce")
-    table = table.assign(target=target, method="none", kind="benchmark", source="benchmark", run=name,
-                         sample_id=table["response_id"], pair_id=table["response_id"].str.rsplit(":", n=1).str[0],
-                         task="-", modality="-", answer_key=None, attack_model=None)
-    return RunData(name, root, {}, table, summary.get("metrics", {}), pd.DataFrame(), pd.DataFrame(), {},
-                   {target: summary.get("calibration", {})})
 
 
 @dataclass

@@ -17,13 +17,10 @@ from medattack.report.aggregate import (
     HARMFUL_CONDITIONS,
     JUDGE_METRIC,
     ReportTables,
-    RunData,
     build_tables,
-    is_scores_folder,
-    load_run,
-    load_scores_folder,
 )
 from medattack.report.figures import draw_all
+from medattack.report.reading import RunData, is_scores_folder, load_run, load_scores_folder
 from medattack.report.render import Section, Table
 from medattack.report.summary import build_summary
 from medattack.rundir import RunDir

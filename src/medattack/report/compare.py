@@ -37,11 +37,11 @@ from medattack.report.aggregate import (
     HARMFUL_CONDITIONS,
     JUDGE_METRIC,
     KEY_METRIC,
-    RunData,
     first_answers,
     success_metric,
 )
 from medattack.report.estimates import cell_answers
+from medattack.report.reading import RunData
 from medattack.stats import (
     Confusion,
     PairedResult,

@@ -23,7 +23,8 @@ from typing import Any
 from urllib.parse import quote
 
 from medattack.numbers import shown
-from medattack.report.aggregate import HARMFUL_CONDITIONS, JUDGE_METRIC, RunData
+from medattack.report.aggregate import HARMFUL_CONDITIONS, JUDGE_METRIC
+from medattack.report.reading import RunData
 from medattack.report.render import template
 from medattack.rundir import RunDir, folder_name, write_bytes_atomic
 from medattack.storage import readable

@@ -18,9 +18,9 @@ from medattack.report.aggregate import (
     JUDGE_METRIC,
     KEY_METRIC,
     MIN_INTERVAL_N,
-    RunData,
     short_target,
 )
+from medattack.report.reading import RunData
 from medattack.report.render import Figure, Section, Table
 from medattack.report.samples import link, search_page, target_page
 from medattack.report.summary import Estimate, estimate_text
