@@ -170,8 +170,10 @@ def main() -> None:
                         "questions).")
     parser.add_argument("--generations", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "medattack-scale")
-    parser.add_argument("--queries", type=int, default=200, help="Answers asked of the 429 provider.")
-    parser.add_argument("--rate", type=float, default=40.0, help="Requests per second the 429 provider allows.")
+    parser.add_argument("--queries", type=int, default=400, help="Answers asked of the 429 provider.")
+    parser.add_argument("--rate", type=float, default=10.0,
+                        help="Requests per second the 429 provider allows (well under what two cores ask with no "
+                        "limit, about 75 a second, so the pacing is measured, not the machine).")
     parser.add_argument("--steps", default="all", help="all, or a comma list of: run, throttle")
     args = parser.parse_args()
     steps = {"run", "throttle"} if args.steps == "all" else set(args.steps.split(","))

@@ -144,7 +144,7 @@ def print_run(result: Any) -> None:
         console.print(escape(f"query {asked.target}: {len(asked.responses)} response(s) ({asked.asked} asked now), "
                              f"{len(asked.failures)} failed -> {asked.folder / 'responses.jsonl'}"))
     for target, scored in result.scores.items():
-        console.print(escape(f"scores {target}: {len(scored.rows)} row(s), {scored.computed} computed now, "
+        console.print(escape(f"scores {target}: {scored.count} row(s), {scored.computed} computed now, "
                              f"{scored.cache_hits} from the cache, {scored.stale} stale replaced."))
     if result.report is not None:
         console.print(f"Report: [bold]{escape(str(result.report.html.resolve()))}[/bold]")

@@ -116,12 +116,18 @@ def build_derived(config: ScoreConfig) -> dict[str, DerivedMetric]:
 @dataclass
 class ScoreStageResult:
     out_dir: Path
-    rows: list[ScoreRecord]
+    count: int  # rows in the folder's scores.jsonl: (response, metric) values, null ones included
     specs: dict[str, MetricSpec]
     summary: dict[str, Any]
     computed: int  # (response, metric) values computed now
     cache_hits: int
     stale: int = 0  # values set aside because their response, inputs or metric settings changed
+
+    @property
+    def rows(self) -> list[ScoreRecord]:
+        """Every score row of the folder, read when asked (a run's results do not hold every target's rows at
+        once: at 3MAD's size that was gigabytes)."""
+        return ScoresFolder(self.out_dir).scores()
 
 
 class ScoreWorker:
@@ -181,6 +187,7 @@ def _score_into(
                                          lambda row: keys.get(row.response_id, {}).get(row.metric),
                                          lambda row: row.response_id not in keys)
         done = {(row.response_id, row.metric) for row in current}
+        del current  # the file is read again below: never two copies of every row at once
         todo = [i for i in inputs if any((i.response_id, m) not in done for m in metrics)]
         batches, plans = [], {}
         for start in range(0, len(todo), config.batch_size):
@@ -219,7 +226,8 @@ def _score_into(
                     "and computed again", len(stale) + len(derived_stale), folder.path)
     summary = {**summarise(rows, specs), "calibration": calibration}
     write_json_atomic(folder.summary_path, summary, "score-summary")
-    return ScoreStageResult(folder.path, rows, specs, summary, computed, cache.hits, len(stale) + len(derived_stale))
+    return ScoreStageResult(folder.path, len(rows), specs, summary, computed, cache.hits,
+                            len(stale) + len(derived_stale))
 
 
 def _record(item: ScoreInput, metric: str, score: Score, input_hash: str) -> ScoreRecord:
