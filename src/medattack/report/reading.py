@@ -57,26 +57,21 @@ def _failure_counts(where: str, path: Path) -> dict[str, int]:
     return {f"{where} ({kind})": count for kind, count in sorted(kinds.items())} or {where: 0}
 
 
-def _score_columns(scores: Iterable[ScoreRecord]) -> pd.DataFrame:
-    """The score rows as the report reads them, column by column in one pass (no dict per row: at 3MAD's size
-    those were the peak of reading a run); `reason` is a judge's reason from the row's detail, None where it gave
-    none."""
-    columns: dict[str, list[Any]] = {name: [] for name in SCORE_COLUMNS}
+SCORE_COLUMNS = {"response_id": str, "metric": str, "value": float, "null_reason": object, "reason": object}
+# a score row as the report reads it, with each column's dtype; `reason` is a judge's reason from the row's detail
+
+
+def _score_columns(scores: Iterable[ScoreRecord], columns: dict[str, Any] = SCORE_COLUMNS) -> pd.DataFrame:
+    """The score rows' `columns`, read column by column in one pass (no dict per row: at 3MAD's size those were
+    the peak of reading a run); `reason` None where the detail gives none, `value` NaN where null."""
+    values: dict[str, list[Any]] = {name: [] for name in columns}
     for score in scores:
-        columns["response_id"].append(score.response_id)
-        columns["metric"].append(score.metric)
-        columns["value"].append(score.value)
-        columns["null_reason"].append(score.null_reason)
-        columns["reason"].append(score.detail.get("reason") if isinstance(score.detail, dict) else None)
-        columns["condition"].append(score.condition)
-    return pd.DataFrame({
-        "response_id": pd.Series(columns["response_id"], dtype=str), "metric": pd.Series(columns["metric"], dtype=str),
-        "value": pd.to_numeric(pd.Series(columns["value"], dtype=object), errors="coerce").astype(float),
-        "null_reason": pd.Series(columns["null_reason"], dtype=object),
-        "reason": pd.Series(columns["reason"], dtype=object), "condition": pd.Series(columns["condition"], dtype=str)})
+        for name, found in values.items():
+            found.append((score.detail.get("reason") if isinstance(score.detail, dict) else None)
+                         if name == "reason" else getattr(score, name))
+    return pd.DataFrame({name: pd.Series(values[name], dtype=dtype) for name, dtype in columns.items()})
 
 
-SCORE_COLUMNS = ("response_id", "metric", "value", "null_reason", "reason", "condition")
 TEXT_FRAME = ("response_id", "question", "response")
 # a response's long texts: kept once per answer in RunData.texts, never repeated on every metric's row of `scores`
 # (at 3MAD's size that repetition was most of the report's memory)
@@ -116,7 +111,7 @@ def concat_compact(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _answers(folder: ResponsesFolder, current: set[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_answers(folder: ResponsesFolder, current: set[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A target's answers to the benchmark's current samples, read one at a time: (one row per answer without its
     long texts, its method named and its words keyed; the long texts of each answer, TEXT_FRAME)."""
     rows, texts = [], []
@@ -151,7 +146,7 @@ def load_run(root: Path, name: str | None = None) -> RunData:
         failures.update(_failure_counts(run.relative(log.parent), log))
     for folder in run.responses_folders():  # answers to samples a rebuilt benchmark no longer has are not shown
         scores_folder = run.scores_folder(folder.target)
-        responses, answer_texts = _answers(folder, current)
+        responses, answer_texts = _read_answers(folder, current)
         scores = _score_columns(scores_folder.each_score())
         if scores_folder.summary_path.exists():
             summary = read_state(scores_folder.summary_path, "score the run again (`medattack score RUN`)",
@@ -164,8 +159,7 @@ def load_run(root: Path, name: str | None = None) -> RunData:
         traits = folder.about().get("defences")
         if traits:
             responses["defence_traits"] = [traits] * len(responses)
-        frames.append(compact(responses.merge(scores.drop(columns="condition"), on="response_id", how="inner")
-                              .assign(run=name or root.name)))
+        frames.append(compact(responses.merge(scores, on="response_id", how="inner").assign(run=name or root.name)))
     table = concat_compact(frames) if frames else pd.DataFrame(
         columns=["response_id", "target", "method", "kind", "condition", "task", "modality", "metric", "value",
                  "run"])
@@ -215,7 +209,7 @@ def load_scores_folder(root: Path, name: str | None = None) -> RunData:
     name = (name or target).removesuffix(".scores")
     summary = read_state(root / "summary.json", "score the file again (`medattack score --responses FILE`)",
                          "score-summary")
-    table = _score_columns(each_record(root / "scores.jsonl", ScoreRecord))
+    table = _score_columns(each_record(root / "scores.jsonl", ScoreRecord), {**SCORE_COLUMNS, "condition": str})
     table = table.assign(target=target, method="none", kind="benchmark", source="benchmark", run=name,
                          sample_id=table["response_id"], pair_id=table["response_id"].str.rsplit(":", n=1).str[0],
                          task="-", modality="-", answer_key=None, attack_model=None)
