@@ -115,6 +115,7 @@ class LoopState:
     step: int = 0
     steps: list[StepRecord] = field(default_factory=list)
     best: tuple[torch.Tensor, torch.Tensor, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # an attack's own search state (CPU tensors, lists)
 
     def __post_init__(self) -> None:
         if self.best is None:
@@ -128,7 +129,7 @@ class LoopState:
         assert self.best is not None
         return {"suffix_ids": self.suffix_ids.cpu(), "pixels": self.pixels.cpu(), "loss": self.loss,
                 "success": self.success, "step": self.step, "steps": [vars(s) for s in self.steps],
-                "best": (self.best[0].cpu(), self.best[1].cpu(), self.best[2])}
+                "best": (self.best[0].cpu(), self.best[1].cpu(), self.best[2]), "extra": self.extra}
 
     @classmethod
     def from_checkpoint(cls, data: dict[str, Any], device: torch.device) -> LoopState:
@@ -136,7 +137,8 @@ class LoopState:
         return cls(suffix_ids=data["suffix_ids"].to(device), pixels=data["pixels"].to(device),
                    loss=float(data["loss"]), success=bool(data["success"]), step=int(data["step"]),
                    steps=[StepRecord(**s) for s in data["steps"]],
-                   best=(best[0].to(device), best[1].to(device), float(best[2])) if best else None)
+                   best=(best[0].to(device), best[1].to(device), float(best[2])) if best else None,
+                   extra=data.get("extra", {}))
 
 
 StepFn = Callable[[LoopState, torch.Generator], tuple[str, float, bool]]
@@ -152,8 +154,10 @@ def run_loop(
     early_stop: bool,
     max_new_tokens: int,
     state: AttackState,
+    confirm: bool = False,
 ) -> AttackResult:
     """Run `step_fn` until n_steps or success, checkpointing after every step; then generate once.
+    With `confirm`, a teacher-forced success counts only when greedy generation begins with the target.
 
     `step_fn(loop, generator)` mutates `loop` (suffix, pixels, loss, success) and returns
     (modality changed, loss, success) for the log. The input kept (and answered) is the one that forced
@@ -170,6 +174,8 @@ def run_loop(
         tick = time.perf_counter()
         generator = step_generator(task.seed, task.sample_id, loop.step, model.device)
         modality, loss, success = step_fn(loop, generator)
+        if success and confirm and not generation_begins(model, state, loop, task.target):
+            loop.success = success = False
         loop.step += 1
         loop.keep_best()
         loop.steps.append(StepRecord(loop.step, float(loss), modality, bool(success), time.perf_counter() - tick))
@@ -183,6 +189,12 @@ def run_loop(
         steps=loop.steps, success=loop.success, best_loss=best_loss, response=response,
         seconds=time.perf_counter() - started,
     )
+
+
+def generation_begins(model: WhiteBoxTarget, state: AttackState, loop: LoopState, target: str) -> bool:
+    """Whether greedy generation at the loop's input begins with `target` (whitespace at the start aside)."""
+    answer = model.generate(state, loop.suffix_ids, len(state.target_ids) + 2, pixels=loop.pixels)
+    return answer.lstrip().startswith(target.strip())
 
 
 def initial_suffix(model: WhiteBoxTarget, text: str) -> torch.Tensor:

@@ -34,6 +34,7 @@ from medattack.attacks.base import (
 )
 from medattack.attacks.gcg import GCGConfig, gcg_step
 from medattack.attacks.pgd import PGDConfig, pgd_step, pgd_update
+from medattack.attacks.search import SearchState, SuffixHistory
 from medattack.config import option
 from medattack.models.base import AttackState, Probe, WhiteBoxTarget
 from medattack.models.capabilities import adopt_pixels, joint_grad, probe
@@ -53,12 +54,16 @@ class MCMConfig:
     norm: Literal["linf", "l2"] = option("linf", "PGD threat model.")
     schedule: Literal["best", "alternate"] = option(
         "best", "best: both modalities every round, keep the lower loss; alternate: one modality per round.")
+    objective: Literal["ce", "mellowmax"] = option("ce", "Target loss of both modalities (as gcg's).")
+    mellowmax_alpha: float = option(1.0, "Mellowmax temperature (as gcg's).", low=1e-6)
+    history: bool = option(False, "Never evaluate a suffix twice (as gcg's).")
     suffix_init: str = option(SUFFIX_INIT, "Initial suffix text.")
     early_stop: bool = option(True, "Stop when the teacher-forced argmax equals the target.")
     max_new_tokens: int = option(64, "Tokens generated for the final response.", low=1)
 
     def gcg(self) -> GCGConfig:
-        return GCGConfig(search_width=self.search_width, topk=self.topk, n_replace=self.n_replace)
+        return GCGConfig(search_width=self.search_width, topk=self.topk, n_replace=self.n_replace,
+                         objective=self.objective, mellowmax_alpha=self.mellowmax_alpha, history=self.history)
 
     def pgd(self) -> PGDConfig:
         return PGDConfig(epsilon=self.epsilon, step_size=self.step_size, norm=self.norm)
@@ -74,10 +79,11 @@ def tries(config: MCMConfig, step: int) -> tuple[bool, bool]:
 def mcm_round(
     model: WhiteBoxTarget, state: AttackState, loop: LoopState, clean: torch.Tensor, config: MCMConfig,
     generator: torch.Generator, mask: torch.Tensor | None = None, carry: dict[str, Probe] | None = None,
+    history: SuffixHistory | None = None,
 ) -> tuple[str, float, bool]:
     """One round from (loop.suffix_ids, loop.pixels); updates `loop` and returns (winner, loss, success).
     `carry` passes the image branch's kept pass from one round to the next (used only where it was
-    made at exactly the round's starting point)."""
+    made at exactly the round's starting point); `history`, GCG's suffixes evaluated before."""
     gcg_config, pgd_config = config.gcg(), config.pgd()
     try_text, try_image = tries(config, loop.step)
     carried = carry.pop("probe", None) if carry is not None else None
@@ -95,7 +101,8 @@ def mcm_round(
         image_pixels = pgd_update(loop.pixels, pixel_grad, clean, pgd_config, mask)
         for _ in range(config.pgd_steps - 1):
             image_pixels, _ = pgd_step(model, state, loop.suffix_ids, image_pixels, clean, pgd_config, mask)
-    text = gcg_step(model, state, loop.suffix_ids, gcg_config, generator, token_grad) if try_text else None
+    text = gcg_step(model, state, loop.suffix_ids, gcg_config, generator, token_grad,
+                    history=history) if try_text else None
     image = None
     if try_image:  # keeps its graph when a next round tries the image and would start from here
         next_tries_image = loop.step + 1 < config.rounds and tries(config, loop.step + 1)[1]
@@ -127,16 +134,21 @@ class MCM:
     def run(self, model: WhiteBoxTarget, task: AttackTask, checkpoint: Checkpoint | None = None) -> AttackResult:
         config = self.config
         state = model.start(task.question, task.target, task.pixels)
+        state.objective = config.gcg().objective_fn()
         clean = state.pixels.clone()
         mask = self.mask_fn(model, state, task) if self.mask_fn else None
         suffix = initial_suffix(model, config.suffix_init)
         first = model.loss(state, suffix[None])
         loop = LoopState(suffix, clean, float(first.loss[0]), bool(first.matches[0]))
+        search = SearchState.start(config.history, 0, loop)
 
         carry: dict[str, Probe] = {}
 
         def round_(loop: LoopState, generator: torch.Generator) -> tuple[str, float, bool]:
-            return mcm_round(model, state, loop, clean, config, generator, mask, carry)
+            search.restore(loop, model.device)
+            result = mcm_round(model, state, loop, clean, config, generator, mask, carry, search.history)
+            search.save(loop)
+            return result
 
         result = run_loop(model, task, loop, config.rounds, round_, checkpoint, config.early_stop,
                           config.max_new_tokens, state)

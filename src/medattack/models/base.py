@@ -30,12 +30,13 @@ import numpy as np
 import torch
 
 from medattack.errors import ConfigError
+from medattack.models.objectives import CROSS_ENTROPY, Objective
 from medattack.registry import Registry
 
 
 @dataclass
 class LossResult:
-    loss: torch.Tensor  # (B,) float32, mean cross-entropy over the target tokens
+    loss: torch.Tensor  # (B,) float32, the state's objective (mean cross-entropy over the target tokens by default)
     matches: torch.Tensor  # (B,) bool, teacher-forced argmax equals the whole target
 
 
@@ -54,6 +55,7 @@ class AttackState:
     target_ids: torch.Tensor  # (T,) long
     cache: Any = None  # adapter-specific prefix cache
     extra: dict[str, Any] = field(default_factory=dict)  # adapter-specific segments
+    objective: Objective = CROSS_ENTROPY  # the target loss `loss`, `token_grad` and `pixel_grad` compute
 
 
 @dataclass

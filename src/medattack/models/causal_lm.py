@@ -29,6 +29,7 @@ from medattack.errors import ConfigError
 from medattack.models.base import WHITEBOX_MODELS, AttackState, LossResult
 from medattack.models.frozen_cache import FrozenPrefixCache
 from medattack.models.loading import hub_errors, local_device, torch_dtype
+from medattack.models.objectives import CROSS_ENTROPY, Objective
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +223,12 @@ class CausalLMWhiteBox:
         hidden states (the LM head on a strided view is several times slower on CPU)."""
         return self.lm_head(hidden[:, start:start + n_target].contiguous()).float()
 
-    def _score(self, logits: torch.Tensor, target_ids: torch.Tensor) -> LossResult:
-        """Mean cross-entropy over the target per candidate, on flattened logits (B * T, V)."""
-        batch, length, vocab = logits.shape
-        labels = target_ids.expand(batch, -1)
-        loss = F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), reduction="none")
-        return LossResult(loss=loss.view(batch, length).mean(dim=1), matches=(logits.argmax(-1) == labels).all(dim=1))
+    def _score(self, logits: torch.Tensor, target_ids: torch.Tensor,
+               objective: Objective = CROSS_ENTROPY) -> LossResult:
+        """The state's target loss per candidate (mean cross-entropy unless the attack chose another) and
+        whether the teacher-forced argmax equals the target, from logits (B, T, V)."""
+        labels = target_ids.expand(logits.shape[0], -1)
+        return LossResult(loss=objective(logits, labels), matches=(logits.argmax(-1) == labels).all(dim=1))
 
     def _suffix_forward(self, state: AttackState, suffix_embeds: torch.Tensor,
                         cache: FrozenPrefixCache | None = None) -> LossResult:
@@ -240,7 +241,7 @@ class CausalLMWhiteBox:
         hidden = self.decoder(inputs_embeds=inputs, use_cache=True,
                               **{self._cache_kw: state.cache if cache is None else cache}).last_hidden_state
         start = suffix_embeds.shape[1] + tail.shape[1] - 1
-        return self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
+        return self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids, state.objective)
 
     def _chunked(self, candidate_ids: torch.Tensor, forward: Any) -> LossResult:
         """`forward(chunk)` over chunks of at most max_batch candidates, halving it on out-of-memory."""

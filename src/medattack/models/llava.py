@@ -294,7 +294,8 @@ class LlavaWhiteBox(LlavaGeneration, CausalLMWhiteBox):
             cache = cache.recording(features.shape[1] + len(segments.after_image))
         hidden = self.decoder(inputs_embeds=inputs, use_cache=True, **{self._cache_kw: cache}).last_hidden_state
         start = inputs.shape[1] - len(state.target_ids)
-        result = self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids)
+        result = self._score(self._target_logits(hidden, start, len(state.target_ids)), state.target_ids,
+                             state.objective)
         return result, cache.extended() if record_prefix else None
 
     # --- generation -------------------------------------------------------------------------------
