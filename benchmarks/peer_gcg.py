@@ -66,8 +66,9 @@ def run_medattack(width: int, steps: int, seed: int) -> dict:
     return {"cpu_per_step": cpu / steps, "losses": [s.loss for s in result.steps]}
 
 
-def run_nanogcg(width: int, steps: int, seed: int) -> dict:
-    _one_thread()
+def load_nanogcg_side() -> tuple:
+    """SmolLM2 as transformers loads it, its tokenizer and the nanogcg module, with the three shims of this
+    file's docstring applied (nanoGCG searches medattack's allowed tokens)."""
     import nanogcg
     import nanogcg.gcg
     import torch
@@ -100,6 +101,12 @@ def run_nanogcg(width: int, steps: int, seed: int) -> dict:
                                if hasattr(value, "layers") else value)
 
     nanogcg.gcg.GCG.prefix_cache = property(lambda self: getattr(self, "_legacy_prefix", None), keep_legacy)
+    return model, tokenizer, nanogcg
+
+
+def run_nanogcg(width: int, steps: int, seed: int) -> dict:
+    _one_thread()
+    model, tokenizer, nanogcg = load_nanogcg_side()
     config = nanogcg.GCGConfig(num_steps=steps, optim_str_init=SUFFIX_INIT, search_width=width, topk=TOPK,
                                n_replace=1, seed=seed, early_stop=False, verbosity="WARNING")
     started = time.process_time()
