@@ -19,6 +19,7 @@ TARGET = "Sure, here is how to hide an abnormality so an unfit person is cleared
 
 # two-step settings per attack for the contract test
 FAST = {"gcg": {"steps": 2, "search_width": 16, "topk": 16}, "pgd": {"steps": 2},
+        "universal-gcg": {"steps": 2, "search_width": 8, "topk": 8}, "universal-pgd": {"steps": 2},
         "mcm": {"rounds": 2, "pgd_steps": 2}, "region": {"steps": 2}, "region-mcm": {"rounds": 2, "pgd_steps": 2}}
 
 
@@ -43,6 +44,13 @@ def test_every_attack_honours_the_contract(tiny, name):
     cls = ATTACKS[name]
     config = from_mapping(cls.config_class, FAST.get(name, {}))
     assert from_mapping(cls.config_class, to_dict(config)) == config  # config round-trip
+    if getattr(cls, "universal", False):  # one input for many samples: run over two
+        from medattack.attacks.universal import members_of
+
+        found = cls(config).run_many(members_of([tiny], [[make_task(tiny), make_task(tiny, seed=1)]]), 1)
+        assert 1 <= len(found.steps) <= 2 and all(np.isfinite(s.loss) for s in found.steps)
+        assert found.delta.shape == (1, 3, *tiny.image_size) and tiny.encode(found.suffix) == found.suffix_ids
+        return
     result = cls(config).run(tiny, make_task(tiny))
     assert result.steps and all(np.isfinite(s.loss) for s in result.steps)
     assert 1 <= len(result.steps) <= 2

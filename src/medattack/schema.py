@@ -25,6 +25,7 @@ those releases did.
     benchmark-summary  the build's counts                        benchmark/summary.json
     score-summary      metrics, calibration, judge validity      scores/<target>/summary.json
     Label              one person's label of one answer          labels/<target>.jsonl
+    universal-input    a universal attack's one input            attacks/<method>/<model>/universal.json
     report-summary     what a report found (for programs)        report/summary.json (medattack.summary;
                                                                  medattack writes it, programs read it)
 
@@ -50,7 +51,7 @@ CURRENT: dict[str, int] = {
     "Sample": 2, "AttackRecord": 2, "SearchNode": 2, "BlackBoxRecord": 2, "Response": 3, "ScoreRecord": 2,
     "failure": 2, "attack-step": 2, "stage-config": 4, "build-stamp": 2, "run-manifest": 2,
     "benchmark-summary": 2, "score-summary": 2,
-    "Label": 1, "report-summary": 2,
+    "Label": 1, "report-summary": 2, "universal-input": 1,
 }
 STEPS: dict[tuple[str, int], Step] = {}  # (kind, version it reads) -> the step to the next version
 

@@ -115,12 +115,15 @@ class TargetConfig:
 
 
 def split_target(spec: str) -> tuple[str, str]:
-    """'KIND:MODEL' -> (kind, model); a bare name or path is a LLaVA model ("llava", spec). A word before
+    """'KIND:MODEL' -> (kind, model); a bare name or path is a LLaVA model ("llava", spec), "text:MODEL" a text-only
+    model through the same white-box adapter. A word before
     a colon that is no target kind (nor a drive letter or an existing path) is a typo of one, not a model
     id: refused with the kinds there are (hub ids never hold a colon)."""
     kind, sep, model = spec.partition(":")
     if sep and kind in TARGETS:
         return kind, model
+    if sep and kind == "text":  # a text-only white-box model ("text:embedded"), asked through its adapter
+        return "llava", spec
     if sep and len(kind) > 1 and kind.isidentifier() and not Path(spec).exists():  # one letter: a drive
         TARGETS[kind]  # raises: unknown target kind, did you mean ...
     return "llava", spec

@@ -48,6 +48,7 @@ from medattack.stages.base import (
     settings_record,
     stage_folder,
 )
+from medattack.stages.universal import UniversalInput, optimise_universal, read_universal
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ class AttackStageConfig:
             raise ConfigError(f"attack --defence {', '.join(cannot)}: an attack cannot be optimised through it; ask "
                               "the defended target the undefended attack's inputs instead (query --defence: transfer). "
                               f"Defences an attack optimises through: {', '.join(able)}.")
+        if self.defences and getattr(ATTACKS[self.method], "universal", False):
+            raise ConfigError(f"attack --defence: {self.method} is optimised over many samples without a defence; "
+                              "attack the defended target with a per-sample method, or replay the universal input "
+                              "on it (query --defence).")
         if self.defences and self.prompt_layout != "chat-template":
             raise ConfigError("attack --defence: the defended question is laid out by the model's chat template; "
                               "use prompt_layout chat-template.")
@@ -188,6 +193,16 @@ def _tensor_bytes(result: AttackResult) -> bytes:
                  "suffix_ids": torch.tensor(result.suffix_ids, dtype=torch.long)})
 
 
+def first_success(result: AttackResult) -> dict[str, float] | None:
+    """The step at which the target was first forced and the attack's seconds (wall, on its device) until then."""
+    elapsed = 0.0
+    for step in result.steps:
+        elapsed += step.seconds
+        if step.success:
+            return {"step": step.step, "seconds": round(elapsed, 3)}
+    return None
+
+
 @dataclass
 class AttackStageResult:
     folder: Path
@@ -223,6 +238,11 @@ class AttackWorker:
         self.folder = self.run.attack_folder(config.method, self.model_name)
         self.budget = next((getattr(self.method_config, k) for k in ("steps", "rounds") if hasattr(
             self.method_config, k)), None)  # steps at most, for the progress line
+        self.universal: UniversalInput | None = None  # a universal attack's input, read once it is written
+
+    def optimise_universal(self, train: list[Sample]) -> None:
+        """A universal attack: optimise its one input on `train` (stages/universal.py), once per folder."""
+        optimise_universal(self, train)
 
     def name(self) -> str:
         """The attacked model's name, with the defences it is attacked behind ("<model>+<defence>")."""
@@ -242,7 +262,11 @@ class AttackWorker:
             task = build_task(self.model, self.run, sample, self.config.seed, self.needs)
             if self.defences:
                 task = replace(task, question=self.attacked_question(sample.question))
-            result = self.attack.run(self.model, task, checkpoint)
+            if getattr(self.attack, "universal", False):
+                self.universal = self.universal or read_universal(self.folder)
+                result = self.universal.apply(self.model, task, self.method_config.max_new_tokens)
+            else:
+                result = self.attack.run(self.model, task, checkpoint)
         except MedattackError as exc:
             log.warning("sample %s failed: %s", sample_id, exc)
             return {"failure": failure("sample_id", sample_id, exc)}
@@ -254,7 +278,7 @@ class AttackWorker:
             response=result.response, best_loss=result.best_loss, n_steps=len(result.steps),
             seconds=round(result.seconds, 3), linf=float((result.pixels - task.pixels.cpu()).abs().max()),
             image_file=AttackFolder.image_name(sample_id), tensor_file=AttackFolder.tensor_name(sample_id),
-            info=result.info,
+            info={**result.info, "first_success": first_success(result), "device": str(self.model.device)},
         )
         return {"record": record, "steps": [vars(s) for s in result.steps], "png": _to_png(result.pixels),
                 "tensors": _tensor_bytes(result)}
@@ -289,6 +313,8 @@ def run(run_dir: RunDir | str | Path, config: AttackStageConfig | None = None, *
             force=force))
         work = sample_work(folder, samples, config)
         failures = work.failures
+        if getattr(ATTACKS[config.method], "universal", False) and work.todo:
+            pool.call_any("optimise_universal", work.chosen[:method_config.train])
 
         def write(sample: Sample, outcome: Any) -> None:
             if isinstance(outcome, Exception) or "failure" in outcome:
