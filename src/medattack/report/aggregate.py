@@ -86,6 +86,7 @@ class ReportTables:
     whitebox: pd.DataFrame  # run, method, model: teacher-forced and keyword success of the attack stage
     survival: pd.DataFrame  # run, method, model, step, surviving (share not yet jailbroken)
     blackbox: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, method, target: success, queries, cost
+    budget: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, method, model, seconds, surviving
     defence_effects: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, target, defences, measure: paired
     defence_flags: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, target, defences, inputs: flag rate
 
@@ -134,6 +135,29 @@ def _survival(steps: pd.DataFrame) -> pd.DataFrame:
         for step in range(0, horizon + 1):
             alive = sum(1 for s in first.values() if s is None or s > step)
             rows.append({"run": run, "method": method, "model": model, "step": step, "surviving": alive / n, "n": n})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _budget(steps: pd.DataFrame) -> pd.DataFrame:
+    """Per method: share of attacked samples not yet successful after so many seconds of attack (each sample's
+    step seconds summed, wall time on the device that attacked): the budget axis every method shares."""
+    columns = ["run", "method", "model", "seconds", "surviving", "n"]
+    if steps.empty or "seconds" not in steps:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (run, method, model), group in steps.groupby(["run", "method", "model"], sort=True):
+        first: dict[str, float | None] = {}
+        spent = []
+        for sample_id, sample_steps in group.sort_values("step").groupby("sample_id"):
+            elapsed = pd.to_numeric(sample_steps["seconds"], errors="coerce").fillna(0.0).cumsum()
+            hits = elapsed[sample_steps["success"].astype(bool).to_numpy()]
+            first[sample_id] = float(hits.iloc[0]) if len(hits) else None
+            spent.append(float(elapsed.iloc[-1]))
+        n = len(first)
+        for seconds in sorted({0.0, max(spent), *(t for t in first.values() if t is not None)}):
+            alive = sum(1 for t in first.values() if t is None or t > seconds)
+            rows.append({"run": run, "method": method, "model": model, "seconds": seconds, "surviving": alive / n,
+                         "n": n})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -227,6 +251,7 @@ def build_tables(runs: Sequence[RunData]) -> ReportTables:
         image_reliance=_reliance(table[table["kind"].isin(["benchmark", "control"])]),
         whitebox=whitebox,
         survival=_survival(pd.concat([r.steps for r in runs], ignore_index=True)),
+        budget=_budget(pd.concat([r.steps for r in runs], ignore_index=True)),
         blackbox=_blackbox(pd.concat([r.searches for r in runs], ignore_index=True)),
         **dict(zip(("defence_effects", "defence_flags"), _defence_tables(table, success), strict=True)),
     )

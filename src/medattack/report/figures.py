@@ -3,8 +3,8 @@
     rates           per target: attack success (judge) and the non-refusal rate per condition, dots with 95%
                     intervals on one 0-1 scale
     heatmap         per target: attack success (judge, else keyword ASR) on harmful questions, task x modality
-    survival        per attack method: share of samples whose target is not yet forced vs attack step, and the
-                    judge's verdict on the attack's final answers at the end
+    survival        per attack method: share of samples whose target is not yet forced vs attack step and vs
+                    attack seconds (the budget), and the judge's verdict on the attack's final answers at the end
     distributions   per metric: values by condition (box plots), nulls counted in the labels
     controls        per target: metric means with the real image vs blank and noise controls
 
@@ -126,12 +126,17 @@ def survival(tables: ReportTables) -> bytes:
     if frame.empty:
         return _empty("Survival", "no white-box attack steps in the run(s)")
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure, (axis, budget_axis) = plt.subplots(1, 2, figsize=(10.4, 4.2))
     several = frame["run"].nunique() > 1
+    budget = tables.budget
     for (run, method, model), rows in frame.groupby(["run", "method", "model"], sort=True):
         label = f"{method} on {short_target(model)}" + (f" ({run})" if several else "")
         line = axis.step(rows["step"], rows["surviving"], where="post",
                          label=f"{label}: target not forced, n={int(rows['n'].iloc[0])}")[0]
+        spent = budget[(budget["run"] == run) & (budget["method"] == method) & (budget["model"] == model)] \
+            if not budget.empty else budget
+        if not spent.empty:
+            budget_axis.step(spent["seconds"], spent["surviving"], where="post", color=line.get_color())
         transfer = tables.transfer
         replayed = transfer[(transfer["run"] == run) & (transfer["method"] == method)
                             & (transfer["attack_model"] == model) & (transfer["target"] == model)] \
@@ -154,6 +159,10 @@ def survival(tables: ReportTables) -> bytes:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1)
     axis.set_title("Survival: samples the attack has not yet won", fontsize=10)
+    budget_axis.set_xlabel("attack seconds per sample (wall, on the attacking device)")
+    budget_axis.set_ylim(-0.03, 1.08)
+    budget_axis.grid(alpha=0.3)
+    budget_axis.set_title("The same against the compute spent", fontsize=10)
     return _png(figure)
 
 

@@ -34,7 +34,7 @@ class RunData:
     scores: pd.DataFrame  # one row per response x metric, with the response's columns
     metrics: dict[str, dict[str, Any]]  # metric name -> spec (range, direction, is_proxy)
     attacks: pd.DataFrame  # one row per attacked sample (attack stage results)
-    steps: pd.DataFrame  # one row per attack step: method, model, sample_id, step, success
+    steps: pd.DataFrame  # one row per attack step: method, model, sample_id, step, success, seconds (wall)
     failures: dict[str, int] = field(default_factory=dict)  # where -> count of recorded failures
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> derived metric -> calibration
     searches: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per black-box searched sample
@@ -177,7 +177,8 @@ def load_run(root: Path, name: str | None = None) -> RunData:
                                 "run": name or root.name})
             for step in read_jsonl(folder.steps_path(row.sample_id), "attack-step"):
                 step_rows.append({"method": row.method, "model": row.model, "sample_id": row.sample_id,
-                                  "step": step["step"], "success": step["success"], "run": name or root.name})
+                                  "step": step["step"], "success": step["success"],
+                                  "seconds": step.get("seconds"), "run": name or root.name})
         failures.update(_failure_counts(run.relative(folder.path), folder.failures_path))
     search_rows = []
     for search in run.search_folders():
