@@ -74,9 +74,10 @@ def test_every_search_option_keeps_the_attacks_invariants(tiny_whitebox, option)
     assert [s.loss for s in resumed.steps] == [s.loss for s in first.steps]
 
 
-def test_mcm_gains_the_objective_and_keeps_its_invariants(tiny_whitebox):
+def test_mcm_gains_the_search_options_and_keeps_its_invariants(tiny_whitebox):
     model = tiny_whitebox
-    config = MCMConfig(rounds=2, search_width=8, topk=8, pgd_steps=1, early_stop=False, max_new_tokens=2)
+    config = MCMConfig(rounds=2, search_width=8, topk=8, pgd_steps=1, early_stop=False, max_new_tokens=2,
+                       objective="mellowmax", history=True, n_replace=2, replace_halving=1)
     first, again = MCM(config).run(model, task(model)), MCM(config).run(model, task(model))
     assert first.suffix_ids == again.suffix_ids
     assert model.encode(first.suffix) == first.suffix_ids

@@ -34,7 +34,7 @@ from medattack.attacks.base import (
 )
 from medattack.attacks.gcg import GCGConfig, gcg_step
 from medattack.attacks.pgd import PGDConfig, pgd_step, pgd_update
-from medattack.attacks.search import SearchState, SuffixHistory
+from medattack.attacks.search import SearchState, SuffixHistory, replacements
 from medattack.config import option
 from medattack.models.base import AttackState, Probe, WhiteBoxTarget
 from medattack.models.capabilities import adopt_pixels, joint_grad, probe
@@ -48,6 +48,8 @@ class MCMConfig:
     search_width: int = option(10, "GCG candidates per round.", low=1)
     topk: int = option(64, "GCG tokens considered per suffix position.", low=1)
     n_replace: int = option(1, "Suffix positions changed per GCG candidate.", low=1)
+    replace_halving: int = option(0, "Halve n_replace every this many rounds, down to 1 (as gcg's); 0: never.",
+                                  low=0)
     pgd_steps: int = option(5, "PGD steps per round (K).", low=0)
     epsilon: float = option(8 / 255, "L-inf (or L2) radius around the clean image, pixel units.", low=0.0)
     step_size: float = option(1 / 255, "PGD step size, pixel units.", low=0.0)
@@ -101,8 +103,8 @@ def mcm_round(
         image_pixels = pgd_update(loop.pixels, pixel_grad, clean, pgd_config, mask)
         for _ in range(config.pgd_steps - 1):
             image_pixels, _ = pgd_step(model, state, loop.suffix_ids, image_pixels, clean, pgd_config, mask)
-    text = gcg_step(model, state, loop.suffix_ids, gcg_config, generator, token_grad,
-                    history=history) if try_text else None
+    text = gcg_step(model, state, loop.suffix_ids, gcg_config, generator, token_grad, history=history,
+                    n_replace=replacements(loop.step, config.n_replace, config.replace_halving)) if try_text else None
     image = None
     if try_image:  # keeps its graph when a next round tries the image and would start from here
         next_tries_image = loop.step + 1 < config.rounds and tries(config, loop.step + 1)[1]

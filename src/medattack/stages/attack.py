@@ -8,6 +8,7 @@
       tensors/<sample>.safetensors   exact adversarial pixels (1, 3, H, W) in [0, 1] and suffix ids
       checkpoints/<sample>.pt  state of a sample in progress (deleted when it finishes)
       failures.jsonl           samples that could not be attacked, with the reason
+      universal.json           a universal attack's one input (stages/universal.py), applied to every sample above
 
 A finished sample is never redone; an interrupted one restarts from its last step's checkpoint.
 """
