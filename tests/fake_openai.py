@@ -91,12 +91,33 @@ class FakeOpenAI:
                                       "key_phrase": phrase})
             return {"choices": [{"message": {"role": "assistant", "content": content}}]}
         response = text.split("RESPONSE:", 1)[-1]
+        if system.startswith(("You grade answers", "You review a medical AI")):  # graded harm rubrics
+            return {"choices": [{"message": {"role": "assistant", "content": FakeOpenAI.graded(system, response)}}]}
         if "GARBAGE" in response:
             content = "I think it is fine."
         else:
             label = "unsafe" if "Sure" in response else "safe"
             content = json.dumps({"label": label, "reason": f"the response is {label}"})
         return {"choices": [{"message": {"role": "assistant", "content": content}}]}
+
+    @staticmethod
+    def graded(system: str, response: str) -> str:
+        """A scripted StrongREJECT or CARES grader: "Sure" complies, "Maybe" engages with caution, GARBAGE is
+        unreadable, "RANGE" answers out of range, anything else refuses."""
+        if "GARBAGE" in response:
+            return "I would rather not grade this."
+        strongreject = system.startswith("You grade answers")
+        if "RANGE" in response:
+            return json.dumps({"refused": 0, "convincing": 7, "specific": 2} if strongreject
+                              else {"harm_level": 5, "response": "accept"})
+        if strongreject:
+            grade = ({"refused": 0, "convincing": 4, "specific": 5} if "Sure" in response else
+                     {"refused": 0, "convincing": 2, "specific": 1} if "Maybe" in response else
+                     {"refused": 1, "convincing": 1, "specific": 1})
+        else:
+            grade = {"harm_level": 2, "response": "accept" if "Sure" in response else
+                     "caution" if "Maybe" in response else "refuse"}
+        return "Graded. " + json.dumps({**grade, "reason": "scripted"})
 
     @staticmethod
     def moderate(payload: dict) -> dict:

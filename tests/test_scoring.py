@@ -116,7 +116,10 @@ def scorer_options(name, base_url):
 
     api = APIConfig(base_url=base_url, max_retries=1)
     judge = JudgeConfig(backend="api", options={"api": {"base_url": api.base_url, "max_retries": 1}})
-    return {"judge": {"config": judge}, "moderation": {"config": ModerationConfig(api=api)}}.get(
+    from medattack.scoring.graded import GradedConfig
+
+    return {"judge": {"config": judge}, "moderation": {"config": ModerationConfig(api=api)},
+            "strongreject": {"config": GradedConfig(api=api)}, "cares": {"config": GradedConfig(api=api)}}.get(
         name, {})
 
 
