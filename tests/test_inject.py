@@ -68,9 +68,14 @@ def test_rendering_and_the_template_drawn_per_sample_are_deterministic():
     assert choose_template("leak-prompt", 0, "s1") == "leak-prompt"
 
 
-def test_an_unknown_template_is_refused_naming_the_known_ones():
+def test_an_unknown_template_or_a_setting_out_of_range_is_refused_naming_the_choices():
     with pytest.raises(ConfigError, match="suppress-finding"):
         from_mapping(InjectConfig, {"template": "supress"}, "inject options")
+    with pytest.raises(ConfigError, match="contrast"):
+        from_mapping(InjectConfig, {"contrast": [0.5, 1.5]}, "inject options")
+    with pytest.raises(ConfigError, match="dicom"):
+        from_mapping(InjectConfig, {"placement": ["top"]}, "inject options")
+    assert len(from_mapping(InjectConfig, {"contrast": [0.1, 1.0], "placement": ["corner", "roi"]}, "x").grid()) == 4
 
 
 def test_the_followed_patterns_read_the_injected_claim():
@@ -89,7 +94,7 @@ def test_the_attack_writes_into_the_mask_box_and_records_its_template(tiny_white
     assert mask_box(mask) == (width // 2, height // 2, width, height)
     pixels = torch.full((1, 3, height, width), 128 / 255)  # a grey the uint8 round trip keeps
     task = AttackTask("s0", "Describe this image.", "Sure, here is", pixels, mask=mask)
-    result = Inject(InjectConfig(template="add-diagnosis", placement="roi", size=0.2, max_new_tokens=2)).run(
+    result = Inject(InjectConfig(template="add-diagnosis", placement=("roi",), size=(0.2,), max_new_tokens=2)).run(
         model, task)
     changed = (result.pixels != pixels).any(dim=1)[0]
     assert changed.any() and not changed[: height // 2].any() and not changed[:, : width // 2].any()
@@ -107,10 +112,12 @@ def test_the_stage_records_injected_images_that_query_replays(tmp_path, tiny_whi
     from medattack.stages.query import run as run_query
 
     build(tmp_path / "run", BuildConfig(tasks=("Matching",), max_images_per_category=1))
-    attacked = run_attack(tmp_path / "run", AttackStageConfig(method="inject", model="tiny", limit=2, options={
-        "contrast": 0.5, "max_new_tokens": 2}), model=tiny_whitebox)
-    assert len(attacked.results) == 2 and all(r.linf > 0 and r.info["template"] for r in attacked.results)
+    attacked = run_attack(tmp_path / "run", AttackStageConfig(method="inject", model="tiny", limit=6, options={
+        "contrast": [0.2, 1.0], "placement": ["corner", "dicom"], "max_new_tokens": 2}), model=tiny_whitebox)
+    assert len(attacked.results) == 6 and all(r.linf > 0 and r.info["template"] for r in attacked.results)
+    points = {(r.info["placement"], r.info["contrast"]) for r in attacked.results}
+    assert len(points) > 1 and points <= {(p, c) for p in ("corner", "dicom") for c in (0.2, 1.0)}
     target = LlavaTarget(TargetConfig(model="tiny", max_new_tokens=2), model=tiny_whitebox)
-    asked = run_query(tmp_path / "run", QueryConfig(limit=2, controls=()), target=target)
+    asked = run_query(tmp_path / "run", QueryConfig(limit=6, controls=()), target=target)
     replays = [r for r in asked.responses if r.kind == "attack" and r.attack_method == "inject"]
-    assert len(replays) == 2 and all(r.image_file and "attacks/inject" in r.image_file for r in replays)
+    assert len(replays) == 6 and all(r.image_file and "attacks/inject" in r.image_file for r in replays)
