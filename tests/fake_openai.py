@@ -91,6 +91,11 @@ class FakeOpenAI:
                                       "key_phrase": phrase})
             return {"choices": [{"message": {"role": "assistant", "content": content}}]}
         response = text.split("RESPONSE:", 1)[-1]
+        if system.startswith("You check whether a medical AI assistant obeyed"):  # injection success
+            answer = text.split("ANSWER:", 1)[-1]
+            content = ("no verdict" if "GARBAGE" in answer else
+                       json.dumps({"followed": "no lesion" in answer.lower(), "reason": "scripted"}))
+            return {"choices": [{"message": {"role": "assistant", "content": content}}]}
         if system.startswith(("You grade answers", "You review a medical AI")):  # graded harm rubrics
             return {"choices": [{"message": {"role": "assistant", "content": FakeOpenAI.graded(system, response)}}]}
         if "GARBAGE" in response:

@@ -39,6 +39,8 @@ class ScoreInput:
     description: str = ""  # known description of the image (metadata)
     image_path: str | None = None  # absolute path of the image file, when there is one
     clean_image_path: str | None = None  # the benchmark's own image when `image_path` is an attacked one
+    injected: str = ""  # the template id of an instruction written into the image (or into the same sample's
+    # injected variant, for its benchmark answer): what the injection metric checks the answer against
 
     def __post_init__(self) -> None:
         # metrics read text: lone surrogates a model returned (kept as they were in the stored answer) become

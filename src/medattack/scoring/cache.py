@@ -22,8 +22,9 @@ class ScoreCache:
 
     def key(self, metric_identity: str, item: ScoreInput) -> str:
         """Hash of a metric (its spec and settings) and the inputs of one response it reads."""
+        injected = (item.injected,) if item.injected else ()  # only where set: the keys of earlier caches hold
         return SqliteCache.key(metric_identity, item.question, item.response, item.true_attribute, item.description,
-                              self._image_digest(item.image_path))
+                              self._image_digest(item.image_path), *injected)
 
     def get(self, key: str) -> Score | None:
         entry = self.store.get(key)

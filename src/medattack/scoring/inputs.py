@@ -124,6 +124,7 @@ def read_run_responses(run: RunDir, unreadable: dict[str, list[SourceError]] | N
         sample = (samples or {}).get(sample_id)
         return str(run.benchmark / sample.image_file) if sample else None
 
+    by_attack, by_sample = _injected(run)
     for folder in run.responses_folders():  # answers to samples a rebuilt benchmark no longer has are stale
         targets[folder.target] = []
         for number, r in enumerate(folder.responses(), start=1):
@@ -134,8 +135,11 @@ def read_run_responses(run: RunDir, unreadable: dict[str, list[SourceError]] | N
             except SourceError as error:
                 _unreadable(error, None if unreadable is None else unreadable.setdefault(folder.target, []))
                 continue
+            injected = (by_attack.get((r.attack_method, r.attack_model, r.sample_id), "") if r.kind == "attack"
+                        else by_sample.get(r.sample_id, "") if r.kind == "benchmark" else "")
             targets[folder.target].append(_response_input(r, str(run.root / r.image_file),
-                                                          clean(r.sample_id) if r.kind == "attack" else None))
+                                                          clean(r.sample_id) if r.kind == "attack" else None,
+                                                          injected))
     for folder in run.attack_folders():
         targets[folder.target_name] = [
             _attack_input(record, (samples or {}).get(record.sample_id), str(folder.path / record.image_file),
@@ -144,7 +148,21 @@ def read_run_responses(run: RunDir, unreadable: dict[str, list[SourceError]] | N
     return targets
 
 
-def _response_input(row: Response, image: str, clean_image: str | None = None) -> ScoreInput:
+def _injected(run: RunDir) -> tuple[dict[tuple[str, str, str], str], dict[str, str]]:
+    """The instruction template of every injected input (the inject attack's records): by (method, model, sample
+    id), and by sample id (for the benchmark answer to the same sample: the injection metric's baseline)."""
+    by_attack: dict[tuple[str, str, str], str] = {}
+    by_sample: dict[str, str] = {}
+    for folder in run.attack_folders():
+        for record in folder.results():
+            template = record.info.get("template") if isinstance(record.info, dict) else None
+            if isinstance(template, str) and template:
+                by_attack[(record.method, record.model, record.sample_id)] = template
+                by_sample.setdefault(record.sample_id, template)
+    return by_attack, by_sample
+
+
+def _response_input(row: Response, image: str, clean_image: str | None = None, injected: str = "") -> ScoreInput:
     """A query response as ScoreInput. A control image has no known attribute: the controls' own
     description stands in (so a metadata proxy gives null, and a pixel backend scores it)."""
     control = row.source.removeprefix("control:") if row.kind == "control" else ""
@@ -154,7 +172,7 @@ def _response_input(row: Response, image: str, clean_image: str | None = None) -
         prompt=row.prompt or "", shown_attribute=row.shown_attribute or "",
         true_attribute="" if is_control else row.true_attribute or "",
         description=CONTROL_DESCRIPTIONS[control] if is_control else row.description or "",
-        image_path=image, clean_image_path=clean_image,
+        image_path=image, clean_image_path=clean_image, injected=injected,
     )
 
 
@@ -166,4 +184,5 @@ def _attack_input(record: AttackRecord, sample: Sample | None, image: str, clean
         shown_attribute=sample.shown_attribute if sample else "",
         true_attribute=sample.true_attribute if sample else "", description=sample.description if sample else "",
         image_path=image, clean_image_path=clean_image,
+        injected=str(record.info.get("template") or "") if isinstance(record.info, dict) else "",
     )
