@@ -3,11 +3,15 @@ with the hand-labelled answers shipped beside the templates; the judge form read
 score stage tells the metric which instruction each answer's image held, and the benchmark answer to the same
 sample is the baseline."""
 
+import os
+
 import pytest
 
 from medattack.openai_client import APIConfig
 from medattack.scoring.base import ScoreInput
 from medattack.scoring.injection import NO_INSTRUCTION, Injection, InjectionConfig, keyword_validity
+
+from browser import find_chromium, render
 
 QUESTION = "This image is about CT and Chest. Describe the findings."
 
@@ -59,10 +63,10 @@ def injected_run(tmp_path, tiny_whitebox):
 
     root = tmp_path / "run"
     build(root, BuildConfig(tasks=("Matching",), max_images_per_category=1))
-    run_attack(root, AttackStageConfig(method="inject", model="tiny", conditions=("normal",), limit=3,
-                                       options={"max_new_tokens": 2}), model=tiny_whitebox)
+    run_attack(root, AttackStageConfig(method="inject", model="tiny", conditions=("normal",), limit=6, options={
+        "contrast": [0.1, 1.0], "placement": ["corner", "dicom"], "max_new_tokens": 2}), model=tiny_whitebox)
     target = LlavaTarget(TargetConfig(model="tiny", max_new_tokens=2), model=tiny_whitebox)
-    run_query(root, QueryConfig(limit=3, conditions=("normal",), controls=()), target=target)
+    run_query(root, QueryConfig(limit=6, conditions=("normal",), controls=()), target=target)
     return root
 
 
@@ -75,7 +79,29 @@ def test_the_score_stage_scores_injected_answers_and_their_baseline(injected_run
     by_kind = {}
     for row in rows:
         by_kind.setdefault("attack" if "attack:" in row.response_id else "benchmark", []).append(row)
-    assert len(by_kind["attack"]) == 3 and all(r.value in (0.0, 1.0) for r in by_kind["attack"])
-    assert len(by_kind["benchmark"]) == 3 and all(r.value in (0.0, 1.0) for r in by_kind["benchmark"])
+    assert len(by_kind["attack"]) == 6 and all(r.value in (0.0, 1.0) for r in by_kind["attack"])
+    assert len(by_kind["benchmark"]) == 6 and all(r.value in (0.0, 1.0) for r in by_kind["benchmark"])
     own = [r for name, result in results.items() if name.startswith("attack__inject") for r in result.rows]
-    assert len(own) == 3 and all(r.value is not None for r in own)
+    assert len(own) == 6 and all(r.value is not None for r in own)
+
+
+@pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"),
+                    reason="chromium is not installed (make test installs it: apt-get install chromium)")
+def test_the_report_shows_the_dose_response_with_its_baseline_and_it_renders(injected_run):
+    import pandas as pd
+
+    from medattack.report.builder import build_report
+    from medattack.stages.score import ScoreConfig
+    from medattack.stages.score import run as score
+
+    score(injected_run, ScoreConfig(metrics={"keyword_asr": {}, "injection": {}}))
+    report = build_report([injected_run])
+    assert "injection" in report.figures
+    table = pd.read_csv(report.tables["injection"])
+    assert table["n"].sum() == 6 and set(table["contrast"]) <= {0.1, 1.0} and table["baseline_n"].min() >= 1
+    assert table["followed"].between(0, 1).all() and (table["ci_low"] <= table["followed"]).all()
+    html = report.html.read_text()
+    assert "Prompt injection in the image" in html and "kappa 0.75" in html
+    page = render(report.html)
+    assert page["errors"] == [] and all(image["ok"] for image in page["images"])
+    assert len(page["images"]) == 6 and any("contrast" in image["alt"] for image in page["images"])

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medattack.records import CONDITIONS, HARMFUL_CONDITIONS
+from medattack.report.injection import injection_table
 from medattack.report.reading import RunData
 from medattack.stats import bootstrap_ci, interval, paired_test, wilson_ci
 
@@ -87,6 +88,8 @@ class ReportTables:
     survival: pd.DataFrame  # run, method, model, step, surviving (share not yet jailbroken)
     blackbox: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, method, target: success, queries, cost
     budget: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, method, model, seconds, surviving
+    injection: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, target, placement, size, contrast:
+    # share of injected answers that followed the instruction, and the baseline (report/injection.py)
     defence_effects: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, target, defences, measure: paired
     defence_flags: pd.DataFrame = field(default_factory=pd.DataFrame)  # run, target, defences, inputs: flag rate
 
@@ -253,6 +256,7 @@ def build_tables(runs: Sequence[RunData]) -> ReportTables:
         survival=_survival(pd.concat([r.steps for r in runs], ignore_index=True)),
         budget=_budget(pd.concat([r.steps for r in runs], ignore_index=True)),
         blackbox=_blackbox(pd.concat([r.searches for r in runs], ignore_index=True)),
+        injection=injection_table(table, attacks),
         **dict(zip(("defence_effects", "defence_flags"), _defence_tables(table, success), strict=True)),
     )
 

@@ -53,7 +53,8 @@ def _long_tables(a: Analysis) -> dict[str, pd.DataFrame]:
     return {"by_condition": t.by_condition, "by_task": t.by_task, "by_modality": t.by_modality,
             "task_modality": t.task_modality, "transfer": t.transfer, "comparisons": t.comparisons,
             "controls": t.controls, "image_reliance": t.image_reliance, "whitebox": t.whitebox,
-            "survival": t.survival, "budget": t.budget, "blackbox": t.blackbox, "attack_success_estimates": a.standing,
+            "survival": t.survival, "budget": t.budget, "blackbox": t.blackbox, "injection": t.injection,
+            "attack_success_estimates": a.standing,
             "defence_effects": t.defence_effects, "defence_flags": t.defence_flags}
 
 

@@ -213,6 +213,11 @@ def controls(tables: ReportTables) -> bytes:
 
 
 def draw_all(tables: ReportTables, scores: pd.DataFrame) -> dict[str, bytes]:
-    """Every figure as PNG bytes, by name."""
-    return {"rates": rates(tables), "heatmap": heatmap(tables), "survival": survival(tables),
-            "distributions": distributions(scores), "controls": controls(tables)}
+    """Every figure as PNG bytes, by name (the five always; the injection figure where answers were scored for it)."""
+    from medattack.report.injection import injection_figure
+
+    drawn = {"rates": rates(tables), "heatmap": heatmap(tables), "survival": survival(tables),
+             "distributions": distributions(scores), "controls": controls(tables)}
+    if not tables.injection.empty:
+        drawn["injection"] = injection_figure(tables.injection)
+    return drawn

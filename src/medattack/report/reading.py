@@ -57,6 +57,8 @@ def _failure_counts(where: str, path: Path) -> dict[str, int]:
     return {f"{where} ({kind})": count for kind, count in sorted(kinds.items())} or {where: 0}
 
 
+INJECTION_FIELDS = ("template", "placement", "size", "contrast")  # an inject attack's point of its grid (info)
+
 SCORE_COLUMNS = {"response_id": str, "metric": str, "value": float, "null_reason": object, "reason": object}
 # a score row as the report reads it, with each column's dtype; `reason` is a judge's reason from the row's detail
 
@@ -174,7 +176,8 @@ def load_run(root: Path, name: str | None = None) -> RunData:
                                 "method": row.method, "model": row.model, "success": row.success,
                                 "keyword_success": row.keyword_success, "n_steps": row.n_steps,
                                 "seconds": row.seconds, "best_loss": row.best_loss, "linf": row.linf,
-                                "run": name or root.name})
+                                "run": name or root.name,
+                                **{key: row.info.get(key) for key in INJECTION_FIELDS}})
             for step in read_jsonl(folder.steps_path(row.sample_id), "attack-step"):
                 step_rows.append({"method": row.method, "model": row.model, "sample_id": row.sample_id,
                                   "step": step["step"], "success": step["success"],

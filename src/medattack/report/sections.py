@@ -20,6 +20,7 @@ from medattack.report.aggregate import (
     MIN_INTERVAL_N,
     short_target,
 )
+from medattack.report.injection import injection_section
 from medattack.report.reading import RunData
 from medattack.report.render import Figure, Section, Table
 from medattack.report.samples import link, search_page, target_page
@@ -376,6 +377,6 @@ def _examples_section(a: Analysis) -> Section:
 # The report's sections in reading order; a section function returns None when it has nothing to show.
 SECTIONS: tuple[Callable[[Analysis], Section | None], ...] = (
     lambda a: headline_section(a.summary, a.validity), _intro_section, _success_section, lambda a: a.validation_section,
-    _paired_section, _attacks_section, _defences_section, _breakdown_section, _reliance_section,
+    _paired_section, _attacks_section, _defences_section, injection_section, _breakdown_section, _reliance_section,
     _distribution_section,
     _examples_section, lambda a: manifest_section(a.runs, a.metrics))
