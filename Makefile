@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medattack-installed
-RAY_STAMP := $(VENV)/.medattack-ray-installed
+RAY_STAMP := $(VENV)/.medattack-extras-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
@@ -26,9 +26,10 @@ $(STAMP): pyproject.toml requirements/model-packages.txt
 demo: $(STAMP)
 	$(BIN)/medattack demo
 
-# The Ray executor's tests need the optional `ray` extra; the core install and `make demo` do not.
+# The Ray executor's tests need the optional `ray` extra, the inspect export's test the `inspect` extra; the core
+# install and `make demo` need neither.
 $(RAY_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[ray]'
+	$(BIN)/python -m pip install -q -e '.[ray,inspect]'
 	touch $(RAY_STAMP)
 
 test: $(STAMP) $(RAY_STAMP) browser

@@ -106,3 +106,22 @@ def compare(
                       "a bootstrap "
                       "per run for scores). Each interval and its p come from one method; p is not corrected "
                       "for the number of rows.")
+
+
+@app.command(epilog="Examples:\n\n  medattack export runs/demo --format jailbreakbench --target embedded --method gcg "
+             "--out gcg.json\n\n  medattack export runs/demo --format inspect --out inspect_task/")
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    format_name: Annotated[str, typer.Option("--format", help="jailbreakbench (an attack artifact JSON) or inspect "
+                                                             "(an inspect_ai task folder).")],
+    out: Annotated[Path, typer.Option(help="File (jailbreakbench) or folder (inspect) to write.")],
+    target: Annotated[str | None, typer.Option(help="Target whose answers are exported (jailbreakbench).")] = None,
+    method: Annotated[str, typer.Option(help="Attack method whose replays are exported; none: the benchmark "
+                                             "questions as written (jailbreakbench).")] = "none",
+) -> None:
+    """Write the run in another tool's format: JailbreakBench's artifact, or an inspect_ai task."""
+    from medattack.exports import EXPORTS
+
+    with errors():
+        written = EXPORTS[format_name](run, out, target=target, method=method)
+    console.print(escape(f"written {written}"), soft_wrap=True)
