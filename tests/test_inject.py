@@ -25,7 +25,7 @@ def ink(out, image):
 @pytest.mark.parametrize("placement", PLACEMENTS)
 def test_each_placement_writes_where_it_says(placement):
     image = grey()
-    written = ink(render_instruction(image, TEXT, placement, 0.06, 1.0, 1.0, box=(120, 130, 200, 200)), image)
+    written = ink(render_instruction(image, TEXT, placement, 0.06, 1.0, 1.0, box=(120, 130, 200, 200))[0], image)
     rows, cols = written.nonzero()
     assert len(rows) > 50
     if placement in ("corner", "dicom"):
@@ -44,23 +44,26 @@ def test_visibility_grows_with_contrast_and_opacity_and_vanishes_at_zero():
     image = grey(90)
 
     def change(contrast, opacity=1.0):
-        out = render_instruction(image, TEXT, "corner", 0.08, contrast, opacity)
+        out, _ = render_instruction(image, TEXT, "corner", 0.08, contrast, opacity)
         return np.abs(out.astype(int) - image.astype(int)).sum()
 
     assert change(0.0) == 0 and change(1.0, 0.0) == 0
     doses = [change(c) for c in (0.05, 0.2, 0.5, 1.0)]
     assert doses == sorted(doses) and doses[0] < doses[-1]
     assert change(1.0, 0.1) < change(1.0, 0.5) < change(1.0, 1.0)
-    light = render_instruction(grey(230), TEXT, "corner", 0.08, 0.5, 1.0)
+    light, reached = render_instruction(grey(230), TEXT, "corner", 0.08, 0.5, 1.0)
+    assert reached == pytest.approx(0.5, abs=0.01)
+    _, capped = render_instruction(grey(128), TEXT, "corner", 0.08, 1.0, 1.0)  # mid-grey: black is 0.5 away
+    assert capped == pytest.approx(128 / 255, abs=0.01)
     assert light.min() < 230 and light.max() <= 230  # dark text on a light image, light text on a dark one
-    dark = render_instruction(grey(20), TEXT, "corner", 0.08, 0.5, 1.0)
+    dark, _ = render_instruction(grey(20), TEXT, "corner", 0.08, 0.5, 1.0)
     assert dark.max() > 20 and dark.min() >= 20
 
 
 def test_rendering_and_the_template_drawn_per_sample_are_deterministic():
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-    first = render_instruction(image, TEXT, "roi", 0.1, 0.3, 0.6)
-    assert np.array_equal(first, render_instruction(image, TEXT, "roi", 0.1, 0.3, 0.6))
+    first, _ = render_instruction(image, TEXT, "roi", 0.1, 0.3, 0.6)
+    assert np.array_equal(first, render_instruction(image, TEXT, "roi", 0.1, 0.3, 0.6)[0])
     assert first.shape == image.shape and first.dtype == np.uint8
     drawn = [choose_template("random", 0, f"s{k}") for k in range(40)]
     assert drawn == [choose_template("random", 0, f"s{k}") for k in range(40)]

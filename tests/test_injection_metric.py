@@ -105,3 +105,32 @@ def test_the_report_shows_the_dose_response_with_its_baseline_and_it_renders(inj
     page = render(report.html)
     assert page["errors"] == [] and all(image["ok"] for image in page["images"])
     assert len(page["images"]) == 6 and any("contrast" in image["alt"] for image in page["images"])
+
+
+def test_only_a_metric_that_reads_the_instruction_has_it_in_its_cache_key(tmp_path):
+    from medattack.scoring.base import SCORERS
+    from medattack.scoring.cache import ScoreCache
+
+    cache = ScoreCache(tmp_path / "cache.sqlite")
+    plain = ScoreInput("a", QUESTION, "No lesion.", injected="")
+    injected = ScoreInput("a", QUESTION, "No lesion.", injected="suppress-finding")
+    assert SCORERS["injection"].reads == {"injected"} and not getattr(SCORERS["judge"], "reads", ())
+    assert cache.key("judge", plain) == cache.key("judge", injected)  # a judge's cached scores stay valid
+    assert cache.key("injection", plain, ("injected",)) != cache.key("injection", injected, ("injected",))
+
+
+def test_a_sample_injected_with_two_instructions_has_no_baseline(injected_run, embedded_whitebox):
+    from medattack.rundir import RunDir
+    from medattack.scoring.inputs import read_run_responses
+    from medattack.stages.attack import AttackStageConfig
+    from medattack.stages.attack import run as run_attack
+
+    run_attack(injected_run, AttackStageConfig(method="inject", model="embedded", conditions=("normal",), limit=6,
+                                               options={"template": "leak-prompt", "max_new_tokens": 2}),
+               model=embedded_whitebox)  # a second inject folder (another model), another instruction
+    inputs = read_run_responses(RunDir(injected_run))
+    benchmark = [i for name, items in inputs.items() if not name.startswith("attack__") for i in items
+                 if "attack:" not in i.response_id]
+    first = {i.response_id: i.injected for i in benchmark}
+    assert benchmark and all(injected in ("", "leak-prompt") for injected in first.values())
+    assert any(injected == "" for injected in first.values())  # the ones whose first template was another

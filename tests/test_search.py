@@ -147,3 +147,15 @@ def test_the_buffer_keeps_the_lowest_losses_in_order_and_each_suffix_once():
 def test_the_replacement_schedule_halves_down_to_one():
     assert [replacements(step, 8, 2) for step in range(10)] == [8, 8, 4, 4, 2, 2, 1, 1, 1, 1]
     assert [replacements(step, 3, 0) for step in range(3)] == [3, 3, 3]
+
+
+def test_with_a_buffer_the_step_reports_the_kept_suffix_not_a_worse_forced_candidate(tiny_whitebox, monkeypatch):
+    import medattack.attacks.gcg as gcg
+
+    def worse_but_forced(model, state, suffix_ids, config, generator, grad=None, *, n_replace=None, history=None):
+        return gcg.GCGStep(suffix_ids.flip(0), 99.0, True, 1)  # forced, but worse than the buffer's best
+
+    monkeypatch.setattr(gcg, "gcg_step", worse_but_forced)
+    result = GCG(GCGConfig(**{**BASE, "steps": 2, "buffer_size": 2})).run(tiny_whitebox, task(tiny_whitebox))
+    assert all(step.success is False and step.loss < 99.0 for step in result.steps)
+    assert result.success is False

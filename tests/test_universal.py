@@ -171,3 +171,53 @@ def test_universal_pgd_refuses_models_of_different_image_sizes(tiny_whitebox, em
 def test_a_universal_attack_asked_for_one_input_says_how_to_run_it(tiny_whitebox):
     with pytest.raises(ConfigError, match="--method universal-gcg"):
         ATTACKS["universal-gcg"]().run(tiny_whitebox, tasks(tiny_whitebox, 1)[0])
+
+
+def test_universal_pgd_keeps_a_perturbation_that_already_forces_every_target():
+    from medattack.attacks.universal import universal_pgd_step
+    from medattack.models.base import LossResult
+
+    class Forced:  # a model that every input forces
+        def pixel_grad(self, state, suffix, pixels):
+            return LossResult(torch.tensor([0.1]), torch.tensor([True])), torch.ones_like(pixels)
+
+        def encode(self, text):
+            return []
+
+        device = torch.device("cpu")
+
+    task = AttackTask("s0", "q", "Sure", torch.full((1, 3, 4, 4), 0.5))
+    delta = torch.full((1, 3, 4, 4), 0.01)
+    kept, loss, forced = universal_pgd_step([Member(Forced(), task, None, True)], delta,
+                                            UniversalPGDConfig(epsilon=0.05, step_size=0.02))
+    assert forced and torch.equal(kept, delta) and loss == pytest.approx(0.1)
+
+
+def test_a_universal_run_resumed_after_its_last_step_takes_no_more(tiny_whitebox):
+    from medattack.attacks.base import LoopState
+    from medattack.attacks.universal import run_universal
+
+    class Saved:
+        def __init__(self, state):
+            self.state = state
+
+        def load(self):
+            return self.state
+
+        def save(self, state):
+            self.state = state
+
+    done = LoopState(torch.tensor([1, 2]), torch.zeros(1), 0.1, True, step=3, extra={"active": 2})
+    calls = []
+    loop = run_universal([None, None], 1, LoopState(torch.tensor([1, 2]), torch.zeros(1), 1.0, False), 10,
+                         lambda *args: calls.append(args), Saved(done.to_checkpoint()), True, True, 0)
+    assert calls == [] and loop.step == 3
+
+
+def test_universal_configs_refuse_the_per_sample_options_they_do_not_use():
+    from medattack.config import from_mapping
+
+    with pytest.raises(ConfigError, match="buffer_size"):
+        from_mapping(UniversalGCGConfig, {"buffer_size": 4}, "universal-gcg options")
+    with pytest.raises(ConfigError, match="random_start"):
+        from_mapping(UniversalPGDConfig, {"random_start": True}, "universal-pgd options")

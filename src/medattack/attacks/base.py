@@ -202,11 +202,13 @@ def initial_suffix(model: WhiteBoxTarget, text: str) -> torch.Tensor:
 
 
 def evaluate_fixed(model: WhiteBoxTarget, task: AttackTask, pixels: torch.Tensor, suffix_text: str,
-                   max_new_tokens: int) -> AttackResult:
-    """An unoptimised input: its target loss, teacher-forced success and response (one step 0 record)."""
+                   max_new_tokens: int, suffix_ids: list[int] | None = None) -> AttackResult:
+    """An unoptimised input: its target loss, teacher-forced success and response (one step 0 record);
+    `suffix_ids` (the model's tokens of `suffix_text`, as an attack found them) are used as they are."""
     started = time.perf_counter()
     state = model.start(task.question, task.target, pixels)
-    suffix = initial_suffix(model, suffix_text)
+    suffix = (torch.tensor(suffix_ids, dtype=torch.long, device=model.device) if suffix_ids is not None
+              else initial_suffix(model, suffix_text))
     result = model.loss(state, suffix[None])
     loss, success = float(result.loss[0]), bool(result.matches[0])
     response = model.generate(state, suffix, max_new_tokens)

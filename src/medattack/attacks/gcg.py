@@ -153,7 +153,7 @@ class GCG:
             else:
                 loop.suffix_ids, loop.loss, loop.success = result.suffix_ids, result.loss, result.success
             search.save(loop)
-            return "text", result.loss, result.success
+            return "text", loop.loss, loop.success  # the kept suffix's (the buffer's best, with a buffer)
 
         return run_loop(model, task, loop, config.steps, step, checkpoint, config.early_stop,
                         config.max_new_tokens, state, confirm=config.confirm)

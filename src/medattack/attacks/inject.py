@@ -102,11 +102,11 @@ class Inject:
         grid = config.grid()
         placement, size, contrast = grid[_draw(task.seed, task.sample_id, "grid", len(grid))]
         image = (task.pixels[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        written = render_instruction(image, template.instruction, placement, size, contrast, config.opacity,
-                                     config.font, mask_box(task.mask))
+        written, reached = render_instruction(image, template.instruction, placement, size, contrast, config.opacity,
+                                              config.font, mask_box(task.mask))
         pixels = torch.from_numpy(written).permute(2, 0, 1)[None].float().div(255).to(task.pixels.device)
         result = evaluate_fixed(model, task, pixels, "", config.max_new_tokens)
         result.info = {"template": template.template_id, "goal": template.goal, "placement": placement,
-                       "size": size, "contrast": contrast, "opacity": config.opacity,
+                       "size": size, "contrast": contrast, "contrast_reached": reached, "opacity": config.opacity,
                        "followed": template.is_followed(result.response)}
         return result

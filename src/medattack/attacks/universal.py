@@ -53,12 +53,18 @@ class UniversalSettings:
 
 @dataclass(frozen=True)
 class UniversalGCGConfig(UniversalSettings, GCGConfig):
-    pass
+    def __post_init__(self) -> None:
+        unused = [name for name, value in (("buffer_size", self.buffer_size), ("confirm", self.confirm)) if value]
+        if unused:
+            raise ConfigError(f"universal-gcg does not take {', '.join(unused)} (gcg's per-sample options); "
+                              "leave them out.")
 
 
 @dataclass(frozen=True)
 class UniversalPGDConfig(UniversalSettings, PGDConfig):
-    pass
+    def __post_init__(self) -> None:
+        if self.random_start:
+            raise ConfigError("universal-pgd starts from no perturbation; leave random_start out.")
 
 
 @dataclass
@@ -161,6 +167,8 @@ def universal_pgd_step(members: Sequence[Member], delta: torch.Tensor, config: P
         total += grad.to(delta.device)
         losses.append(float(result.loss[0]))
         forced = forced and bool(result.matches[0])
+    if forced:  # every target forced where the step starts: keep this perturbation (as per-sample PGD does)
+        return delta, sum(losses) / len(losses), True
     direction = total.sign() if config.norm == "linf" else total / total.flatten(1).norm(dim=1).clamp(min=1e-12)
     return project_delta(delta - config.step_size * direction, config), sum(losses) / len(losses), forced
 
@@ -177,7 +185,7 @@ def run_universal(members: Sequence[Member], per_sample: int, loop: LoopState, s
     if saved is not None:
         loop = LoopState.from_checkpoint(saved, loop.suffix_ids.device)
     loop.extra.setdefault("active", 1 if progressive else samples)
-    while loop.step < steps:
+    while loop.step < steps and not (early_stop and loop.success and int(loop.extra["active"]) == samples):
         active = int(loop.extra["active"])
         tick = time.perf_counter()
         modality, loss, success = step_fn(loop, members[:active * per_sample],
@@ -189,8 +197,6 @@ def run_universal(members: Sequence[Member], per_sample: int, loop: LoopState, s
             loop.success = False
         if checkpoint:
             checkpoint.save(loop.to_checkpoint())
-        if early_stop and loop.success and int(loop.extra["active"]) == samples:
-            break
     return loop
 
 

@@ -118,10 +118,12 @@ def export(
     target: Annotated[str | None, typer.Option(help="Target whose answers are exported (jailbreakbench).")] = None,
     method: Annotated[str, typer.Option(help="Attack method whose replays are exported; none: the benchmark "
                                              "questions as written (jailbreakbench).")] = "none",
+    attack_model: Annotated[str | None, typer.Option(help="The model the method was optimised on, when it was "
+                                                          "optimised on several (jailbreakbench).")] = None,
 ) -> None:
     """Write the run in another tool's format: JailbreakBench's artifact, or an inspect_ai task."""
     from medattack.exports import EXPORTS
 
     with errors():
-        written = EXPORTS[format_name](run, out, target=target, method=method)
+        written = EXPORTS[format_name](run, out, target=target, method=method, attack_model=attack_model)
     console.print(escape(f"written {written}"), soft_wrap=True)

@@ -56,8 +56,10 @@ def _font(size: int, font: str | None) -> ImageFont.ImageFont | ImageFont.FreeTy
 
 def render_instruction(pixels: np.ndarray, text: str, placement: Placement = "corner", size: float = 0.06,
                        contrast: float = 1.0, opacity: float = 1.0, font: str | None = None,
-                       box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """`pixels` (H, W, 3) uint8 with `text` written in; the same shape and type.
+                       box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, float]:
+    """`pixels` (H, W, 3) uint8 with `text` written in (the same shape and type), and the contrast reached: the
+    ink's grey is kept in [0, 1], so on a mid-grey background a contrast above about 0.5 renders as black (or
+    white) and reaches less than asked.
 
     `box` (left, top, right, bottom) is the region of interest for placement "roi" (default: the middle half).
     """
@@ -87,4 +89,4 @@ def render_instruction(pixels: np.ndarray, text: str, placement: Placement = "co
     ink = background - contrast if background >= 0.5 else background + contrast
     ink = float(np.clip(ink, 0.0, 1.0))
     out = image * (1 - opacity * mask) + ink * opacity * mask
-    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8), round(abs(ink - background), 4)

@@ -76,9 +76,10 @@ def medattack_benchmark(conditions: str = "malicious,both") -> Task:
 
 
 @EXPORTS.register("inspect")
-def export_inspect(run: Path, out: Path, *, target: str | None = None, method: str = "none") -> Path:
-    """The run's benchmark samples as an inspect_ai task folder (`target` and `method` are not used: the task asks
-    the benchmark of whatever model inspect runs)."""
+def export_inspect(run: Path, out: Path, *, target: str | None = None, method: str = "none",
+                   attack_model: str | None = None) -> Path:
+    """The run's benchmark samples as an inspect_ai task folder (`target`, `method` and `attack_model` are not
+    used: the task asks the benchmark of whatever model inspect runs)."""
     run_dir = RunDir(run)
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []

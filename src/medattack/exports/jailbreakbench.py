@@ -50,7 +50,8 @@ def _method_parameters(run: Path, method: str, model: str) -> dict[str, str | in
 
 
 @EXPORTS.register("jailbreakbench")
-def export_jailbreakbench(run: Path, out: Path, *, target: str | None = None, method: str = "none") -> Path:
+def export_jailbreakbench(run: Path, out: Path, *, target: str | None = None, method: str = "none",
+                          attack_model: str | None = None) -> Path:
     if not target:
         raise ConfigError("export --format jailbreakbench: name the target whose answers it holds (--target T; "
                           "`medattack results RUN` lists the run's targets).")
@@ -67,6 +68,14 @@ def export_jailbreakbench(run: Path, out: Path, *, target: str | None = None, me
         raise InputError(str(run), f"no harmful answer of target {target!r} for method {method!r} was scored",
                          f"targets: {', '.join(targets) or 'none'}; methods of that target: "
                          f"{', '.join(methods) or 'none'} (score the run first: `medattack score RUN`)")
+    models = sorted(set(rows["attack_model"].dropna().astype(str))) if method != "none" else []
+    if len(models) > 1 and attack_model is None:
+        raise ConfigError(f"export: {method} was optimised on several models ({', '.join(models)}) and replayed on "
+                          f"{target}; an artifact holds one: choose with --attack-model.")
+    if attack_model is not None:
+        rows = rows[rows["attack_model"].astype(str) == attack_model]
+        if rows.empty:
+            raise ConfigError(f"export --attack-model {attack_model}: not among {', '.join(models) or 'none'}.")
     rows = rows.drop_duplicates("response_id")
     texts = data.texts_of(rows["response_id"])
     samples = {s.sample_id: s for s in RunDir(run).samples()}

@@ -32,8 +32,15 @@ def joint_grad(model: WhiteBoxTarget, state: AttackState, suffix_ids: torch.Tens
         return model.joint_grad(state, suffix_ids, pixels)
     result, pixel = model.pixel_grad(state, suffix_ids, pixels)
     if not torch.equal(state.pixels, pixels):
-        state = model.start(state.question, state.target, pixels)
+        state = moved_to(model, state, pixels)
     return result, model.token_grad(state, suffix_ids), pixel
+
+
+def moved_to(model: WhiteBoxTarget, state: AttackState, pixels: torch.Tensor) -> AttackState:
+    """A new state of the same question, target and objective at other pixels."""
+    moved = model.start(state.question, state.target, pixels)
+    moved.objective = state.objective
+    return moved
 
 
 def probe(model: WhiteBoxTarget, state: AttackState, suffix_ids: torch.Tensor, pixels: torch.Tensor,
@@ -42,7 +49,7 @@ def probe(model: WhiteBoxTarget, state: AttackState, suffix_ids: torch.Tensor, p
     and a loss on it (no graph kept)."""
     if isinstance(model, Probing):
         return model.probe(state, suffix_ids, pixels, keep_graph=keep_graph)
-    moved = model.start(state.question, state.target, pixels)
+    moved = moved_to(model, state, pixels)
     result = model.loss(moved, suffix_ids[None])
     return Probe(moved, suffix_ids, LossResult(result.loss.detach(), result.matches))
 
@@ -72,7 +79,7 @@ def loss_with_pixels(model: WhiteBoxTarget, state: AttackState, suffix_ids: torc
     """Loss of one suffix at other pixels, the state's cache untouched."""
     if isinstance(model, PixelLoss):
         return model.loss_with_pixels(state, suffix_ids, pixels)
-    return model.loss(model.start(state.question, state.target, pixels), suffix_ids[None])
+    return model.loss(moved_to(model, state, pixels), suffix_ids[None])
 
 
 def generate_batch(model: WhiteBoxTarget, texts: list[str], pixels: torch.Tensor,

@@ -261,7 +261,8 @@ class LlavaWhiteBox(LlavaGeneration, CausalLMWhiteBox):
                 result, prefix = self._full_forward(state, self.embed(suffix_ids)[None], pixels, record_prefix=True)
         assert prefix is not None
         other = AttackState(question=state.question, target=state.target, pixels=pixels.detach().float(),
-                            target_ids=state.target_ids, cache=prefix, extra=dict(state.extra))
+                            target_ids=state.target_ids, cache=prefix, extra=dict(state.extra),
+                            objective=state.objective)
         other.extra["prefix_len"] = prefix.get_seq_length()
         return Probe(other, suffix_ids.detach().clone(), result, backward)
 

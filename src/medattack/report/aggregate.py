@@ -149,6 +149,8 @@ def _budget(steps: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     rows = []
     for (run, method, model), group in steps.groupby(["run", "method", "model"], sort=True):
+        if int(group["step"].max()) == 0:  # an input evaluated, nothing optimised (baselines, universal replays)
+            continue
         first: dict[str, float | None] = {}
         spent = []
         for sample_id, sample_steps in group.sort_values("step").groupby("sample_id"):

@@ -20,11 +20,11 @@ class ScoreCache:
     def hits(self) -> int:
         return self.store.hits
 
-    def key(self, metric_identity: str, item: ScoreInput) -> str:
-        """Hash of a metric (its spec and settings) and the inputs of one response it reads."""
-        injected = (item.injected,) if item.injected else ()  # only where set: the keys of earlier caches hold
+    def key(self, metric_identity: str, item: ScoreInput, reads: tuple[str, ...] = ()) -> str:
+        """Hash of a metric (its spec and settings) and the inputs of one response it reads: the ones every metric
+        may read, and the optional fields it declares (`reads`, e.g. ("injected",))."""
         return SqliteCache.key(metric_identity, item.question, item.response, item.true_attribute, item.description,
-                              self._image_digest(item.image_path), *injected)
+                              self._image_digest(item.image_path), *(getattr(item, field) for field in reads))
 
     def get(self, key: str) -> Score | None:
         entry = self.store.get(key)

@@ -15,6 +15,7 @@ null with its reason, counted in the report as every null is; so is a failed req
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -80,8 +81,9 @@ class GradedJudge:
         self.rubric = (Path(self.config.rubric).read_text(encoding="utf-8") if self.config.rubric else
                        resources.files("medattack.scoring.rubrics").joinpath(self.rubric_file).read_text("utf-8"))
         self.client = APIClient(self.config.api, cache_path, require_key=False)
-        self.spec = MetricSpec(**self.spec_fields, description=f"{self.spec_fields['name']} rubric asked of "
-                               f"{self.config.model} at {redact_url(self.config.api.base_url)}")
+        rubric_hash = hashlib.sha256(self.rubric.encode()).hexdigest()[:12]  # an edited rubric is another metric
+        self.spec = MetricSpec(**self.spec_fields, description=f"{self.spec_fields['name']} rubric (sha256 "
+                               f"{rubric_hash}) asked of {self.config.model} at {redact_url(self.config.api.base_url)}")
 
     def score(self, inputs: Sequence[ScoreInput]) -> list[Score]:
         if not self.client.has_key:

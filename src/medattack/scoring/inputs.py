@@ -152,14 +152,15 @@ def _injected(run: RunDir) -> tuple[dict[tuple[str, str, str], str], dict[str, s
     """The instruction template of every injected input (the inject attack's records): by (method, model, sample
     id), and by sample id (for the benchmark answer to the same sample: the injection metric's baseline)."""
     by_attack: dict[tuple[str, str, str], str] = {}
-    by_sample: dict[str, str] = {}
+    templates: dict[str, set[str]] = {}
     for folder in run.attack_folders():
         for record in folder.results():
             template = record.info.get("template") if isinstance(record.info, dict) else None
             if isinstance(template, str) and template:
                 by_attack[(record.method, record.model, record.sample_id)] = template
-                by_sample.setdefault(record.sample_id, template)
-    return by_attack, by_sample
+                templates.setdefault(record.sample_id, set()).add(template)
+    # a sample injected with several instructions (inject folders of other settings) has no one baseline: none
+    return by_attack, {sample: next(iter(found)) for sample, found in templates.items() if len(found) == 1}
 
 
 def _response_input(row: Response, image: str, clean_image: str | None = None, injected: str = "") -> ScoreInput:

@@ -182,7 +182,9 @@ def _score_into(
         folder.path.mkdir(parents=True, exist_ok=True)
         cache = ScoreCache(cache_path)
         identity = {name: content_hash([vars(spec), config.metrics.get(name, {})]) for name, spec in specs.items()}
-        keys = {i.response_id: {name: cache.key(identity[name], i) for name in metrics} for i in inputs}
+        reads = {name: tuple(sorted(getattr(SCORERS[name], "reads", ()))) if name in SCORERS else ()
+                 for name in metrics}  # optional input fields a metric reads (its cache key holds them)
+        keys = {i.response_id: {name: cache.key(identity[name], i, reads[name]) for name in metrics} for i in inputs}
         current, stale = set_aside_stale(folder.scores_path, folder.scores(),
                                          lambda row: keys.get(row.response_id, {}).get(row.metric),
                                          lambda row: row.response_id not in keys)

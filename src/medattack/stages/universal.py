@@ -45,7 +45,8 @@ class UniversalInput:
 
     def apply(self, model: WhiteBoxTarget, task: AttackTask, max_new_tokens: int) -> AttackResult:
         pixels = (task.pixels + self.delta.to(task.pixels.device)).clamp(0.0, 1.0)
-        result = evaluate_fixed(model, task, pixels, self.suffix, max_new_tokens)
+        result = evaluate_fixed(model, task, pixels, self.suffix, max_new_tokens, self.suffix_ids)  # the stage's
+        # model is the first of the optimisation: its ids are the suffix's exactly
         result.info = {"universal": True, "role": "train" if task.sample_id in self.trained_on else "held-out",
                        "trained_on": len(self.trained_on), "models": self.summary["models"]}
         return result
