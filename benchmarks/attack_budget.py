@@ -1,6 +1,6 @@
 """Jailbreaks per CPU second: how many requests each GCG configuration breaks within a CPU budget.
 
-    .venv/bin/python benchmarks/attack_budget.py                  # 6 requests, 200 CPU s each (about 45 min)
+    .venv/bin/python benchmarks/attack_budget.py                  # 6 requests, 180 CPU s each (about 45 min)
     .venv/bin/python benchmarks/attack_budget.py --prompts mine.csv --budget 300
     .venv/bin/python benchmarks/attack_budget.py --quick          # CI smoke: every configuration runs (not timed)
 
@@ -13,9 +13,13 @@ generation. The checker's CPU time is taken off the clock; the clock is the proc
 call that starts the attack (prefix caches and the initial loss included on both sides, the model load not).
 A run stops at the first confirmed break or when the clock passes the budget.
 
-Configurations (CONFIGS): medattack's GCG with its defaults and with its best search on this budget, nanoGCG
-0.3 with its defaults and with its best documented options at the same width (probe sampling is left out: it
-needs a draft model smaller than the 135M target, and none ships here). All start from the same suffix,
+Configurations (CONFIGS): medattack's GCG with its defaults and with its best search on this budget (width 32, the
+suffix history: chosen in short pilots, 90 to 150 CPU s on one request, against width 16 and 64, several
+replacements on a halving schedule, and a
+buffer of 4 with mellowmax, none of which broke it either), nanoGCG 0.3 with its defaults and at the same width
+with its other options at their defaults (probe sampling is left out: it needs a draft model smaller than the
+135M target, and none ships here). After the curves, each pair's reach: the share of the budget medattack took
+to reach the best loss nanoGCG reached in the whole budget, per request. All start from the same suffix,
 search the same tokens (medattack's allowed set; see peer_gcg.py's shims) and use seed = request index. The
 two tools' runs of one pair of configurations go at the same time, one process (and core) each.
 
@@ -264,13 +268,34 @@ def summarise(work: Path, budget: float, n: int) -> dict[str, Any]:
             "steps_median": statistics.median(len(r["points"]) for r in records),
             "break_times": [None if t == float("inf") else round(t, 1) for t in times],
         }
+    out["pairs"] = {}
+    for mine, peer in PAIRS:
+        if mine in runs and peer in runs:
+            out["pairs"][f"{mine} vs {peer}"] = reach_peer(runs[mine], runs[peer], budget)
     return out
+
+
+def reach_peer(mine: list[dict[str, Any]], peer: list[dict[str, Any]], budget: float) -> dict[str, Any]:
+    """Per request, the share of the budget `mine` took to reach the best loss `peer` reached in the whole budget
+    (None: not reached); their median, and how many requests `mine` reached it on at all."""
+    peers = {r["request"]: best_loss_at(r["points"], budget) for r in peer}
+    shares = []
+    for record in mine:
+        goal = peers.get(record["request"])
+        reached = next((spent for spent, _ in record["points"]
+                        if goal is not None and best_loss_at(record["points"], spent) <= goal), None)
+        shares.append(None if reached is None or reached > budget else round(reached / budget, 3))
+    found = [s for s in shares if s is not None]
+    return {"time_share_to_reach_peer_final_loss": shares, "reached": len(found), "requests": len(shares),
+            "median_share": statistics.median(found) if found else None}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=6, help="requests attacked (default 6)")
-    parser.add_argument("--budget", type=float, default=200.0, help="CPU seconds of one thread per request")
+    parser.add_argument("--budget", type=float, default=180.0, help="CPU seconds of one thread per request (the "
+                        "defaults fit 45 minutes of two cores: 4 configurations x 6 requests x 180 s, plus each run's "
+                        "last step past the budget and the checker)")
     parser.add_argument("--prompts", type=Path, help="CSV with columns question, target (else the prompt bank)")
     parser.add_argument("--target-words", type=int, default=1, help="words of the key phrase kept in the target")
     parser.add_argument("--quick", action="store_true", help="2 requests, 10 s, tiny widths: a smoke, not timed")
@@ -305,6 +330,9 @@ def main() -> None:
         loss = ", ".join(f"{v:.2f}" for v in c["median_best_loss_at_budgets"].values())
         print(f"{name:18} broken {curve}; median time to break {c['median_seconds_to_break']} s; "
               f"median best loss {loss}; judge calls {c['judge_jailbroken_of_broken']} of the broken jailbroken")
+    for pair, reach in found["pairs"].items():
+        print(f"{pair}: reached the peer's final best loss on {reach['reached']} of {reach['requests']} requests, "
+              f"in a median {reach['median_share']} of the budget")
     if not args.quick:
         args.out.write_text(json.dumps(found, indent=1) + "\n")
         print(f"written {args.out}")
