@@ -49,7 +49,7 @@ Step = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]
 
 CURRENT: dict[str, int] = {
     "Sample": 2, "AttackRecord": 2, "SearchNode": 2, "BlackBoxRecord": 2, "Response": 3, "ScoreRecord": 2,
-    "failure": 2, "attack-step": 2, "stage-config": 4, "build-stamp": 2, "run-manifest": 2,
+    "failure": 2, "attack-step": 2, "stage-config": 5, "build-stamp": 2, "run-manifest": 2,
     "benchmark-summary": 2, "score-summary": 2,
     "Label": 1, "report-summary": 2, "universal-input": 1,
 }
@@ -182,6 +182,16 @@ def _stage_config_3(row: dict[str, Any], _: Mapping[str, Any]) -> dict[str, Any]
     """Adaptive attacks (attack --defence) came in version 4: an attack folder of version 3 attacked the model
     undefended."""
     return fill_missing(row, UNDEFENDED) if "model_name" in row else row
+
+
+# --- 4 -> 5 -----------------------------------------------------------------------------------------------------
+
+@step("stage-config", 4)
+def _stage_config_4(row: dict[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
+    """GCG's and MCM's search options (history, buffer, mellowmax, the replacement schedule, a confirmed early
+    stop) came in version 5, off by default: an attack folder of version 4 searched without them, as the defaults
+    (`context["defaults"]`) say."""
+    return fill_missing(row, context.get("defaults") or {}) if "model_name" in row else row
 
 
 # --- report-summary 1 -> 2 -------------------------------------------------------------------------------------
