@@ -188,7 +188,7 @@ def test_universal_pgd_keeps_a_perturbation_that_already_forces_every_target():
 
     task = AttackTask("s0", "q", "Sure", torch.full((1, 3, 4, 4), 0.5))
     delta = torch.full((1, 3, 4, 4), 0.01)
-    kept, loss, forced = universal_pgd_step([Member(Forced(), task, None, True)], delta,
+    kept, loss, forced = universal_pgd_step([Member(Forced(), task, None, True)], [torch.tensor([])], delta,
                                             UniversalPGDConfig(epsilon=0.05, step_size=0.02))
     assert forced and torch.equal(kept, delta) and loss == pytest.approx(0.1)
 

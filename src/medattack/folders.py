@@ -93,6 +93,11 @@ class AttackFolder(MethodFolder):
         """The exact adversarial pixels, relative to the folder (AttackRecord.tensor_file)."""
         return f"tensors/{sample_id}.safetensors"
 
+    @property
+    def universal_path(self) -> Path:
+        """A universal attack's one input (stages/universal.py), applied to every sample of the folder."""
+        return self.path / "universal.json"
+
     def relative(self, name: str) -> str:
         """A file of this folder as a path relative to the run root."""
         return str((self.path / name).relative_to(self.run_root))

@@ -155,13 +155,13 @@ def project_delta(delta: torch.Tensor, config: PGDConfig) -> torch.Tensor:
     return delta * (config.epsilon / length).clamp(max=1.0)
 
 
-def universal_pgd_step(members: Sequence[Member], delta: torch.Tensor, config: PGDConfig) -> tuple[torch.Tensor,
-                                                                                                    float, bool]:
-    """One descent step of the shared perturbation (1, 3, H, W) on the mean loss; the loss is the step's start."""
+def universal_pgd_step(members: Sequence[Member], suffixes: Sequence[torch.Tensor], delta: torch.Tensor,
+                       config: PGDConfig) -> tuple[torch.Tensor, float, bool]:
+    """One descent step of the shared perturbation (1, 3, H, W) on the mean loss, each member with its model's
+    tokens of the fixed suffix (`suffixes`, in member order); the loss is the step's start."""
     total = torch.zeros_like(delta)
     losses, forced = [], True
-    for member in members:
-        suffix = initial_suffix(member.model, config.suffix_init)
+    for member, suffix in zip(members, suffixes, strict=False):  # the active members: a prefix of `suffixes`
         pixels = (member.task.pixels.to(delta.device) + delta).clamp(0.0, 1.0)
         result, grad = member.model.pixel_grad(member.state, suffix, pixels)
         total += grad.to(delta.device)
@@ -265,9 +265,10 @@ class UniversalPGD:
                               "size (attack them one at a time, or use universal-gcg).")
         loop = LoopState(initial_suffix(first, config.suffix_init), torch.zeros_like(members[0].task.pixels),
                          float("nan"), False)
+        suffixes = [initial_suffix(member.model, config.suffix_init) for member in members]  # tokenised once
 
         def step(loop: LoopState, active: Sequence[Member], generator: torch.Generator) -> tuple[str, float, bool]:
-            loop.pixels, loop.loss, loop.success = universal_pgd_step(active, loop.pixels, config)
+            loop.pixels, loop.loss, loop.success = universal_pgd_step(active, suffixes, loop.pixels, config)
             return "image", loop.loss, loop.success
 
         loop = run_universal(members, per_sample, loop, config.steps, step, checkpoint, config.progressive,

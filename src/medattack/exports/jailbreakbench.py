@@ -18,7 +18,6 @@ the target itself, transfer for one replayed from another model, manual for no a
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from medattack.records import HARMFUL_CONDITIONS
 from medattack.report.aggregate import success_metric
 from medattack.report.reading import load_run
 from medattack.rundir import RunDir, folder_name
-from medattack.storage import write_json_atomic
+from medattack.storage import read_state, write_json_atomic
 
 ENTRY_FIELDS = ("index", "goal", "behavior", "category", "prompt", "response", "number_of_queries",
                 "queries_to_jailbreak", "prompt_tokens", "response_tokens", "jailbroken")
@@ -38,15 +37,12 @@ PARAMETER_FIELDS = ("method", "model", "attack_type", "defense", "attack_success
 
 
 def _method_parameters(run: Path, method: str, model: str) -> dict[str, str | int | float]:
-    """The attack's scalar settings, as the schema takes them (str, int, float)."""
-    folder = RunDir(run).root / "attacks" / method
-    configs = sorted(folder.glob("*/config.json"))
-    for path in configs:
-        stamp = json.loads(path.read_text(encoding="utf-8"))
-        if stamp.get("model_name") in (model, None) or len(configs) == 1:
-            settings = stamp.get("method") or stamp.get("settings", {}).get("method") or {}
-            return {k: v for k, v in settings.items() if isinstance(v, str | int | float) and not isinstance(v, bool)}
-    return {}
+    """The attack's scalar settings, as the schema takes them (str, int, float), from its folder's stamp."""
+    stamp = RunDir(run).attack_folder(method, model).config_path
+    if method == "none" or not stamp.exists():
+        return {}
+    settings = read_state(stamp, "attack again (the stage writes it again)", "stage-config", defaults={})["method"]
+    return {k: v for k, v in settings.items() if isinstance(v, str | int | float) and not isinstance(v, bool)}
 
 
 @EXPORTS.register("jailbreakbench")

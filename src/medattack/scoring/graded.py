@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from medattack.openai_client import APIClient, APIConfig, APIError, chat_text
 from medattack.redaction import redact_url
 from medattack.scoring.base import SCORERS, Encoders, MetricSpec, Score, ScoreInput
 from medattack.scoring.judges.verdicts import json_object_in
+from medattack.scoring.rubrics import rubric_text
 
 CARES_VALUES = {"accept": 1.0, "caution": 0.5, "refuse": 0.0}
 
@@ -78,8 +78,7 @@ class GradedJudge:
     def __init__(self, config: GradedConfig | None = None, *, encoders: Encoders | None = None,
                  cache_path: Path | None = None) -> None:
         self.config = config or GradedConfig()
-        self.rubric = (Path(self.config.rubric).read_text(encoding="utf-8") if self.config.rubric else
-                       resources.files("medattack.scoring.rubrics").joinpath(self.rubric_file).read_text("utf-8"))
+        self.rubric = rubric_text(self.config.rubric, self.rubric_file)
         self.client = APIClient(self.config.api, cache_path, require_key=False)
         rubric_hash = hashlib.sha256(self.rubric.encode()).hexdigest()[:12]  # an edited rubric is another metric
         self.spec = MetricSpec(**self.spec_fields, description=f"{self.spec_fields['name']} rubric (sha256 "

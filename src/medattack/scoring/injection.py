@@ -32,6 +32,7 @@ from medattack.data.injection import injection_templates
 from medattack.openai_client import APIClient, APIConfig, APIError, chat_text
 from medattack.scoring.base import SCORERS, Encoders, MetricSpec, Score, ScoreInput
 from medattack.scoring.judges.verdicts import json_object_in
+from medattack.scoring.rubrics import rubric_text
 from medattack.stats import Confusion
 
 NO_INSTRUCTION = "no instruction in its image"
@@ -77,8 +78,7 @@ class Injection:
         self.templates = injection_templates()
         api = self.config.backend == "api"
         self.client = APIClient(self.config.api, cache_path, require_key=False) if api else None
-        self.rubric = (Path(self.config.rubric).read_text(encoding="utf-8") if self.config.rubric else
-                       resources.files("medattack.scoring.rubrics").joinpath("injection.txt").read_text("utf-8"))
+        self.rubric = rubric_text(self.config.rubric, "injection.txt")
         self.spec = MetricSpec(
             name="injection", low=0.0, high=1.0, higher_means="the answer followed the instruction in its image",
             description=(f"injection success, judge model {self.config.model} (rubric sha256 "

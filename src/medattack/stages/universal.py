@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,14 +51,10 @@ class UniversalInput:
         return result
 
 
-def path_of(folder: AttackFolder) -> Path:
-    return folder.path / "universal.json"
-
-
 def read_universal(folder: AttackFolder) -> UniversalInput:
     from safetensors.torch import load_file
 
-    summary = read_state(path_of(folder), "delete it to optimise the universal input again", KIND)
+    summary = read_state(folder.universal_path, "delete it to optimise the universal input again", KIND)
     tensors = load_file(str(folder.path / AttackFolder.tensor_name(NAME)))
     return UniversalInput(summary["suffix"], tensors["suffix_ids"].tolist(), tensors["delta"],
                           list(summary["trained_on"]), summary)
@@ -73,7 +68,7 @@ def optimise_universal(worker: Any, train: list[Sample]) -> None:
     from medattack.stages.attack import FileCheckpoint, build_task
 
     folder, config = worker.folder, worker.method_config
-    if path_of(folder).exists():
+    if folder.universal_path.exists():
         return
     if not train:
         raise ConfigError(f"{worker.config.method}: no selected sample to optimise on (check --conditions, --tasks).")
@@ -90,5 +85,5 @@ def optimise_universal(worker: Any, train: list[Sample]) -> None:
                "seconds": round(result.seconds, 3), "losses": [s.loss for s in result.steps], **result.info}
     write_bytes_atomic(folder.path / AttackFolder.tensor_name(NAME), save({
         "delta": result.delta.float().contiguous(), "suffix_ids": torch.tensor(result.suffix_ids, dtype=torch.long)}))
-    write_json_atomic(path_of(folder), json.loads(json.dumps(summary)), KIND)
+    write_json_atomic(folder.universal_path, json.loads(json.dumps(summary)), KIND)
     checkpoint.clear()
